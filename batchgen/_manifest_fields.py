@@ -1,0 +1,312 @@
+"""Field rules for :mod:`batchgen.manifest`: parsing job fields, ids, matrix templates, YAML lines.
+
+Kept apart from the readers so each file stays readable; nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchgen.errors import Problem
+from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES
+
+JOB_FIELDS = (
+    "id",
+    "prompt",
+    "images",
+    "aspect_ratio",
+    "image_size",
+    "count",
+    "output_text",
+    "temperature",
+    "seed",
+    "model",
+    "vars",
+)
+MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
+MAX_ID_LENGTH = 100
+MAX_SLUG_LENGTH = 40
+
+
+class Bad(ValueError):
+    """A field value that breaks a rule; the message reads after 'file:line: field: '."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One CSV row, JSONL line or YAML job (with defaults merged), before any checking."""
+
+    line: int
+    fields: dict[str, Any]
+    lines: Mapping[str, int]  # YAML: the line of each key; CSV and JSONL: empty
+    text: bool  # CSV: every value is a string to be parsed
+
+    def line_of(self, field: str) -> int:
+        return self.lines.get(field, self.line)
+
+
+# -- single fields ----------------------------------------------------------------------------
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise Bad(f"must be a string, not {_kind(value)}")
+    return value
+
+
+def parse_id(value: object, text: bool) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `id: 12` in YAML is meant as a name
+    raw = _string(value).strip()
+    sanitise_id(raw)
+    return raw
+
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sanitise_id(raw: str) -> str:
+    """The file-name-safe form of a user id; refuses ids that could mean another path."""
+    if not raw:
+        raise Bad("must not be empty")
+    if ".." in raw or raw.startswith("."):
+        raise Bad(f"{raw!r} contains '..' or starts with '.'; ids name files in the run folder")
+    if "/" in raw or "\\" in raw:
+        raise Bad(f"{raw!r} contains a path separator; ids name files inside the run folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise Bad(f"{raw!r} contains control characters")
+    safe = _ID_UNSAFE.sub("-", raw).lstrip("-.")
+    if not safe:
+        raise Bad(f"{raw!r} has no usable characters (letters, digits, '.', '_', '-')")
+    if len(safe) > MAX_ID_LENGTH:
+        raise Bad(f"longer than {MAX_ID_LENGTH} characters")
+    return safe
+
+
+def parse_prompt(value: object, text: bool) -> str:
+    prompt = _string(value).strip()
+    if not prompt:
+        raise Bad("must not be empty")
+    return prompt
+
+
+def parse_images(value: object, text: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items: list[object] = list(value.split(";")) if text else [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise Bad(f"must be a path or URL, or a list of them, not {_kind(value)}")
+    out: list[str] = []
+    for item in items:
+        source = _string(item).strip()
+        if source:
+            out.append(source)
+        elif not text:
+            raise Bad("contains an empty path")
+    if len(out) > MAX_REFERENCE_IMAGES:
+        raise Bad(f"{len(out)} reference images; at most {MAX_REFERENCE_IMAGES} per job")
+    return tuple(out)
+
+
+def parse_aspect_ratio(value: object, text: bool) -> str:
+    ratio = _string(value).strip()
+    if ratio not in ASPECT_RATIOS:
+        raise Bad(f"{ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+    return ratio
+
+
+def parse_image_size(value: object, text: bool) -> str:
+    size = _string(value).strip().upper()  # the API rejects '1k'; users write it anyway
+    if size not in IMAGE_SIZES:
+        raise Bad(f"{value!r} is not one of {', '.join(IMAGE_SIZES)}")
+    return size
+
+
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _integer(value: object, text: bool) -> int:
+    if text and isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise Bad(f"must be a whole number, not {repr(value) if text else _kind(value)}")
+
+
+def parse_count(value: object, text: bool) -> int:
+    count = _integer(value, text)
+    if count < 1:
+        raise Bad(f"must be at least 1, not {count}")
+    return count
+
+
+def parse_seed(value: object, text: bool) -> int:
+    return _integer(value, text)
+
+
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def parse_output_text(value: object, text: bool) -> bool:
+    if text and isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+        return _BOOL_TEXT[value.strip().lower()]
+    if isinstance(value, bool):
+        return value
+    raise Bad(f"must be true or false, not {value!r}")
+
+
+def parse_temperature(value: object, text: bool) -> float:
+    number: float
+    if text and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise Bad(f"must be a number, not {value!r}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise Bad(f"must be a number, not {_kind(value)}")
+    if not math.isfinite(number) or not 0.0 <= number <= 2.0:
+        raise Bad(f"must be between 0 and 2, not {value!r}")
+    return number
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def parse_model(value: object, text: bool) -> str:
+    model = _string(value).strip()
+    if not _MODEL_NAME.fullmatch(model):
+        # The name goes into the request URL path; '/', '?' or spaces would change the request.
+        raise Bad(f"{model!r} is not a model name (letters, digits, '.', '_', '-')")
+    return model
+
+
+def parse_vars(value: object, text: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if text and isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            example = '{"animal": ["cat", "dog"]}'
+            raise Bad(f"must be a JSON object in a CSV cell, e.g. {example}") from None
+    if not isinstance(value, dict) or not value:
+        raise Bad("must be a mapping of names to lists of values")
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for name, raw in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise Bad(f"{name!r} is not a usable name (letters, digits and '_')")
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise Bad(f"{name}: has no values")
+        values: list[str] = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise Bad(f"{name}: values must be strings or numbers, not {_kind(item)}")
+            if str(item) in values:
+                raise Bad(f"{name}: {str(item)!r} is listed twice")
+            values.append(str(item))
+        out.append((name, tuple(values)))
+    return tuple(out)
+
+
+PARSERS: dict[str, Callable[[object, bool], Any]] = {
+    "id": parse_id,
+    "prompt": parse_prompt,
+    "images": parse_images,
+    "aspect_ratio": parse_aspect_ratio,
+    "image_size": parse_image_size,
+    "count": parse_count,
+    "output_text": parse_output_text,
+    "temperature": parse_temperature,
+    "seed": parse_seed,
+    "model": parse_model,
+    "vars": parse_vars,
+}
+
+
+def parse_row(row: Row, fmt: str, name: str, problems: list[Problem]) -> dict[str, Any]:
+    """The row's fields parsed and normalised; every problem is appended, none raised."""
+    values: dict[str, Any] = {}
+    for key, raw in row.fields.items():
+        parser = PARSERS.get(key)
+        if parser is None:
+            if key in MANIFEST_KEYS and fmt != "yaml":
+                msg = "is a manifest-level setting; give it on the command line"
+            elif key in MANIFEST_KEYS:
+                msg = "is a manifest-level setting; put it at the top of the file"
+            else:
+                msg = f"unknown field (known: {', '.join(JOB_FIELDS)})"
+            problems.append(Problem(name, row.line_of(str(key)), str(key), msg))
+            continue
+        if raw is None:
+            continue  # YAML `seed:` or JSON null: not set, like an empty CSV cell
+        try:
+            values[key] = parser(raw, row.text)
+        except Bad as exc:
+            problems.append(Problem(name, row.line_of(key), key, str(exc)))
+    if row.fields.get("prompt") is None:
+        problems.append(Problem(name, row.line, "prompt", "required"))
+    return values
+
+
+# -- matrix templates and ids -------------------------------------------------------------------
+
+
+def check_template(template: str, names: list[str]) -> list[str]:
+    """Problems with a matrix prompt: placeholders without a var, vars without a placeholder."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return [f"{exc} (write {{{{ and }}}} for literal braces)"]
+    used: list[str] = []
+    problems: list[str] = []
+    for _literal, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            problems.append(f"placeholder {{{field}}} is not a plain {{name}} of a var")
+        elif field not in names:
+            problems.append(f"placeholder {{{field}}} has no var of that name")
+        else:
+            used.append(field)
+    problems.extend(f"var {n!r} is not used in the prompt" for n in names if n not in used)
+    return problems
+
+
+_SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+def slug(text: str, limit: int = MAX_SLUG_LENGTH) -> str:
+    if not text.isascii():
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return _SLUG_UNSAFE.sub("-", text.lower()).strip("-")[:limit].rstrip("-")
+
+
+def job_prefix(id_prefix: str, combo: tuple[str, ...], prompt: str) -> str:
+    """The readable part of a job id: user id and matrix values, else the prompt's first words."""
+    parts = [id_prefix] if id_prefix else []
+    parts.extend(s for s in map(slug, combo) if s)
+    if parts:
+        return "-".join(parts)[:MAX_ID_LENGTH].rstrip("-.")
+    return slug(" ".join(prompt.split(None, 6)[:6])) or "job"

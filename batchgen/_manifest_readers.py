@@ -1,0 +1,204 @@
+"""The three manifest formats, each turned into a stream of rows or located syntax problems.
+
+CSV and JSONL are read line by line and never held whole; YAML is loaded once (it is written by
+hand, so it is small) with the line of every job and key.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from batchgen._manifest_fields import JOB_FIELDS, PARSERS, Bad, Row
+from batchgen._manifest_yaml import YamlMap, YamlSeq
+from batchgen.errors import Problem
+
+_NO_LINES: Mapping[str, int] = {}
+_BOM = b"\xef\xbb\xbf"
+
+
+def yaml_rows(doc: YamlMap | None, name: str, *, cli_model: bool) -> Iterator[Row | Problem]:
+    """Each job with the file's defaults merged in; a default keeps the line it was written on."""
+    if doc is None:
+        return
+    defaults = doc.get("defaults")
+    inherited: list[tuple[str, Any, int]] = []
+    if isinstance(defaults, YamlMap):
+        for key, value in defaults.items():
+            if key in PARSERS and key != "id":  # check_top reports the rest once
+                if key == "model" and cli_model:
+                    continue  # --model beats the file's defaults; a job's own model beats both
+                inherited.append((key, value, defaults.key_lines[key]))
+    jobs = doc.get("jobs")
+    if not isinstance(jobs, YamlSeq):
+        return
+    for index, job in enumerate(jobs):
+        if not isinstance(job, YamlMap):
+            msg = "each job must be a mapping with a `prompt:`"
+            yield Problem(name, jobs.item_lines[index], "", msg)
+            continue
+        for key, dup_line in job.dup_keys:
+            yield Problem(name, dup_line, key, "set twice in this job")
+        fields: dict[str, Any] = {k: v for k, v, _ in inherited}
+        lines = {k: ln for k, _, ln in inherited}
+        fields.update(job)
+        lines.update(job.key_lines)
+        yield Row(job.line, fields, lines, text=False)
+
+
+def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[3:]
+            if not raw or raw.isspace():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield Problem(name, lineno, "", f"invalid JSON: {exc}")
+                continue
+            if not isinstance(obj, dict):
+                yield Problem(name, lineno, "", "each line must be a JSON object")
+                continue
+            yield Row(lineno, obj, _NO_LINES, text=False)
+
+
+def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
+    """Rows keyed by column; strict quoting, with the line a broken row starts on."""
+    with path.open("rb") as fh:
+        reader = csv.reader(_DecodedLines(fh), strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Problem(name, 1, "", f"CSV header cannot be read: {exc}")
+            return
+        except _NotText as exc:
+            yield Problem(name, exc.line, "", str(exc))
+            return
+        columns, header_problems = _columns(header, name)
+        yield from header_problems
+        if "prompt" not in columns.values():
+            return  # every row would fail the same way; the header problem says it all
+        ncols = len(header)
+        prev = reader.line_num
+        while True:
+            start = prev + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                at = reader.line_num
+                if "unexpected end of data" in str(exc):
+                    msg = f"a quote opened in the row starting here is never closed (line {at})"
+                    yield Problem(name, start, "", f"CSV syntax error: {msg}")
+                    return
+                yield Problem(name, start, "", f"CSV syntax error at line {at}: {exc}")
+                prev = at
+                continue
+            except _NotText as exc:
+                yield Problem(name, exc.line, "", str(exc))
+                return
+            prev = reader.line_num
+            if not any(cells):
+                continue  # blank lines, and spreadsheet rows of empty cells
+            if len(cells) != ncols:
+                msg = f"row has {len(cells)} cells but the header has {ncols}"
+                if prev > start:
+                    msg += f"; a quoted cell runs from line {start} to {prev}: missing quote?"
+                yield Problem(name, start, "", msg)
+                continue
+            fields = {col: cells[i] for i, col in columns.items() if cells[i].strip()}
+            if prev > start:
+                swallowed = _swallowed_row(fields, columns, ncols)
+                if swallowed:
+                    msg = (
+                        f"the cell spans lines {start}-{prev} and contains what looks like "
+                        f"a CSV row ({swallowed[1]!r}); is a closing quote missing?"
+                    )
+                    yield Problem(name, start, swallowed[0], msg)
+                    continue
+            yield Row(start, fields, _NO_LINES, text=True)
+
+
+def _columns(header: list[str], name: str) -> tuple[dict[int, str], list[Problem]]:
+    """Column index -> field for the known columns, and the header's problems."""
+    columns: dict[int, str] = {}
+    problems: list[Problem] = []
+    for index, raw in enumerate(header):
+        col = raw.strip().lower()
+        if col in columns.values():
+            problems.append(Problem(name, 1, col, "column appears twice"))
+        elif col in PARSERS:
+            columns[index] = col
+        elif not col:
+            problems.append(Problem(name, 1, "", f"column {index + 1} has no name"))
+        else:
+            msg = f"unknown column (known: {', '.join(JOB_FIELDS)})"
+            problems.append(Problem(name, 1, raw.strip(), msg))
+    if "prompt" not in columns.values():
+        problems.append(Problem(name, 1, "prompt", "required column missing"))
+    return columns, problems
+
+
+def _swallowed_row(
+    fields: dict[str, str], columns: dict[int, str], ncols: int
+) -> tuple[str, str] | None:
+    """(column, line) for a line inside a multi-line cell that parses as a whole row.
+
+    That is the mark of an unclosed quote. Multi-line prompts are legitimate, so only a line with
+    the header's cell count whose other cells all hold valid values for their columns counts.
+    """
+    if ncols < 2:
+        return None
+    for column, value in fields.items():
+        for line in value.splitlines()[1:]:
+            cells = next(csv.reader([line]), [])
+            if len(cells) != ncols:
+                continue
+            others = [(columns[i], c) for i, c in enumerate(cells) if i in columns and c.strip()]
+            if any(col != "prompt" for col, _ in others) and all(
+                col == "prompt" or _valid(col, c) for col, c in others
+            ):
+                return column, line
+    return None
+
+
+def _valid(col: str, value: str) -> bool:
+    try:
+        PARSERS[col](value, True)
+    except Bad:
+        return False
+    return True
+
+
+class _NotText(ValueError):
+    def __init__(self, line: int, exc: UnicodeDecodeError) -> None:
+        bad = exc.object[exc.start]
+        super().__init__(f"not UTF-8 text: byte {bad:#04x} at column {exc.start + 1}")
+        self.line = line
+
+
+class _DecodedLines:
+    """Decode line by line, so a bad byte is reported on its own line and not a chunk earlier."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._line = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self._fh:
+            self._line += 1
+            if self._line == 1 and raw.startswith(_BOM):
+                raw = raw[3:]  # Excel writes one
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _NotText(self._line, exc) from None

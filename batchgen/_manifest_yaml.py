@@ -1,0 +1,150 @@
+"""YAML manifests with line numbers: a SafeLoader that remembers where each mapping and key start.
+
+Also checks the manifest-level keys (model, provider, base_url, defaults, jobs).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from batchgen._manifest_fields import JOB_FIELDS, MANIFEST_KEYS, PARSERS, Bad, parse_model
+from batchgen.errors import Problem
+
+PROVIDERS = ("anyfast", "google")
+
+
+class YamlMap(dict[str, Any]):
+    """A YAML mapping that remembers where it and each of its keys start (1-based lines)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+    dup_keys: list[tuple[str, int]]
+
+
+class YamlSeq(list[Any]):
+    item_lines: list[int]
+
+
+class YamlSyntaxError(ValueError):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> YamlMap:
+    own = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+    loader.flatten_mapping(node)  # `<<: *base` merges come first, so explicit keys win
+    result = YamlMap()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    result.dup_keys = []
+    seen: set[str] = set()
+    for key_node in own:
+        key = str(loader.construct_object(key_node, deep=True))
+        if key in seen:
+            result.dup_keys.append((key, key_node.start_mark.line + 1))
+        seen.add(key)
+    for key_node, value_node in node.value:
+        key = str(loader.construct_object(key_node, deep=True))
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_seq(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> YamlSeq:
+    result = YamlSeq(loader.construct_object(child, deep=True) for child in node.value)
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+# YAML 1.1 reads `16:9` as the base-60 integer 969 and `007` as octal. Aspect ratios are written
+# unquoted all the time, so keep the number rules but drop those two readings.
+_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_LineLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, _INT if tag.endswith(":int") else _FLOAT if tag.endswith(":float") else regexp)
+        for tag, regexp in resolvers
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(data: bytes) -> object:
+    try:
+        return yaml.load(data, Loader=_LineLoader)  # a SafeLoader subclass: no object tags
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        raise YamlSyntaxError(f"{exc.problem or exc}", line) from exc
+    except yaml.reader.ReaderError as exc:
+        line = data.count(b"\n", 0, exc.position) + 1
+        raise YamlSyntaxError(
+            f"not valid {exc.encoding or 'UTF-8'} text: {exc.reason}", line
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(str(exc), 0) from exc
+
+
+def check_top(doc: YamlMap, name: str, top: dict[str, str | None]) -> list[Problem]:
+    """Check the manifest-level keys, filling ``top`` with the valid ones."""
+    problems: list[Problem] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem(name, doc.key_lines.get(key, doc.line), key, message))
+
+    for key, line in doc.dup_keys:
+        problems.append(Problem(name, line, key, "set twice"))
+    for key, value in doc.items():
+        if key.startswith("x-"):
+            continue  # room for YAML anchors to reuse (`x-base: &base ...`), as docker-compose does
+        if key not in MANIFEST_KEYS:
+            known = ", ".join(MANIFEST_KEYS)
+            bad(key, f"unknown top-level key (known: {known}; keys starting x- are free)")
+        elif value is None or key in ("defaults", "jobs"):
+            continue
+        elif key == "model":
+            try:
+                top["model"] = parse_model(value, False)
+            except Bad as exc:
+                bad(key, str(exc))
+        elif key == "provider":
+            if value in PROVIDERS:
+                top["provider"] = value
+            else:
+                bad(key, f"{value!r} is not one of {', '.join(PROVIDERS)}")
+        elif not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            bad(key, "must be an http(s) URL")
+        else:
+            top["base_url"] = value.rstrip("/")
+    defaults = doc.get("defaults")
+    if defaults is not None and not isinstance(defaults, YamlMap):
+        bad("defaults", "must be a mapping of job fields")
+    elif isinstance(defaults, YamlMap):
+        problems.extend(Problem(name, ln, key, "set twice") for key, ln in defaults.dup_keys)
+        for key in defaults:
+            line = defaults.key_lines[key]
+            if key == "id":
+                problems.append(Problem(name, line, key, "cannot have a default: ids are per job"))
+            elif key not in PARSERS:
+                msg = f"unknown field (known: {', '.join(JOB_FIELDS)})"
+                problems.append(Problem(name, line, key, msg))
+    jobs = doc.get("jobs")
+    if jobs is None:
+        bad("jobs", "required: a list of jobs")
+    elif not isinstance(jobs, YamlSeq):
+        bad("jobs", "must be a list of jobs")
+    return problems

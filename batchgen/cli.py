@@ -1,0 +1,292 @@
+"""The ``batchgen`` command line.
+
+Exit codes: 0 every job succeeded; 1 the run finished and some jobs failed; 2 bad input or usage,
+nothing sent; 3 the budget was reached; 4 a fatal error stopped the run (bad key, unknown model,
+daily quota, disk full); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+
+from .errors import BatchgenError, InputError, StorageError
+from .plan import Selection
+from .pool import RunResult, StopReason
+from .progress import Progress
+from .redact import install_log_redaction, redact
+
+log = logging.getLogger("batchgen")
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+STOP_EXIT = {
+    StopReason.INTERRUPTED: EXIT_INTERRUPTED,
+    StopReason.BUDGET: EXIT_BUDGET,
+    StopReason.FATAL: EXIT_FATAL,
+    StopReason.STORAGE: EXIT_FATAL,
+}
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            Progress.write(redact(self.format(record)))
+        except Exception:  # logging must never take the run down
+            self.handleError(record)
+
+
+def setup_logging(verbose: int) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("batchgen").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    install_log_redaction()
+
+
+def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
+    click.echo(redact(f"batchgen: {message}"), err=True)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn batchgen errors into one-line messages and keep tracebacks free of secrets."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            for problem in exc.problems:
+                click.echo(redact(f"batchgen: {str(problem).lstrip(': ')}"), err=True)
+            sys.exit(EXIT_INPUT)
+        except StorageError as exc:
+            fail(str(exc), EXIT_FATAL)
+        except BatchgenError as exc:
+            fail(str(exc), EXIT_FATAL)
+        except KeyboardInterrupt:
+            fail("interrupted before anything was sent", EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # the last line of defence for the key
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            click.echo(redact(text), err=True)
+            sys.exit(EXIT_FATAL)
+
+    return wrapper
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise click.BadParameter("must be K/N with 1 <= K <= N, e.g. 2/4", param_hint="--shard")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _retry_kinds(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value == "all":
+        return ()
+    return tuple(k.strip() for k in value.split(",") if k.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchgen")
+def main() -> None:
+    """Generate images in bulk with Gemini 3 Pro Image: resumable, rate-limited, budgeted."""
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder [jobs/<manifest stem>].")
+@click.option("--fake", is_flag=True, help="Use the built-in fake Gemini server (no key, no cost).")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), help="[anyfast]")
+@click.option("--base-url", help="Point the provider at another host.")
+@click.option("--model", help="Model id for every job [gemini-3-pro-image].")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.1), default=300.0, show_default=True,
+              help="Seconds per request.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=6, show_default=True)
+@click.option("--backoff", type=click.FloatRange(0.0), default=1.0, show_default=True,
+              help="First retry wait in seconds when the server names none (doubles, max 60).")
+@click.option("--rpm", type=click.FloatRange(min=1), help="Requests per minute, at most.")
+@click.option("--ipm", type=click.FloatRange(min=1), help="Images per minute, at most.")
+@click.option("--retry-blocked", type=click.IntRange(0, 20), default=0, show_default=True,
+              help="Extra tries for safety blocks and no-image answers.")
+@click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
+              help="Re-run permanent failures; optionally only these comma-separated kinds.")
+@click.option("--budget", type=click.FloatRange(0.0), help="Hard spending cap in USD.")
+@click.option("--confirm-above", type=click.FloatRange(0.0), default=20.0, show_default=True,
+              help="Ask before a run estimated above this many USD (when stdin is a terminal).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--limit", type=click.IntRange(1), help="Run only the first N pending jobs.")
+@click.option("--only", metavar="ID_GLOB", help="Run only jobs whose id matches.")
+@click.option("--shard", metavar="K/N", help="Run only this machine's share of the jobs.")
+@click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", count=True, help="Log every attempt (debug).")
+@guarded
+def run(manifest: Path, **o: Any) -> None:
+    """Generate every job in MANIFEST that the run folder does not have yet."""
+    from .run import RunRequest, execute, prepare
+
+    setup_logging(o["verbose"])
+    shard = _shard(o["shard"])
+    retry_failed = _retry_kinds(o["retry_failed"])
+    req = RunRequest(
+        manifest=manifest,
+        out=o["out"],
+        fake=o["fake"],
+        provider=o["provider"],
+        base_url=o["base_url"],
+        model=o["model"],
+        timeout_s=o["timeout"],
+        prices=o["prices"],
+        yes=o["yes"],
+        confirm_above_usd=o["confirm_above"],
+        settings={
+            "concurrency": o["concurrency"],
+            "max_attempts": o["max_attempts"],
+            "backoff_initial_s": o["backoff"],
+            "rpm": o["rpm"],
+            "ipm": o["ipm"],
+            "retry_blocked": o["retry_blocked"],
+            "retry_failed": retry_failed,
+            "budget_usd": o["budget"],
+            "limit": o["limit"],
+            "only": o["only"],
+            "shard": shard,
+            "progress": not o["no_progress"],
+        },
+    )
+    selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"])
+    prep = prepare(req, selection=selection)
+    for warning in prep.summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    c = prep.counts
+    if prep.change:
+        click.echo(prep.change, err=True)
+    click.echo(
+        f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
+        f"estimated ${c.estimate_usd:.2f}",
+        err=True,
+    )
+    if c.pending == 0:
+        click.echo("nothing to do: every job is done", err=True)
+        sys.exit(EXIT_OK if c.failed_skipped == 0 else EXIT_FAILED)
+    if c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty():
+        click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?", abort=True)
+    result = asyncio.run(execute(prep, req))
+    sys.exit(summarize(result, prep.folder.path))
+
+
+def summarize(result: RunResult, out: Path) -> int:
+    from .run import command_line
+
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items()))
+    echo(
+        f"done: {result.succeeded} succeeded, {result.failed} failed"
+        + (f" ({errors})" if errors else "")
+        + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
+    )
+    reason = result.stop_reason
+    if reason is StopReason.COMPLETED:
+        if result.failed:
+            echo(f"to retry the permanent failures: {command_line()} --retry-failed")
+            return EXIT_FAILED
+        return EXIT_OK
+    if reason is StopReason.INTERRUPTED:
+        echo(f"interrupted; to resume: {command_line()}")
+    elif reason is StopReason.BUDGET:
+        echo(f"{result.stop_message}; to continue, raise --budget: {command_line()}")
+    else:
+        echo(f"stopped: {redact(result.stop_message)}")
+        echo(f"fix the cause, then resume with: {command_line()}")
+    return STOP_EXIT[reason]
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--model", help="Model id for every job.")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]))
+@guarded
+def validate(manifest: Path, model: str | None, provider: str | None) -> None:
+    """Check MANIFEST without sending anything, and print the plan."""
+    from .run import open_manifest
+
+    setup_logging(0)
+    m = open_manifest(manifest, model, provider)
+    summary = m.validate()
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    sizes = ", ".join(f"{n} x {size}" for size, n in sorted(summary.by_size.items()))
+    models = ", ".join(f"{n} x {name}" for name, n in sorted(summary.by_model.items()))
+    click.echo(f"{manifest}: ok: {summary.jobs} jobs, {summary.jobs} images ({sizes})")
+    click.echo(f"models: {models}; reference images sent: {summary.references}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@guarded
+def status(run_dir: Path, as_json: bool) -> None:
+    """Counts and spend of a run folder (needs no manifest and no key)."""
+    from .report import format_status, load_status
+
+    st = load_status(run_dir)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(st.to_json()).decode())
+    else:
+        click.echo(format_status(st))
+
+
+@main.command("fake-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--key", default="fake-key", show_default=True, help="The key it accepts.")
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per answer.")
+@click.option("--full-size", is_flag=True, help="Real pixel sizes instead of small images.")
+@click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
+              help="e.g. --fault 429=0.1 --fault 503=0.05 (repeatable).")
+@click.option("--rpm", type=int, help="Sliding-window requests per minute.")
+@click.option(
+    "--url-output", type=click.Choice(["file_data", "text", "markdown", "escaped", "data"])
+)
+def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
+                faults: tuple[str, ...], rpm: int | None, url_output: str | None) -> None:
+    """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
+    from .fake import FakeConfig, run_forever
+
+    rates: dict[str, float] = {}
+    for item in faults:
+        name, _, rate = item.partition("=")
+        try:
+            rates[name] = float(rate)
+        except ValueError:
+            fail(f"--fault {item!r}: expected NAME=RATE, e.g. 503=0.1")
+    config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
+                        rpm_limit=rpm, url_output=url_output)
+    run_forever(config, host, port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The client: one JobSpec in, one generated image out, or one batchgen error.
+
+This is the transport boundary. aiohttp, JSON and OS errors are translated here into the tree in
+:mod:`batchgen.errors`; nothing above this module sees a third-party exception. The API key is
+sent only to the configured endpoint and never appears in a message (:mod:`batchgen.redact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+
+import aiohttp
+import orjson
+from PIL import Image, UnidentifiedImageError
+
+from . import errors as e
+from .config import ClientSettings
+from .redact import redact, register_secret
+from .references import load_reference_bytes, sniff_image_type
+from .response import data_url_bytes, parse_answer
+from .spec import JobSpec, Reference
+
+log = logging.getLogger(__name__)
+
+URL_DOWNLOAD_ATTEMPTS = 3
+_PLEASE_RETRY = re.compile(r"retry in ([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\b", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+    text: str | None
+    usage: dict[str, Any] | None
+    model_version: str | None
+
+
+def parse_retry_delay(details: Any, headers: Any, message: str) -> float | None:
+    """The wait the server asks for: RetryInfo in the body, Retry-After, or 'Please retry in Ns'."""
+    if isinstance(details, list):
+        for d in details:
+            if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+                m = _DURATION.match(str(d.get("retryDelay") or d.get("retry_delay") or ""))
+                if m:
+                    return float(m.group(1))
+    header = headers.get("Retry-After") if headers is not None else None
+    if header:
+        try:
+            return max(float(header), 0.0)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(header)
+                return max(when.timestamp() - time.time(), 0.0)
+            except (TypeError, ValueError):
+                pass
+    m = _PLEASE_RETRY.search(message)
+    if m:
+        value = float(m.group(1))
+        return value / 1000 if m.group(2).lower() == "ms" else value
+    return None
+
+
+def error_from_http(status: int, body: bytes, headers: Any) -> e.APIError:
+    """The one table from an HTTP error answer to batchgen's error tree."""
+    message, rpc_status = "", ""
+    details: list[Any] = []
+    try:
+        err = orjson.loads(body).get("error", {})
+        message = str(err.get("message", ""))
+        rpc_status = str(err.get("status", ""))
+        details = err.get("details") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        message = _snippet(body)
+    message = redact(message or f"HTTP {status}")
+    retry_after = parse_retry_delay(details, headers, message)
+    reasons = {str(d.get("reason", "")) for d in details if isinstance(d, dict)}
+    quota_ids = [
+        str(v.get("quotaId", ""))
+        for d in details
+        if isinstance(d, dict)
+        for v in (d.get("violations") or [])
+        if isinstance(v, dict)
+    ]
+    kw: dict[str, Any] = {"http_status": status, "retry_after": retry_after}
+    if status == 429:
+        if any("PerDay" in q for q in quota_ids):
+            return e.DailyQuotaError(message, **kw)
+        return e.RateLimitError(message, **kw)
+    if status == 400 and "API_KEY_INVALID" in reasons:
+        return e.AuthError(message, **kw)
+    if status in (401, 403):
+        return e.AuthError(message, **kw)
+    if status == 404:
+        return e.ModelNotFoundError(message, **kw)
+    if status == 408 or status >= 500:
+        return e.ServerError(message or rpc_status, **kw)
+    return e.InvalidRequestError(message, **kw)
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:200].decode("utf-8", "replace")
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
+
+
+def translate(exc: BaseException) -> e.APIError:
+    """aiohttp and OS errors at the transport boundary, as batchgen errors."""
+    msg = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return e.TimeoutError_(msg)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return e.BadResponseError(f"body cut off: {msg}")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return e.ConnectionError_(msg)
+    return e.BadResponseError(msg)
+
+
+@lru_cache(maxsize=64)
+def _encoded_reference(ref: Reference, max_bytes: int | None) -> tuple[str, str]:
+    data, mime = load_reference_bytes(ref, max_bytes=max_bytes)
+    return base64.b64encode(data).decode("ascii"), mime
+
+
+class GeminiClient:
+    """Async client for ``models/{model}:generateContent``. Use as an async context manager."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        register_secret(settings.api_key)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GeminiClient:
+        connector = aiohttp.TCPConnector(
+            limit=max(self.settings.connections, 1), ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("GeminiClient used outside 'async with'")
+        return self._session
+
+    def endpoint(self, model: str) -> tuple[str, dict[str, str], dict[str, str]]:
+        url = f"{self.settings.base_url.rstrip('/')}/v1beta/models/{model}:generateContent"
+        if self.settings.key_in_query:
+            return url, {"key": self.settings.api_key}, {}
+        return url, {}, {"x-goog-api-key": self.settings.api_key}
+
+    async def build_request(self, spec: JobSpec) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = [{"text": spec.prompt}]
+        refs: tuple[Reference, ...] = spec.references
+        # Leave room for the prompt and JSON around the base64 of every reference.
+        per_ref = (self.settings.max_request_bytes * 3 // 4 - 65536) // max(len(refs), 1)
+        for ref in refs:
+            if ref.url:
+                data, mime = await self._fetch_reference(ref.url)
+                b64 = base64.b64encode(data).decode("ascii")
+            else:
+                try:
+                    b64, mime = await asyncio.to_thread(_encoded_reference, ref, per_ref)
+                except OSError as exc:
+                    raise e.ReferenceError_(f"{ref.source}: {exc.strerror}") from exc
+            parts.append({"inlineData": {"mimeType": mime, "data": b64}})
+        image_config: dict[str, Any] = {}
+        if spec.aspect_ratio:
+            image_config["aspectRatio"] = spec.aspect_ratio
+        if not spec.model.startswith("gemini-2.5-flash"):
+            image_config["imageSize"] = spec.image_size
+        gen: dict[str, Any] = {
+            "responseModalities": ["TEXT", "IMAGE"] if spec.output_text else ["IMAGE"],
+        }
+        if image_config:
+            gen["imageConfig"] = image_config
+        if spec.temperature is not None:
+            gen["temperature"] = spec.temperature
+        if spec.seed is not None:
+            gen["seed"] = spec.seed
+        return {"contents": [{"role": "user", "parts": parts}], "generationConfig": gen}
+
+    async def generate(self, spec: JobSpec) -> GeneratedImage:
+        """One attempt. Raises a :class:`batchgen.errors.APIError` subclass on any failure."""
+        body = orjson.dumps(await self.build_request(spec))
+        url, params, headers = self.endpoint(spec.model)
+        headers["Content-Type"] = "application/json"
+        status = 0
+        try:
+            async with self.session.post(url, params=params, data=body, headers=headers) as resp:
+                status, resp_headers = resp.status, resp.headers
+                raw = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            err = translate(exc)
+            if status == 200:
+                err.http_status, err.maybe_billed = 200, True
+            raise err from exc
+        del body
+        if status != 200:
+            raise error_from_http(status, raw, resp_headers)
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise e.BadResponseError(
+                f"HTTP 200 with a body that is not JSON: {_snippet(raw)!r}", http_status=200
+            ) from exc
+        del raw
+        if isinstance(obj, dict) and "error" in obj and "candidates" not in obj:
+            code = obj["error"].get("code", 500) if isinstance(obj["error"], dict) else 500
+            raise error_from_http(int(code), orjson.dumps(obj), resp_headers)
+        parsed = parse_answer(obj)
+        del obj
+        data = parsed.data
+        if data is None:
+            assert parsed.url is not None
+            if parsed.url.startswith("data:"):
+                data, _ = data_url_bytes(parsed.url)
+            else:
+                data = await self._download_output(parsed.url)
+        return _finish(data, parsed.text, parsed.usage, parsed.model_version)
+
+    async def _get_bytes(self, url: str) -> bytes:
+        try:
+            async with self.session.get(url) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise e.ConnectionError_(
+                        f"GET {redact(url)} answered HTTP {resp.status}", http_status=resp.status
+                    )
+                return data
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise translate(exc) from exc
+
+    async def _download_output(self, url: str) -> bytes:
+        # The image is already paid for and its URL expires: try hard before giving up on it.
+        last: e.APIError | None = None
+        for attempt in range(URL_DOWNLOAD_ATTEMPTS):
+            try:
+                return await self._get_bytes(url)
+            except e.APIError as exc:
+                last = exc
+                log.debug("download of %s failed (%s), attempt %d", redact(url), exc, attempt + 1)
+                await asyncio.sleep(0.2 * 2**attempt)
+        assert last is not None
+        raise last
+
+    async def _fetch_reference(self, url: str) -> tuple[bytes, str]:
+        try:
+            data = await self._get_bytes(url)
+        except e.APIError as exc:
+            raise e.ReferenceError_(f"reference {redact(url)}: {exc.message}") from exc
+        mime = sniff_image_type(data)
+        if mime is None:
+            raise e.ReferenceError_(f"reference {redact(url)} is not an image")
+        return data, mime
+
+
+def _finish(
+    data: bytes, text: str | None, usage: dict[str, Any] | None, model_version: str | None
+) -> GeneratedImage:
+    # The declared mimeType is unreliable (JPEG bytes labelled PNG): trust the bytes.
+    mime = sniff_image_type(data)
+    if mime is None:
+        raise e.BadResponseError(f"the image bytes are not PNG, JPEG or WebP ({len(data)} bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise e.BadResponseError(f"the image does not decode: {exc}") from exc
+    if not (width and height):
+        raise e.BadResponseError("the image has no size")
+    return GeneratedImage(data, mime, width, height, text, usage, model_version)

@@ -1,0 +1,190 @@
+"""batchgen's exception tree.
+
+Everything that can go wrong with one request ends as one of these, so the pool never has to know
+about aiohttp, JSON or OS errors. The client translates at its boundary
+(``raise X(...) from exc``)::
+
+    BatchgenError
+    ├── InputError                 bad manifest, flags or key: exit 2, nothing sent
+    ├── StorageError               disk full, folder unwritable: the run stops, nothing is lost
+    └── APIError                   one request's failure (kind, http_status, message, retry_after)
+        ├── TransientError         worth another attempt
+        │   ├── RateLimitError         429
+        │   ├── ServerError            408, 5xx
+        │   ├── TimeoutError_          no answer within --timeout
+        │   ├── ConnectionError_       refused, reset, dropped
+        │   └── BadResponseError       truncated, HTML or non-JSON body
+        ├── PermanentError         recorded once, not retried
+        │   ├── InvalidRequestError    400 INVALID_ARGUMENT / FAILED_PRECONDITION
+        │   ├── BlockedError           promptFeedback.blockReason or a safety finishReason
+        │   ├── NoImageError           STOP with no image, NO_IMAGE, ...
+        │   └── ReferenceError_        a reference image could not be loaded
+        └── FatalError             every other job would fail the same way: stop the run
+            ├── AuthError              bad key, 401, 403
+            ├── ModelNotFoundError     404
+            └── DailyQuotaError        429 with a PerDay quota
+
+Whether to retry is decided in one place, :func:`batchgen.retrying.should_retry`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ErrorKind(str, enum.Enum):
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    BAD_RESPONSE = "bad_response"
+    INVALID_REQUEST = "invalid_request"
+    BLOCKED = "blocked"
+    NO_IMAGE = "no_image"
+    REFERENCE = "reference"
+    AUTH = "auth"
+    MODEL_NOT_FOUND = "model_not_found"
+    DAILY_QUOTA = "daily_quota"
+
+
+class BatchgenError(Exception):
+    """Base of every error batchgen raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the input, located to file, line and field."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.field:
+            return f"{where}: {self.field}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class InputError(BatchgenError):
+    """Bad input or usage. The CLI prints each problem on one line and exits 2."""
+
+    def __init__(self, problems: list[Problem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("", 0, "", problems)]
+        self.problems = problems
+        super().__init__("\n".join(str(p).lstrip(": ") for p in problems))
+
+
+class StorageError(BatchgenError):
+    """Writing an image or the ledger failed; the run must stop before it pays for more."""
+
+
+class APIError(BatchgenError):
+    kind: ErrorKind = ErrorKind.BAD_RESPONSE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        kind: ErrorKind | None = None,
+        usage: dict[str, object] | None = None,
+        maybe_billed: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
+        # A blocked or text-only answer is still billed; keep what the server said it used.
+        self.usage = usage
+        # The server may have generated (and billed) an image we never received in full.
+        self.maybe_billed = maybe_billed
+        if kind is not None:
+            self.kind = kind
+
+    def __str__(self) -> str:
+        status = f"HTTP {self.http_status}: " if self.http_status else ""
+        return f"{self.kind.value}: {status}{self.message}"
+
+
+class TransientError(APIError):
+    pass
+
+
+class RateLimitError(TransientError):
+    kind = ErrorKind.RATE_LIMITED
+
+
+class ServerError(TransientError):
+    kind = ErrorKind.SERVER_ERROR
+
+
+class TimeoutError_(TransientError):
+    kind = ErrorKind.TIMEOUT
+
+
+class ConnectionError_(TransientError):
+    kind = ErrorKind.CONNECTION
+
+
+class BadResponseError(TransientError):
+    kind = ErrorKind.BAD_RESPONSE
+
+
+class PermanentError(APIError):
+    pass
+
+
+class InvalidRequestError(PermanentError):
+    kind = ErrorKind.INVALID_REQUEST
+
+
+class BlockedError(PermanentError):
+    kind = ErrorKind.BLOCKED
+
+
+class NoImageError(PermanentError):
+    kind = ErrorKind.NO_IMAGE
+
+
+class ReferenceError_(PermanentError):
+    kind = ErrorKind.REFERENCE
+
+
+class FatalError(APIError):
+    pass
+
+
+class AuthError(FatalError):
+    kind = ErrorKind.AUTH
+
+
+class ModelNotFoundError(FatalError):
+    kind = ErrorKind.MODEL_NOT_FOUND
+
+
+class DailyQuotaError(FatalError):
+    kind = ErrorKind.DAILY_QUOTA
+
+
+KIND_TO_CLASS: dict[ErrorKind, type[APIError]] = {
+    cls.kind: cls
+    for cls in (
+        RateLimitError,
+        ServerError,
+        TimeoutError_,
+        ConnectionError_,
+        BadResponseError,
+        InvalidRequestError,
+        BlockedError,
+        NoImageError,
+        ReferenceError_,
+        AuthError,
+        ModelNotFoundError,
+        DailyQuotaError,
+    )
+}

@@ -1,0 +1,230 @@
+"""What the fake server should do wrong, and when.
+
+The config is a plain mutable dataclass because tests change it while the server runs (a
+ThreadedFakeServer's config is written from the test thread and read on the server's loop; each
+field write is a single atomic attribute store, so no lock is needed for that).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Every fault the server knows. "ok" is listed so scripts can say "no fault this time".
+FAULT_NAMES: tuple[str, ...] = (
+    "ok",
+    "429",
+    "429_retry_after",
+    "429_bare",
+    "429_daily",
+    "500",
+    "503",
+    "504",
+    "408",
+    "502_html",
+    "200_html",
+    "drop",
+    "truncate",
+    "slow",
+    "block",
+    "image_safety",
+    "text_only",
+    "400",
+)
+URL_OUTPUT_MODES: tuple[str, ...] = ("file_data", "text", "markdown", "escaped", "data")
+
+
+@dataclass
+class Rule:
+    """Serve ``fault`` to requests whose prompt text contains ``match``.
+
+    ``times`` limits it to the first N matching requests; the server counts uses itself (keyed
+    by the Rule object), so the rule stays as written and a reset makes it fire again.
+    """
+
+    match: str
+    fault: str
+    times: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fault(self.fault)
+
+
+@dataclass
+class FakeConfig:
+    api_key: str = "fake-key"
+    # The preview model is shut down, so it is deliberately absent: it answers 404.
+    models: tuple[str, ...] = ("gemini-3-pro-image", "gemini-2.5-flash-image")
+    latency_s: float = 0.0
+    full_size: bool = False
+    image_bytes: int | None = None
+    thought_images: int = 1
+    mislabel_jpeg_rate: float = 0.0
+    url_output: str | None = None
+    rpm_limit: int | None = None
+    ipm_limit: int | None = None
+    rate_window_s: float = 60.0
+    faults: dict[str, float] = field(default_factory=dict)
+    script: list[str] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    retry_delay_s: float = 0.05
+    slow_s: float = 30.0
+    max_request_bytes: int = 100 * 1024 * 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Catch typos at construction: a misspelt fault would otherwise silently mean "ok".
+        for name in (*self.faults, *self.script):
+            check_fault(name)
+        if self.url_output is not None and self.url_output not in URL_OUTPUT_MODES:
+            raise ValueError(f"url_output must be one of {URL_OUTPUT_MODES} or None")
+        if not 0 <= self.thought_images <= 2:
+            raise ValueError("thought_images must be 0, 1 or 2")
+        self.models = tuple(self.models)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["models"] = list(self.models)
+        return out
+
+
+def check_fault(name: str) -> None:
+    if name not in FAULT_NAMES:
+        raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(FakeConfig))
+
+
+def apply_config_json(config: FakeConfig, data: object) -> None:
+    """Update ``config`` in place from a JSON object (the ``POST /_fake/config`` body).
+
+    Everything is checked before anything is assigned, so a bad request changes nothing.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("config body must be a JSON object")
+    unknown = set(data) - _FIELD_NAMES
+    if unknown:
+        raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+    updates: dict[str, Any] = dict(data)
+    if "rules" in updates:
+        rules = updates["rules"]
+        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+            raise ValueError("rules must be a list of objects")
+        updates["rules"] = [Rule(**r) for r in rules]
+    if "models" in updates:
+        updates["models"] = tuple(updates["models"])
+    if "script" in updates:
+        updates["script"] = list(updates["script"])
+    # Build a throwaway config to run the same validation the constructor does.
+    merged = {f.name: getattr(config, f.name) for f in fields(FakeConfig)}
+    merged.update(updates)
+    FakeConfig(**merged)
+    for name, value in updates.items():
+        setattr(config, name, value)
+
+
+class FaultChooser:
+    """Picks the fault for one request: rules, then script, then rates, else "ok"."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        # id(rule) -> (rule, uses); holding the rule keeps its id from being reused.
+        self._rule_uses: dict[int, tuple[Rule, int]] = {}
+        # The script list we have been popping from and what we took, so a reset can put the
+        # entries back; a new list object (config replaced) starts a fresh record.
+        self._script: list[str] | None = None
+        self._consumed: list[str] = []
+
+    def reset(self, config: FakeConfig) -> None:
+        """Back to how a fresh server with ``config`` would start: script replays, rules re-arm."""
+        self.seed = config.seed
+        self.rng = random.Random(config.seed)
+        self._rule_uses.clear()
+        if config.script is self._script and self._consumed:
+            config.script[:0] = self._consumed
+        self._script = None
+        self._consumed = []
+
+    def choose(self, config: FakeConfig, prompt: str) -> str:
+        if config.seed != self.seed:
+            # A live seed change should give the same sequence as a fresh server with that seed.
+            self.seed = config.seed
+            self.rng = random.Random(config.seed)
+        for rule in list(config.rules):
+            if rule.match not in prompt:
+                continue
+            _, used = self._rule_uses.get(id(rule), (rule, 0))
+            if rule.times is not None and used >= rule.times:
+                continue
+            self._rule_uses[id(rule)] = (rule, used + 1)
+            return rule.fault
+        script = config.script
+        if script is not self._script:
+            self._script = script
+            self._consumed = []
+        if script:
+            name = script.pop(0)
+            self._consumed.append(name)
+            return name
+        if config.faults:
+            r = self.rng.random()
+            acc = 0.0
+            for name, p in config.faults.items():
+                acc += p
+                if r < acc:
+                    return name
+        return "ok"
+
+    def chance(self, rate: float) -> bool:
+        # Skip the draw when off, so turning mislabelling on/off doesn't shift fault sequences.
+        return rate > 0 and self.rng.random() < rate
+
+
+class SlidingWindow:
+    """Counts events over the last ``window`` seconds.
+
+    A deque of (time, weight) pairs; old entries are dropped lazily on each call, so the cost is
+    amortised O(1) per event no matter how high the rate.
+    """
+
+    def __init__(self) -> None:
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._total = 0
+
+    def clear(self) -> None:
+        self._events.clear()
+        self._total = 0
+
+    def _prune(self, now: float, window: float) -> None:
+        cutoff = now - window
+        events = self._events
+        while events and events[0][0] <= cutoff:
+            self._total -= events.popleft()[1]
+
+    def wait(self, now: float, limit: int, window: float) -> float:
+        """Seconds until one more event fits, 0.0 if it fits now."""
+        self._prune(now, window)
+        if self._total < limit:
+            return 0.0
+        # Walk forward until enough weight has left the window to make room for one more.
+        excess = self._total - limit + 1
+        for t, weight in self._events:
+            excess -= weight
+            if excess <= 0:
+                return max(0.0, t + window - now)
+        return window  # limit <= 0: nothing ever fits, ask for a whole window
+
+    def add(self, now: float, weight: int = 1) -> None:
+        self._events.append((now, weight))
+        self._total += weight
+
+    @property
+    def total(self) -> int:
+        return self._total

@@ -1,0 +1,130 @@
+"""Counters the fake server keeps, readable from any thread.
+
+A ThreadedFakeServer updates these on its own loop while the test thread reads them, and
+iterating a Counter while another thread inserts a key raises. So the fields are private, every
+update and every read takes one lock, and readers get copies: a test can never see a Counter
+change under it, and ``srv.stats.reset()`` works the same in-process or threaded.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+
+class FakeStats:
+    """What the fake served: requests, statuses, faults, and what the user was billed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self._requests = 0
+        self._by_status: dict[int, int] = {}
+        self._billed_images = 0
+        self._billed_usd = 0.0
+        self._prompts: collections.Counter[str] = collections.Counter()
+        self._billed_prompts: collections.Counter[str] = collections.Counter()
+        self._faults: collections.Counter[str] = collections.Counter()
+        # A reset mid-run should not forget requests still being handled.
+        self._max_in_flight = self._in_flight
+
+    # -- updates (server side) -------------------------------------------------------------
+
+    def begin(self) -> None:
+        with self._lock:
+            self._requests += 1
+            self._in_flight += 1
+            if self._in_flight > self._max_in_flight:
+                self._max_in_flight = self._in_flight
+
+    def end(self, status: int) -> None:
+        """``status`` 0 means no HTTP answer was sent (the connection was dropped)."""
+        with self._lock:
+            self._in_flight -= 1
+            self._by_status[status] = self._by_status.get(status, 0) + 1
+
+    def record_prompt(self, prompt: str) -> None:
+        with self._lock:
+            self._prompts[prompt] += 1
+
+    def record_fault(self, name: str) -> None:
+        with self._lock:
+            self._faults[name] += 1
+
+    def record_billed(self, prompt: str, usd: float) -> None:
+        with self._lock:
+            self._billed_images += 1
+            self._billed_usd += usd
+            self._billed_prompts[prompt] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._clear()
+
+    # -- reads (any thread) ----------------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._max_in_flight
+
+    @property
+    def billed_images(self) -> int:
+        return self._billed_images
+
+    @property
+    def billed_usd(self) -> float:
+        return round(self._billed_usd, 6)
+
+    @property
+    def by_status(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._by_status)
+
+    @property
+    def prompts(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._prompts)
+
+    @property
+    def billed_prompts(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._billed_prompts)
+
+    @property
+    def faults(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._faults)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything at one instant, JSON-able (status codes become string keys in JSON)."""
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "by_status": {str(k): v for k, v in sorted(self._by_status.items())},
+                "billed_images": self._billed_images,
+                "billed_usd": round(self._billed_usd, 6),
+                "prompts": dict(self._prompts),
+                "billed_prompts": dict(self._billed_prompts),
+                "faults": dict(self._faults),
+                "in_flight": self._in_flight,
+                "max_in_flight": self._max_in_flight,
+            }
+
+    def __repr__(self) -> str:
+        return (
+            f"FakeStats(requests={self._requests}, by_status={self._by_status}, "
+            f"billed_images={self._billed_images}, billed_usd={self.billed_usd}, "
+            f"faults={dict(self._faults)}, max_in_flight={self._max_in_flight})"
+        )

@@ -1,0 +1,289 @@
+"""Reading a generateContent request the way the service does, with the service's 400s.
+
+Field names are accepted in snake_case and camelCase, like the service's protobuf JSON parser;
+unknown names are rejected the same way too (``safetySettings`` inside ``generationConfig`` is a
+real mistake the service answers with 400, and the fake should catch it just as early).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchgen import spec
+
+from .images import nearest_ratio, probe_image
+
+_CAMEL = re.compile(r"(?<!^)([A-Z])")
+
+_TOP_FIELDS = frozenset(
+    {
+        "contents",
+        "tools",
+        "tool_config",
+        "safety_settings",
+        "system_instruction",
+        "generation_config",
+        "cached_content",
+        "model",
+    }
+)
+_CONTENT_FIELDS = frozenset({"role", "parts"})
+_PART_FIELDS = frozenset(
+    {
+        "text",
+        "inline_data",
+        "file_data",
+        "function_call",
+        "function_response",
+        "executable_code",
+        "code_execution_result",
+        "thought",
+        "thought_signature",
+        "video_metadata",
+        "part_metadata",
+        "media_resolution",
+    }
+)
+_BLOB_FIELDS = frozenset({"mime_type", "data"})
+_GEN_FIELDS = frozenset(
+    {
+        "stop_sequences",
+        "response_mime_type",
+        "response_schema",
+        "response_json_schema",
+        "response_modalities",
+        "candidate_count",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "response_logprobs",
+        "logprobs",
+        "enable_enhanced_civic_answers",
+        "speech_config",
+        "thinking_config",
+        "image_config",
+        "media_resolution",
+    }
+)
+_IMAGE_CONFIG_FIELDS = frozenset({"aspect_ratio", "image_size", "person_generation"})
+_MODALITIES = frozenset({"TEXT", "IMAGE"})
+# Pillow can open these; HEIC/HEIF need a plugin the service has and we don't, so they pass.
+_PROBED_MIME = frozenset({"image/png", "image/jpeg", "image/webp"})
+
+TROUBLESHOOT = "https://developers.generativeai.google/guide/troubleshooting"
+
+
+class ApiError(Exception):
+    """An answer in the service's error format, raised anywhere in request handling."""
+
+    def __init__(
+        self,
+        code: int,
+        status: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "code": self.code,
+                    "message": self.message,
+                    "status": self.status,
+                    "details": self.details,
+                }
+            }
+        )
+
+
+def invalid(message: str, details: list[dict[str, Any]] | None = None) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message, details)
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub(r"_\1", name).lower()
+
+
+def _fields(obj: object, known: frozenset[str], where: str) -> dict[str, Any]:
+    """``obj`` with snake_case keys; unknown names are the service's 'Cannot find field'."""
+    if not isinstance(obj, dict):
+        at = f" at '{where}'" if where else ""
+        raise invalid(f"Invalid JSON payload received. Expected an object{at}.")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _snake(key)
+        if name not in known:
+            at = f" at '{where}'" if where else ""
+            raise invalid(
+                f'Invalid JSON payload received. Unknown name "{key}"{at}: Cannot find field.'
+            )
+        out[name] = value
+    return out
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    prompt: str
+    n_images: int
+    aspect_ratio: str | None
+    image_size: str | None
+    ref_ratio: str | None
+    want_text: bool
+    want_image: bool
+
+    @property
+    def ratio(self) -> str:
+        return self.aspect_ratio or self.ref_ratio or "1:1"
+
+    @property
+    def size(self) -> str:
+        return self.image_size or spec.DEFAULT_IMAGE_SIZE
+
+
+def parse_request(body: bytes, model: str) -> ParsedRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"Invalid JSON payload received. {exc}") from None
+    top = _fields(data, _TOP_FIELDS, "")
+    contents = top.get("contents")
+    if not contents:
+        raise invalid("* GenerateContentRequest.contents: contents is not specified")
+    if not isinstance(contents, list):
+        raise invalid("Invalid JSON payload received. 'contents' must be a list.")
+
+    texts: list[str] = []
+    n_images = 0
+    ref_ratio: str | None = None
+    for ci, content_obj in enumerate(contents):
+        content = _fields(content_obj, _CONTENT_FIELDS, f"contents[{ci}]")
+        role = content.get("role", "user")
+        if role not in ("user", "model"):
+            raise invalid("Please use a valid role: user, model.")
+        parts = content.get("parts")
+        if not parts or not isinstance(parts, list):
+            raise invalid(
+                f"* GenerateContentRequest.contents[{ci}].parts: contents.parts must not be empty."
+            )
+        for pi, part_obj in enumerate(parts):
+            where = f"contents[{ci}].parts[{pi}]"
+            part = _fields(part_obj, _PART_FIELDS, where)
+            if not part.keys() & {
+                "text",
+                "inline_data",
+                "file_data",
+                "function_call",
+                "function_response",
+                "executable_code",
+                "code_execution_result",
+            }:
+                raise invalid(
+                    f"* GenerateContentRequest.{where}.data: required oneof field "
+                    "'data' must have one initialized field"
+                )
+            text = part.get("text")
+            if text is not None:
+                if not isinstance(text, str):
+                    raise invalid(f"Invalid value at '{where}.text' (TYPE_STRING)")
+                if role == "user":
+                    texts.append(text)
+            if "inline_data" in part:
+                n_images += 1
+                if n_images > spec.MAX_REFERENCE_IMAGES:
+                    raise invalid(
+                        f"Too many images in the request: at most "
+                        f"{spec.MAX_REFERENCE_IMAGES} are supported for {model}."
+                    )
+                dims = _check_blob(part["inline_data"], f"{where}.inline_data")
+                if ref_ratio is None and dims is not None:
+                    ref_ratio = nearest_ratio(*dims)
+
+    gen = _fields(top.get("generation_config") or {}, _GEN_FIELDS, "generation_config")
+    count = gen.get("candidate_count")
+    if isinstance(count, int) and count > 1:
+        raise invalid(f"Multiple candidates is not enabled for models/{model}.")
+    modalities = gen.get("response_modalities") or ["TEXT", "IMAGE"]
+    if not isinstance(modalities, list):
+        raise invalid("Invalid value at 'generation_config.response_modalities'.")
+    for i, m in enumerate(modalities):
+        if m not in _MODALITIES:
+            raise invalid(
+                f"Invalid value at 'generation_config.response_modalities[{i}]' "
+                f"(type.googleapis.com/google.ai.generativelanguage.v1beta."
+                f"GenerationConfig.Modality), {orjson.dumps(m).decode()}"
+            )
+    img_cfg = _fields(
+        gen.get("image_config") or {}, _IMAGE_CONFIG_FIELDS, "generation_config.image_config"
+    )
+    ratio = img_cfg.get("aspect_ratio")
+    if ratio is not None and ratio not in spec.ASPECT_RATIOS:
+        raise invalid(
+            f"Unsupported aspect ratio: {ratio}. Supported values are: "
+            f"{', '.join(spec.ASPECT_RATIOS)}."
+        )
+    size = img_cfg.get("image_size")
+    if size is not None:
+        if "flash" in model:
+            raise invalid(f"Image size is not supported for models/{model}.")
+        if size not in spec.IMAGE_SIZES:
+            # Upper-case K only: the service rejects "1k".
+            raise invalid(
+                f"Unsupported image size: {size}. Supported values are: "
+                f"{', '.join(spec.IMAGE_SIZES)}."
+            )
+    return ParsedRequest(
+        prompt="\n".join(texts),
+        n_images=n_images,
+        aspect_ratio=ratio,
+        image_size=size,
+        ref_ratio=ref_ratio,
+        want_text="TEXT" in modalities,
+        want_image="IMAGE" in modalities,
+    )
+
+
+def _check_blob(obj: object, where: str) -> tuple[int, int] | None:
+    blob = _fields(obj, _BLOB_FIELDS, where)
+    mime = blob.get("mime_type")
+    if not mime:
+        raise invalid(f"* GenerateContentRequest.{where}.mime_type: mime_type is not specified")
+    if mime not in spec.INPUT_MIME_TYPES:
+        raise invalid(f"Unsupported MIME type: {mime}")
+    data = blob.get("data")
+    if not isinstance(data, str) or not data:
+        raise invalid(f"* GenerateContentRequest.{where}.data: data is not specified")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            # Protobuf JSON also takes the URL-safe alphabet.
+            raw = base64.urlsafe_b64decode(data)
+        except (binascii.Error, ValueError):
+            raise invalid(
+                f"Unable to process input image: base64 decoding failed for "
+                f"'{where}.data'. Please retry or report in {TROUBLESHOOT}"
+            ) from None
+    if mime not in _PROBED_MIME:
+        return None
+    dims = probe_image(raw)
+    if dims is None:
+        raise invalid(f"Unable to process input image. Please retry or report in {TROUBLESHOOT}")
+    return dims

@@ -1,0 +1,226 @@
+"""The ledger: ``DIR/ledger.jsonl``, one line per finished job, the run's source of truth.
+
+Lines are appended from one place (:class:`LedgerWriter`, driven from the event loop only), so
+they never interleave. Readers trust the last line per ``job_id`` and skip a torn final line, as
+``kill -9`` or a full disk can leave one.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "ledger.jsonl"
+
+
+class JobStatus(str, enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    kind: str
+    retryable: bool
+    http_status: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    job_id: str
+    status: JobStatus
+    prompt: str
+    attempts: int
+    outputs: tuple[str, ...] = ()
+    text: str | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    finished_at: str = ""
+    error: ErrorInfo | None = None
+    model: str = ""
+    image_size: str = ""
+    aspect_ratio: str | None = None
+    references: tuple[str, ...] = ()
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mime_type: str | None = None
+    sha256: str | None = None
+    started_at: str = ""
+    adopted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["outputs"] = list(self.outputs)
+        d["references"] = list(self.references)
+        if not d["extra"]:
+            del d["extra"]
+        if not d["adopted"]:
+            del d["adopted"]
+        return d
+
+    def to_line(self) -> bytes:
+        return orjson.dumps(self.to_dict()) + b"\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LedgerRecord:
+        err = d.get("error")
+        return cls(
+            job_id=str(d["job_id"]),
+            status=JobStatus(d["status"]),
+            prompt=str(d.get("prompt", "")),
+            attempts=int(d.get("attempts", 0)),
+            outputs=tuple(d.get("outputs") or ()),
+            text=d.get("text"),
+            usage=d.get("usage"),
+            cost_usd=float(d.get("cost_usd") or 0.0),
+            latency_s=float(d.get("latency_s") or 0.0),
+            finished_at=str(d.get("finished_at", "")),
+            error=ErrorInfo(**err) if isinstance(err, dict) else None,
+            model=str(d.get("model", "")),
+            image_size=str(d.get("image_size", "")),
+            aspect_ratio=d.get("aspect_ratio"),
+            references=tuple(d.get("references") or ()),
+            seed=d.get("seed"),
+            width=d.get("width"),
+            height=d.get("height"),
+            mime_type=d.get("mime_type"),
+            sha256=d.get("sha256"),
+            started_at=str(d.get("started_at", "")),
+            adopted=bool(d.get("adopted", False)),
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+def iter_ledger(path: Path) -> Iterator[LedgerRecord]:
+    """Every well-formed line in file order. A torn or garbled line is skipped with a warning."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield LedgerRecord.from_dict(orjson.loads(raw))
+            except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+                torn = not raw.endswith(b"\n")
+                log.warning(
+                    "%s:%d: ignoring a %s ledger line",
+                    path,
+                    lineno,
+                    "torn last" if torn else "malformed",
+                )
+
+
+def read_ledger(path: Path) -> dict[str, LedgerRecord]:
+    """The last record per job id."""
+    latest: dict[str, LedgerRecord] = {}
+    for rec in iter_ledger(path):
+        latest[rec.job_id] = rec
+    return latest
+
+
+class LedgerWriter:
+    """Appends records; each line is flushed to the OS before ``append`` returns.
+
+    A torn tail left by an earlier crash is cut back to its last newline first, so the next
+    line starts clean instead of being glued onto half a record.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[bytes] | None = None
+
+    def open(self) -> None:
+        try:
+            _repair_tail(self.path)
+            self._fh = self.path.open("ab")
+        except OSError as exc:
+            raise StorageError(f"cannot open the ledger {self.path}: {exc.strerror}") from exc
+
+    def append(self, record: LedgerRecord) -> None:
+        if self._fh is None:
+            self.open()
+        assert self._fh is not None
+        line = record.to_line()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError as exc:
+            # Leave no half line behind: the next reader would warn about it forever.
+            self._truncate_partial(len(line))
+            raise StorageError(f"cannot write the ledger {self.path}: {exc.strerror}") from exc
+
+    def _truncate_partial(self, expected: int) -> None:
+        try:
+            _repair_tail(self.path)
+        except OSError:
+            log.debug("could not repair %s after a failed write", self.path)
+
+    def sync(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise StorageError(f"cannot sync the ledger {self.path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self.sync()
+            finally:
+                try:
+                    self._fh.close()
+                except OSError:
+                    log.debug("closing %s failed", self.path)
+                self._fh = None
+
+
+def _repair_tail(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        # Walk back to the last newline; 64 KiB blocks keep this cheap on a long ledger.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            fh.seek(pos)
+            block = fh.read(step)
+            idx = block.rfind(b"\n")
+            if idx >= 0:
+                cut = pos + idx + 1
+                break
+        else:
+            cut = 0
+        log.warning("%s: dropping a torn last line (%d bytes)", path, size - cut)
+        fh.truncate(cut)

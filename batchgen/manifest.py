@@ -1,0 +1,340 @@
+"""Reading job manifests (YAML, CSV, JSONL) into :class:`~batchgen.spec.JobSpec` streams.
+
+Everything is checked before a single request is paid for, and every problem is reported at once
+with file, line and field, because a user fixing a 10,000-row CSV one error per run would give up.
+CSV and JSONL are streamed so a million-row dataset manifest costs no more memory than the set of
+job ids seen so far.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchgen import _manifest_fields as mf
+from batchgen import _manifest_readers as readers
+from batchgen import _manifest_yaml as my
+from batchgen.errors import InputError, Problem
+from batchgen.references import (
+    ReferenceProblem,
+    ReferenceResolver,
+    reference_budget,
+    request_bytes,
+)
+from batchgen.spec import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, KNOWN_MODELS, JobSpec, Reference
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".jsonl": "jsonl"}
+# A shrink warning per row of a million-row CSV would be noise, and memory.
+MAX_WARNINGS = 50
+_DEPRECATED_MODELS = {"gemini-3-pro-image-preview": "shut down on 2026-06-25"}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHeader:
+    path: Path
+    fmt: str  # "yaml" | "csv" | "jsonl"
+    model: str | None
+    provider: str | None
+    base_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationSummary:
+    jobs: int  # after count and matrix expansion
+    by_size: dict[str, int]
+    by_model: dict[str, int]
+    references: int  # reference images sent, summed over all jobs
+    warnings: tuple[str, ...]
+
+
+class Manifest:
+    """One manifest file. ``validate()`` first, then ``iter_jobs()`` streams the specs."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        model: str | None = None,
+        max_request_bytes: int = 20 * 1024 * 1024,
+    ) -> None:
+        self.path = Path(path)
+        self._name = str(path)
+        fmt = FORMATS.get(self.path.suffix.lower())
+        if fmt is None:
+            msg = "unknown manifest type: use .yaml, .yml, .csv or .jsonl"
+            raise InputError([Problem(self._name, 0, "", msg)])
+        if not self.path.is_file():
+            what = "is not a file" if self.path.exists() else "does not exist"
+            raise InputError([Problem(self._name, 0, "", f"manifest {what}")])
+        self._fmt = fmt
+        self._max_request_bytes = max_request_bytes
+        self._resolver = ReferenceResolver(self.path.parent.resolve())
+        self._setup: list[Problem] = []
+        self._cli_model = model
+        if model is not None:
+            try:
+                mf.parse_model(model, False)
+            except mf.Bad as exc:
+                self._setup.append(Problem(self._name, 0, "model", f"--model {exc}"))
+        self._doc: my.YamlMap | None = None
+        top: dict[str, str | None] = {"model": None, "provider": None, "base_url": None}
+        if fmt == "yaml":
+            self._doc, top = self._load_yaml()
+        self._fallback_model = model or top["model"] or DEFAULT_MODEL
+        self.header = ManifestHeader(
+            path=self.path,
+            fmt=fmt,
+            model=model or top["model"],
+            provider=top["provider"],
+            base_url=top["base_url"],
+        )
+        self._validated_stat: tuple[int, int] | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def validate(self) -> ValidationSummary:
+        """Check everything; raise :class:`InputError` listing every problem found."""
+        problems: list[Problem] = []
+        warnings: list[str] = []
+        dropped = jobs = refs = 0
+        by_size: dict[str, int] = {}
+        by_model: dict[str, int] = {}
+        stat_before = self._file_stat()
+        for item in self._stream(check_duplicates=True):
+            if isinstance(item, JobSpec):
+                jobs += 1
+                refs += len(item.references)
+                by_size[item.image_size] = by_size.get(item.image_size, 0) + 1
+                by_model[item.model] = by_model.get(item.model, 0) + 1
+            elif isinstance(item, Problem):
+                problems.append(item)
+            elif len(warnings) < MAX_WARNINGS:
+                warnings.append(item)
+            else:
+                dropped += 1
+        if problems:
+            # YAML defaults are merged into every job, so one bad default would repeat per job.
+            raise InputError(list(dict.fromkeys(problems)))
+        if dropped:
+            warnings.append(f"{self._name}: ... and {dropped} more warnings")
+        self._validated_stat = stat_before
+        logger.info("%s: %d jobs, %d reference images", self._name, jobs, refs)
+        return ValidationSummary(jobs, by_size, by_model, refs, tuple(warnings))
+
+    def iter_jobs(self) -> Iterator[JobSpec]:
+        """Stream the job specs in manifest order.
+
+        Without a prior successful ``validate()`` (or if the file changed since), every check still
+        runs and the first problem raises :class:`InputError`.
+        """
+        stat = self._file_stat()
+        trusted = stat is not None and self._validated_stat == stat
+        for item in self._stream(check_duplicates=not trusted):
+            if isinstance(item, JobSpec):
+                yield item
+            elif isinstance(item, Problem):
+                raise InputError([item])
+
+    # -- the pipeline ---------------------------------------------------------------------------
+
+    def _file_stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # reading it will report the problem with the file's name
+        return st.st_mtime_ns, st.st_size
+
+    def _stream(self, *, check_duplicates: bool) -> Iterator[JobSpec | Problem | str]:
+        yield from self._setup
+        rows: Iterator[mf.Row | Problem]
+        if self._fmt == "yaml":
+            rows = readers.yaml_rows(self._doc, self._name, cli_model=self._cli_model is not None)
+        elif self._fmt == "csv":
+            rows = readers.csv_rows(self.path, self._name)
+        else:
+            rows = readers.jsonl_rows(self.path, self._name)
+        state = _State(check_duplicates)
+        complained = bool(self._setup)
+        n_rows = 0
+        try:
+            for row in rows:
+                if isinstance(row, Problem):
+                    complained = True
+                    yield row
+                    continue
+                n_rows += 1
+                for item in self._expand(row, state):
+                    complained = complained or isinstance(item, Problem)
+                    yield item
+        except OSError as exc:
+            yield Problem(self._name, 0, "", f"cannot read the manifest: {exc}")
+            return
+        if n_rows == 0 and not complained:
+            yield Problem(self._name, 0, "jobs", "the manifest has no jobs")
+
+    def _expand(self, row: mf.Row, state: _State) -> Iterator[JobSpec | Problem | str]:
+        """One row or YAML job -> its problems, or its jobs (count x matrix) and warnings."""
+        name = self._name
+        before = len(state.problems)
+        values = mf.parse_row(row, self._fmt, name, state.problems)
+        prompt: str | None = values.get("prompt")
+        images: tuple[str, ...] = values.get("images", ())
+        references: list[Reference] = []
+        for source in images:
+            try:
+                references.append(self._resolver.resolve(source))
+            except ReferenceProblem as exc:
+                state.problems.append(Problem(name, row.line_of("images"), "images", str(exc)))
+        matrix: tuple[tuple[str, tuple[str, ...]], ...] = values.get("vars", ())
+        if matrix and prompt is not None:
+            for message in mf.check_template(prompt, [n for n, _ in matrix]):
+                state.problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
+        user_id: str | None = values.get("id")
+        if user_id is not None and state.user_ids is not None:
+            other = state.user_ids.setdefault(user_id, row.line)
+            if other != row.line:
+                msg = f"duplicate id {user_id!r}: also used on line {other}"
+                state.problems.append(Problem(name, row.line_of("id"), "id", msg))
+        model: str = values.get("model") or self._fallback_model
+        if len(state.problems) == before:
+            warning = self._check_budget(row, references, state)
+            if warning and len(state.problems) == before:
+                yield warning
+        if len(state.problems) > before:
+            yield from state.problems[before:]
+            del state.problems[before:]
+            return
+        assert prompt is not None
+        if model not in state.models_seen:
+            state.models_seen.add(model)
+            if model in _DEPRECATED_MODELS:
+                why = _DEPRECATED_MODELS[model]
+                yield f"{name}:{row.line}: model {model} is deprecated ({why})"
+            elif model not in KNOWN_MODELS:
+                yield f"{name}:{row.line}: model {model!r} is not one batchgen knows; sent as is"
+        yield from self._build(row, values, prompt, model, tuple(references), matrix, state)
+
+    def _check_budget(self, row: mf.Row, refs: list[Reference], state: _State) -> str | None:
+        """A warning if the references must shrink to fit one request; a problem if they can't."""
+        budget = reference_budget(refs, self._max_request_bytes)
+        if budget is None:
+            return None
+        big = [r for r in refs if r.size_bytes > budget]
+        for ref in big:
+            if not self._resolver.decodable(ref):
+                msg = (
+                    f"{ref.source} ({ref.size_bytes / 2**20:.1f} MiB) makes the request too large "
+                    "and cannot be shrunk (Pillow cannot decode it); convert it to JPEG"
+                )
+                state.problems.append(Problem(self._name, row.line_of("images"), "images", msg))
+        return (
+            f"{self._name}:{row.line}: references total ~{request_bytes(refs) / 2**20:.1f} MiB "
+            f"encoded, over the {self._max_request_bytes / 2**20:.0f} MiB request limit; "
+            f"{len(big)} will be re-encoded as JPEG to fit"
+        )
+
+    def _build(
+        self,
+        row: mf.Row,
+        values: dict[str, Any],
+        template: str,
+        model: str,
+        references: tuple[Reference, ...],
+        matrix: tuple[tuple[str, tuple[str, ...]], ...],
+        state: _State,
+    ) -> Iterator[JobSpec | Problem]:
+        user_id: str | None = values.get("id")
+        count: int = values.get("count", 1)
+        aspect_ratio: str | None = values.get("aspect_ratio")
+        image_size: str = values.get("image_size", DEFAULT_IMAGE_SIZE)
+        output_text: bool = values.get("output_text", False)
+        temperature: float | None = values.get("temperature")
+        seed: int | None = values.get("seed")
+        identities = [r.sha256 or r.source for r in references]
+        id_prefix = mf.sanitise_id(user_id) if user_id is not None else ""
+        names = [n for n, _ in matrix]
+        # product() of nothing is one empty combination: the plain, literal prompt.
+        for combo in itertools.product(*(v for _, v in matrix)):
+            pairs = tuple(zip(names, combo, strict=True))
+            prompt = template.format_map(dict(pairs)) if pairs else template
+            prefix = mf.job_prefix(id_prefix, combo, prompt)
+            for sample in range(count):
+                payload = {
+                    "model": model,
+                    "prompt": prompt,
+                    "references": identities,
+                    "aspect_ratio": aspect_ratio,
+                    "image_size": image_size,
+                    "output_text": output_text,
+                    "temperature": temperature,
+                    "seed": seed,
+                    "sample": sample,
+                    "user_id": user_id,
+                }
+                digest = sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                tag = f"{prefix}-{sample}" if count > 1 else prefix
+                job_id = f"{tag}-{digest[:10]}"
+                if state.job_ids is not None:
+                    other = state.job_ids.setdefault(job_id, row.line)
+                    if other != row.line:
+                        yield Problem(
+                            self._name,
+                            row.line,
+                            "",
+                            f"duplicate job: same prompt and settings as line {other} "
+                            f"(job id {job_id}); use count for more images of one prompt",
+                        )
+                        return
+                yield JobSpec(
+                    job_id=job_id,
+                    prompt=prompt,
+                    model=model,
+                    references=references,
+                    aspect_ratio=aspect_ratio,
+                    image_size=image_size,
+                    output_text=output_text,
+                    temperature=temperature,
+                    seed=seed,
+                    sample=sample,
+                    user_id=user_id,
+                    source_file=self._name,
+                    source_line=row.line,
+                    vars=pairs,
+                )
+
+    def _load_yaml(self) -> tuple[my.YamlMap | None, dict[str, str | None]]:
+        top: dict[str, str | None] = {"model": None, "provider": None, "base_url": None}
+        try:
+            doc = my.load_yaml(self.path.read_bytes())
+        except my.YamlSyntaxError as exc:
+            self._setup.append(Problem(self._name, exc.line, "", f"YAML syntax error: {exc}"))
+            return None, top
+        except OSError as exc:
+            raise InputError([Problem(self._name, 0, "", f"cannot read: {exc}")]) from exc
+        if not isinstance(doc, my.YamlMap):
+            msg = "the file must be a mapping with a `jobs:` list"
+            self._setup.append(Problem(self._name, 1, "", msg))
+            return None, top
+        self._setup.extend(my.check_top(doc, self._name, top))
+        return doc, top
+
+
+class _State:
+    """Per-pass bookkeeping: the duplicate-detection sets are the only state that grows."""
+
+    __slots__ = ("job_ids", "models_seen", "problems", "user_ids")
+
+    def __init__(self, check_duplicates: bool) -> None:
+        self.job_ids: dict[str, int] | None = {} if check_duplicates else None
+        self.user_ids: dict[str, int] | None = {} if check_duplicates else None
+        self.models_seen: set[str] = set()
+        self.problems: list[Problem] = []

@@ -1,0 +1,141 @@
+"""What a job costs: one price table (``data/prices.json``), overridable with ``--prices FILE``.
+
+Bill from the response's ``usageMetadata`` when present, from the table when not. The budget cap
+reserves :meth:`PriceTable.reserve` before each request: an upper bound, so that no request that
+starts can take the spend past the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .spec import DEFAULT_MODEL, JobSpec
+
+log = logging.getLogger(__name__)
+
+# Typical text-side output of gemini-3-pro-image per image: its thinking plus a short answer.
+TYPICAL_TEXT_TOKENS = 300
+# The most text-side output one image answer is assumed to carry, for budget reservations.
+MAX_TEXT_TOKENS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    output_image_per_1m: float
+    output_text_per_1m: float
+    input_per_1m: float
+    image_tokens: dict[str, int]
+    input_image_tokens: int
+    batch_discount: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CostLine:
+    """One row that drives an estimate, for ``batchgen estimate``."""
+
+    model: str
+    image_size: str
+    images: int
+    unit_usd: float
+
+    @property
+    def total_usd(self) -> float:
+        return self.images * self.unit_usd
+
+
+def _prompt_tokens(spec: JobSpec, price: ModelPrice) -> int:
+    return len(spec.prompt) // 4 + 1 + len(spec.references) * price.input_image_tokens
+
+
+class PriceTable:
+    def __init__(self, models: dict[str, ModelPrice], *, batch: bool = False) -> None:
+        self.models = models
+        self.batch = batch
+
+    @classmethod
+    def load(cls, override: Path | None = None, *, batch: bool = False) -> PriceTable:
+        raw: dict[str, Any] = json.loads(
+            resources.files("batchgen").joinpath("data/prices.json").read_text("utf-8")
+        )
+        if override is not None:
+            try:
+                extra = json.loads(override.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{override}: cannot read prices: {exc}") from exc
+            if not isinstance(extra, dict):
+                raise InputError(f"{override}: prices must be a JSON object of models")
+            for model, fields in extra.items():
+                if model.startswith("_"):
+                    continue
+                if not isinstance(fields, dict):
+                    raise InputError(f"{override}: {model}: must be an object")
+                raw[model] = {**raw.get(model, raw[DEFAULT_MODEL]), **fields}
+        models: dict[str, ModelPrice] = {}
+        for model, fields in raw.items():
+            if model.startswith("_"):
+                continue
+            try:
+                models[model] = ModelPrice(**fields)
+            except TypeError as exc:
+                raise InputError(f"prices: {model}: {exc}") from exc
+        return cls(models, batch=batch)
+
+    def price(self, model: str) -> ModelPrice:
+        # An unknown model is priced like the default one rather than as free.
+        return self.models.get(model) or self.models[DEFAULT_MODEL]
+
+    def _factor(self, price: ModelPrice) -> float:
+        return price.batch_discount if self.batch else 1.0
+
+    def image_unit(self, model: str, image_size: str) -> float:
+        p = self.price(model)
+        tokens = p.image_tokens.get(image_size, max(p.image_tokens.values()))
+        return tokens * p.output_image_per_1m / 1e6 * self._factor(p)
+
+    def _job_cost(self, spec: JobSpec, text_tokens: int) -> float:
+        p = self.price(spec.model)
+        tokens = p.image_tokens.get(spec.image_size, max(p.image_tokens.values()))
+        usd = (
+            tokens * p.output_image_per_1m
+            + text_tokens * p.output_text_per_1m
+            + _prompt_tokens(spec, p) * p.input_per_1m
+        ) / 1e6
+        return usd * self._factor(p)
+
+    def estimate(self, spec: JobSpec) -> float:
+        """What one job typically costs."""
+        return self._job_cost(spec, TYPICAL_TEXT_TOKENS)
+
+    def reserve(self, spec: JobSpec) -> float:
+        """The most one job is expected to cost: what the budget holds back while it runs."""
+        return self._job_cost(spec, MAX_TEXT_TOKENS)
+
+    def from_usage(self, spec: JobSpec, usage: dict[str, Any] | None) -> float:
+        """Bill an answer from its usageMetadata; thinking is billed as text output."""
+        if not usage:
+            return self.estimate(spec)
+        p = self.price(spec.model)
+        prompt = int(usage.get("promptTokenCount") or usage.get("prompt_token_count") or 0)
+        candidates = int(
+            usage.get("candidatesTokenCount") or usage.get("candidates_token_count") or 0
+        )
+        thoughts = int(usage.get("thoughtsTokenCount") or usage.get("thoughts_token_count") or 0)
+        details = usage.get("candidatesTokensDetails") or usage.get("candidates_tokens_details")
+        image_tokens = 0
+        if isinstance(details, list):
+            for d in details:
+                if isinstance(d, dict) and str(d.get("modality", "")).upper() == "IMAGE":
+                    image_tokens += int(d.get("tokenCount") or d.get("token_count") or 0)
+        text_tokens = max(candidates - image_tokens, 0) + thoughts
+        usd = (
+            image_tokens * p.output_image_per_1m
+            + text_tokens * p.output_text_per_1m
+            + prompt * p.input_per_1m
+        ) / 1e6
+        return round(usd * self._factor(p), 6)

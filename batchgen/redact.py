@@ -1,0 +1,50 @@
+"""Keep the API key out of every message, log line, file and traceback.
+
+A URL that carries ``?key=`` is a secret. Anything that may hold a URL or a key passes through
+:func:`redact` before it leaves the process; the CLI also installs :class:`RedactingFilter` on the
+root logger so a third-party library's log line is cleaned too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_KEY_PARAM = re.compile(r"(?i)([?&](?:key|api_key|apikey)=)[^&#\s\"']+")
+_KEY_HEADER = re.compile(r"(?i)(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
+REDACTED = "REDACTED"
+
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a key so that it is scrubbed even where it appears without a ``key=`` label."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    text = _KEY_PARAM.sub(rf"\g<1>{REDACTED}", text)
+    text = _KEY_HEADER.sub(rf"\g<1>{REDACTED}", text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def install_log_redaction() -> None:
+    flt = RedactingFilter()
+    root = logging.getLogger()
+    root.addFilter(flt)
+    for handler in root.handlers:
+        handler.addFilter(flt)

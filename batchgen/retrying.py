@@ -1,0 +1,62 @@
+"""Retry policy: the constants and the one function that decides whether to try again.
+
+Mirrors the official SDK (408, 429, 5xx and connection errors; exponential backoff from 1 s to 60 s
+with jitter) but, unlike it, honours the wait the server asks for.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .errors import APIError, ErrorKind, FatalError, PermanentError, TransientError
+
+DEFAULT_MAX_ATTEMPTS = 6
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 60.0
+BACKOFF_JITTER_S = 1.0
+# A server that asks for longer than this is not going to be ready tonight: treat as fatal.
+MAX_SERVER_DELAY_S = 15 * 60.0
+# Outcomes that are a roll of the dice: the same prompt may well succeed next time.
+STOCHASTIC_KINDS = frozenset({ErrorKind.BLOCKED, ErrorKind.NO_IMAGE})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_blocked: int = 0
+    backoff_initial_s: float = BACKOFF_INITIAL_S
+    backoff_max_s: float = BACKOFF_MAX_S
+
+
+def is_retryable(exc: APIError) -> bool:
+    """Whether an error of this class is worth another attempt at all (the ledger's flag)."""
+    return isinstance(exc, TransientError)
+
+
+def should_retry(
+    exc: BaseException, *, attempt: int, stochastic_failures: int, policy: RetryPolicy
+) -> bool:
+    """The one place that decides whether a failed attempt is tried again.
+
+    ``attempt`` counts attempts made so far (1 after the first); ``stochastic_failures`` counts
+    the blocked / no-image answers among them.
+    """
+    if not isinstance(exc, APIError) or isinstance(exc, FatalError):
+        return False
+    if attempt >= policy.max_attempts:
+        return False
+    if isinstance(exc, TransientError):
+        return exc.retry_after is None or exc.retry_after <= MAX_SERVER_DELAY_S
+    if isinstance(exc, PermanentError) and exc.kind in STOCHASTIC_KINDS:
+        return stochastic_failures <= policy.retry_blocked
+    return False
+
+
+def backoff_delay(exc: BaseException, *, attempt: int, policy: RetryPolicy) -> float:
+    """How long to wait before attempt ``attempt + 1``: the server's word, else exponential."""
+    if isinstance(exc, APIError) and exc.retry_after is not None:
+        # A little jitter so that workers told the same delay do not return in lockstep.
+        return float(exc.retry_after) + random.uniform(0, min(0.1 * exc.retry_after, 1.0))
+    base = min(policy.backoff_max_s, policy.backoff_initial_s * 2 ** (attempt - 1))
+    return base + random.uniform(0, min(BACKOFF_JITTER_S, policy.backoff_initial_s))

@@ -1,0 +1,248 @@
+"""``batchgen run`` from top to bottom: manifest -> plan -> pool -> client -> store -> ledger.
+
+Everything that can be checked is checked before the first request: the manifest, the key, the
+run folder. Only then is anything sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .client import GeminiClient
+from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
+from .errors import InputError, StorageError
+from .ledger import LedgerWriter
+from .manifest import Manifest, ValidationSummary
+from .plan import (
+    Plan,
+    PlanCounts,
+    RunFolder,
+    Selection,
+    describe_change,
+    manifest_sha256,
+    now_iso,
+    read_index,
+)
+from .pool import Runner, RunResult, StopReason
+from .pricing import PriceTable
+from .progress import Progress
+from .redact import redact
+from .spec import Provider
+from .store import ImageStore
+
+log = logging.getLogger(__name__)
+
+FAKE_KEY = "fake-key"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRequest:
+    """What the user asked for on the command line, before it is checked."""
+
+    manifest: Path
+    out: Path | None = None
+    fake: bool = False
+    provider: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    timeout_s: float = 300.0
+    prices: Path | None = None
+    yes: bool = False
+    confirm_above_usd: float = 20.0
+    settings: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Prepared:
+    manifest: Manifest
+    summary: ValidationSummary
+    folder: RunFolder
+    plan: Plan
+    counts: PlanCounts
+    client: ClientSettings
+    settings: RunSettings
+    prices: PriceTable
+    spent_before_usd: float
+    change: str | None
+
+
+def default_out(manifest: Path) -> Path:
+    return Path("jobs") / manifest.stem
+
+
+def open_manifest(path: Path, model: str | None, provider: str | None) -> Manifest:
+    """Open with the request limit of the provider that will be used."""
+    first = Manifest(path, model=model)
+    chosen = _provider(provider or first.header.provider, path)
+    if PROVIDERS[chosen].max_request_bytes == 20 * 1024 * 1024:
+        return first
+    return Manifest(path, model=model, max_request_bytes=PROVIDERS[chosen].max_request_bytes)
+
+
+def _provider(value: str | None, where: Path) -> Provider:
+    try:
+        return Provider(value or Provider.ANYFAST.value)
+    except ValueError:
+        raise InputError(
+            f"{where}: provider: {value!r} is not one of "
+            + ", ".join(p.value for p in Provider)
+        ) from None
+
+
+def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
+    manifest = open_manifest(req.manifest, req.model, req.provider)
+    summary = manifest.validate()
+    provider = _provider(req.provider or manifest.header.provider, req.manifest)
+    info = PROVIDERS[provider]
+    base_url = req.base_url or manifest.header.base_url or info.base_url
+    api_key = FAKE_KEY if req.fake else resolve_key(provider)
+    prices = PriceTable.load(req.prices)
+    out = req.out or default_out(req.manifest)
+    settings = RunSettings(out_dir=out, **req.settings)
+    folder = RunFolder(out)
+    index = read_index(folder.ledger_path)
+    plan = Plan(manifest.iter_jobs, index, selection)
+    counts = plan.count(prices.estimate)
+    change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+    client = ClientSettings(
+        provider=provider,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=req.timeout_s,
+        connections=settings.concurrency,
+        max_request_bytes=info.max_request_bytes,
+    )
+    return Prepared(
+        manifest=manifest,
+        summary=summary,
+        folder=folder,
+        plan=plan,
+        counts=counts,
+        client=client,
+        settings=settings,
+        prices=prices,
+        spent_before_usd=index.cost_usd,
+        change=change,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(prep: Prepared, fake: bool) -> AsyncIterator[ClientSettings]:
+    """The real endpoint, or the built-in fake server started on loopback for this run."""
+    if not fake:
+        yield prep.client
+        return
+    from .fake import FakeConfig, FakeServer
+
+    async with FakeServer(FakeConfig(api_key=FAKE_KEY)) as server:
+        s = prep.client
+        yield ClientSettings(
+            provider=s.provider,
+            base_url=server.url,
+            api_key=FAKE_KEY,
+            timeout_s=s.timeout_s,
+            connections=s.connections,
+            max_request_bytes=s.max_request_bytes,
+        )
+
+
+async def execute(prep: Prepared, req: RunRequest) -> RunResult:
+    folder, settings = prep.folder, prep.settings
+    store = ImageStore(folder.path)
+    store.prepare()
+    ledger = LedgerWriter(folder.ledger_path)
+    ledger.open()
+    meta = folder.read_meta()
+    if meta.get("state") == "running":
+        # The last run did not stop cleanly: look for images saved but never recorded.
+        index = read_index(folder.ledger_path)
+        if folder.recover(index, ledger):
+            prep.plan.index = index
+    folder.update_meta(
+        manifest=str(req.manifest),
+        manifest_sha256=manifest_sha256(req.manifest),
+        jobs=prep.counts.total,
+        model=prep.manifest.header.model,
+        provider=prep.client.provider.value,
+        base_url=redact(req.base_url or prep.client.base_url),
+        settings=_settings_meta(settings),
+        state="running",
+        started_at=now_iso(),
+        runs=int(meta.get("runs", 0)) + 1,
+        command=command_line(),
+    )
+    progress = Progress(prep.counts.pending, enabled=settings.progress)
+    loop = asyncio.get_running_loop()
+    try:
+        async with _endpoint(prep, req.fake) as client_settings, GeminiClient(
+            client_settings
+        ) as client:
+            runner = Runner(
+                client=client,
+                store=store,
+                ledger=ledger,
+                prices=prep.prices,
+                settings=settings,
+                progress=progress,
+                spent_before_usd=prep.spent_before_usd,
+            )
+            restore = _install_signals(loop, runner.interrupt)
+            try:
+                result = await runner.run(prep.plan)
+            finally:
+                restore()
+    finally:
+        progress.close()
+        try:
+            ledger.close()
+        except StorageError as exc:
+            log.error("%s", exc)
+    state = "finished" if result.stop_reason is StopReason.COMPLETED else result.stop_reason.value
+    with contextlib.suppress(StorageError):
+        folder.update_meta(state=state)
+    return result
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+) -> Callable[[], None]:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    def restore() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+def _settings_meta(settings: RunSettings) -> dict[str, Any]:
+    return {
+        "concurrency": settings.concurrency,
+        "max_attempts": settings.max_attempts,
+        "rpm": settings.rpm,
+        "ipm": settings.ipm,
+        "retry_blocked": settings.retry_blocked,
+        "budget_usd": settings.budget_usd,
+        "shard": list(settings.shard) if settings.shard else None,
+    }
+
+
+def command_line() -> str:
+    """The command as typed, to print as the way to resume. Never carries a key: keys are env."""
+    args = [a for a in sys.argv[1:]]
+    return redact("batchgen " + shlex.join(args))

@@ -1,0 +1,83 @@
+"""What one job is: the frozen specs every stage passes along, and the service's fixed vocabulary.
+
+The constants follow ``shared/gemini-api.md``; the fake server and the manifest validator both
+read them from here so the two can never disagree about what the service accepts.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "gemini-3-pro-image"
+KNOWN_MODELS = ("gemini-3-pro-image", "gemini-3-pro-image-preview", "gemini-2.5-flash-image")
+
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+IMAGE_SIZES = ("1K", "2K", "4K")
+DEFAULT_IMAGE_SIZE = "1K"
+MAX_REFERENCE_IMAGES = 14
+INPUT_MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
+
+# gemini-3-pro-image output at 1K; 2K doubles and 4K quadruples each side.
+BASE_PIXELS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "2:3": (848, 1264),
+    "3:2": (1264, 848),
+    "3:4": (896, 1200),
+    "4:3": (1200, 896),
+    "4:5": (928, 1152),
+    "5:4": (1152, 928),
+    "9:16": (768, 1376),
+    "16:9": (1376, 768),
+    "21:9": (1584, 672),
+}
+SIZE_SCALE = {"1K": 1, "2K": 2, "4K": 4}
+
+
+def output_pixels(aspect_ratio: str, image_size: str) -> tuple[int, int]:
+    w, h = BASE_PIXELS[aspect_ratio]
+    s = SIZE_SCALE[image_size]
+    return w * s, h * s
+
+
+class Provider(str, enum.Enum):
+    ANYFAST = "anyfast"
+    GOOGLE = "google"
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A reference image as the manifest named it.
+
+    Bytes are not held here: a million-row manifest that reuses one photo must not keep a million
+    copies in memory. ``sha256`` pins the content that went into the job id.
+    """
+
+    source: str
+    path: Path | None = None
+    url: str | None = None
+    sha256: str = ""
+    mime_type: str = ""
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One request to the model: one job, one image, one ledger line."""
+
+    job_id: str
+    prompt: str
+    model: str = DEFAULT_MODEL
+    references: tuple[Reference, ...] = ()
+    aspect_ratio: str | None = None
+    image_size: str = DEFAULT_IMAGE_SIZE
+    output_text: bool = False
+    temperature: float | None = None
+    seed: int | None = None
+    sample: int = 0
+    user_id: str | None = None
+    # Where the job came from, for error messages and the report.
+    source_file: str = ""
+    source_line: int = 0
+    vars: tuple[tuple[str, str], ...] = field(default=())
