@@ -127,6 +127,8 @@ def main() -> None:
               help="First retry wait in seconds when the server names none (doubles, max 60).")
 @click.option("--rpm", type=click.FloatRange(min=1), help="Requests per minute, at most.")
 @click.option("--ipm", type=click.FloatRange(min=1), help="Images per minute, at most.")
+@click.option("--rate-window", type=click.FloatRange(min=0.1), default=60.0, hidden=True,
+              help="The window --rpm/--ipm count over, in seconds (for tests).")
 @click.option("--retry-blocked", type=click.IntRange(0, 20), default=0, show_default=True,
               help="Extra tries for safety blocks and no-image answers.")
 @click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
@@ -166,6 +168,7 @@ def run(manifest: Path, **o: Any) -> None:
             "backoff_initial_s": o["backoff"],
             "rpm": o["rpm"],
             "ipm": o["ipm"],
+            "rate_window_s": o["rate_window"],
             "retry_blocked": o["retry_blocked"],
             "retry_failed": retry_failed,
             "budget_usd": o["budget"],
@@ -199,7 +202,9 @@ def run(manifest: Path, **o: Any) -> None:
 def summarize(result: RunResult, out: Path) -> int:
     from .run import command_line
 
-    echo = lambda s: click.echo(s, err=True)  # noqa: E731
+    def echo(line: str) -> None:
+        click.echo(line, err=True)
+
     errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items()))
     echo(
         f"done: {result.succeeded} succeeded, {result.failed} failed"

@@ -25,7 +25,12 @@ from PIL import Image, UnidentifiedImageError
 from . import errors as e
 from .config import ClientSettings
 from .redact import redact, register_secret
-from .references import load_reference_bytes, sniff_image_type
+from .references import (
+    load_reference_bytes,
+    reference_budget,
+    shrink_image_bytes,
+    sniff_image_type,
+)
 from .response import data_url_bytes, parse_answer
 from .spec import JobSpec, Reference
 
@@ -171,11 +176,14 @@ class GeminiClient:
     async def build_request(self, spec: JobSpec) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"text": spec.prompt}]
         refs: tuple[Reference, ...] = spec.references
-        # Leave room for the prompt and JSON around the base64 of every reference.
-        per_ref = (self.settings.max_request_bytes * 3 // 4 - 65536) // max(len(refs), 1)
+        local = [r for r in refs if r.url is None]
+        per_ref = reference_budget(local, self.settings.max_request_bytes)
         for ref in refs:
             if ref.url:
                 data, mime = await self._fetch_reference(ref.url)
+                if per_ref is not None and len(data) > per_ref:
+                    data = await asyncio.to_thread(shrink_image_bytes, data, per_ref, name=ref.url)
+                    mime = "image/jpeg"
                 b64 = base64.b64encode(data).decode("ascii")
             else:
                 try:

@@ -79,6 +79,7 @@ class RunSettings:
     backoff_max_s: float = 60.0
     rpm: float | None = None
     ipm: float | None = None
+    rate_window_s: float = 60.0
     retry_blocked: int = 0
     retry_failed: tuple[str, ...] | None = None  # None: no; (): every kind; else these kinds
     budget_usd: float | None = None

@@ -9,12 +9,14 @@ daily quota, a full disk) stop the run, and they stop it cleanly.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
@@ -90,7 +92,9 @@ class Runner:
         )
         adaptive = settings.rpm is None and settings.ipm is None
         self.concurrency = AdaptiveLimit(settings.concurrency, adaptive=adaptive)
-        self.windows = [SlidingWindow(n) for n in (settings.rpm, settings.ipm) if n]
+        self.windows = [
+            SlidingWindow(n, settings.rate_window_s) for n in (settings.rpm, settings.ipm) if n
+        ]
         self.result = RunResult(spent_usd=spent_before_usd)
         self._reserved_usd = 0.0
         self._stop = asyncio.Event()
@@ -160,7 +164,7 @@ class Runner:
         except _Abandoned:
             return
         except e.FatalError as exc:
-            self.stop(StopReason.FATAL, str(exc))
+            self.stop(StopReason.FATAL, _fatal_message(exc))
             self._note_error(exc)
             return
         except e.APIError as exc:
@@ -325,3 +329,21 @@ class Runner:
         self.result.failed += 1
         self.progress.job_done(ok=False)
 
+
+
+def _fatal_message(exc: e.FatalError) -> str:
+    if isinstance(exc, e.DailyQuotaError):
+        # Daily quotas reset at midnight Pacific time; retrying sooner only burns attempts.
+        pacific: dt.tzinfo
+        try:
+            pacific = ZoneInfo("America/Los_Angeles")
+        except ZoneInfoNotFoundError:
+            pacific = dt.timezone(dt.timedelta(hours=-8))
+        now = dt.datetime.now(pacific)
+        reset = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        hours = (reset - now).total_seconds() / 3600
+        return (
+            f"{exc}; the daily quota resets at midnight Pacific time "
+            f"({reset.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, in {hours:.1f} h)"
+        )
+    return str(exc)

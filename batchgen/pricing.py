@@ -49,8 +49,22 @@ class CostLine:
         return self.images * self.unit_usd
 
 
-def _prompt_tokens(spec: JobSpec, price: ModelPrice) -> int:
-    return len(spec.prompt) // 4 + 1 + len(spec.references) * price.input_image_tokens
+@dataclass(frozen=True, slots=True)
+class JobCost:
+    """One job's cost split into what drives it; ``total_usd`` is what :meth:`estimate` gives."""
+
+    image_usd: float
+    text_usd: float
+    prompt_usd: float
+    references_usd: float
+
+    @property
+    def total_usd(self) -> float:
+        return self.image_usd + self.text_usd + self.prompt_usd + self.references_usd
+
+
+def _prompt_text_tokens(spec: JobSpec) -> int:
+    return len(spec.prompt) // 4 + 1
 
 
 class PriceTable:
@@ -98,15 +112,28 @@ class PriceTable:
         tokens = p.image_tokens.get(image_size, max(p.image_tokens.values()))
         return tokens * p.output_image_per_1m / 1e6 * self._factor(p)
 
-    def _job_cost(self, spec: JobSpec, text_tokens: int) -> float:
+    def text_unit(self, model: str, text_tokens: int = TYPICAL_TEXT_TOKENS) -> float:
+        """Typical thinking and text output of one image answer."""
+        p = self.price(model)
+        return text_tokens * p.output_text_per_1m / 1e6 * self._factor(p)
+
+    def reference_unit(self, model: str) -> float:
+        """One reference image sent as input."""
+        p = self.price(model)
+        return p.input_image_tokens * p.input_per_1m / 1e6 * self._factor(p)
+
+    def parts(self, spec: JobSpec, text_tokens: int = TYPICAL_TEXT_TOKENS) -> JobCost:
+        """What one job costs, split by what drives it (for ``batchgen estimate``)."""
         p = self.price(spec.model)
-        tokens = p.image_tokens.get(spec.image_size, max(p.image_tokens.values()))
-        usd = (
-            tokens * p.output_image_per_1m
-            + text_tokens * p.output_text_per_1m
-            + _prompt_tokens(spec, p) * p.input_per_1m
-        ) / 1e6
-        return usd * self._factor(p)
+        return JobCost(
+            image_usd=self.image_unit(spec.model, spec.image_size),
+            text_usd=self.text_unit(spec.model, text_tokens),
+            prompt_usd=_prompt_text_tokens(spec) * p.input_per_1m / 1e6 * self._factor(p),
+            references_usd=len(spec.references) * self.reference_unit(spec.model),
+        )
+
+    def _job_cost(self, spec: JobSpec, text_tokens: int) -> float:
+        return self.parts(spec, text_tokens).total_usd
 
     def estimate(self, spec: JobSpec) -> float:
         """What one job typically costs."""

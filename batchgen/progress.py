@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import NoReturn
 
 from tqdm import tqdm
 
@@ -20,7 +21,7 @@ class Progress:
         self.retries = 0
         self.spent_usd = spent_usd
         self._t0 = time.monotonic()
-        self._bar: tqdm[None] | None = None
+        self._bar: tqdm[NoReturn] | None = None
         if self.enabled:
             self._bar = tqdm(
                 total=total, file=sys.stderr, unit="img", dynamic_ncols=True, smoothing=0.1

@@ -58,5 +58,5 @@ def backoff_delay(exc: BaseException, *, attempt: int, policy: RetryPolicy) -> f
     if isinstance(exc, APIError) and exc.retry_after is not None:
         # A little jitter so that workers told the same delay do not return in lockstep.
         return float(exc.retry_after) + random.uniform(0, min(0.1 * exc.retry_after, 1.0))
-    base = min(policy.backoff_max_s, policy.backoff_initial_s * 2 ** (attempt - 1))
+    base = min(policy.backoff_max_s, policy.backoff_initial_s * 2.0 ** (attempt - 1))
     return base + random.uniform(0, min(BACKOFF_JITTER_S, policy.backoff_initial_s))

@@ -63,13 +63,12 @@ async def test_success_shape(fake: FakeServer, provider: Provider, ratio: str, s
 
 async def test_final_image_not_thought_image(fake: FakeServer) -> None:
     fake.config.thought_images = 2
-    async with aiohttp.ClientSession() as s:
-        async with s.post(
-            f"{fake.url}/v1beta/models/gemini-3-pro-image:generateContent",
-            json={"contents": [{"parts": [{"text": "a red fox"}]}]},
-            headers={"x-goog-api-key": SECRET},
-        ) as r:
-            raw = await r.json()
+    async with aiohttp.ClientSession() as s, s.post(
+        f"{fake.url}/v1beta/models/gemini-3-pro-image:generateContent",
+        json={"contents": [{"parts": [{"text": "a red fox"}]}]},
+        headers={"x-goog-api-key": SECRET},
+    ) as r:
+        raw = await r.json()
     parts = raw["candidates"][0]["content"]["parts"]
     thought = [base64.b64decode(p["inlineData"]["data"]) for p in parts
                if "inlineData" in p and p.get("thought")]

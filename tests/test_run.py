@@ -9,7 +9,16 @@ from PIL import Image
 
 from batchgen.fake import Rule, ThreadedFakeServer
 
-from .conftest import REPO, SECRET, clean_env, cli, ledger_lines, make_image, run_against, write_manifest
+from .conftest import (
+    REPO,
+    SECRET,
+    clean_env,
+    cli,
+    ledger_lines,
+    make_image,
+    run_against,
+    write_manifest,
+)
 
 
 def assert_images_ok(out: Path, n: int) -> list[dict[str, object]]:

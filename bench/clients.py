@@ -1,0 +1,143 @@
+"""The two reference clients the throughput scenario compares batchgen against.
+
+    python bench/clients.py bare|sdk --manifest M.jsonl --url URL --out DIR \
+        --concurrency C --result RESULT.json
+
+``bare``: aiohttp + asyncio.Semaphore, the same JSON body batchgen sends, the image base64-decoded
+and written to a file (no fsync, no sidecar, no ledger). ``sdk``: the official google-genai SDK's
+``client.aio.models.generate_content`` with a semaphore, images written the same way.
+
+Each runs in its own process (started by ``bench/run.py``) so its peak RSS can be read on its
+own. The result file gets the run phase's wall time: from before the first request until the
+last image is written and the HTTP session is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+KEY = "fake-key"
+MODEL = "gemini-3-pro-image"
+
+
+def read_prompts(manifest: Path) -> list[str]:
+    with manifest.open("rb") as fh:
+        return [str(orjson.loads(line)["prompt"]) for line in fh if line.strip()]
+
+
+def request_body(prompt: str) -> bytes:
+    """Byte for byte what batchgen's GeminiClient.build_request sends for these jobs."""
+    return orjson.dumps(
+        {
+            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+            "generationConfig": {
+                "responseModalities": ["IMAGE"],
+                "imageConfig": {"aspectRatio": "1:1", "imageSize": "1K"},
+            },
+        }
+    )
+
+
+def final_image(answer: dict[str, Any]) -> bytes:
+    """The last non-thought inline image of an answer, decoded."""
+    parts = answer["candidates"][0]["content"]["parts"]
+    for part in reversed(parts):
+        inline = part.get("inlineData") or part.get("inline_data")
+        if inline and not part.get("thought"):
+            return base64.b64decode(inline["data"])
+    raise ValueError("no image in the answer")
+
+
+async def run_bare(url: str, prompts: list[str], concurrency: int, out: Path) -> int:
+    import aiohttp
+
+    endpoint = f"{url}/v1beta/models/{MODEL}:generateContent"
+    sem = asyncio.Semaphore(concurrency)
+    headers = {"Content-Type": "application/json"}
+    written = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int, prompt: str) -> None:
+            nonlocal written
+            body = request_body(prompt)
+            async with sem:
+                async with session.post(
+                    endpoint, params={"key": KEY}, data=body, headers=headers
+                ) as resp:
+                    raw = await resp.read()
+                    resp.raise_for_status()
+                data = final_image(orjson.loads(raw))
+                del raw
+                (out / f"{i:07d}.png").write_bytes(data)
+                written += 1
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    return written
+
+
+async def run_sdk(url: str, prompts: list[str], concurrency: int, out: Path) -> int:
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(
+        api_key=KEY, http_options=types.HttpOptions(base_url=url, api_version="v1beta")
+    )
+    config = types.GenerateContentConfig(
+        response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio="1:1")
+    )
+    sem = asyncio.Semaphore(concurrency)
+    written = 0
+
+    async def one(i: int, prompt: str) -> None:
+        nonlocal written
+        async with sem:
+            resp = await client.aio.models.generate_content(
+                model=MODEL, contents=prompt, config=config
+            )
+            parts = resp.candidates[0].content.parts if resp.candidates else None
+            data = None
+            for part in reversed(parts or []):
+                if part.inline_data is not None and not part.thought:
+                    data = part.inline_data.data
+                    break
+            if data is None:
+                raise ValueError("no image in the answer")
+            (out / f"{i:07d}.png").write_bytes(data)
+            written += 1
+
+    try:
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    finally:
+        await client.aio.aclose()
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=["bare", "sdk"])
+    ap.add_argument("--manifest", type=Path, required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--concurrency", type=int, required=True)
+    ap.add_argument("--result", type=Path, required=True)
+    args = ap.parse_args()
+    prompts = read_prompts(args.manifest)
+    args.out.mkdir(parents=True, exist_ok=True)
+    run = run_bare if args.kind == "bare" else run_sdk
+    t0 = time.perf_counter()
+    written = asyncio.run(run(args.url, prompts, args.concurrency, args.out))
+    run_s = time.perf_counter() - t0
+    args.result.write_text(json.dumps({"run_s": run_s, "images": written}))
+
+
+if __name__ == "__main__":
+    main()
