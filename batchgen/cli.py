@@ -79,7 +79,7 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             fail(str(exc), EXIT_FATAL)
         except KeyboardInterrupt:
             fail("interrupted before anything was sent", EXIT_INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # the last line of defence for the key
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -197,7 +197,7 @@ def estimate(req: EstimateRequest) -> Estimate:
 
 
 def format_duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:

@@ -6,6 +6,7 @@ counts and money only.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import NoReturn
@@ -23,8 +24,15 @@ class Progress:
         self._t0 = time.monotonic()
         self._bar: tqdm[NoReturn] | None = None
         if self.enabled:
+            size = shutil.get_terminal_size((120, 24))
             self._bar = tqdm(
-                total=total, file=sys.stderr, unit="img", dynamic_ncols=True, smoothing=0.1
+                total=total,
+                file=sys.stderr,
+                unit="img",
+                # A terminal that reports a 0x0 size (some ptys) would get an empty bar.
+                ncols=size.columns,
+                nrows=size.lines,
+                smoothing=0.1,
             )
             self._refresh()
 

@@ -1,0 +1,237 @@
+"""``batchgen merge``: the run folders of several shards (or machines) into one.
+
+Every input line is kept, so the merged spend and attempts stay true, but each job's winning
+record is written last, which is the one every reader trusts: within one input its last line;
+across inputs a success beats any failure, then the later ``finished_at``. Images (and sidecars)
+are hard-linked when the filesystem allows, else copied, and are in place before the ledger that
+names them: the same rule the store keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import InputError, StorageError
+from .ledger import LEDGER_NAME, LedgerRecord
+from .plan import RunFolder, now_iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    out: Path
+    inputs: int
+    jobs: int  # the shards' jobs added up (run.json)
+    recorded: int  # jobs with a record in the merged ledger
+    succeeded: int
+    failed: int
+    lines: int
+    linked: int
+    copied: int
+    kept: int
+    missing: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Rank:
+    """Orders candidate records for one job: the largest wins."""
+
+    succeeded: bool
+    finished_at: str
+    source: int
+    line: int
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, LedgerRecord]]:
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, raw, LedgerRecord.from_dict(orjson.loads(raw))
+            except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+                log.warning("%s:%d: ignoring a malformed ledger line", path, lineno)
+
+
+def _check(inputs: list[Path], out: Path) -> list[Path]:
+    if not inputs:
+        raise InputError("merge: name at least one run folder")
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for path in inputs:
+        folder = RunFolder(path)
+        if not folder.ledger_path.is_file() and not folder.run_file.is_file():
+            raise InputError(f"{path}: not a batchgen run folder (no run.json or ledger.jsonl)")
+        real = path.resolve()
+        if real in seen:
+            log.warning("%s is named twice; merged once", path)
+            continue
+        seen.add(real)
+        unique.append(path)
+    if out.resolve() in seen:
+        raise InputError(f"--out {out} is one of the inputs: merge into a new folder")
+    target = RunFolder(out)
+    if target.ledger_path.exists() and "merged_from" not in target.read_meta():
+        raise InputError(
+            f"--out {out} already holds a run of its own: name it as an input and merge "
+            "into a new folder"
+        )
+    return unique
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    path = (root / rel).resolve()
+    return path if path.is_relative_to(root.resolve()) else None
+
+
+def _place(src: Path, dst: Path) -> str:
+    """Put ``src`` at ``dst``: "kept" if it is there already, else "linked" or "copied"."""
+    try:
+        if dst.exists() and (os.path.samefile(src, dst)
+                             or dst.stat().st_size == src.stat().st_size):
+            return "kept"
+    except OSError:
+        pass
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        how = "linked"
+    except OSError:
+        # Another filesystem, or one without hard links: copy, durably.
+        shutil.copyfile(src, tmp)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        how = "copied"
+    os.replace(tmp, dst)
+    return how
+
+
+def _sum_jobs(metas: list[dict[str, Any]], recorded: list[int]) -> int:
+    total = 0
+    for meta, seen in zip(metas, recorded, strict=True):
+        try:
+            total += max(int(meta.get("jobs") or 0), seen)
+        except (TypeError, ValueError):
+            total += seen
+    return total
+
+
+def _common(metas: list[dict[str, Any]], key: str) -> Any:
+    values = {orjson.dumps(m.get(key)) for m in metas}
+    return metas[0].get(key) if len(values) == 1 else None
+
+
+def merge(inputs: list[Path], out: Path) -> MergeResult:
+    sources = _check(inputs, out)
+    # Pass 1: which line of which input is each job's winner.
+    best: dict[str, _Rank] = {}
+    per_source_jobs: list[int] = []
+    for i, src in enumerate(sources):
+        last: dict[str, _Rank] = {}
+        for lineno, _, rec in _lines(src / LEDGER_NAME):
+            last[rec.job_id] = _Rank(rec.succeeded, rec.finished_at, i, lineno)
+        per_source_jobs.append(len(last))
+        for job_id, rank in last.items():
+            if job_id not in best or rank > best[job_id]:
+                best[job_id] = rank
+    winners = {(r.source, r.line) for r in best.values()}
+
+    # Pass 2: place the winners' images, then write history lines and winning lines apart.
+    folder = RunFolder(out)
+    images_dir = out / "images"
+    tmp_history = out / (LEDGER_NAME + ".merge.tmp")
+    tmp_winners = out / (LEDGER_NAME + ".winners.tmp")
+    placed = {"linked": 0, "copied": 0, "kept": 0}
+    missing = succeeded = failed = lines = 0
+    seen_lines: set[tuple[str, str, str, int]] = set()
+    try:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        with tmp_history.open("wb") as history, tmp_winners.open("wb") as winning:
+            for i, src in enumerate(sources):
+                for lineno, raw, rec in _lines(src / LEDGER_NAME):
+                    key = (rec.job_id, rec.status.value, rec.finished_at, rec.attempts)
+                    if (i, lineno) not in winners:
+                        if key not in seen_lines:
+                            seen_lines.add(key)
+                            history.write(raw.rstrip(b"\r\n") + b"\n")
+                            lines += 1
+                        continue
+                    if rec.succeeded:
+                        files = _files_of(src, out, rec)
+                        if files is None:
+                            missing += 1
+                            log.warning("%s: %s: image missing; left for the next run to make",
+                                        src, rec.job_id)
+                            continue
+                        for a, b in files:
+                            placed[_place(a, b)] += 1
+                        succeeded += 1
+                    else:
+                        failed += 1
+                    seen_lines.add(key)
+                    winning.write(raw.rstrip(b"\r\n") + b"\n")
+                    lines += 1
+            history.flush()
+            with tmp_winners.open("rb") as fh:
+                shutil.copyfileobj(fh, history)
+            history.flush()
+            os.fsync(history.fileno())
+        os.replace(tmp_history, folder.ledger_path)
+    except OSError as exc:
+        raise StorageError(f"cannot merge into {out}: {exc}") from exc
+    finally:
+        tmp_winners.unlink(missing_ok=True)
+        tmp_history.unlink(missing_ok=True)
+
+    metas = [RunFolder(s).read_meta() for s in sources]
+    jobs = _sum_jobs(metas, per_source_jobs)
+    folder.write_meta({
+        **{k: _common(metas, k) for k in ("manifest", "manifest_sha256", "model", "provider")},
+        "jobs": jobs,
+        "state": "merged",
+        "merged_from": [str(s) for s in sources],
+        "shards": [(m.get("settings") or {}).get("shard") for m in metas],
+        "updated_at": now_iso(),
+    })
+    return MergeResult(
+        out=out,
+        inputs=len(sources),
+        jobs=jobs,
+        recorded=succeeded + failed,
+        succeeded=succeeded,
+        failed=failed,
+        lines=lines,
+        linked=placed["linked"],
+        copied=placed["copied"],
+        kept=placed["kept"],
+        missing=missing,
+    )
+
+
+def _files_of(src: Path, out: Path, rec: LedgerRecord) -> list[tuple[Path, Path]] | None:
+    """(from, to) for every output and its sidecar; None if an output is not there to take."""
+    pairs: list[tuple[Path, Path]] = []
+    for rel in rec.outputs:
+        image = _inside(src, rel)
+        target = _inside(out, rel)
+        if image is None or target is None or not image.is_file():
+            return None
+        pairs.append((image, target))
+        sidecar = image.with_suffix(".json")
+        if sidecar.is_file():
+            pairs.append((sidecar, target.with_suffix(".json")))
+    return pairs if pairs else None

@@ -1,0 +1,171 @@
+"""The planning scenario's fixture and its timed child.
+
+    python bench/planning.py fixture --dir bench/work/plan-1000000 --rows 1000000
+    python bench/planning.py plan --manifest M.jsonl --ledger L.jsonl --result R.json
+
+``fixture`` writes a JSONL manifest of simple prompts and a ledger with one line per job in the
+real :class:`batchgen.ledger.LedgerRecord` format: 90% succeeded, 6% failed and retryable (so
+they are planned again), 4% failed permanently (skipped). Job ids come from iterating the real
+:class:`batchgen.manifest.Manifest` once. ``fixture.json`` records what was made, with the first
+job ids, so a later run reuses the files only while batchgen still derives the same ids.
+
+``plan`` does what ``batchgen run`` does before its first request: ``Manifest.validate()``,
+``read_index(ledger)``, ``Plan(manifest.iter_jobs, index, Selection()).count(prices.estimate)``,
+each timed, in a fresh process whose peak RSS the parent reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+FIXTURE_VERSION = 1
+SUCCEEDED_PER_100 = 90
+RETRYABLE_PER_100 = 6  # the rest of each hundred failed permanently
+CHECK_IDS = 5
+
+
+def manifest_row(i: int) -> bytes:
+    subject = ("fox", "teapot", "lighthouse", "bicycle", "owl", "cactus", "violin")[i % 7]
+    return orjson.dumps({"prompt": f"a small watercolor of a {subject}, study number {i}"}) + b"\n"
+
+
+def first_ids(manifest: Path, n: int = CHECK_IDS) -> list[str]:
+    from batchgen.manifest import Manifest
+
+    return [job.job_id for job in itertools.islice(Manifest(manifest).iter_jobs(), n)]
+
+
+def fixture_ok(folder: Path, rows: int) -> bool:
+    meta_path = folder / "fixture.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("version") != FIXTURE_VERSION or meta.get("rows") != rows:
+        return False
+    if not (folder / "manifest.jsonl").is_file() or not (folder / "ledger.jsonl").is_file():
+        return False
+    # The ledger is only a fixture while batchgen still gives these rows the same ids.
+    return bool(first_ids(folder / "manifest.jsonl") == meta.get("first_ids"))
+
+
+def _record(job_id: str, prompt: str, i: int) -> Any:
+    from batchgen.ledger import ErrorInfo, JobStatus, LedgerRecord
+
+    slot = i % 100
+    base: dict[str, Any] = {
+        "job_id": job_id,
+        "prompt": prompt,
+        "attempts": 1,
+        "model": "gemini-3-pro-image",
+        "image_size": "1K",
+        "aspect_ratio": None,
+        "started_at": "2026-06-01T12:00:00.000+00:00",
+        "finished_at": "2026-06-01T12:00:21.337+00:00",
+        "latency_s": 21.337,
+    }
+    if slot < SUCCEEDED_PER_100:
+        return LedgerRecord(
+            status=JobStatus.SUCCEEDED,
+            outputs=(f"images/{job_id}.png",),
+            usage={
+                "promptTokenCount": 14,
+                "candidatesTokenCount": 1120,
+                "totalTokenCount": 1398,
+                "thoughtsTokenCount": 264,
+                "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1120}],
+            },
+            cost_usd=0.137568,
+            width=1024,
+            height=1024,
+            mime_type="image/png",
+            sha256=f"{i:064x}",
+            **base,
+        )
+    if slot < SUCCEEDED_PER_100 + RETRYABLE_PER_100:
+        error = ErrorInfo("server_error", True, 503, "The model is overloaded. Try again later.")
+    else:
+        error = ErrorInfo("blocked", False, 200, "prompt blocked: SAFETY")
+    return LedgerRecord(status=JobStatus.FAILED, error=error, **{**base, "attempts": 6})
+
+
+def make_fixture(folder: Path, rows: int) -> None:
+    from batchgen.manifest import Manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fixture.json").unlink(missing_ok=True)
+    manifest = folder / "manifest.jsonl"
+    t0 = time.perf_counter()
+    with manifest.open("wb") as fh:
+        for i in range(rows):
+            fh.write(manifest_row(i))
+    t1 = time.perf_counter()
+    ids: list[str] = []
+    ledger_tmp = folder / "ledger.jsonl.tmp"
+    with ledger_tmp.open("wb") as fh:
+        for i, job in enumerate(Manifest(manifest).iter_jobs()):
+            if i < CHECK_IDS:
+                ids.append(job.job_id)
+            fh.write(_record(job.job_id, job.prompt, i).to_line())
+    ledger_tmp.replace(folder / "ledger.jsonl")
+    t2 = time.perf_counter()
+    meta = {"version": FIXTURE_VERSION, "rows": rows, "first_ids": ids}
+    (folder / "fixture.json").write_text(json.dumps(meta))
+    print(f"  fixture: manifest {t1 - t0:.1f}s, ids + ledger {t2 - t1:.1f}s", flush=True)
+
+
+def plan(manifest_path: Path, ledger: Path, result: Path) -> None:
+    from batchgen.manifest import Manifest
+    from batchgen.plan import Plan, Selection, read_index
+    from batchgen.pricing import PriceTable
+
+    t0 = time.perf_counter()
+    manifest = Manifest(manifest_path)
+    summary = manifest.validate()
+    t1 = time.perf_counter()
+    index = read_index(ledger)
+    t2 = time.perf_counter()
+    counts = Plan(manifest.iter_jobs, index, Selection()).count(PriceTable.load(None).estimate)
+    t3 = time.perf_counter()
+    out = {
+        "validate_s": t1 - t0,
+        "read_index_s": t2 - t1,
+        "count_s": t3 - t2,
+        "total_s": t3 - t0,
+        "jobs": summary.jobs,
+        "done": counts.done,
+        "pending": counts.pending,
+        "failed_skipped": counts.failed_skipped,
+    }
+    result.write_text(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    fx = sub.add_parser("fixture")
+    fx.add_argument("--dir", type=Path, required=True)
+    fx.add_argument("--rows", type=int, required=True)
+    pl = sub.add_parser("plan")
+    pl.add_argument("--manifest", type=Path, required=True)
+    pl.add_argument("--ledger", type=Path, required=True)
+    pl.add_argument("--result", type=Path, required=True)
+    args = ap.parse_args()
+    if args.cmd == "fixture":
+        if fixture_ok(args.dir, args.rows):
+            print("  fixture: cached", flush=True)
+        else:
+            make_fixture(args.dir, args.rows)
+    else:
+        plan(args.manifest, args.ledger, args.result)
+
+
+if __name__ == "__main__":
+    main()
