@@ -220,7 +220,10 @@ def summarize(result: RunResult, out: Path) -> int:
     if reason is StopReason.INTERRUPTED:
         echo(f"interrupted; to resume: {command_line()}")
     elif reason is StopReason.BUDGET:
-        echo(f"{result.stop_message}; to continue, raise --budget: {command_line()}")
+        echo(
+            f"budget reached: spent ${result.spent_usd:.2f} of the {result.stop_message} budget; "
+            f"to continue, raise --budget: {command_line()}"
+        )
     else:
         echo(f"stopped: {redact(result.stop_message)}")
         echo(f"fix the cause, then resume with: {command_line()}")
@@ -291,6 +294,104 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
     config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
                         rpm_limit=rpm, url_output=url_output)
     run_forever(config, host, port)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder [jobs/<manifest stem>].")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--rpm", type=click.FloatRange(min=1), help="Requests per minute, at most.")
+@click.option("--latency", type=click.FloatRange(0.0), default=30.0, show_default=True,
+              help="Assumed seconds per image.")
+@click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--model", help="Model id for every job.")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]))
+@click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
+              help="Count permanent failures too, as run --retry-failed would.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N pending jobs.")
+@click.option("--only", metavar="ID_GLOB", help="Only jobs whose id matches.")
+@click.option("--shard", metavar="K/N", help="Only this machine's share of the jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@guarded
+def estimate(manifest: Path, **o: Any) -> None:
+    """What running MANIFEST would cost and take, before anything is spent."""
+    from .estimate import EstimateRequest, format_estimate
+    from .estimate import estimate as make_estimate
+
+    setup_logging(0)
+    selection = Selection(retry_failed=_retry_kinds(o["retry_failed"]), only=o["only"],
+                          shard=_shard(o["shard"]), limit=o["limit"])
+    est = make_estimate(EstimateRequest(
+        manifest=manifest, out=o["out"], concurrency=o["concurrency"], rpm=o["rpm"],
+        latency_s=o["latency"], prices=o["prices"], model=o["model"], provider=o["provider"],
+        selection=selection,
+    ))
+    for warning in est.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if o["as_json"]:
+        import orjson
+
+        click.echo(orjson.dumps(est.to_json()).decode())
+    else:
+        click.echo(format_estimate(est))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@guarded
+def report(run_dir: Path, as_json: bool) -> None:
+    """Errors, latency, attempts, spend and throughput of a run folder."""
+    from .report import build_report, format_report
+
+    setup_logging(0)
+    rep = build_report(run_dir)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(rep.to_json()).decode())
+    else:
+        click.echo(format_report(rep))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="The page to write [DIR/gallery.html].")
+@guarded
+def gallery(run_dir: Path, out: Path | None) -> None:
+    """A static HTML page of a run folder's images and failures (thumbnails in DIR/thumbs)."""
+    from .gallery import build_gallery
+
+    setup_logging(0)
+    res = build_gallery(run_dir, out)
+    click.echo(
+        f"{res.succeeded} images, {res.failed} failed; thumbnails: {res.thumbs_made} made, "
+        f"{res.thumbs_reused} reused; {res.elapsed_s:.1f}s"
+        + (f"; {res.missing} images missing on disk" if res.missing else ""),
+        err=True,
+    )
+    click.echo(str(res.path))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The merged run folder (not one of the inputs).")
+@guarded
+def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Combine the run folders of several shards into one."""
+    from .merge import merge as merge_folders
+
+    setup_logging(0)
+    res = merge_folders(list(run_dirs), out)
+    click.echo(
+        f"merged {res.inputs} run folders into {res.out}: {res.jobs} jobs, "
+        f"{res.succeeded} succeeded, {res.failed} failed; files: {res.linked} linked, "
+        f"{res.copied} copied, {res.kept} already there"
+        + (f"; {res.missing} missing (not merged)" if res.missing else "")
+    )
 
 
 if __name__ == "__main__":

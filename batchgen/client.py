@@ -131,7 +131,7 @@ def translate(exc: BaseException) -> e.APIError:
     return e.BadResponseError(msg)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _encoded_reference(ref: Reference, max_bytes: int | None) -> tuple[str, str]:
     data, mime = load_reference_bytes(ref, max_bytes=max_bytes)
     return base64.b64encode(data).decode("ascii"), mime
@@ -275,7 +275,9 @@ class GeminiClient:
         try:
             data = await self._get_bytes(url)
         except e.APIError as exc:
-            raise e.ReferenceError_(f"reference {redact(url)}: {exc.message}") from exc
+            if exc.http_status is not None and 400 <= exc.http_status < 500:
+                raise e.ReferenceError_(f"reference {redact(url)}: {exc.message}") from exc
+            raise  # the reference host is down or slow: worth another attempt
         mime = sniff_image_type(data)
         if mime is None:
             raise e.ReferenceError_(f"reference {redact(url)} is not an image")

@@ -106,9 +106,11 @@ class Selection:
     limit: int | None = None
 
     def in_scope(self, job_id: str) -> bool:
-        """Shard and id filter: which jobs belong to this run folder at all."""
-        if self.shard is not None and shard_of(job_id, self.shard[1]) != self.shard[0]:
-            return False
+        """Whether the job belongs to this run folder at all (this machine's shard)."""
+        return self.shard is None or shard_of(job_id, self.shard[1]) == self.shard[0]
+
+    def picked(self, job_id: str) -> bool:
+        """Whether ``--only`` picks the job for this invocation."""
         return self.only is None or fnmatch.fnmatchcase(job_id, self.only)
 
 
@@ -135,6 +137,9 @@ class Plan:
         self.selection = selection
 
     def wants(self, job: JobSpec) -> bool:
+        """Whether this invocation sends the job: in scope, picked, and not settled yet."""
+        if not (self.selection.in_scope(job.job_id) and self.selection.picked(job.job_id)):
+            return False
         state = self.index.get(job.job_id)
         if state is None or state == RETRYABLE:
             return True
@@ -161,7 +166,7 @@ class Plan:
                         c.estimate_usd += price(job)
             elif state == SUCCEEDED:
                 c.done += 1
-            else:
+            elif state is not None and state != RETRYABLE:
                 c.failed_skipped += 1
         return c
 
@@ -170,7 +175,7 @@ class Plan:
         for job in self._jobs():
             if self.selection.limit is not None and sent >= self.selection.limit:
                 return
-            if self.selection.in_scope(job.job_id) and self.wants(job):
+            if self.wants(job):
                 sent += 1
                 yield job
 

@@ -129,22 +129,43 @@ class Runner:
 
     async def run(self, jobs: Iterable[JobSpec]) -> RunResult:
         start = time.monotonic()
-        queue: asyncio.Queue[JobSpec | None] = asyncio.Queue(maxsize=self.settings.concurrency * 2)
         n = self.settings.concurrency
-        self._workers = [asyncio.create_task(self._worker(queue)) for _ in range(n)]
+        # Bounded, so a million-row manifest never sits in memory as a million queued jobs.
+        queue: asyncio.Queue[JobSpec | None] = asyncio.Queue(maxsize=n * 2)
+        producer = asyncio.create_task(self._produce(jobs, queue, n))
+        self._workers = [producer, *(asyncio.create_task(self._worker(queue)) for _ in range(n))]
+        # Everything ends on its own, or is cancelled (second Ctrl-C, or the grace is over).
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self.result.elapsed_s = time.monotonic() - start
+        failure = None if producer.cancelled() else producer.exception()
+        if failure is not None:
+            raise failure  # e.g. the manifest changed under the run and no longer validates
+        return self.result
+
+    async def _produce(
+        self, jobs: Iterable[JobSpec], queue: asyncio.Queue[JobSpec | None], workers: int
+    ) -> None:
         try:
             for job in jobs:
                 if self.stopping:
                     break
                 await queue.put(job)
-            for _ in range(n):
-                await queue.put(None)
-        except asyncio.CancelledError:
-            self.cancel()
-        # Workers end on their sentinel, or when cancelled (second Ctrl-C or grace over).
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self.result.elapsed_s = time.monotonic() - start
-        return self.result
+        finally:
+            if not self.stopping:
+                for _ in range(workers):
+                    await queue.put(None)
+            else:
+                self._release_workers(queue, workers)
+
+    def _release_workers(self, queue: asyncio.Queue[JobSpec | None], workers: int) -> None:
+        """Stopping: drop what is queued and hand every worker its end marker without waiting."""
+        while not queue.empty():
+            queue.get_nowait()
+        for _ in range(workers):
+            try:
+                queue.put_nowait(None)
+            except asyncio.QueueFull:
+                break
 
     async def _worker(self, queue: asyncio.Queue[JobSpec | None]) -> None:
         while True:
@@ -244,10 +265,7 @@ class Runner:
         budget = self.settings.budget_usd
         reserve = self.prices.reserve(spec)
         if budget is not None and self.result.spent_usd + self._reserved_usd + reserve > budget:
-            self.stop(
-                StopReason.BUDGET,
-                f"budget reached: spent ${self.result.spent_usd:.2f} of ${budget:.2f}",
-            )
+            self.stop(StopReason.BUDGET, f"${budget:.2f}")
             raise _Abandoned
         self._reserved_usd += reserve
         return reserve

@@ -252,3 +252,37 @@ def test_should_retry_table() -> None:
                             policy=RetryPolicy())
     assert backoff_delay(e.RateLimitError("x", retry_after=2.0), attempt=1, policy=policy) >= 2.0
     assert 4.0 <= backoff_delay(e.ServerError("x"), attempt=3, policy=policy) <= 5.0
+
+
+async def test_url_reference_is_fetched_and_sent(fake: FakeServer, tmp_path: Path) -> None:
+    from aiohttp import web
+
+    png = make_image(tmp_path / "r.png", (60, 20)).read_bytes()
+    hits: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        if request.path == "/missing.png":
+            return web.Response(status=404)
+        return web.Response(body=png, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with GeminiClient(settings(fake)) as client:
+            url = f"http://127.0.0.1:{port}/r.png"
+            img = await client.generate(job(references=(Reference(source=url, url=url),)))
+            # 60x20 is 3:1: the output follows the nearest allowed ratio, 21:9.
+            assert img.width > 2 * img.height
+            missing = f"http://127.0.0.1:{port}/missing.png"
+            with pytest.raises(e.ReferenceError_):
+                await client.generate(job(references=(Reference(source=missing, url=missing),)))
+    finally:
+        await runner.cleanup()
+    assert hits == ["/r.png", "/missing.png"]
+    assert fake.stats.requests == 1

@@ -94,7 +94,7 @@ def test_ctrl_c_exits_130_saves_in_flight_and_resumes(server: ThreadedFakeServer
     proc = spawn(*run_args(server, m, out, "--concurrency", "4"), env=env)
     assert wait_for(lambda: len(ledger_lines(out)) >= 4)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=20)
+    _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "to resume" in stderr
@@ -110,11 +110,12 @@ def test_ctrl_c_exits_130_saves_in_flight_and_resumes(server: ThreadedFakeServer
 
 def test_second_ctrl_c_stops_at_once(server: ThreadedFakeServer, tmp_path: Path) -> None:
     server.config.latency_s = 3.0
-    m = write_manifest(tmp_path / "m.yaml", [f"slow {i}" for i in range(8)])
+    # More jobs than the queue holds, so the producer is blocked when the signals come.
+    m = write_manifest(tmp_path / "m.yaml", [f"slow {i}" for i in range(40)])
     out = tmp_path / "run"
-    proc = spawn(*run_args(server, m, out, "--concurrency", "4"),
+    proc = spawn(*run_args(server, m, out, "--concurrency", "2"),
                  env=clean_env(BATCHGEN_API_KEY=SECRET))
-    assert wait_for(lambda: server.stats.requests >= 4)
+    assert wait_for(lambda: server.stats.requests >= 2)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
