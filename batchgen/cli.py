@@ -142,6 +142,7 @@ def main() -> None:
 @click.option("--shard", metavar="K/N", help="Run only this machine's share of the jobs.")
 @click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end.")
 @click.option("-v", "--verbose", count=True, help="Log every attempt (debug).")
 @guarded
 def run(manifest: Path, **o: Any) -> None:
@@ -196,10 +197,21 @@ def run(manifest: Path, **o: Any) -> None:
     if c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty():
         click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?", abort=True)
     result = asyncio.run(execute(prep, req))
-    sys.exit(summarize(result, prep.folder.path))
+    gallery = None if o["no_gallery"] else _refresh_gallery(prep.folder.path)
+    sys.exit(summarize(result, prep.folder.path, gallery))
 
 
-def summarize(result: RunResult, out: Path) -> int:
+def _refresh_gallery(out: Path) -> Path | None:
+    from .gallery import build_gallery
+
+    try:
+        return build_gallery(out).path
+    except BatchgenError as exc:
+        click.echo(f"warning: no gallery: {exc}", err=True)
+        return None
+
+
+def summarize(result: RunResult, out: Path, gallery: Path | None = None) -> int:
     from .run import command_line
 
     def echo(line: str) -> None:
@@ -211,6 +223,8 @@ def summarize(result: RunResult, out: Path) -> int:
         + (f" ({errors})" if errors else "")
         + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
     )
+    if gallery is not None:
+        echo(f"gallery: {gallery}")
     reason = result.stop_reason
     if reason is StopReason.COMPLETED:
         if result.failed:

@@ -207,26 +207,33 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
+def _usd(value: float) -> str:
+    # Prompt text costs fractions of a cent a job; four decimals would print it as zero.
+    return f"${value:.4f}" if value >= 0.001 or value == 0 else f"${value:.6f}"
+
+
 def format_estimate(e: Estimate) -> str:
     lines = [f"{e.manifest} -> {e.run_dir}"]
     already = f"{e.done} already done"
     if e.failed_skipped:
         already += f", {e.failed_skipped} failed and skipped (--retry-failed to include)"
     lines.append(f"  {e.jobs} jobs, {e.images} images to run of {e.total} ({already})")
-    if e.jobs:
+    if not e.jobs:
+        lines.append("  nothing to run")
+    else:
         sizes = ", ".join(f"{n} x {size}" for size, n in sorted(e.by_size.items()))
         models = ", ".join(f"{n} x {m}" for m, n in sorted(e.by_model.items()))
         lines.append(f"  by size:  {sizes}")
         lines.append(f"  by model: {models}")
         lines.append("")
-        head = f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'unit':>9} {'subtotal':>10}"
+        head = f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'unit':>10} {'subtotal':>10}"
         lines.append(head)
         for r in e.rows:
             lines.append(
                 f"  {r.item:<26} {r.model:<22} {r.image_size or '':>4} {r.quantity:>7} "
-                f"{'$' + format(r.unit_usd, '.4f'):>9} {'$' + format(r.subtotal_usd, '.2f'):>10}"
+                f"{_usd(r.unit_usd):>10} {'$' + format(r.subtotal_usd, '.2f'):>10}"
             )
-        lines.append(f"  {'total (estimated)':<26} {'':<22} {'':>4} {e.jobs:>7} {'':>9} "
+        lines.append(f"  {'total (estimated)':<26} {'':<22} {'':>4} {e.jobs:>7} {'':>10} "
                      f"{'$' + format(e.cost_usd, '.2f'):>10}")
         lines.append(
             f"  text output assumed at {TYPICAL_TEXT_TOKENS} tokens an image; "

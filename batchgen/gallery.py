@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import StorageError
 from .ledger import LedgerRecord
-from .report import load_status, latest_records
+from .report import latest_records, load_status
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,13 @@ class _Rank:
     line: int
 
 
+_Key = tuple[str, str, str, int, float]
+
+
+def _key(rec: LedgerRecord) -> _Key:
+    return (rec.job_id, rec.status.value, rec.finished_at, rec.attempts, rec.cost_usd)
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes, LedgerRecord]]:
     try:
         fh = path.open("rb")
@@ -105,6 +112,7 @@ def _place(src: Path, dst: Path) -> str:
             return "kept"
     except OSError:
         pass
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -120,14 +128,26 @@ def _place(src: Path, dst: Path) -> str:
     return how
 
 
-def _sum_jobs(metas: list[dict[str, Any]], recorded: list[int]) -> int:
-    total = 0
-    for meta, seen in zip(metas, recorded, strict=True):
+def _sum_jobs(metas: list[dict[str, Any]], recorded: list[int], union: int) -> int:
+    """The jobs the inputs cover together, from their run.json.
+
+    Shards of one manifest add up; a folder run without ``--shard`` already covers its whole
+    manifest, so a further folder of that manifest (a retry, an ``--only`` run) adds nothing.
+    """
+    # manifest -> shard (None: the whole manifest) -> jobs
+    scopes: dict[str, dict[str, int]] = {}
+    for i, (meta, seen) in enumerate(zip(metas, recorded, strict=True)):
         try:
-            total += max(int(meta.get("jobs") or 0), seen)
+            jobs = max(int(meta.get("jobs") or 0), seen)
         except (TypeError, ValueError):
-            total += seen
-    return total
+            jobs = seen
+        manifest = str(meta.get("manifest_sha256") or f"unknown-{i}")
+        shard = (meta.get("settings") or {}).get("shard")
+        key = "all" if not shard else "/".join(map(str, shard))
+        by_shard = scopes.setdefault(manifest, {})
+        by_shard[key] = max(by_shard.get(key, 0), jobs)
+    total = sum(s["all"] if "all" in s else sum(s.values()) for s in scopes.values())
+    return max(total, union)
 
 
 def _common(metas: list[dict[str, Any]], key: str) -> Any:
@@ -138,17 +158,20 @@ def _common(metas: list[dict[str, Any]], key: str) -> Any:
 def merge(inputs: list[Path], out: Path) -> MergeResult:
     sources = _check(inputs, out)
     # Pass 1: which line of which input is each job's winner.
-    best: dict[str, _Rank] = {}
+    best: dict[str, tuple[_Rank, _Key]] = {}
     per_source_jobs: list[int] = []
     for i, src in enumerate(sources):
-        last: dict[str, _Rank] = {}
+        last: dict[str, tuple[_Rank, _Key]] = {}
         for lineno, _, rec in _lines(src / LEDGER_NAME):
-            last[rec.job_id] = _Rank(rec.succeeded, rec.finished_at, i, lineno)
+            last[rec.job_id] = (_Rank(rec.succeeded, rec.finished_at, i, lineno), _key(rec))
         per_source_jobs.append(len(last))
-        for job_id, rank in last.items():
-            if job_id not in best or rank > best[job_id]:
-                best[job_id] = rank
-    winners = {(r.source, r.line) for r in best.values()}
+        for job_id, cand in last.items():
+            if job_id not in best or cand[0] > best[job_id][0]:
+                best[job_id] = cand
+    winners = {(rank.source, rank.line) for rank, _ in best.values()}
+    # The same line reached through two inputs (a folder merged again with its own sources)
+    # was paid for once, so it is written once.
+    seen_lines: set[_Key] = {key for _, key in best.values()}
 
     # Pass 2: place the winners' images, then write history lines and winning lines apart.
     folder = RunFolder(out)
@@ -157,14 +180,13 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
     tmp_winners = out / (LEDGER_NAME + ".winners.tmp")
     placed = {"linked": 0, "copied": 0, "kept": 0}
     missing = succeeded = failed = lines = 0
-    seen_lines: set[tuple[str, str, str, int]] = set()
     try:
         images_dir.mkdir(parents=True, exist_ok=True)
         with tmp_history.open("wb") as history, tmp_winners.open("wb") as winning:
             for i, src in enumerate(sources):
                 for lineno, raw, rec in _lines(src / LEDGER_NAME):
-                    key = (rec.job_id, rec.status.value, rec.finished_at, rec.attempts)
                     if (i, lineno) not in winners:
+                        key = _key(rec)
                         if key not in seen_lines:
                             seen_lines.add(key)
                             history.write(raw.rstrip(b"\r\n") + b"\n")
@@ -182,10 +204,9 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
                         succeeded += 1
                     else:
                         failed += 1
-                    seen_lines.add(key)
                     winning.write(raw.rstrip(b"\r\n") + b"\n")
                     lines += 1
-            history.flush()
+            winning.close()
             with tmp_winners.open("rb") as fh:
                 shutil.copyfileobj(fh, history)
             history.flush()
@@ -198,7 +219,7 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
         tmp_history.unlink(missing_ok=True)
 
     metas = [RunFolder(s).read_meta() for s in sources]
-    jobs = _sum_jobs(metas, per_source_jobs)
+    jobs = _sum_jobs(metas, per_source_jobs, len(best))
     folder.write_meta({
         **{k: _common(metas, k) for k in ("manifest", "manifest_sha256", "model", "provider")},
         "jobs": jobs,

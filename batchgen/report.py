@@ -93,6 +93,7 @@ def format_status(st: Status) -> str:
 # -- batchgen report ----------------------------------------------------------------------------
 
 THROUGHPUT_BUCKETS = 10
+MIN_SPAN_S = 1.0
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -153,7 +154,9 @@ class Report:
 
     @property
     def images_per_min(self) -> float | None:
-        return self.status.succeeded / self.span_s * 60 if self.span_s > 0 else None
+        if self.span_s < MIN_SPAN_S:
+            return None
+        return sum(b.images for b in self.buckets) / self.span_s * 60
 
     def to_json(self) -> dict[str, Any]:
         st = self.status
@@ -200,13 +203,15 @@ class Report:
 
 
 def _buckets(times: list[float], n: int) -> tuple[float, float, tuple[Bucket, ...]]:
-    """Succeeded images per equal slice of [first, last] finish time."""
+    """Succeeded images per equal slice of [first, last] finish time, each at least a second."""
     if not times:
         return 0.0, 0.0, ()
     t0, t1 = min(times), max(times)
     span = t1 - t0
-    if span <= 0:
-        return 0.0, 0.0, (Bucket(0.0, len(times), None),)
+    if span < MIN_SPAN_S:
+        # A rate over a few milliseconds would be a meaningless huge number.
+        return span, span, (Bucket(0.0, len(times), None),)
+    n = max(1, min(n, math.floor(span)))
     width = span / n
     counts = [0] * n
     for t in times:
@@ -308,7 +313,7 @@ def format_report(rep: Report) -> str:
     if rep.attempts:
         hist = ", ".join(f"{k}: {v}" for k, v in sorted(rep.attempts.items()))
         lines.append(
-            f"requests per job     {hist}  (mean {rep.mean_attempts:.2f}, {rep.requests} in all)"
+            f"attempts per job     {hist}  (mean {rep.mean_attempts:.2f}, {rep.requests} requests)"
         )
     per_image = rep.per_image_usd
     spend = f"spend                ${st.cost_usd:.2f}"
@@ -322,7 +327,7 @@ def format_report(rep: Report) -> str:
         rate = rep.images_per_min
         lines.append("")
         if rate is None:
-            lines.append(f"throughput: {st.succeeded} images, all finished at once")
+            lines.append(f"throughput: {st.succeeded} images, all finished within a second")
         else:
             spark = _sparkline([b.images for b in rep.buckets])
             lines.append(

@@ -71,6 +71,9 @@ def test_kill_9_then_resume(server: ThreadedFakeServer, tmp_path: Path) -> None:
     proc.wait(10)
     before = succeeded(out)
     assert 8 <= len(before) < 40
+    # Requests the dead client had already written may still be arriving: let them land.
+    time.sleep(0.3)
+    assert wait_for(lambda: server.stats.in_flight == 0)
     requests_before = server.stats.requests
     r = run_against(server, m, out, "--concurrency", "4")
     assert r.code == 0, r.output
