@@ -111,26 +111,49 @@ class LedgerRecord:
         )
 
 
-def iter_ledger(path: Path) -> Iterator[LedgerRecord]:
-    """Every well-formed line in file order. A torn or garbled line is skipped with a warning."""
+def warn_bad_line(path: Path, lineno: int, raw: bytes) -> None:
+    torn = not raw.endswith(b"\n")
+    kind = "torn last" if torn else "malformed"
+    log.warning("%s:%d: ignoring a %s ledger line", path, lineno, kind)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(line number, raw bytes, parsed object) per JSON-object line; others are warned about."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
         return
+    loads = orjson.loads
     with fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             try:
-                yield LedgerRecord.from_dict(orjson.loads(raw))
-            except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
-                torn = not raw.endswith(b"\n")
-                log.warning(
-                    "%s:%d: ignoring a %s ledger line",
-                    path,
-                    lineno,
-                    "torn last" if torn else "malformed",
-                )
+                obj = loads(raw)
+            except orjson.JSONDecodeError:
+                warn_bad_line(path, lineno, raw)
+                continue
+            if isinstance(obj, dict):
+                yield lineno, raw, obj
+            else:
+                warn_bad_line(path, lineno, raw)
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, bytes, LedgerRecord]]:
+    """Every well-formed record with its line number and raw line, in file order."""
+    for lineno, raw, obj in iter_lines(path):
+        try:
+            record = LedgerRecord.from_dict(obj)
+        except (KeyError, ValueError, TypeError):
+            warn_bad_line(path, lineno, raw)
+            continue
+        yield lineno, raw, record
+
+
+def iter_ledger(path: Path) -> Iterator[LedgerRecord]:
+    """Every well-formed record in file order. A torn or garbled line is skipped with a warning."""
+    for _, _, record in iter_records(path):
+        yield record
 
 
 def read_ledger(path: Path) -> dict[str, LedgerRecord]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError, StorageError
-from .ledger import LEDGER_NAME, LedgerRecord
+from .ledger import LEDGER_NAME, LedgerRecord, iter_records
 from .plan import RunFolder, now_iso
 
 log = logging.getLogger(__name__)
@@ -56,21 +55,6 @@ _Key = tuple[str, str, str, int, float]
 
 def _key(rec: LedgerRecord) -> _Key:
     return (rec.job_id, rec.status.value, rec.finished_at, rec.attempts, rec.cost_usd)
-
-
-def _lines(path: Path) -> Iterator[tuple[int, bytes, LedgerRecord]]:
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
-        return
-    with fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, raw, LedgerRecord.from_dict(orjson.loads(raw))
-            except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
-                log.warning("%s:%d: ignoring a malformed ledger line", path, lineno)
 
 
 def _check(inputs: list[Path], out: Path) -> list[Path]:
@@ -162,7 +146,7 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
     per_source_jobs: list[int] = []
     for i, src in enumerate(sources):
         last: dict[str, tuple[_Rank, _Key]] = {}
-        for lineno, _, rec in _lines(src / LEDGER_NAME):
+        for lineno, _, rec in iter_records(src / LEDGER_NAME):
             last[rec.job_id] = (_Rank(rec.succeeded, rec.finished_at, i, lineno), _key(rec))
         per_source_jobs.append(len(last))
         for job_id, cand in last.items():
@@ -184,7 +168,7 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
         images_dir.mkdir(parents=True, exist_ok=True)
         with tmp_history.open("wb") as history, tmp_winners.open("wb") as winning:
             for i, src in enumerate(sources):
-                for lineno, raw, rec in _lines(src / LEDGER_NAME):
+                for lineno, raw, rec in iter_records(src / LEDGER_NAME):
                     if (i, lineno) not in winners:
                         key = _key(rec)
                         if key not in seen_lines:

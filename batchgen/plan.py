@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .errors import StorageError
-from .ledger import LEDGER_NAME, LedgerRecord, LedgerWriter
+from .ledger import LEDGER_NAME, LedgerRecord, LedgerWriter, iter_lines, warn_bad_line
 from .spec import JobSpec
 from .store import adopt_orphans
 
@@ -52,33 +52,19 @@ def read_index(ledger: Path) -> LedgerIndex:
     index = LedgerIndex()
     states = index.states
     intern = sys.intern
-    loads = orjson.loads
-    try:
-        fh = ledger.open("rb")
-    except FileNotFoundError:
-        return index
-    with fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                d = loads(raw)
-                job_id = d["job_id"]
-                if d["status"] == SUCCEEDED:
-                    state = SUCCEEDED
-                else:
-                    err = d.get("error") or {}
-                    state = RETRYABLE if err.get("retryable") else intern(str(err.get("kind")))
-                index.cost_usd += float(d.get("cost_usd") or 0.0)
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
-                if raw.strip():
-                    torn = not raw.endswith(b"\n")
-                    log.warning(
-                        "%s:%d: ignoring a %s ledger line",
-                        ledger,
-                        lineno,
-                        "torn last" if torn else "malformed",
-                    )
-                continue
-            states[job_id] = state
+    for lineno, raw, d in iter_lines(ledger):
+        try:
+            job_id = d["job_id"]
+            if d["status"] == SUCCEEDED:
+                state = SUCCEEDED
+            else:
+                err = d.get("error") or {}
+                state = RETRYABLE if err.get("retryable") else intern(str(err.get("kind")))
+            index.cost_usd += float(d.get("cost_usd") or 0.0)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            warn_bad_line(ledger, lineno, raw)
+            continue
+        states[job_id] = state
     return index
 
 
