@@ -98,6 +98,8 @@ class Runner:
         self.result = RunResult(spent_usd=spent_before_usd)
         self._reserved_usd = 0.0
         self._stop = asyncio.Event()
+        self._first_answer = asyncio.Event()
+        self._probing = False
         self._workers: list[asyncio.Task[None]] = []
 
     # -- stopping ---------------------------------------------------------------------------
@@ -185,8 +187,7 @@ class Runner:
         except _Abandoned:
             return
         except e.FatalError as exc:
-            self.stop(StopReason.FATAL, _fatal_message(exc))
-            self._note_error(exc)
+            self._note_error(exc)  # the run was stopped when the answer came in
             return
         except e.APIError as exc:
             self._note_error(exc)
@@ -232,6 +233,27 @@ class Runner:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _attempt(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
+        probe = await self._await_first_answer()
+        try:
+            return await self._send(spec, state)
+        finally:
+            if probe:
+                self._first_answer.set()
+
+    async def _await_first_answer(self) -> bool:
+        """Until one answer is back, only one request is out (True for that one).
+
+        A wrong key or model id then costs one request, whatever the concurrency.
+        """
+        if self._first_answer.is_set():
+            return False
+        if not self._probing:
+            self._probing = True
+            return True
+        await self._first_answer.wait()
+        return False
+
+    async def _send(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
         for window in self.windows:
             await window.acquire()
         async with self.concurrency:
@@ -242,6 +264,9 @@ class Runner:
             try:
                 image = await self.client.generate(spec)
             except e.APIError as exc:
+                if isinstance(exc, e.FatalError):
+                    # Stop before anything else is sent, not when this job's retries unwind.
+                    self.stop(StopReason.FATAL, _fatal_message(exc))
                 self._charge(spec, state, exc.usage, billed=exc.maybe_billed)
                 if isinstance(exc, e.RateLimitError):
                     self.concurrency.on_rate_limited(exc.retry_after)

@@ -178,7 +178,7 @@ def test_one_429_does_not_freeze_the_other_workers(server: ThreadedFakeServer,
 def test_daily_quota_stops_cleanly(server: ThreadedFakeServer, tmp_path: Path) -> None:
     server.config.script = ["429_daily"]
     m = write_manifest(tmp_path / "m.yaml", [f"q {i}" for i in range(10)])
-    r = run_against(server, m, tmp_path / "run", "--concurrency", "1")
+    r = run_against(server, m, tmp_path / "run", "--concurrency", "8")
     assert r.code == 4, r.output
     assert "resets at midnight Pacific" in r.stderr
     assert server.stats.requests == 1

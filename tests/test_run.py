@@ -183,7 +183,7 @@ def test_retry_blocked_gives_more_tries(server: ThreadedFakeServer, tmp_path: Pa
 def test_wrong_key_stops_after_one_request(server: ThreadedFakeServer, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", [f"prompt {i}" for i in range(40)])
     r = cli("run", m, "--out", tmp_path / "run", "--base-url", server.url, "--no-progress",
-            "--concurrency", "1", env=clean_env(BATCHGEN_API_KEY="wrong-key-XYZ"))
+            "--concurrency", "32", env=clean_env(BATCHGEN_API_KEY="wrong-key-XYZ"))
     assert r.code == 4, r.output
     assert server.stats.requests == 1
     assert "auth" in r.stderr and "wrong-key-XYZ" not in r.output
@@ -193,7 +193,7 @@ def test_wrong_key_stops_after_one_request(server: ThreadedFakeServer, tmp_path:
 def test_unknown_model_stops_the_run(server: ThreadedFakeServer, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", [f"prompt {i}" for i in range(10)])
     r = run_against(server, m, tmp_path / "run", "--model", "gemini-9-imaginary",
-                    "--concurrency", "1")
+                    "--concurrency", "16")
     assert r.code == 4, r.output
     assert server.stats.requests == 1
     assert "model_not_found" in r.stderr
