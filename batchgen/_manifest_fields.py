@@ -34,6 +34,12 @@ JOB_FIELDS = (
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
 MAX_ID_LENGTH = 100
 MAX_SLUG_LENGTH = 40
+# Far above any real dataset; a typo (100000000 for 10) would otherwise hash ids for minutes.
+MAX_COUNT = 100_000
+# Jobs one manifest row may expand to (vars combinations times count).
+MAX_ROW_JOBS = 1_000_000
+# The API's `seed` is an int32.
+SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
 
 
 class Bad(ValueError):
@@ -146,23 +152,40 @@ def parse_image_size(value: object, text: bool) -> str:
 _INT_TEXT = re.compile(r"[+-]?\d+")
 
 
+# Longer than any limit below; Python refuses to convert past 4300 digits anyway.
+_MAX_INT_DIGITS = 30
+
+
 def _integer(value: object, text: bool) -> int:
     if text and isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        if len(value.strip().lstrip("+-")) > _MAX_INT_DIGITS:
+            raise Bad(f"{value.strip()[:12]}... has far too many digits")
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise Bad(f"must be a whole number, not {repr(value) if text else _kind(value)}")
+    shown = text or (isinstance(value, float) and math.isfinite(value))
+    raise Bad(f"must be a whole number, not {repr(value) if shown else _kind(value)}")
+
+
+def _shown(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 30 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
 
 
 def parse_count(value: object, text: bool) -> int:
     count = _integer(value, text)
     if count < 1:
-        raise Bad(f"must be at least 1, not {count}")
+        raise Bad(f"must be at least 1, not {_shown(count)}")
+    if count > MAX_COUNT:
+        raise Bad(f"must be at most {MAX_COUNT:,}, not {_shown(count)}")
     return count
 
 
 def parse_seed(value: object, text: bool) -> int:
-    return _integer(value, text)
+    seed = _integer(value, text)
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise Bad(f"must be between {SEED_MIN} and {SEED_MAX} (32-bit), not {_shown(seed)}")
+    return seed
 
 
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -219,15 +242,20 @@ def parse_vars(value: object, text: bool) -> tuple[tuple[str, tuple[str, ...]], 
         items = raw if isinstance(raw, list) else [raw]
         if not items:
             raise Bad(f"{name}: has no values")
-        values: list[str] = []
+        values: dict[str, None] = {}  # ordered, and a set: a long list stays linear
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise Bad(f"{name}: values must be strings or numbers, not {_kind(item)}")
             if str(item) in values:
                 raise Bad(f"{name}: {str(item)!r} is listed twice")
-            values.append(str(item))
+            values[str(item)] = None
         out.append((name, tuple(values)))
     return tuple(out)
+
+
+def row_jobs(matrix: tuple[tuple[str, tuple[str, ...]], ...], count: int) -> int:
+    """How many jobs a row expands to: the product of the vars' lengths, times count."""
+    return math.prod(len(v) for _, v in matrix) * count
 
 
 PARSERS: dict[str, Callable[[object, bool], Any]] = {

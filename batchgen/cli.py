@@ -147,7 +147,7 @@ def main() -> None:
 @guarded
 def run(manifest: Path, **o: Any) -> None:
     """Generate every job in MANIFEST that the run folder does not have yet."""
-    from .run import RunRequest, execute, prepare
+    from .run import RunRequest, adopt_orphans, execute, prepare
 
     setup_logging(o["verbose"])
     shard = _shard(o["shard"])
@@ -181,6 +181,7 @@ def run(manifest: Path, **o: Any) -> None:
     )
     selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"])
     prep = prepare(req, selection=selection)
+    adopt_orphans(prep)
     for warning in prep.summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     c = prep.counts

@@ -32,6 +32,7 @@ from .references import (
     sniff_image_type,
 )
 from .response import data_url_bytes, parse_answer
+from .retrying import MAX_SERVER_DELAY_S
 from .spec import JobSpec, Reference
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ class GeneratedImage:
     height: int
     text: str | None
     usage: dict[str, Any] | None
-    model_version: str | None
 
 
 def parse_retry_delay(details: Any, headers: Any, message: str) -> float | None:
@@ -102,6 +102,10 @@ def error_from_http(status: int, body: bytes, headers: Any) -> e.APIError:
     if status == 429:
         if any("PerDay" in q for q in quota_ids):
             return e.DailyQuotaError(message, **kw)
+        if retry_after is not None and retry_after > MAX_SERVER_DELAY_S:
+            # Waiting that long per job would burn through the manifest: treat as a quota stop.
+            wait = f" (the server asks to wait {retry_after:.0f}s)"
+            return e.DailyQuotaError(message + wait, **kw)
         return e.RateLimitError(message, **kw)
     if status == 400 and "API_KEY_INVALID" in reasons:
         return e.AuthError(message, **kw)
@@ -209,7 +213,19 @@ class GeminiClient:
 
     async def generate(self, spec: JobSpec) -> GeneratedImage:
         """One attempt. Raises a :class:`batchgen.errors.APIError` subclass on any failure."""
-        body = orjson.dumps(await self.build_request(spec))
+        return await self.send(spec, await self.encode_request(spec))
+
+    async def encode_request(self, spec: JobSpec) -> bytes:
+        """The request body, references loaded and encoded: the part that needs no server."""
+        return orjson.dumps(await self.build_request(spec))
+
+    async def send(self, spec: JobSpec, body: bytes) -> GeneratedImage:
+        """POST a body made by :meth:`encode_request` and turn the answer into an image.
+
+        Every error raised after the endpoint answered carries ``answered=True``; every error
+        after an HTTP 200 also carries ``maybe_billed`` and the answer's usage, because the
+        image was generated (and paid for) even if it never reached the disk.
+        """
         url, params, headers = self.endpoint(spec.model)
         headers["Content-Type"] = "application/json"
         status = 0
@@ -219,12 +235,31 @@ class GeminiClient:
                 raw = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             err = translate(exc)
-            if status == 200:
-                err.http_status, err.maybe_billed = 200, True
+            if status:
+                err.http_status, err.answered = status, True
+            # A cut-off 200, or a timeout while the image was being made: likely billed.
+            err.maybe_billed = status == 200 or isinstance(err, e.TimeoutError_)
             raise err from exc
         del body
         if status != 200:
-            raise error_from_http(status, raw, resp_headers)
+            err = error_from_http(status, raw, resp_headers)
+            err.answered = True
+            raise err
+        try:
+            return await self._read_answer(raw, resp_headers)
+        except e.APIError as err:
+            err.answered = True
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # An answer of a shape nobody documented must fail this attempt, not the run.
+            raise e.BadResponseError(
+                f"HTTP 200 with an unreadable answer: {type(exc).__name__}: {exc}",
+                http_status=200,
+                maybe_billed=True,
+                answered=True,
+            ) from exc
+
+    async def _read_answer(self, raw: bytes, headers: Any) -> GeneratedImage:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -233,18 +268,29 @@ class GeminiClient:
             ) from exc
         del raw
         if isinstance(obj, dict) and "error" in obj and "candidates" not in obj:
-            code = obj["error"].get("code", 500) if isinstance(obj["error"], dict) else 500
-            raise error_from_http(int(code), orjson.dumps(obj), resp_headers)
-        parsed = parse_answer(obj)
-        del obj
-        data = parsed.data
-        if data is None:
-            assert parsed.url is not None
-            if parsed.url.startswith("data:"):
-                data, _ = data_url_bytes(parsed.url)
-            else:
-                data = await self._download_output(parsed.url)
-        return _finish(data, parsed.text, parsed.usage, parsed.model_version)
+            err = obj["error"] if isinstance(obj["error"], dict) else {}
+            code = err.get("code")
+            raise error_from_http(
+                code if isinstance(code, int) and code >= 400 else 500, orjson.dumps(obj), headers
+            )
+        usage = None
+        try:
+            parsed = parse_answer(obj)  # no image: BlockedError / NoImageError, with usage
+            del obj
+            usage = parsed.usage
+            data = parsed.data
+            if data is None:
+                assert parsed.url is not None
+                if parsed.url.startswith("data:"):
+                    data, _ = data_url_bytes(parsed.url)
+                else:
+                    data = await self._download_output(parsed.url)
+            return _finish(data, parsed.text, usage)
+        except e.TransientError as err:
+            # The image was made, so it was paid for, but it did not reach us intact.
+            err.http_status, err.maybe_billed = 200, True
+            err.usage = err.usage or usage
+            raise
 
     async def _get_bytes(self, url: str) -> bytes:
         try:
@@ -284,9 +330,7 @@ class GeminiClient:
         return data, mime
 
 
-def _finish(
-    data: bytes, text: str | None, usage: dict[str, Any] | None, model_version: str | None
-) -> GeneratedImage:
+def _finish(data: bytes, text: str | None, usage: dict[str, Any] | None) -> GeneratedImage:
     # The declared mimeType is unreliable (JPEG bytes labelled PNG): trust the bytes.
     mime = sniff_image_type(data)
     if mime is None:
@@ -298,4 +342,4 @@ def _finish(
         raise e.BadResponseError(f"the image does not decode: {exc}") from exc
     if not (width and height):
         raise e.BadResponseError("the image has no size")
-    return GeneratedImage(data, mime, width, height, text, usage, model_version)
+    return GeneratedImage(data, mime, width, height, text, usage)

@@ -94,6 +94,7 @@ class APIError(BatchgenError):
         kind: ErrorKind | None = None,
         usage: dict[str, object] | None = None,
         maybe_billed: bool = False,
+        answered: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -103,6 +104,9 @@ class APIError(BatchgenError):
         self.usage = usage
         # The server may have generated (and billed) an image we never received in full.
         self.maybe_billed = maybe_billed
+        # The generateContent endpoint itself answered (as opposed to: nothing came back, or a
+        # reference could not be loaded). Until one answer is in, only one request goes out.
+        self.answered = answered
         if kind is not None:
             self.kind = kind
 

@@ -198,6 +198,16 @@ class Manifest:
         if matrix and prompt is not None:
             for message in mf.check_template(prompt, [n for n, _ in matrix]):
                 state.problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
+        count: int = values.get("count", 1)
+        n_jobs = mf.row_jobs(matrix, count)
+        if n_jobs > mf.MAX_ROW_JOBS:  # checked before expanding: a typo must not run for minutes
+            sizes = " x ".join(str(len(v)) for _, v in matrix)
+            times = f" x count {count}" if count > 1 else ""
+            msg = (
+                f"expands to {n_jobs:,} jobs ({sizes}{times}); "
+                f"at most {mf.MAX_ROW_JOBS:,} per row, split it over several rows or files"
+            )
+            state.problems.append(Problem(name, row.line_of("vars"), "vars", msg))
         user_id: str | None = values.get("id")
         if user_id is not None and state.user_ids is not None:
             other = state.user_ids.setdefault(user_id, row.line)
@@ -281,7 +291,9 @@ class Manifest:
                     "user_id": user_id,
                 }
                 digest = sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-                tag = f"{prefix}-{sample}" if count > 1 else prefix
+                # Sample 0 keeps the bare prefix whatever the count, so raising `count: 1` to
+                # `count: 2` keeps the id (and the image) of the job already made.
+                tag = f"{prefix}-{sample}" if sample > 0 else prefix
                 job_id = f"{tag}-{digest[:10]}"
                 if state.job_ids is not None:
                     other = state.job_ids.setdefault(job_id, row.line)

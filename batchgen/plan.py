@@ -8,6 +8,7 @@ settings and the manifest's hash so a resumed run can say what changed.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import fnmatch
 import hashlib
 import logging
@@ -20,14 +21,15 @@ from typing import Any
 
 import orjson
 
-from .errors import StorageError
-from .ledger import LEDGER_NAME, LedgerRecord, LedgerWriter, iter_lines, warn_bad_line
+from .errors import InputError, StorageError
+from .ledger import LEDGER_NAME, LedgerRecord, iter_lines, warn_bad_line
 from .spec import JobSpec
 from .store import adopt_orphans
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 SUCCEEDED = "succeeded"
 RETRYABLE = "retryable"
 
@@ -195,15 +197,35 @@ class RunFolder:
         self.write_meta(meta)
         return meta
 
-    def recover(self, index: LedgerIndex, ledger: LedgerWriter) -> list[LedgerRecord]:
-        """After a crash: put images that were saved but never recorded into the ledger."""
+    def lock(self) -> int:
+        """Hold the folder for this process: two runs on one folder would pay for everything twice.
+
+        An flock dies with its process, so a ``kill -9`` never leaves a stale lock behind.
+        """
+        path = self.path / LOCK_FILE
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot use the run folder {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(
+                f"{self.path}: another batchgen run is using this folder; wait for it to end"
+            ) from None
+        return fd
+
+    def orphans(self, index: LedgerIndex) -> list[LedgerRecord]:
+        """Images saved with their sidecar whose ledger line never got written (a crash or a
+        failed ledger write between the two): paid for, so they are adopted, not sent again.
+        They enter ``index`` at once so the plan and the budget see them."""
         done = {job_id for job_id, state in index.states.items() if state == SUCCEEDED}
         adopted = adopt_orphans(self.path, done)
         for rec in adopted:
-            ledger.append(rec)
             index.states[rec.job_id] = SUCCEEDED
             index.cost_usd += rec.cost_usd
-            log.warning("adopted %s: saved before the last run stopped, not paid again", rec.job_id)
         return adopted
 
 

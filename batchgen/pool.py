@@ -9,14 +9,12 @@ daily quota, a full disk) stop the run, and they stop it cleanly.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import enum
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
@@ -27,8 +25,16 @@ from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
 from .plan import now_iso
 from .pricing import PriceTable
 from .progress import Progress
-from .ratelimit import AdaptiveLimit, SlidingWindow
-from .retrying import RetryPolicy, backoff_delay, is_retryable, should_retry
+from .ratelimit import AdaptiveLimit, FirstAnswerGate, SlidingWindow, Stopped, wait_event
+from .redact import redact
+from .retrying import (
+    STOCHASTIC_KINDS,
+    RetryPolicy,
+    backoff_delay,
+    fatal_message,
+    is_retryable,
+    should_retry,
+)
 from .spec import JobSpec
 from .store import ImageStore, sha256_hex
 
@@ -43,14 +49,18 @@ class StopReason(str, enum.Enum):
     STORAGE = "storage"
 
 
-class _Abandoned(Exception):
-    """The run is stopping: leave this job pending, it gets no ledger line."""
+class _Abandoned(Stopped):
+    """The run is stopping: leave this job pending (a ledger line only if it cost money)."""
+
+
+PRODUCER_YIELD_EVERY = 256
 
 
 @dataclass(slots=True)
 class RunResult:
     succeeded: int = 0
     failed: int = 0
+    failed_permanent: int = 0
     spent_usd: float = 0.0
     stop_reason: StopReason = StopReason.COMPLETED
     stop_message: str = ""
@@ -64,6 +74,7 @@ class _JobState:
     stochastic: int = 0
     cost_usd: float = 0.0
     usage: dict[str, object] | None = None
+    last_error: e.APIError | None = None
 
 
 class Runner:
@@ -98,9 +109,8 @@ class Runner:
         self.result = RunResult(spent_usd=spent_before_usd)
         self._reserved_usd = 0.0
         self._stop = asyncio.Event()
-        self._first_answer = asyncio.Event()
-        self._probing = False
-        self._workers: list[asyncio.Task[None]] = []
+        self._gate = FirstAnswerGate(self._stop)
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -121,23 +131,33 @@ class Runner:
             self.cancel()
             return
         self.stop(StopReason.INTERRUPTED, "interrupted")
+        waiting = self.concurrency.in_flight
+        if waiting:
+            # They are being generated, so they are being paid for: let them land.
+            Progress.write(
+                f"stopping: waiting up to {self.settings.grace_s:.0f}s for {waiting} request(s) "
+                "already paid for; Ctrl-C again to abandon them"
+            )
         asyncio.get_running_loop().call_later(self.settings.grace_s, self.cancel)
 
     def cancel(self) -> None:
-        for task in self._workers:
+        for task in self._tasks:
             task.cancel()
 
     # -- running ----------------------------------------------------------------------------
 
     async def run(self, jobs: Iterable[JobSpec]) -> RunResult:
         start = time.monotonic()
-        n = self.settings.concurrency
+        # More workers than requests in flight: a worker busy saving its image must not leave
+        # a request slot idle. AdaptiveLimit is what caps the requests.
+        n = self.settings.concurrency + max(2, self.settings.concurrency // 2)
         # Bounded, so a million-row manifest never sits in memory as a million queued jobs.
         queue: asyncio.Queue[JobSpec | None] = asyncio.Queue(maxsize=n * 2)
         producer = asyncio.create_task(self._produce(jobs, queue, n))
-        self._workers = [producer, *(asyncio.create_task(self._worker(queue)) for _ in range(n))]
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(n)]
+        self._tasks = [producer, *workers]
         # Everything ends on its own, or is cancelled (second Ctrl-C, or the grace is over).
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.result.elapsed_s = time.monotonic() - start
         failure = None if producer.cancelled() else producer.exception()
         if failure is not None:
@@ -148,26 +168,21 @@ class Runner:
         self, jobs: Iterable[JobSpec], queue: asyncio.Queue[JobSpec | None], workers: int
     ) -> None:
         try:
-            for job in jobs:
+            for i, job in enumerate(jobs):
                 if self.stopping:
                     break
-                await queue.put(job)
+                if queue.full() or i % PRODUCER_YIELD_EVERY == 0:
+                    # Also yields while the plan skips long runs of finished jobs, so answers
+                    # and Ctrl-C are handled meanwhile.
+                    await queue.put(job)
+                else:
+                    queue.put_nowait(job)
         finally:
             if not self.stopping:
                 for _ in range(workers):
                     await queue.put(None)
             else:
-                self._release_workers(queue, workers)
-
-    def _release_workers(self, queue: asyncio.Queue[JobSpec | None], workers: int) -> None:
-        """Stopping: drop what is queued and hand every worker its end marker without waiting."""
-        while not queue.empty():
-            queue.get_nowait()
-        for _ in range(workers):
-            try:
-                queue.put_nowait(None)
-            except asyncio.QueueFull:
-                break
+                _release_workers(queue, workers)
 
     async def _worker(self, queue: asyncio.Queue[JobSpec | None]) -> None:
         while True:
@@ -176,15 +191,24 @@ class Runner:
                 return
             # Once stopping, jobs still queued are skipped (not run, not recorded) so the
             # producer is never left blocked on a full queue.
-            if not self.stopping:
+            if self.stopping:
+                continue
+            try:
                 await self._run_job(job)
+            except Exception as exc:  # a bug must stop the run loudly, never hang it
+                log.error("%s: unexpected error: %s", job.job_id, redact(repr(exc)), exc_info=True)
+                self.stop(StopReason.FATAL, f"internal error on {job.job_id}: {redact(repr(exc))}")
 
     async def _run_job(self, spec: JobSpec) -> None:
         state = _JobState()
         started_at, t0 = now_iso(), time.monotonic()
         try:
             image = await self._attempt_with_retries(spec, state)
-        except _Abandoned:
+        except Stopped:
+            if state.cost_usd > 0 and state.last_error is not None:
+                # Stopped between billed attempts: the job runs again, but its spend is kept.
+                await self._record_failure(spec, state, state.last_error, started_at,
+                                           time.monotonic() - t0, retryable=True)
             return
         except e.FatalError as exc:
             self._note_error(exc)  # the run was stopped when the answer came in
@@ -219,12 +243,11 @@ class Runner:
 
         async def sleep(seconds: float) -> None:
             try:
-                await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-            except asyncio.TimeoutError:
-                return
+                stopped = await wait_event(self._stop, seconds)
             finally:
                 self.progress.retrying(-1)
-            raise _Abandoned
+            if stopped:
+                raise _Abandoned
 
         retrying = AsyncRetrying(stop=stop_never, retry=retry, wait=wait, sleep=sleep, reraise=True)
         async for attempt in retrying:
@@ -233,52 +256,47 @@ class Runner:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _attempt(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
-        probe = await self._await_first_answer()
+        probe = await self._gate.enter()
+        answered = False
         try:
-            return await self._send(spec, state)
+            image = await self._send(spec, state)
+            answered = True
+            return image
+        except e.APIError as exc:
+            answered = exc.answered
+            raise
         finally:
             if probe:
-                self._first_answer.set()
-
-    async def _await_first_answer(self) -> bool:
-        """Until one answer is back, only one request is out (True for that one).
-
-        A wrong key or model id then costs one request, whatever the concurrency.
-        """
-        if self._first_answer.is_set():
-            return False
-        if not self._probing:
-            self._probing = True
-            return True
-        await self._first_answer.wait()
-        return False
+                await self._gate.leave(answered=answered)
 
     async def _send(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
-        for window in self.windows:
-            await window.acquire()
         async with self.concurrency:
             if self.stopping:
                 raise _Abandoned
+            # References are loaded and encoded first, so the rate-limit stamp below is taken
+            # right before the request leaves, however slow a reference is to fetch.
+            body = await self.client.encode_request(spec)
+            for window in self.windows:
+                await window.acquire(self._stop)
             reserve = self._reserve(spec)
             state.attempts += 1
             try:
-                image = await self.client.generate(spec)
+                image = await self.client.send(spec, body)
             except e.APIError as exc:
+                state.last_error = exc
                 if isinstance(exc, e.FatalError):
                     # Stop before anything else is sent, not when this job's retries unwind.
-                    self.stop(StopReason.FATAL, _fatal_message(exc))
+                    self.stop(StopReason.FATAL, fatal_message(exc))
                 self._charge(spec, state, exc.usage, billed=exc.maybe_billed)
                 if isinstance(exc, e.RateLimitError):
                     self.concurrency.on_rate_limited(exc.retry_after)
-                if isinstance(exc, e.PermanentError) and exc.kind in (
-                    e.ErrorKind.BLOCKED,
-                    e.ErrorKind.NO_IMAGE,
-                ):
+                if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
                 log.debug("%s: attempt %d: %s", spec.job_id, state.attempts, exc)
                 raise
             finally:
                 self._reserved_usd -= reserve
+                del body
             self._charge(spec, state, image.usage, billed=True)
         self.concurrency.on_success()
         log.debug("%s: attempt %d: ok", spec.job_id, state.attempts)
@@ -347,9 +365,10 @@ class Runner:
             sha256=sha256_hex(image.data),
             **self._base_record(spec, state, started, latency),
         )
+        line = record.to_line()
         try:
-            await self.store.save(spec.job_id, image.data, image.mime_type, record)
-            self.ledger.append(record)
+            await self.store.save(spec.job_id, image.data, image.mime_type, sidecar=line)
+            self.ledger.append_line(line)
         except e.StorageError as exc:
             self.stop(StopReason.STORAGE, str(exc))
             return
@@ -357,36 +376,39 @@ class Runner:
         self.progress.job_done(ok=True)
 
     async def _record_failure(
-        self, spec: JobSpec, state: _JobState, exc: e.APIError, started: str, latency: float
+        self,
+        spec: JobSpec,
+        state: _JobState,
+        exc: e.APIError,
+        started: str,
+        latency: float,
+        *,
+        retryable: bool | None = None,
     ) -> None:
+        retry = is_retryable(exc) if retryable is None else retryable
         record = LedgerRecord(
             status=JobStatus.FAILED,
-            error=ErrorInfo(exc.kind.value, is_retryable(exc), exc.http_status, exc.message),
+            error=ErrorInfo(exc.kind.value, retry, exc.http_status, exc.message),
             **self._base_record(spec, state, started, latency),
         )
         try:
-            self.ledger.append(record)
+            self.ledger.append_line(record.to_line())
         except e.StorageError as err:
             self.stop(StopReason.STORAGE, str(err))
             return
-        self.result.failed += 1
-        self.progress.job_done(ok=False)
+        if retryable is None:
+            self.result.failed += 1
+            if not retry:
+                self.result.failed_permanent += 1
+            self.progress.job_done(ok=False)
 
 
-
-def _fatal_message(exc: e.FatalError) -> str:
-    if isinstance(exc, e.DailyQuotaError):
-        # Daily quotas reset at midnight Pacific time; retrying sooner only burns attempts.
-        pacific: dt.tzinfo
+def _release_workers(queue: asyncio.Queue[JobSpec | None], workers: int) -> None:
+    """Stopping: drop what is queued and hand every worker its end marker without waiting."""
+    while not queue.empty():
+        queue.get_nowait()
+    for _ in range(workers):
         try:
-            pacific = ZoneInfo("America/Los_Angeles")
-        except ZoneInfoNotFoundError:
-            pacific = dt.timezone(dt.timedelta(hours=-8))
-        now = dt.datetime.now(pacific)
-        reset = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        hours = (reset - now).total_seconds() / 3600
-        return (
-            f"{exc}; the daily quota resets at midnight Pacific time "
-            f"({reset.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, in {hours:.1f} h)"
-        )
-    return str(exc)
+            queue.put_nowait(None)
+        except asyncio.QueueFull:
+            break

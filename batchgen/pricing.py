@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -67,6 +68,57 @@ def _prompt_text_tokens(spec: JobSpec) -> int:
     return len(spec.prompt) // 4 + 1
 
 
+_PRICE_FIELDS = ("output_image_per_1m", "output_text_per_1m", "input_per_1m", "batch_discount")
+_FIELDS = (*_PRICE_FIELDS, "image_tokens", "input_image_tokens")
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _model_price(source: str, model: str, fields: dict[str, Any]) -> ModelPrice:
+    """One model's prices, every field checked: a negative or string price would bill $0 or
+    crash mid-run, and a budget computed from it would no longer cap anything."""
+
+    def bad(field: str, message: str) -> InputError:
+        return InputError(f"{source}: {model}: {field}: {message}")
+
+    unknown = [k for k in fields if k not in _FIELDS]
+    if unknown:
+        raise bad(str(unknown[0]), f"unknown field (known: {', '.join(_FIELDS)})")
+    missing = [k for k in _FIELDS if k not in fields and k != "batch_discount"]
+    if missing:
+        raise bad(missing[0], "required")
+    for field in _PRICE_FIELDS:
+        if field not in fields:
+            continue
+        value = fields[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(field, f"must be a number, not {_show(value)}")
+        if not math.isfinite(value) or value < 0:
+            raise bad(field, f"must be a finite number >= 0, not {_show(value)}")
+        if field == "batch_discount" and value > 1:
+            raise bad(field, f"must be between 0 and 1 (a multiplier), not {_show(value)}")
+    sizes = fields["image_tokens"]
+    if not isinstance(sizes, dict) or not sizes:
+        raise bad("image_tokens", 'must be a non-empty object of size -> tokens, e.g. {"1K": 1120}')
+    for size, tokens in sizes.items():
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+            raise bad("image_tokens", f"{size}: must be a whole number > 0, not {_show(tokens)}")
+    tokens = fields["input_image_tokens"]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise bad("input_image_tokens", f"must be a whole number >= 0, not {_show(tokens)}")
+    return ModelPrice(
+        output_image_per_1m=float(fields["output_image_per_1m"]),
+        output_text_per_1m=float(fields["output_text_per_1m"]),
+        input_per_1m=float(fields["input_per_1m"]),
+        image_tokens=dict(sizes),
+        input_image_tokens=tokens,
+        batch_discount=float(fields.get("batch_discount", 0.5)),
+    )
+
+
 class PriceTable:
     def __init__(self, models: dict[str, ModelPrice], *, batch: bool = False) -> None:
         self.models = models
@@ -90,14 +142,12 @@ class PriceTable:
                 if not isinstance(fields, dict):
                     raise InputError(f"{override}: {model}: must be an object")
                 raw[model] = {**raw.get(model, raw[DEFAULT_MODEL]), **fields}
+        source = str(override) if override is not None else "prices"
         models: dict[str, ModelPrice] = {}
         for model, fields in raw.items():
             if model.startswith("_"):
                 continue
-            try:
-                models[model] = ModelPrice(**fields)
-            except TypeError as exc:
-                raise InputError(f"prices: {model}: {exc}") from exc
+            models[model] = _model_price(source, model, fields)
         return cls(models, batch=batch)
 
     def price(self, model: str) -> ModelPrice:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 
@@ -18,6 +19,19 @@ log = logging.getLogger(__name__)
 # Requests leave here before they reach the server; a small margin absorbs that skew.
 WINDOW_MARGIN_S = 0.05
 WINDOW_MARGIN_SHARE = 0.01
+
+
+class Stopped(Exception):
+    """The run is stopping while this attempt waited for its turn."""
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if ``event`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 class SlidingWindow:
@@ -29,17 +43,20 @@ class SlidingWindow:
         self._stamps: collections.deque[float] = collections.deque()
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self, stop: asyncio.Event) -> None:
+        """Wait for a free place in the window; raise :class:`Stopped` if the run stops first."""
         # The lock makes waiters queue in order instead of waking together and racing.
         async with self._lock:
             while True:
+                if stop.is_set():
+                    raise Stopped
                 now = time.monotonic()
                 while self._stamps and now - self._stamps[0] >= self.window_s:
                     self._stamps.popleft()
                 if len(self._stamps) < self.limit:
                     self._stamps.append(now)
                     return
-                await asyncio.sleep(self.window_s - (now - self._stamps[0]) + 0.001)
+                await wait_event(stop, self.window_s - (now - self._stamps[0]) + 0.001)
 
 
 class AdaptiveLimit:
@@ -90,3 +107,48 @@ class AdaptiveLimit:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.release()
+
+
+class FirstAnswerGate:
+    """Until the endpoint has answered once, only one request is out.
+
+    A wrong key or model id then costs one request, whatever the concurrency. An attempt that
+    ends without an answer (a reference that would not load, a timeout) hands the probe on.
+    """
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._cond = asyncio.Condition()
+        self._open = False
+        self._probing = False
+
+    async def enter(self) -> bool:
+        """True if this attempt is the probe."""
+        if self._open:
+            return False
+        async with self._cond:
+            while not self._open:
+                if self._stop.is_set():
+                    raise Stopped
+                if not self._probing:
+                    self._probing = True
+                    return True
+                # Woken by the probe's end, or at the latest soon after a stop.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._cond.wait(), timeout=0.5)
+        return False
+
+    async def leave(self, *, answered: bool) -> None:
+        async with self._cond:
+            self._probing = False
+            self._open = self._open or answered
+            self._cond.notify_all()
+
+
+async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if ``event`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True

@@ -6,16 +6,25 @@ with jitter) but, unlike it, honours the wait the server asks for.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import APIError, ErrorKind, FatalError, PermanentError, TransientError
+from .errors import (
+    APIError,
+    DailyQuotaError,
+    ErrorKind,
+    FatalError,
+    PermanentError,
+    TransientError,
+)
 
 DEFAULT_MAX_ATTEMPTS = 6
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 BACKOFF_JITTER_S = 1.0
-# A server that asks for longer than this is not going to be ready tonight: treat as fatal.
+# A 429 asking for longer than this is a quota that is spent, not a burst: the client stops.
 MAX_SERVER_DELAY_S = 15 * 60.0
 # Outcomes that are a roll of the dice: the same prompt may well succeed next time.
 STOCHASTIC_KINDS = frozenset({ErrorKind.BLOCKED, ErrorKind.NO_IMAGE})
@@ -47,7 +56,7 @@ def should_retry(
     if attempt >= policy.max_attempts:
         return False
     if isinstance(exc, TransientError):
-        return exc.retry_after is None or exc.retry_after <= MAX_SERVER_DELAY_S
+        return True
     if isinstance(exc, PermanentError) and exc.kind in STOCHASTIC_KINDS:
         return stochastic_failures <= policy.retry_blocked
     return False
@@ -60,3 +69,25 @@ def backoff_delay(exc: BaseException, *, attempt: int, policy: RetryPolicy) -> f
         return float(exc.retry_after) + random.uniform(0, min(0.1 * exc.retry_after, 1.0))
     base = min(policy.backoff_max_s, policy.backoff_initial_s * 2.0 ** (attempt - 1))
     return base + random.uniform(0, min(BACKOFF_JITTER_S, policy.backoff_initial_s))
+
+
+def fatal_message(exc: FatalError) -> str:
+    """What to tell the user when an error stops the run, with when to come back."""
+    if isinstance(exc, DailyQuotaError):
+        if exc.retry_after is not None:
+            when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=exc.retry_after)
+            return f"{exc}; resume after {when:%Y-%m-%d %H:%M} UTC"
+        # Daily quotas reset at midnight Pacific time; retrying sooner only burns attempts.
+        pacific: dt.tzinfo
+        try:
+            pacific = ZoneInfo("America/Los_Angeles")
+        except ZoneInfoNotFoundError:
+            pacific = dt.timezone(dt.timedelta(hours=-8))
+        now = dt.datetime.now(pacific)
+        reset = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        hours = (reset - now).total_seconds() / 3600
+        return (
+            f"{exc}; the daily quota resets at midnight Pacific time "
+            f"({reset.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, in {hours:.1f} h)"
+        )
+    return str(exc)

@@ -20,7 +20,7 @@ from typing import Any
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
 from .errors import InputError, StorageError
-from .ledger import LedgerWriter
+from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
 from .plan import (
     Plan,
@@ -35,7 +35,7 @@ from .plan import (
 from .pool import Runner, RunResult, StopReason
 from .pricing import PriceTable
 from .progress import Progress
-from .redact import redact
+from .redact import redact, register_secret
 from .spec import Provider
 from .store import ImageStore
 
@@ -73,6 +73,8 @@ class Prepared:
     prices: PriceTable
     spent_before_usd: float
     change: str | None
+    orphans: list[LedgerRecord]
+    lock_fd: int
 
 
 def default_out(manifest: Path) -> Path:
@@ -105,11 +107,15 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
     info = PROVIDERS[provider]
     base_url = req.base_url or manifest.header.base_url or info.base_url
     api_key = FAKE_KEY if req.fake else resolve_key(provider)
+    # From here on the key is scrubbed from everything, run.json included.
+    register_secret(api_key)
     prices = PriceTable.load(req.prices)
     out = req.out or default_out(req.manifest)
     settings = RunSettings(out_dir=out, **req.settings)
     folder = RunFolder(out)
+    lock = folder.lock()
     index = read_index(folder.ledger_path)
+    orphans = folder.orphans(index)
     plan = Plan(manifest.iter_jobs, index, selection)
     counts = plan.count(prices.estimate)
     change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
@@ -132,6 +138,8 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         prices=prices,
         spent_before_usd=index.cost_usd,
         change=change,
+        orphans=orphans,
+        lock_fd=lock,
     )
 
 
@@ -155,6 +163,20 @@ async def _endpoint(prep: Prepared, fake: bool) -> AsyncIterator[ClientSettings]
         )
 
 
+def adopt_orphans(prep: Prepared) -> None:
+    """Record the images an earlier run saved but never got into the ledger."""
+    if not prep.orphans:
+        return
+    ledger = LedgerWriter(prep.folder.ledger_path)
+    try:
+        for rec in prep.orphans:
+            ledger.append(rec)
+            log.warning("adopted %s: saved before the last run stopped, not paid again", rec.job_id)
+    finally:
+        ledger.close()
+    prep.orphans = []
+
+
 async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     folder, settings = prep.folder, prep.settings
     store = ImageStore(folder.path)
@@ -162,11 +184,6 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()
     meta = folder.read_meta()
-    if meta.get("state") == "running":
-        # The last run did not stop cleanly: look for images saved but never recorded.
-        index = read_index(folder.ledger_path)
-        if folder.recover(index, ledger):
-            prep.plan.index = index
     folder.update_meta(
         manifest=str(req.manifest),
         manifest_sha256=manifest_sha256(req.manifest),

@@ -13,11 +13,9 @@ import errno
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import aiofiles.os
 import orjson
 
@@ -28,14 +26,6 @@ log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-_fsync = aiofiles.os.wrap(os.fsync)
-
-
-@dataclass(frozen=True, slots=True)
-class SavedImage:
-    relpath: str
-    sha256: str
-    size_bytes: int
 
 
 def _storage_error(action: str, path: Path, exc: OSError) -> StorageError:
@@ -65,29 +55,39 @@ class ImageStore:
     def path_for(self, job_id: str, mime_type: str) -> Path:
         return self.images_dir / f"{job_id}.{EXTENSIONS.get(mime_type, 'bin')}"
 
-    async def _write_durably(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            async with aiofiles.open(tmp, "wb") as fh:
-                await fh.write(data)
-                await fh.flush()
-                await _fsync(fh.fileno())
-            await aiofiles.os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                log.debug("could not remove %s", tmp)
-            raise _storage_error("write", path, exc) from exc
+    async def save(self, job_id: str, data: bytes, mime_type: str, *, sidecar: bytes) -> None:
+        """Make the image and its sidecar (the ledger line to come) durable, in that order.
 
-    async def save(self, job_id: str, data: bytes, mime_type: str, record: LedgerRecord) -> None:
-        """Make the image and its sidecar durable. The caller then appends ``record``."""
-        image = self.path_for(job_id, mime_type)
-        await self._write_durably(image.with_suffix(".json"), orjson.dumps(record.to_dict()))
-        await self._write_durably(image, data)
+        Both files in one trip to a worker thread: a thread hop per file operation (open,
+        write, fsync, rename...) costs more than the writes themselves for small images.
+        """
+        await _save_files(self.path_for(job_id, mime_type), data, sidecar)
 
     def relpath(self, job_id: str, mime_type: str) -> str:
         return f"{IMAGES_DIR}/{self.path_for(job_id, mime_type).name}"
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """tmp file in the same folder, fsync, rename: the file is there whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            log.debug("could not remove %s", tmp)
+        raise _storage_error("write", path, exc) from exc
+
+
+@aiofiles.os.wrap
+def _save_files(image: Path, data: bytes, sidecar: bytes) -> None:
+    _write_durably(image.with_suffix(".json"), sidecar)
+    _write_durably(image, data)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -8,8 +8,8 @@ and written to a file (no fsync, no sidecar, no ledger). ``sdk``: the official g
 ``client.aio.models.generate_content`` with a semaphore, images written the same way.
 
 Each runs in its own process (started by ``bench/run.py``) so its peak RSS can be read on its
-own. The result file gets the run phase's wall time: from before the first request until the
-last image is written and the HTTP session is closed.
+own. The result file gets the run phase's wall time (from before the first request until the
+last image is written and the HTTP session is closed) and the CPU seconds it used.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ async def run_sdk(url: str, prompts: list[str], concurrency: int, out: Path) -> 
             resp = await client.aio.models.generate_content(
                 model=MODEL, contents=prompt, config=config
             )
-            parts = resp.candidates[0].content.parts if resp.candidates else None
+            content = resp.candidates[0].content if resp.candidates else None
+            parts = content.parts if content is not None else None
             data = None
             for part in reversed(parts or []):
                 if part.inline_data is not None and not part.thought:
@@ -121,6 +123,11 @@ async def run_sdk(url: str, prompts: list[str], concurrency: int, out: Path) -> 
     return written
 
 
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kind", choices=["bare", "sdk"])
@@ -133,10 +140,10 @@ def main() -> None:
     prompts = read_prompts(args.manifest)
     args.out.mkdir(parents=True, exist_ok=True)
     run = run_bare if args.kind == "bare" else run_sdk
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_s()
     written = asyncio.run(run(args.url, prompts, args.concurrency, args.out))
-    run_s = time.perf_counter() - t0
-    args.result.write_text(json.dumps({"run_s": run_s, "images": written}))
+    run_s, run_cpu_s = time.perf_counter() - t0, cpu_s() - cpu0
+    args.result.write_text(json.dumps({"run_s": run_s, "run_cpu_s": run_cpu_s, "images": written}))
 
 
 if __name__ == "__main__":

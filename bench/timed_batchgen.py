@@ -7,7 +7,8 @@ plan count: everything before the first request), ``batchgen.run.execute`` (the 
 workers, client, store, ledger) and ``batchgen.cli._refresh_gallery`` (the gallery page written
 after the run) are wrapped with ``time.perf_counter`` and nothing else changes; the CLI looks all
 three up at call time, so it picks the wrapped ones up. After each phase the process's peak RSS
-so far is noted too (``<phase>_maxrss``, bytes), so a peak can be put down to its phase. The
+so far is noted too (``<phase>_maxrss``, bytes), so a peak can be put down to its phase, and
+the CPU seconds the phase used (``<phase>_cpu_s``, every thread). The
 figures are written to ``$BENCH_RESULT`` at exit, whatever the exit code.
 
 ``BENCH_NO_FSYNC=1`` replaces the store's fsync with a no-op: a diagnostic only, to show what the
@@ -31,29 +32,36 @@ T = TypeVar("T")
 timings: dict[str, float] = {}
 
 
-def _done(name: str, t0: float) -> None:
+def cpu_s() -> float:
+    """CPU seconds of this process so far, every thread."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _done(name: str, t0: float, cpu0: float) -> None:
     timings[f"{name}_s"] = time.perf_counter() - t0
+    timings[f"{name}_cpu_s"] = cpu_s() - cpu0
     timings[f"{name}_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _timed(name: str, fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_s()
         try:
             return fn(*args, **kwargs)
         finally:
-            _done(name, t0)
+            _done(name, t0, cpu0)
 
     return wrapper
 
 
 def _timed_async(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_s()
         try:
             return await fn(*args, **kwargs)
         finally:
-            _done(name, t0)
+            _done(name, t0, cpu0)
 
     return wrapper
 

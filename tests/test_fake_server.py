@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -375,6 +376,37 @@ async def test_slow(srv: FakeServer, session: aiohttp.ClientSession) -> None:
     # The service finishes the work after the client gave up: paid for, never received.
     await asyncio.sleep(0.35)
     assert srv.stats.billed_prompts == {"patience": 1}
+
+
+async def test_latency_billed_after_client_gives_up(
+    srv: FakeServer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv.config.latency_s = 0.5
+    start = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        await post(session, srv, request_body("walked away"), timeout=0.1)
+    assert time.monotonic() - start < 0.5
+    assert srv.stats.requests == 1 and srv.stats.billed_images == 0  # still "generating"
+    # The service finishes the generation and bills it although nobody is there to receive it.
+    for _ in range(100):  # up to 2 s
+        if srv.stats.billed_images and not srv.stats.in_flight:
+            break
+        await asyncio.sleep(0.02)
+    st = srv.stats
+    assert st.billed_prompts == {"walked away": 1}
+    assert st.billed_images == 1 and st.billed_usd == pytest.approx(0.134)
+    assert st.requests == 1 and st.prompts == {"walked away": 1}
+    assert st.by_status == {0: 1}  # billed, but no answer went out
+    # A client hanging up is not a server error: aiohttp logged no traceback for it.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_latency_applies_to_errors(srv: FakeServer, session: aiohttp.ClientSession) -> None:
+    srv.config.latency_s = 0.2
+    start = time.monotonic()
+    status, _, _ = await post(session, srv, request_body(), key="wrong")
+    assert status == 400 and time.monotonic() - start >= 0.2
+    assert srv.stats.billed_images == 0
 
 
 async def test_no_image_answers(srv: FakeServer, session: aiohttp.ClientSession) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from batchgen import _manifest_fields as mf
 from batchgen import references as refs_mod
 from batchgen.errors import InputError, Problem, ReferenceError_
 from batchgen.manifest import Manifest, ManifestHeader, ValidationSummary
@@ -234,7 +235,7 @@ jobs:
         "cat-pixel-art",
         "dog-oil",
         "dog-pixel-art",
-        "pets-cat-0",
+        "pets-cat",
         "pets-cat-1",
     ]
     assert jobs[1].vars == (("animal", "cat"), ("style", "pixel art"))
@@ -265,13 +266,25 @@ def test_prompt_slug_and_count(tmp_path: Path) -> None:
         "  - {prompt: '日本の猫'}\n",
     )
     jobs = jobs_of(path)
-    assert [j.job_id[:-11] for j in jobs] == [
-        "cafe-au-lait-on-a-rainy-0",
+    assert [j.job_id[:-11] for j in jobs] == [  # sample 0 has no number: see the test below
+        "cafe-au-lait-on-a-rainy",
         "cafe-au-lait-on-a-rainy-1",
         "cafe-au-lait-on-a-rainy-2",
         "job",
     ]
     assert len({j.job_id for j in jobs}) == 4
+
+
+def test_raising_count_keeps_the_id_of_sample_0(tmp_path: Path) -> None:
+    # The id is what the ledger knows a finished job by: sample 0 must not be made (and paid) again.
+    path = write(tmp_path / "m.yaml", "jobs:\n  - {id: fox, prompt: a red fox}\n")
+    (one,) = jobs_of(path)
+    write(path, "jobs:\n  - {id: fox, prompt: a red fox, count: 3}\n")
+    three = jobs_of(path)
+    assert [j.sample for j in three] == [0, 1, 2]
+    assert three[0].job_id == one.job_id and one.job_id.startswith("fox-")
+    assert [j.job_id[:-11] for j in three[1:]] == ["fox-1", "fox-2"]
+    assert len({j.job_id for j in three}) == 3
 
 
 def test_ids_stable_when_editing_one_row_or_reordering(tmp_path: Path) -> None:
@@ -451,6 +464,71 @@ def test_csv_problems(tmp_path: Path) -> None:
     assert where(problems) == {(1, "colour"), (3, "count"), (4, ""), (6, "prompt"), (7, "")}
     assert "line 2" in next(p.message for p in problems if p.line == 7)
     assert where(problems_of(write(tmp_path / "n.csv", "id,images\nx,a.png\n"))) == {(1, "prompt")}
+
+
+def test_seed_must_fit_the_apis_int32(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "m.yaml",
+        "jobs:\n"
+        "  - {prompt: a, seed: 2147483647}\n"
+        "  - {prompt: b, seed: -2147483648}\n"
+        "  - prompt: c\n    seed: 2147483648\n"
+        "  - prompt: d\n    seed: 99999999999999999999\n"
+        "  - prompt: e\n    seed: -2147483649\n",
+    )
+    problems = problems_of(path)
+    assert where(problems) == {(5, "seed"), (7, "seed"), (9, "seed")}
+    assert all("\n" not in str(p) and "32-bit" in p.message for p in problems)
+    write(path, "jobs:\n  - {prompt: a, seed: 2147483647}\n  - {prompt: b, seed: -2147483648}\n")
+    assert [j.seed for j in jobs_of(path)] == [2**31 - 1, -(2**31)]
+    # CSV text, a number past Python's int-conversion limit, and a float that JSON made of one.
+    huge = "9" * 5000
+    path = write(tmp_path / "m.csv", f"prompt,seed\na,99999999999999999999\nb,{huge}\n")
+    problems = problems_of(path)
+    assert where(problems) == {(2, "seed"), (3, "seed")}
+    assert all(len(str(p)) < 200 for p in problems)
+    path = write(tmp_path / "m.jsonl", '{"prompt": "a", "seed": 99999999999999999999}\n')
+    assert where(problems_of(path)) == {(1, "seed")}
+    path = write(tmp_path / "n.yaml", f"jobs:\n  - prompt: a\n    seed: {huge}\n")
+    (problem,) = problems_of(path)
+    assert problem.line == 3 and "too large" in problem.message and len(str(problem)) < 200
+
+
+def test_count_and_matrix_are_capped_before_expanding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path / "m.yaml",
+        "jobs:\n  - prompt: a\n    count: 100000000\n  - prompt: b\n    count: 100001\n",
+    )
+    problems = problems_of(path)  # quick: nothing is expanded, let alone hashed
+    assert where(problems) == {(3, "count"), (5, "count")}
+    assert "at most 100,000" in problems[0].message
+    path = write(tmp_path / "m.csv", "prompt,count\na,100000000\n")
+    assert where(problems_of(path)) == {(2, "count")}
+    # 1,000 x 1,000 is the most one row may make; x count 2 (or a third var) is too many.
+    values = json.dumps([str(i) for i in range(1000)])
+    ok = f'{{"prompt": "{{a}} {{b}}", "vars": {{"a": {values}, "b": {values}}}}}'
+    twice = ok[:-1] + ', "count": 2}'
+    three = (
+        f'{{"prompt": "{{a}} {{b}} {{c}}", "vars": {{"a": {values}, "b": {values}, "c": [1, 2]}}}}'
+    )
+    path = write(tmp_path / "m.jsonl", f"{twice}\n{three}\n")
+    problems = problems_of(path)
+    assert where(problems) == {(1, "vars"), (2, "vars")}
+    assert "2,000,000 jobs (1000 x 1000 x count 2)" in problems[0].message
+    assert "at most 1,000,000 per row" in problems[1].message
+    # In YAML the problem points at the vars key.
+    path = write(
+        tmp_path / "n.yaml",
+        f"jobs:\n  - prompt: '{{a}} {{b}}'\n    count: 3\n    vars: {{a: {values}, b: {values}}}\n",
+    )
+    assert where(problems_of(path)) == {(4, "vars")}
+    # The bound itself is allowed (checked on a small cap: a million jobs take seconds to hash).
+    monkeypatch.setattr(mf, "MAX_ROW_JOBS", 12)
+    row = '{"prompt": "{a} {b}", "vars": {"a": [1, 2, 3], "b": [1, 2]}, "count": %d}\n'
+    assert Manifest(write(tmp_path / "ok.jsonl", row % 2)).validate().jobs == 12
+    assert where(problems_of(write(tmp_path / "no.jsonl", row % 3))) == {(1, "vars")}
 
 
 def test_too_many_references(tmp_path: Path) -> None:

@@ -100,7 +100,11 @@ class FakeServer:
     async def start(self) -> None:
         # No access log: at thousands of requests a second it would cost more than the answers.
         # A short shutdown_timeout: a "slow" fault must not hold stop() for its full stall.
-        runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.25)
+        # handler_cancellation=False (aiohttp's default, pinned): a client hanging up must not
+        # cancel its handler, or a generation it walked away from would never be billed.
+        runner = web.AppRunner(
+            self.make_app(), access_log=None, shutdown_timeout=0.25, handler_cancellation=False
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=2048)
         await site.start()
@@ -149,14 +153,40 @@ class FakeServer:
                 resp, status = await self._generate(request, model)
             except ApiError as err:
                 resp, status = _error(err), err.code
+            except ConnectionResetError:
+                # The client hung up before its body arrived: nothing generated, nothing sent.
+                # Caught here so aiohttp does not log it as "Error handling request".
+                return web.Response()
+            if status and request.transport is None and not resp.prepared:
+                # Generated (and billed) after the client gave up: no answer went out.
+                status = 0
             return resp
         finally:
             self.stats.end(status)
 
     async def _generate(self, request: web.Request, model: str) -> tuple[web.StreamResponse, int]:
         cfg = self.config
+        try:
+            req, fault = await self._admit(request, model, cfg)
+        except ApiError:
+            await self._think(cfg)  # errors take latency_s too
+            raise
+        # The "generation": the body is already in, so a client hanging up from here on is
+        # still billed when the work completes, as the service does. aiohttp does not cancel
+        # a handler on disconnect (handler_cancellation=False, pinned in start()), and billing
+        # follows the last await with none in between, so only a server stop can prevent it.
+        await self._think(cfg)
+        return await self._serve(request, fault, model, req, cfg)
+
+    @staticmethod
+    async def _think(cfg: FakeConfig) -> None:
         if cfg.latency_s > 0:
             await asyncio.sleep(cfg.latency_s)
+
+    async def _admit(
+        self, request: web.Request, model: str, cfg: FakeConfig
+    ) -> tuple[ParsedRequest, str]:
+        """Everything the service checks on arrival: the request, the quota, then the fault."""
         # The service's order: who is calling, then which model, then the body.
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
@@ -181,7 +211,7 @@ class FakeServer:
         self.stats.record_fault(fault)
         if fault != "ok":
             logger.debug("fault %s for prompt %.40r", fault, req.prompt)
-        return await self._serve(request, fault, model, req, cfg)
+        return req, fault
 
     def _check_quota(self, cfg: FakeConfig, model: str, req: ParsedRequest, now: float) -> None:
         # Check both before recording either: a request turned away does not use up quota.
@@ -241,8 +271,11 @@ class FakeServer:
     async def _truncate(self, request: web.Request, body: bytes) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers=_JSON_HEADERS)
         resp.content_length = len(body)
-        await resp.prepare(request)
-        await resp.write(body[: max(1, len(body) // 2)])
+        try:
+            await resp.prepare(request)
+            await resp.write(body[: max(1, len(body) // 2)])
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError: client gone
+            return resp
         # close(), not abort(): flush what was written, then hang up short of Content-Length.
         if request.transport is not None:
             request.transport.close()

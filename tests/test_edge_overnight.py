@@ -1,7 +1,7 @@
-"""Review findings: hangs, fatal errors at high concurrency, retry delays, rate limits.
+"""Hangs, fatal errors at high concurrency, long retry delays and slow references.
 
 Subprocess CLI against the fake server (or a tiny stand-in HTTP server where the fake cannot
-produce the answer). xfail(strict=True) marks a bug that is still present.
+produce the answer).
 """
 
 from __future__ import annotations
@@ -86,8 +86,6 @@ def _cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired,
-                   reason="workers parked in the --rpm window ignore the stop: exits minutes later")
 def test_fatal_error_with_rpm_exits_promptly(server: ThreadedFakeServer, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", [f"p {i}" for i in range(10)])
     args = ["run", str(m), "--out", str(tmp_path / "run"), "--base-url", server.url,
@@ -99,7 +97,6 @@ def test_fatal_error_with_rpm_exits_promptly(server: ThreadedFakeServer, tmp_pat
     assert server.stats.requests == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the probe gate opens when the first job fails unsent")
 def test_wrong_key_costs_one_request_when_the_first_job_fails_before_sending(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
@@ -114,8 +111,6 @@ def test_wrong_key_costs_one_request_when_the_first_job_fails_before_sending(
     assert server.stats.requests == 1  # today: 32
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired,
-                   reason="an unexpected exception kills a worker silently; the producer then blocks")
 def test_an_unexpected_answer_never_hangs_the_run(odd_proxy: str, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", [f"p {i}" for i in range(20)])
     args = ["run", str(m), "--out", str(tmp_path / "run"), "--base-url", odd_proxy,
@@ -124,7 +119,6 @@ def test_an_unexpected_answer_never_hangs_the_run(odd_proxy: str, tmp_path: Path
     assert r.returncode in (1, 4), r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="--rpm stamps a request before its references are fetched")
 def test_rpm_at_the_server_limit_draws_no_429_with_a_slow_reference(
     server: ThreadedFakeServer, slow_reference_host: str, tmp_path: Path
 ) -> None:
@@ -141,7 +135,6 @@ def test_rpm_at_the_server_limit_draws_no_429_with_a_slow_reference(
     assert server.stats.by_status.get(429, 0) == 0, server.stats.by_status
 
 
-@pytest.mark.xfail(strict=True, reason="a 429 asking for > 15 min fails one job and moves on")
 def test_a_429_asking_for_an_hour_stops_the_run_instead_of_burning_the_manifest(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:

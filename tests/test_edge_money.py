@@ -1,8 +1,7 @@
-"""Review findings: paying twice, losing paid images, and the budget cap.
+"""Paying twice, losing paid images, and the budget cap, in the corners a review found.
 
 Each test runs the CLI as a subprocess against the fake server over HTTP and judges by what the
-server billed and what is on disk. Tests marked xfail(strict=True) demonstrate a bug that is
-still present; they turn into failures (XPASS) once it is fixed, so the marker can be dropped.
+server billed and what is on disk.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ def settle(server: ThreadedFakeServer) -> None:
     assert wait_for(lambda: server.stats.in_flight == 0, timeout=5)
 
 
-@pytest.mark.xfail(strict=True, reason="orphans are adopted only when run.json says 'running'")
 def test_image_saved_before_a_failed_ledger_write_is_not_paid_again(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
@@ -56,7 +54,6 @@ def test_image_saved_before_a_failed_ledger_write_is_not_paid_again(
     assert max(server.stats.billed_prompts.values()) == 1, server.stats.billed_prompts
 
 
-@pytest.mark.xfail(strict=True, reason="no lock on the run folder: two runs pay twice")
 def test_two_runs_on_one_folder_never_pay_twice(server: ThreadedFakeServer,
                                                 tmp_path: Path) -> None:
     server.config.latency_s = 0.1
@@ -73,7 +70,6 @@ def test_two_runs_on_one_folder_never_pay_twice(server: ThreadedFakeServer,
     assert max(server.stats.billed_prompts.values()) == 1, server.stats.billed_prompts
 
 
-@pytest.mark.xfail(strict=True, reason="a timed-out request is billed by the server, charged $0")
 def test_budget_counts_requests_that_timed_out(server: ThreadedFakeServer,
                                                tmp_path: Path) -> None:
     server.config.script = ["slow"] * 4
@@ -85,7 +81,6 @@ def test_budget_counts_requests_that_timed_out(server: ThreadedFakeServer,
     assert server.stats.billed_usd <= 0.30, (server.stats.billed_usd, folder_spend(out))
 
 
-@pytest.mark.xfail(strict=True, reason="billed attempts of an abandoned job never reach the ledger")
 def test_budget_counts_billed_attempts_of_a_job_stopped_by_the_budget(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
@@ -100,7 +95,6 @@ def test_budget_counts_billed_attempts_of_a_job_stopped_by_the_budget(
     assert server.stats.billed_usd <= 0.20, (server.stats.billed_usd, folder_spend(out))
 
 
-@pytest.mark.xfail(strict=True, reason="a billed answer whose URL download fails is charged $0")
 def test_budget_counts_url_outputs_that_could_not_be_downloaded(
     server: ThreadedFakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,7 +106,6 @@ def test_budget_counts_url_outputs_that_could_not_be_downloaded(
     assert server.stats.billed_usd <= 0.17, (server.stats.billed_usd, folder_spend(out))
 
 
-@pytest.mark.xfail(strict=True, reason="adopted orphans are not in spent_before_usd")
 def test_adopted_orphans_count_toward_the_budget(server: ThreadedFakeServer,
                                                  tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", ["one", "two"])
@@ -128,7 +121,6 @@ def test_adopted_orphans_count_toward_the_budget(server: ThreadedFakeServer,
     assert folder_spend(out) <= 0.30, folder_spend(out)
 
 
-@pytest.mark.xfail(strict=True, reason="the id of sample 0 changes when count goes from 1 to 2")
 def test_raising_count_does_not_pay_again_for_the_image_already_made(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
