@@ -19,7 +19,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from .errors import BatchgenError, InputError, StorageError
+from .errors import BatchgenError, InputError
 from .plan import Selection
 from .pool import RunResult, StopReason
 from .progress import Progress
@@ -73,9 +73,7 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             for problem in exc.problems:
                 click.echo(redact(f"batchgen: {str(problem).lstrip(': ')}"), err=True)
             sys.exit(EXIT_INPUT)
-        except StorageError as exc:
-            fail(str(exc), EXIT_FATAL)
-        except BatchgenError as exc:
+        except BatchgenError as exc:  # StorageError and the like: the run cannot go on
             fail(str(exc), EXIT_FATAL)
         except KeyboardInterrupt:
             fail("interrupted before anything was sent", EXIT_INTERRUPTED)
@@ -171,10 +169,8 @@ def run(manifest: Path, **o: Any) -> None:
             "ipm": o["ipm"],
             "rate_window_s": o["rate_window"],
             "retry_blocked": o["retry_blocked"],
-            "retry_failed": retry_failed,
             "budget_usd": o["budget"],
-            "limit": o["limit"],
-            "only": o["only"],
+            "grace_s": o["timeout"],
             "shard": shard,
             "progress": not o["no_progress"],
         },
@@ -228,8 +224,11 @@ def summarize(result: RunResult, out: Path, gallery: Path | None = None) -> int:
         echo(f"gallery: {gallery}")
     reason = result.stop_reason
     if reason is StopReason.COMPLETED:
-        if result.failed:
+        if result.failed_permanent:
             echo(f"to retry the permanent failures: {command_line()} --retry-failed")
+        if result.failed > result.failed_permanent:
+            echo(f"to retry the jobs that ran out of attempts: {command_line()}")
+        if result.failed:
             return EXIT_FAILED
         return EXIT_OK
     if reason is StopReason.INTERRUPTED:

@@ -232,7 +232,8 @@ class GeminiClient:
         try:
             async with self.session.post(url, params=params, data=body, headers=headers) as resp:
                 status, resp_headers = resp.status, resp.headers
-                raw = await resp.read()
+                # Not resp.read(): that keeps a second reference to the body on the response.
+                raw = await resp.content.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             err = translate(exc)
             if status:

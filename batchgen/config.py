@@ -81,10 +81,7 @@ class RunSettings:
     ipm: float | None = None
     rate_window_s: float = 60.0
     retry_blocked: int = 0
-    retry_failed: tuple[str, ...] | None = None  # None: no; (): every kind; else these kinds
     budget_usd: float | None = None
-    limit: int | None = None
-    only: str | None = None
     shard: tuple[int, int] | None = None
-    grace_s: float = 10.0
+    grace_s: float = 300.0  # how long Ctrl-C waits for requests in flight (they are paid for)
     progress: bool = True

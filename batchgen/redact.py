@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import re
 
-_KEY_PARAM = re.compile(r"(?i)([?&](?:key|api_key|apikey)=)[^&#\s\"']+")
+# Any query parameter whose name carries "key" or "token" (key=, api_key=, api-key=, token=...).
+_KEY_PARAM = re.compile(r"(?i)([?&][\w.-]*(?:key|token)[\w.-]*=)[^&#\s\"']+")
 _KEY_HEADER = re.compile(r"(?i)(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
 REDACTED = "REDACTED"
 

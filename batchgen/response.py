@@ -8,7 +8,6 @@ raises the permanent error that says why there is no image.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from dataclasses import dataclass
@@ -54,7 +53,8 @@ class Parsed:
 
 def decode_b64(data: str) -> bytes:
     try:
-        return base64.b64decode(data, validate=False)
+        # a2b_base64 takes the str as it is; b64decode would first copy megabytes into bytes.
+        return binascii.a2b_base64(data)
     except (binascii.Error, ValueError) as exc:
         raise BadResponseError(f"image data is not valid base64: {exc}") from exc
 
