@@ -7,6 +7,7 @@ hand, so it is small) with the line of every job and key.
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,25 +48,27 @@ def yaml_rows(doc: YamlMap | None, name: str, *, cli_model: bool) -> Iterator[Ro
         lines = {k: ln for k, _, ln in inherited}
         fields.update(job)
         lines.update(job.key_lines)
-        yield Row(job.line, fields, lines, text=False)
+        yield Row(job.line, fields, lines, False)
 
 
 def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-            if not raw or raw.isspace():
+    loads = orjson.loads
+    with path.open("rb", buffering=1 << 16) as fh:
+        first = fh.readline()
+        if first.startswith(_BOM):
+            first = first[3:]
+        for lineno, raw in enumerate(itertools.chain((first,), fh), 1):
+            if raw.isspace() or not raw:
                 continue
             try:
-                obj = orjson.loads(raw)
+                obj = loads(raw)
             except orjson.JSONDecodeError as exc:
                 yield Problem(name, lineno, "", f"invalid JSON: {exc}")
                 continue
-            if not isinstance(obj, dict):
+            if type(obj) is not dict:
                 yield Problem(name, lineno, "", "each line must be a JSON object")
                 continue
-            yield Row(lineno, obj, _NO_LINES, text=False)
+            yield Row(lineno, obj, _NO_LINES, False)
 
 
 def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
@@ -125,7 +128,7 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                     )
                     yield Problem(name, start, swallowed[0], msg)
                     continue
-            yield Row(start, fields, _NO_LINES, text=True)
+            yield Row(start, fields, _NO_LINES, True)
 
 
 def _columns(header: list[str], name: str) -> tuple[dict[int, str], list[Problem]]:

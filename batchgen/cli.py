@@ -199,8 +199,16 @@ def run(manifest: Path, **o: Any) -> None:
 
 
 def _refresh_gallery(out: Path) -> Path | None:
-    from .gallery import build_gallery
+    """Rebuild DIR/gallery.html at the end of ``run``, unless the folder is too big for that.
 
+    Above ``REFRESH_MAX_RECORDS`` ledger records the page takes a while to build, so ``run``
+    prints how to build it (``batchgen gallery DIR``, any size) instead of making everyone wait.
+    """
+    from .gallery import build_gallery, gallery_hint, too_big_to_refresh
+
+    if too_big_to_refresh(out):
+        click.echo(gallery_hint(out), err=True)
+        return None
     try:
         return build_gallery(out).path
     except BatchgenError as exc:

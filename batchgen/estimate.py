@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .plan import Plan, RunFolder, Selection, read_index
 from .pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from .spec import JobSpec
@@ -120,7 +121,7 @@ def eta_seconds(jobs: int, concurrency: int, latency_s: float, rpm: float | None
 
 
 class _Breakdown:
-    """Accumulates the pending jobs' costs into rows while ``Plan.count`` walks the manifest."""
+    """Accumulates the pending jobs' costs into rows while the plan is counted."""
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
@@ -168,13 +169,18 @@ def estimate(req: EstimateRequest) -> Estimate:
     from .run import default_out, open_manifest
 
     manifest = open_manifest(req.manifest, req.model, req.provider)
-    summary = manifest.validate()
-    prices = PriceTable.load(req.prices)
     run_dir = req.out or default_out(req.manifest)
-    folder = RunFolder(run_dir)
-    index = read_index(folder.ledger_path)
+    try:
+        prices = PriceTable.load(req.prices)
+    except InputError:
+        manifest.validate()  # the manifest's problems come first, as they always have
+        raise
+    # The ledger first, so the plan is counted in the same pass that validates the manifest.
+    index = read_index(RunFolder(run_dir).ledger_path)
     breakdown = _Breakdown(prices)
-    counts = Plan(manifest.iter_jobs, index, req.selection).count(breakdown)
+    plan = Plan(manifest.iter_jobs, index, req.selection, breakdown)
+    summary = manifest.validate(visit=plan.count_job)
+    counts = plan.counts
     rows = breakdown.rows()
     return Estimate(
         manifest=req.manifest,

@@ -11,20 +11,19 @@ import html
 import logging
 import os
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import orjson
 from PIL import Image, UnidentifiedImageError
 
 from .errors import StorageError
-from .ledger import LedgerRecord
-from .report import latest_records, load_status
+from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from .report import make_status, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,9 @@ GALLERY_NAME = "gallery.html"
 THUMBS_DIR = "thumbs"
 THUMB_PX = 256
 THUMB_QUALITY = 80
+# `run` refreshes the page at its end only up to this many ledger records (see too_big_to_refresh).
+REFRESH_MAX_RECORDS = 20_000
+_THUMB_SLICE = 1024
 _TEMPLATE = "data/gallery.html"
 
 
@@ -52,14 +54,20 @@ def gallery_hint(run_dir: Path) -> str:
     return f"to browse the images: batchgen gallery {run_dir}"
 
 
+# What makes JSON inert inside <script>; JSON allows U+2028/2029 raw, but older JS parsers read
+# them as line ends.
+_SCRIPT_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
 def script_json(data: Any) -> str:
     """JSON that is inert inside <script>: no ``</script>``, ``<!--`` or entity can form."""
-    raw = orjson.dumps(data)
-    for char, escape in ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026")):
-        raw = raw.replace(char, escape)
-    # JSON allows these raw; older JS parsers read them as line ends.
-    raw = raw.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
-    return raw.decode()
+    return _escape(orjson.dumps(data)).decode()
 
 
 def make_thumb(src: Path, dst: Path, px: int = THUMB_PX) -> bool:
@@ -85,63 +93,41 @@ def make_thumb(src: Path, dst: Path, px: int = THUMB_PX) -> bool:
     return True
 
 
-def _inside(run_dir: Path, rel: str) -> Path | None:
-    """The output's path if it stays inside the run folder; a ledger is data, not trusted paths."""
-    path = (run_dir / rel).resolve()
-    return path if path.is_relative_to(run_dir.resolve()) else None
+def _inside(root: str, rel: str) -> str | None:
+    """The output's path if it stays inside the run folder; a ledger is data, not trusted paths.
+
+    ``root`` is the run folder's real path, resolved once; the output is joined to it and
+    normalised, which catches ``..`` and absolute paths without a system call per path component.
+    """
+    path = os.path.normpath(os.path.join(root, rel))
+    return path if path.startswith(os.path.join(root, "")) else None
 
 
-def _href(path: Path, base: Path) -> str:
-    return quote(Path(os.path.relpath(path, base)).as_posix(), safe="/")
+def _href(path: str, base: str) -> str:
+    # For a normalised path under base, relpath is the rest of it; relpath itself costs more.
+    prefix = os.path.join(base, "")
+    rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, base)
+    return quote(Path(rel).as_posix(), safe="/")
 
 
-@dataclass(frozen=True, slots=True)
-class _Card:
-    rec: LedgerRecord
-    image: Path | None
-    thumb: Path | None
+class _Card(NamedTuple):
+    """One job's card while the page is planned: its JSON in pieces, not its ledger record.
+
+    A 1,000,000-line ledger would take gigabytes as records. ``head`` is the card's JSON object
+    up to the image fields, without its closing brace; ``tail`` the error fields and the closing
+    brace, or ``b""`` when there is no error. Both are slices: ``orjson.dumps`` returns its bytes
+    in a 4 KiB buffer, which a million cards would keep.
+    """
+
+    head: bytes
+    tail: bytes
+    output: str | None  # the first output of a succeeded job, as the ledger names it
+    succeeded: bool
 
 
-def _plan_cards(run_dir: Path, records: Iterable[LedgerRecord]) -> list[_Card]:
-    thumbs = run_dir / THUMBS_DIR
-    cards = []
-    for rec in records:
-        image = _inside(run_dir, rec.outputs[0]) if rec.succeeded and rec.outputs else None
-        if image is not None and not image.is_file():
-            image = None
-        thumb = thumbs / f"{image.stem}.jpg" if image is not None else None
-        cards.append(_Card(rec, image, thumb))
-    return cards
-
-
-def _thumbnail_all(cards: list[_Card], workers: int) -> tuple[int, int, set[Path]]:
-    """Make the thumbnails in parallel: Pillow's decode and resize let go of the GIL."""
-    todo = [(c.image, c.thumb) for c in cards if c.image is not None and c.thumb is not None]
-    made = reused = 0
-    broken: set[Path] = set()
-
-    def one(pair: tuple[Path, Path]) -> bool | None:
-        try:
-            return make_thumb(*pair)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            log.warning("%s: no thumbnail: %s", pair[0], exc)
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for (image, _), result in zip(todo, pool.map(one, todo), strict=True):
-            if result is None:
-                broken.add(image)
-            elif result:
-                made += 1
-            else:
-                reused += 1
-    return made, reused, broken
-
-
-def _card_json(card: _Card, base: Path, broken: set[Path]) -> dict[str, Any]:
+def _card_head(r: LedgerRecord) -> bytes:
     # Short keys: the blob is embedded once per page and a 10,000-image run repeats each 10,000
     # times. The page's script documents them next to where it reads them.
-    r = card.rec
     d: dict[str, Any] = {
         "id": r.job_id,
         "s": r.status.value,
@@ -160,59 +146,161 @@ def _card_json(card: _Card, base: Path, broken: set[Path]) -> dict[str, Any]:
         d["x"] = r.text
     if r.width and r.height:
         d["w"], d["h"] = r.width, r.height
-    if card.image is not None:
-        d["im"] = _href(card.image, base)
-        if card.thumb is not None and card.image not in broken:
-            d["th"] = _href(card.thumb, base)
-    elif r.succeeded:
-        d["miss"] = True
+    return orjson.dumps(d)[:-1]
+
+
+def _card(r: LedgerRecord) -> _Card:
+    tail = b""
     if r.error is not None:
-        d["ek"] = r.error.kind
-        d["em"] = r.error.message
-    return d
+        tail = orjson.dumps({"ek": r.error.kind, "em": r.error.message})[1:]
+    output = r.outputs[0] if r.succeeded and r.outputs else None
+    return _Card(_card_head(r), tail, output, r.succeeded)
+
+
+def _read_cards(ledger: Path) -> tuple[dict[str, _Card], float]:
+    """The last record per job, as its card, and the spend over every line: one pass."""
+    cards: dict[str, _Card] = {}
+    cost = 0.0
+    for rec in iter_ledger(ledger):
+        cards[rec.job_id] = _card(rec)
+        cost += rec.cost_usd
+    return cards, cost
+
+
+def _thumbnail_all(todo: list[tuple[str, str]], workers: int) -> tuple[int, int, set[str]]:
+    """Make the thumbnails in parallel: Pillow's decode and resize let go of the GIL."""
+    made = reused = 0
+    broken: set[str] = set()
+
+    def one(pair: tuple[str, str]) -> bool | None:
+        try:
+            return make_thumb(Path(pair[0]), Path(pair[1]))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            log.warning("%s: no thumbnail: %s", pair[0], exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # In slices: a future per image of a million-image folder at once would be gigabytes.
+        for start in range(0, len(todo), _THUMB_SLICE):
+            part = todo[start : start + _THUMB_SLICE]
+            for (image, _), result in zip(part, pool.map(one, part), strict=True):
+                if result is None:
+                    broken.add(image)
+                elif result:
+                    made += 1
+                else:
+                    reused += 1
+    return made, reused, broken
+
+
+def _escape(raw: bytes) -> bytes:
+    for char, escape in _SCRIPT_ESCAPES:
+        if char in raw:
+            raw = raw.replace(char, escape)
+    return raw
 
 
 def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None = None) -> (
     GalleryResult
 ):
     started = time.monotonic()
-    status = load_status(run_dir)  # raises InputError when this is no run folder
+    meta = read_meta(run_dir)  # raises InputError when this is no run folder
     page = out or run_dir / GALLERY_NAME
-    latest, _ = latest_records(run_dir)
-    cards = _plan_cards(run_dir, latest.values())
+    cards, cost = _read_cards(run_dir / LEDGER_NAME)
+    root = os.path.realpath(run_dir)
+    thumbs = os.path.join(root, THUMBS_DIR)
+    # job id -> (image, thumbnail) for the succeeded jobs whose image is there to show.
+    images: dict[str, tuple[str, str]] = {}
+    succeeded = missing = 0
+    for job_id, card in cards.items():
+        if not card.succeeded:
+            continue
+        succeeded += 1
+        image = _inside(root, card.output) if card.output is not None else None
+        if image is None or not os.path.isfile(image):
+            missing += 1
+            continue
+        stem = os.path.splitext(os.path.basename(image))[0]
+        images[job_id] = (image, os.path.join(thumbs, f"{stem}.jpg"))
     try:
-        (run_dir / THUMBS_DIR).mkdir(exist_ok=True)
-        made, reused, broken = _thumbnail_all(cards, workers or min(8, os.cpu_count() or 2))
+        os.makedirs(thumbs, exist_ok=True)
+        # Once per image: two jobs naming one file would race to write one thumbnail.
+        todo = list(dict.fromkeys(images.values()))
+        made, reused, broken = _thumbnail_all(todo, workers or min(8, os.cpu_count() or 2))
     except OSError as exc:
         raise StorageError(f"cannot write thumbnails in {run_dir / THUMBS_DIR}: {exc}") from exc
-    base = page.resolve().parent
-    records = [_card_json(c, base, broken) for c in cards]
+    status = make_status(run_dir, meta, len(cards), succeeded, cost)
     title = f"batchgen: {run_dir.resolve().name}"
     summary = (
         f"{status.succeeded} images, {status.failed} failed, {status.pending} pending; "
         f"spent ${status.cost_usd:.2f}"
     )
     template = resources.files("batchgen").joinpath(_TEMPLATE).read_text("utf-8")
-    text = (
+    before, _, after = (
         template.replace("<!--TITLE-->", html.escape(title))
         .replace("<!--SUMMARY-->", html.escape(summary))
-        .replace("/*DATA*/", script_json(records))
+        .partition("/*DATA*/")
     )
+    base = str(page.resolve().parent)
     tmp = page.with_name(page.name + ".tmp")
     try:
         page.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, "utf-8")
+        with open(tmp, "wb") as fh:
+            fh.write(before.encode("utf-8"))
+            fh.write(b"[")
+            # The blob is written card by card, not built whole: a big folder's page would be
+            # held several times over (JSON, escaped, decoded, in the page, encoded).
+            sep = b""
+            for job_id, card in cards.items():
+                fh.write(sep)
+                sep = b","
+                fh.write(_escape(_card_json(card, images.get(job_id), base, broken)))
+            fh.write(b"]")
+            fh.write(after.encode("utf-8"))
         os.replace(tmp, page)
     except OSError as exc:
         raise StorageError(f"cannot write {page}: {exc.strerror}") from exc
-    missing = sum(1 for c in cards if c.rec.succeeded and c.image is None)
     return GalleryResult(
         path=page,
         cards=len(cards),
-        succeeded=sum(1 for c in cards if c.rec.succeeded),
-        failed=sum(1 for c in cards if not c.rec.succeeded),
+        succeeded=succeeded,
+        failed=len(cards) - succeeded,
         thumbs_made=made,
         thumbs_reused=reused,
         missing=missing,
         elapsed_s=time.monotonic() - started,
     )
+
+
+def _card_json(
+    card: _Card, image: tuple[str, str] | None, base: str, broken: set[str]
+) -> bytes:
+    """The card's JSON object: head, then the image fields, then the error fields."""
+    parts = [card.head]
+    if image is not None:
+        extra: dict[str, Any] = {"im": _href(image[0], base)}
+        if image[0] not in broken:
+            extra["th"] = _href(image[1], base)
+        parts += (b",", orjson.dumps(extra)[1:-1])
+    elif card.succeeded:
+        parts.append(b',"miss":true')
+    parts += (b",", card.tail) if card.tail else (b"}",)
+    return b"".join(parts)
+
+
+def too_big_to_refresh(run_dir: Path, limit: int = REFRESH_MAX_RECORDS) -> bool:
+    """Whether the ledger has more than ``limit`` lines: cheap, it stops reading past the limit.
+
+    ``run`` then leaves the page alone and prints :func:`gallery_hint` instead of spending
+    minutes at its end; ``batchgen gallery`` still builds the page for any size.
+    """
+    lines = 0
+    try:
+        with open(run_dir / LEDGER_NAME, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                lines += block.count(b"\n")
+                if lines > limit:
+                    return True
+    except OSError:
+        return False
+    return False

@@ -8,9 +8,10 @@ job ids seen so far.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -36,6 +37,8 @@ FORMATS = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".jsonl": "jsonl"}
 # A shrink warning per row of a million-row CSV would be noise, and memory.
 MAX_WARNINGS = 50
 _DEPRECATED_MODELS = {"gemini-3-pro-image-preview": "shut down on 2026-06-25"}
+# A row's jobs are built into a list up to this many; a bigger row (count, vars) streams.
+_EAGER_JOBS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,29 +101,47 @@ class Manifest:
             base_url=top["base_url"],
         )
         self._validated_stat: tuple[int, int] | None = None
+        # The hashed settings of a job with every default, split around its prompt: the JSON
+        # :func:`_job_digest` hashes is ``head + orjson.dumps(prompt) + tail``.
+        marker = "prompt goes here"
+        payload = _job_payload(self._fallback_model, marker, [], None, DEFAULT_IMAGE_SIZE, False,
+                               None, None, 0, None)  # fmt: skip
+        head, _, tail = orjson.dumps(payload).partition(orjson.dumps(marker))
+        self._default_payload = (head, tail)
 
     # -- public API ---------------------------------------------------------------------------
 
-    def validate(self) -> ValidationSummary:
-        """Check everything; raise :class:`InputError` listing every problem found."""
+    def validate(self, visit: Callable[[JobSpec], None] | None = None) -> ValidationSummary:
+        """Check everything; raise :class:`InputError` listing every problem found.
+
+        ``visit``, if given, is called with every job in manifest order as it is checked, so a
+        caller can count its plan in the same pass. When this raises, the jobs visited so far
+        are no plan: discard whatever ``visit`` gathered.
+        """
         problems: list[Problem] = []
         warnings: list[str] = []
         dropped = jobs = refs = 0
         by_size: dict[str, int] = {}
         by_model: dict[str, int] = {}
         stat_before = self._file_stat()
-        for item in self._stream(check_duplicates=True):
-            if isinstance(item, JobSpec):
-                jobs += 1
-                refs += len(item.references)
-                by_size[item.image_size] = by_size.get(item.image_size, 0) + 1
-                by_model[item.model] = by_model.get(item.model, 0) + 1
-            elif isinstance(item, Problem):
-                problems.append(item)
-            elif len(warnings) < MAX_WARNINGS:
-                warnings.append(item)
-            else:
-                dropped += 1
+        for items in self._stream(check_duplicates=True):
+            for item in items:
+                if isinstance(item, JobSpec):
+                    jobs += 1
+                    if item.references:
+                        refs += len(item.references)
+                    size = item.image_size
+                    by_size[size] = by_size.get(size, 0) + 1
+                    model = item.model
+                    by_model[model] = by_model.get(model, 0) + 1
+                    if visit is not None:
+                        visit(item)
+                elif isinstance(item, Problem):
+                    problems.append(item)
+                elif len(warnings) < MAX_WARNINGS:
+                    warnings.append(item)
+                else:
+                    dropped += 1
         if problems:
             # YAML defaults are merged into every job, so one bad default would repeat per job.
             raise InputError(list(dict.fromkeys(problems)))
@@ -138,11 +159,12 @@ class Manifest:
         """
         stat = self._file_stat()
         trusted = stat is not None and self._validated_stat == stat
-        for item in self._stream(check_duplicates=not trusted):
-            if isinstance(item, JobSpec):
-                yield item
-            elif isinstance(item, Problem):
-                raise InputError([item])
+        for items in self._stream(check_duplicates=not trusted):
+            for item in items:
+                if isinstance(item, JobSpec):
+                    yield item
+                elif isinstance(item, Problem):
+                    raise InputError([item])
 
     # -- the pipeline ---------------------------------------------------------------------------
 
@@ -153,8 +175,15 @@ class Manifest:
             return None  # reading it will report the problem with the file's name
         return st.st_mtime_ns, st.st_size
 
-    def _stream(self, *, check_duplicates: bool) -> Iterator[JobSpec | Problem | str]:
-        yield from self._setup
+    def _stream(self, *, check_duplicates: bool) -> Iterator[Iterable[JobSpec | Problem | str]]:
+        """Per row (or reader problem): its jobs, problems and warnings, in order.
+
+        A list per row rather than one item at a time: a million-row manifest is mostly rows of
+        one job, and every generator layer an item passes through costs per job. Only a row of
+        more than ``_EAGER_JOBS`` jobs comes as an iterator, to be consumed before the next row.
+        """
+        if self._setup:
+            yield list(self._setup)
         rows: Iterator[mf.Row | Problem]
         if self._fmt == "yaml":
             rows = readers.yaml_rows(self._doc, self._name, cli_model=self._cli_model is not None)
@@ -163,29 +192,37 @@ class Manifest:
         else:
             rows = readers.jsonl_rows(self.path, self._name)
         state = _State(check_duplicates)
+        # _expand runs once per row, so without rows only the setup and the reader can complain.
         complained = bool(self._setup)
         n_rows = 0
+        expand = self._expand
         try:
             for row in rows:
                 if isinstance(row, Problem):
                     complained = True
-                    yield row
+                    yield [row]
                     continue
                 n_rows += 1
-                for item in self._expand(row, state):
-                    complained = complained or isinstance(item, Problem)
-                    yield item
+                yield expand(row, state)
         except OSError as exc:
-            yield Problem(self._name, 0, "", f"cannot read the manifest: {exc}")
+            yield [Problem(self._name, 0, "", f"cannot read the manifest: {exc}")]
             return
         if n_rows == 0 and not complained:
-            yield Problem(self._name, 0, "jobs", "the manifest has no jobs")
+            yield [Problem(self._name, 0, "jobs", "the manifest has no jobs")]
 
-    def _expand(self, row: mf.Row, state: _State) -> Iterator[JobSpec | Problem | str]:
+    def _expand(self, row: mf.Row, state: _State) -> Iterable[JobSpec | Problem | str]:
         """One row or YAML job -> its problems, or its jobs (count x matrix) and warnings."""
+        fields = row.fields
+        if len(fields) == 1:
+            # A prompt and nothing else: parse_row would give {"prompt": raw.strip()}, no problem.
+            raw = fields.get("prompt")
+            if type(raw) is str:
+                stripped = raw.strip()
+                if stripped:
+                    return self._prompt_only(row.line, stripped, state)
         name = self._name
-        before = len(state.problems)
-        values = mf.parse_row(row, self._fmt, name, state.problems)
+        problems = state.problems
+        values = mf.parse_row(row, self._fmt, name, problems)
         prompt: str | None = values.get("prompt")
         images: tuple[str, ...] = values.get("images", ())
         references: list[Reference] = []
@@ -193,13 +230,13 @@ class Manifest:
             try:
                 references.append(self._resolver.resolve(source))
             except ReferenceProblem as exc:
-                state.problems.append(Problem(name, row.line_of("images"), "images", str(exc)))
+                problems.append(Problem(name, row.line_of("images"), "images", str(exc)))
         matrix: tuple[tuple[str, tuple[str, ...]], ...] = values.get("vars", ())
         if matrix and prompt is not None:
             for message in mf.check_template(prompt, [n for n, _ in matrix]):
-                state.problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
+                problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
         count: int = values.get("count", 1)
-        n_jobs = mf.row_jobs(matrix, count)
+        n_jobs = mf.row_jobs(matrix, count) if matrix else count
         if n_jobs > mf.MAX_ROW_JOBS:  # checked before expanding: a typo must not run for minutes
             sizes = " x ".join(str(len(v)) for _, v in matrix)
             times = f" x count {count}" if count > 1 else ""
@@ -207,31 +244,75 @@ class Manifest:
                 f"expands to {n_jobs:,} jobs ({sizes}{times}); "
                 f"at most {mf.MAX_ROW_JOBS:,} per row, split it over several rows or files"
             )
-            state.problems.append(Problem(name, row.line_of("vars"), "vars", msg))
+            problems.append(Problem(name, row.line_of("vars"), "vars", msg))
         user_id: str | None = values.get("id")
         if user_id is not None and state.user_ids is not None:
             other = state.user_ids.setdefault(user_id, row.line)
             if other != row.line:
                 msg = f"duplicate id {user_id!r}: also used on line {other}"
-                state.problems.append(Problem(name, row.line_of("id"), "id", msg))
+                problems.append(Problem(name, row.line_of("id"), "id", msg))
         model: str = values.get("model") or self._fallback_model
-        if len(state.problems) == before:
+        out: list[JobSpec | Problem | str] = []
+        if references and not problems:
             warning = self._check_budget(row, references, state)
-            if warning and len(state.problems) == before:
-                yield warning
-        if len(state.problems) > before:
-            yield from state.problems[before:]
-            del state.problems[before:]
-            return
+            if warning and not problems:
+                out.append(warning)
+        if problems:
+            out.extend(problems)
+            problems.clear()
+            return out
         assert prompt is not None
         if model not in state.models_seen:
-            state.models_seen.add(model)
-            if model in _DEPRECATED_MODELS:
-                why = _DEPRECATED_MODELS[model]
-                yield f"{name}:{row.line}: model {model} is deprecated ({why})"
-            elif model not in KNOWN_MODELS:
-                yield f"{name}:{row.line}: model {model!r} is not one batchgen knows; sent as is"
-        yield from self._build(row, values, prompt, model, tuple(references), matrix, state)
+            self._first_use(out, model, row.line, state)
+        refs = tuple(references)
+        if matrix:
+            jobs = self._build_matrix(row, values, prompt, model, refs, matrix, state)
+        else:
+            jobs = self._build_plain(row, values, prompt, model, refs, state)
+        if n_jobs <= _EAGER_JOBS:
+            out.extend(jobs)
+            return out
+        return itertools.chain(out, jobs)  # a row of many jobs streams: memory stays flat
+
+    def _first_use(
+        self, out: list[JobSpec | Problem | str], model: str, line: int, state: _State
+    ) -> None:
+        """The warning, if any, for the first job that uses ``model``."""
+        state.models_seen.add(model)
+        if model in _DEPRECATED_MODELS:
+            why = _DEPRECATED_MODELS[model]
+            out.append(f"{self._name}:{line}: model {model} is deprecated ({why})")
+        elif model not in KNOWN_MODELS:
+            msg = f"model {model!r} is not one batchgen knows; sent as is"
+            out.append(f"{self._name}:{line}: {msg}")
+
+    def _prompt_only(self, line: int, prompt: str, state: _State) -> list[JobSpec | Problem | str]:
+        """A row that is a prompt and nothing else: one job with every default.
+
+        Most rows of a dataset manifest look like this, so it skips the general path's field
+        look-ups; the job and its id are exactly what :meth:`_build_plain` would make.
+        """
+        model = self._fallback_model
+        out: list[JobSpec | Problem | str] = []
+        if model not in state.models_seen:
+            self._first_use(out, model, line, state)
+        head, tail = self._default_payload
+        digest = sha256(b"".join((head, orjson.dumps(prompt), tail))).hexdigest()[:10]
+        job_id = f"{mf.prompt_slug(prompt)}-{digest}"
+        job_ids = state.job_ids
+        if job_ids is not None:
+            other = job_ids.setdefault(job_id, line)
+            if other != line:
+                out.append(_duplicate(self._name, line, other, job_id))
+                return out
+        job = _new_job(
+            job_id, prompt, model, (), None, DEFAULT_IMAGE_SIZE, False, None, None, 0, None,
+            self._name, line, (),
+        )  # fmt: skip
+        if out:
+            out.append(job)
+            return out
+        return [job]
 
     def _check_budget(self, row: mf.Row, refs: list[Reference], state: _State) -> str | None:
         """A warning if the references must shrink to fit one request; a problem if they can't."""
@@ -252,7 +333,51 @@ class Manifest:
             f"{len(big)} will be re-encoded as JPEG to fit"
         )
 
-    def _build(
+    def _build_plain(
+        self,
+        row: mf.Row,
+        values: dict[str, Any],
+        prompt: str,
+        model: str,
+        references: tuple[Reference, ...],
+        state: _State,
+    ) -> Iterator[JobSpec | Problem]:
+        """A row without vars: the literal prompt, ``count`` samples (most rows of a dataset).
+
+        The same jobs and ids as :meth:`_build_matrix` would make, without its per-job
+        ``itertools.product`` / ``format_map`` machinery.
+        """
+        user_id: str | None = values.get("id")
+        count: int = values.get("count", 1)
+        aspect_ratio: str | None = values.get("aspect_ratio")
+        image_size: str = values.get("image_size", DEFAULT_IMAGE_SIZE)
+        output_text: bool = values.get("output_text", False)
+        temperature: float | None = values.get("temperature")
+        seed: int | None = values.get("seed")
+        identities = [r.sha256 or r.source for r in references] if references else []
+        prefix = mf.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
+        job_ids = state.job_ids
+        line = row.line
+        source = self._name
+        for sample in range(count):
+            digest = _job_digest(
+                model, prompt, identities, aspect_ratio, image_size, output_text, temperature,
+                seed, sample, user_id,
+            )  # fmt: skip
+            # Sample 0 keeps the bare prefix whatever the count, so raising `count: 1` to
+            # `count: 2` keeps the id (and the image) of the job already made.
+            job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
+            if job_ids is not None:
+                other = job_ids.setdefault(job_id, line)
+                if other != line:
+                    yield _duplicate(source, line, other, job_id)
+                    return
+            yield _new_job(
+                job_id, prompt, model, references, aspect_ratio, image_size, output_text,
+                temperature, seed, sample, user_id, source, line, (),
+            )  # fmt: skip
+
+    def _build_matrix(
         self,
         row: mf.Row,
         values: dict[str, Any],
@@ -272,39 +397,20 @@ class Manifest:
         identities = [r.sha256 or r.source for r in references]
         id_prefix = mf.sanitise_id(user_id) if user_id is not None else ""
         names = [n for n, _ in matrix]
-        # product() of nothing is one empty combination: the plain, literal prompt.
         for combo in itertools.product(*(v for _, v in matrix)):
             pairs = tuple(zip(names, combo, strict=True))
-            prompt = template.format_map(dict(pairs)) if pairs else template
+            prompt = template.format_map(dict(pairs))
             prefix = mf.job_prefix(id_prefix, combo, prompt)
             for sample in range(count):
-                payload = {
-                    "model": model,
-                    "prompt": prompt,
-                    "references": identities,
-                    "aspect_ratio": aspect_ratio,
-                    "image_size": image_size,
-                    "output_text": output_text,
-                    "temperature": temperature,
-                    "seed": seed,
-                    "sample": sample,
-                    "user_id": user_id,
-                }
-                digest = sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-                # Sample 0 keeps the bare prefix whatever the count, so raising `count: 1` to
-                # `count: 2` keeps the id (and the image) of the job already made.
-                tag = f"{prefix}-{sample}" if sample > 0 else prefix
-                job_id = f"{tag}-{digest[:10]}"
+                digest = _job_digest(
+                    model, prompt, identities, aspect_ratio, image_size, output_text,
+                    temperature, seed, sample, user_id,
+                )  # fmt: skip
+                job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
                 if state.job_ids is not None:
                     other = state.job_ids.setdefault(job_id, row.line)
                     if other != row.line:
-                        yield Problem(
-                            self._name,
-                            row.line,
-                            "",
-                            f"duplicate job: same prompt and settings as line {other} "
-                            f"(job id {job_id}); use count for more images of one prompt",
-                        )
+                        yield _duplicate(self._name, row.line, other, job_id)
                         return
                 yield JobSpec(
                     job_id=job_id,
@@ -338,6 +444,132 @@ class Manifest:
             return None, top
         self._setup.extend(my.check_top(doc, self._name, top))
         return doc, top
+
+
+def _job_payload(
+    model: str,
+    prompt: str,
+    references: list[str],
+    aspect_ratio: str | None,
+    image_size: str,
+    output_text: bool,
+    temperature: float | None,
+    seed: int | None,
+    sample: int,
+    user_id: str | None,
+) -> dict[str, Any]:
+    """What a job id hashes: the job's settings, in sorted key order.
+
+    Sorted as written, so ``orjson.dumps`` of it is byte for byte what
+    ``orjson.dumps(..., option=OPT_SORT_KEYS)`` gives (and always gave), without sorting per job.
+    """
+    return {
+        "aspect_ratio": aspect_ratio,
+        "image_size": image_size,
+        "model": model,
+        "output_text": output_text,
+        "prompt": prompt,
+        "references": references,
+        "sample": sample,
+        "seed": seed,
+        "temperature": temperature,
+        "user_id": user_id,
+    }
+
+
+def _job_digest(
+    model: str,
+    prompt: str,
+    references: list[str],
+    aspect_ratio: str | None,
+    image_size: str,
+    output_text: bool,
+    temperature: float | None,
+    seed: int | None,
+    sample: int,
+    user_id: str | None,
+) -> str:
+    """The hash part of a job id: the first 10 hex digits of the sha256 of its settings' JSON."""
+    payload = _job_payload(
+        model, prompt, references, aspect_ratio, image_size, output_text, temperature, seed,
+        sample, user_id,
+    )  # fmt: skip
+    return sha256(orjson.dumps(payload)).hexdigest()[:10]
+
+
+def _duplicate(name: str, line: int, other: int, job_id: str) -> Problem:
+    return Problem(
+        name,
+        line,
+        "",
+        f"duplicate job: same prompt and settings as line {other} "
+        f"(job id {job_id}); use count for more images of one prompt",
+    )
+
+
+_JOB_FIELDS = (
+    "job_id", "prompt", "model", "references", "aspect_ratio", "image_size", "output_text",
+    "temperature", "seed", "sample", "user_id", "source_file", "source_line", "vars",
+)  # fmt: skip
+
+
+def _job_constructor() -> Callable[..., JobSpec]:
+    """``JobSpec(...)`` with all fields positional, at half the cost.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; at a
+    million jobs that is a second of planning. This fills the slots directly instead, which gives
+    the same object (still frozen afterwards). Only while ``JobSpec`` stays a plain frozen slots
+    dataclass with exactly these fields and no ``__post_init__``; otherwise the class itself.
+    """
+    fields = dataclasses.fields(JobSpec)
+    plain = (
+        tuple(f.name for f in fields) == _JOB_FIELDS
+        and all(f.init for f in fields)
+        and "__slots__" in JobSpec.__dict__
+        and not hasattr(JobSpec, "__post_init__")
+    )
+    if not plain:
+        return JobSpec
+    s = tuple(getattr(JobSpec, name).__set__ for name in _JOB_FIELDS)
+    new = object.__new__
+
+    def make(
+        job_id: str,
+        prompt: str,
+        model: str,
+        references: tuple[Reference, ...],
+        aspect_ratio: str | None,
+        image_size: str,
+        output_text: bool,
+        temperature: float | None,
+        seed: int | None,
+        sample: int,
+        user_id: str | None,
+        source_file: str,
+        source_line: int,
+        vars: tuple[tuple[str, str], ...],
+    ) -> JobSpec:
+        job: JobSpec = new(JobSpec)
+        s[0](job, job_id)
+        s[1](job, prompt)
+        s[2](job, model)
+        s[3](job, references)
+        s[4](job, aspect_ratio)
+        s[5](job, image_size)
+        s[6](job, output_text)
+        s[7](job, temperature)
+        s[8](job, seed)
+        s[9](job, sample)
+        s[10](job, user_id)
+        s[11](job, source_file)
+        s[12](job, source_line)
+        s[13](job, vars)
+        return job
+
+    return make
+
+
+_new_job = _job_constructor()
 
 
 class _State:

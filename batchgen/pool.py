@@ -217,7 +217,9 @@ class Runner:
             self._note_error(exc)
             await self._record_failure(spec, state, exc, started_at, time.monotonic() - t0)
             return
-        await self._record_success(spec, state, image, started_at, time.monotonic() - t0)
+        recording = self._record_success(spec, state, image, started_at, time.monotonic() - t0)
+        del image  # the store gets the only reference to the bytes (see _record_success)
+        await recording
 
     async def _attempt_with_retries(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
         def retry(rs: RetryCallState) -> bool:
@@ -366,8 +368,12 @@ class Runner:
             **self._base_record(spec, state, started, latency),
         )
         line = record.to_line()
+        # Nothing here keeps the image bytes while the save waits for its fsyncs: the store
+        # frees them once they are written, so a worker parked on a slow disk holds no image.
+        saving = self.store.save(spec.job_id, image.data, image.mime_type, sidecar=line)
+        del image
         try:
-            await self.store.save(spec.job_id, image.data, image.mime_type, sidecar=line)
+            await saving
             self.ledger.append_line(line)
         except e.StorageError as exc:
             self.stop(StopReason.STORAGE, str(exc))

@@ -51,7 +51,8 @@ def latest_records(run_dir: Path) -> tuple[dict[str, LedgerRecord], float]:
     return latest, cost
 
 
-def _read_meta(run_dir: Path) -> dict[str, Any]:
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """``run.json``; raises :class:`InputError` when the folder is no run folder at all."""
     folder = RunFolder(run_dir)
     meta = folder.read_meta()
     if not meta and not folder.ledger_path.exists():
@@ -60,9 +61,39 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
 
 
 def load_status(run_dir: Path) -> Status:
-    meta = _read_meta(run_dir)
-    latest, cost = latest_records(run_dir)
-    return _status(run_dir, meta, latest, cost)
+    """One pass over the ledger, keeping per job only what the counts need, not its record."""
+    meta = read_meta(run_dir)
+    # job id -> True if its last record succeeded, else its error kind (None: no error given)
+    latest: dict[str, bool | str | None] = {}
+    cost = 0.0
+    for rec in iter_ledger(run_dir / LEDGER_NAME):
+        latest[rec.job_id] = True if rec.succeeded else (
+            rec.error.kind if rec.error is not None else None
+        )
+        cost += rec.cost_usd
+    succeeded = 0
+    errors: dict[str, int] = {}
+    for outcome in latest.values():
+        if outcome is True:
+            succeeded += 1
+        elif isinstance(outcome, str):
+            errors[outcome] = errors.get(outcome, 0) + 1
+    return make_status(run_dir, meta, len(latest), succeeded, cost, errors)
+
+
+def make_status(
+    run_dir: Path,
+    meta: dict[str, Any],
+    latest: int,
+    succeeded: int,
+    cost: float,
+    errors: dict[str, int] | None = None,
+) -> Status:
+    """The status of a folder whose ledger has ``latest`` jobs, ``succeeded`` of them done."""
+    jobs = max(int(meta.get("jobs") or 0), latest)
+    return Status(
+        run_dir, jobs, succeeded, latest - succeeded, cost, errors or {}, str(meta.get("state", ""))
+    )
 
 
 def _status(
@@ -73,9 +104,7 @@ def _status(
     for r in latest.values():
         if not r.succeeded and r.error is not None:
             errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
-    failed = len(latest) - succeeded
-    jobs = max(int(meta.get("jobs") or 0), len(latest))
-    return Status(run_dir, jobs, succeeded, failed, cost, errors, str(meta.get("state", "")))
+    return make_status(run_dir, meta, len(latest), succeeded, cost, errors)
 
 
 def format_status(st: Status) -> str:
@@ -221,7 +250,7 @@ def _buckets(times: list[float], n: int) -> tuple[float, float, tuple[Bucket, ..
 
 def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     """Everything from one pass over the ledger; the run folder alone, like ``status``."""
-    meta = _read_meta(run_dir)
+    meta = read_meta(run_dir)
     latest: dict[str, LedgerRecord] = {}
     requests_per_job: dict[str, int] = {}
     cost = 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -19,10 +20,12 @@ from typing import Any
 
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
-from .errors import InputError, StorageError
+from .errors import BatchgenError, InputError, StorageError
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
 from .plan import (
+    LOCK_FILE,
+    LedgerIndex,
     Plan,
     PlanCounts,
     RunFolder,
@@ -101,24 +104,64 @@ def _provider(value: str | None, where: Path) -> Provider:
 
 
 def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
+    """Everything before the first request, with one pass over the manifest.
+
+    The plan is counted while the manifest is validated, so the ledger index is read first, under
+    the run folder's lock. Bad input still creates nothing: a run folder that does not exist yet
+    is neither made nor locked until the manifest, key and prices have passed. Errors are reported
+    in the same order as ever (manifest, key, prices, run folder): one found early waits its turn.
+    """
     manifest = open_manifest(req.manifest, req.model, req.provider)
-    summary = manifest.validate()
-    provider = _provider(req.provider or manifest.header.provider, req.manifest)
-    info = PROVIDERS[provider]
-    base_url = req.base_url or manifest.header.base_url or info.base_url
-    api_key = FAKE_KEY if req.fake else resolve_key(provider)
-    # From here on the key is scrubbed from everything, run.json included.
-    register_secret(api_key)
-    prices = PriceTable.load(req.prices)
+    prices: PriceTable | None = None
+    prices_error: InputError | None = None
+    try:
+        prices = PriceTable.load(req.prices)
+    except InputError as exc:
+        prices_error = exc
     out = req.out or default_out(req.manifest)
-    settings = RunSettings(out_dir=out, **req.settings)
     folder = RunFolder(out)
-    lock = folder.lock()
-    index = read_index(folder.ledger_path)
-    orphans = folder.orphans(index)
-    plan = Plan(manifest.iter_jobs, index, selection)
-    counts = plan.count(prices.estimate)
-    change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+    lock: int | None = None
+    lock_error: BatchgenError | None = None
+    index = LedgerIndex()
+    orphans: list[LedgerRecord] = []
+    if folder.path.exists():
+        try:
+            lock = folder.lock()
+        except (InputError, StorageError) as exc:
+            lock_error = exc
+    try:
+        if lock is not None:
+            index = read_index(folder.ledger_path)
+            orphans = folder.orphans(index)
+        price = prices.estimate if prices is not None else None
+        plan = Plan(manifest.iter_jobs, index, selection, price)
+        summary = manifest.validate(visit=None if lock_error else plan.count_job)
+        provider = _provider(req.provider or manifest.header.provider, req.manifest)
+        info = PROVIDERS[provider]
+        base_url = req.base_url or manifest.header.base_url or info.base_url
+        api_key = FAKE_KEY if req.fake else resolve_key(provider)
+        # From here on the key is scrubbed from everything, run.json included.
+        register_secret(api_key)
+        if prices_error is not None:
+            raise prices_error
+        assert prices is not None
+        settings = RunSettings(out_dir=out, **req.settings)
+        if lock_error is not None:
+            raise lock_error
+        if lock is None:
+            lock = folder.lock()  # makes the folder
+            if _made_meanwhile(folder):
+                # Another run made the folder while this one validated: plan against its ledger.
+                index = read_index(folder.ledger_path)
+                orphans = folder.orphans(index)
+                plan.index = index
+                plan.count(price)
+        counts = plan.counts
+        change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
     client = ClientSettings(
         provider=provider,
         base_url=base_url,
@@ -141,6 +184,12 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         orphans=orphans,
         lock_fd=lock,
     )
+
+
+def _made_meanwhile(folder: RunFolder) -> bool:
+    """Whether the folder, just made by :meth:`RunFolder.lock`, holds more than the lock file."""
+    with os.scandir(folder.path) as entries:
+        return any(entry.name != LOCK_FILE for entry in entries)
 
 
 @contextlib.asynccontextmanager

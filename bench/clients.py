@@ -1,11 +1,14 @@
-"""The two reference clients the throughput scenario compares batchgen against.
+"""The reference clients the throughput scenario compares batchgen against.
 
-    python bench/clients.py bare|sdk --manifest M.jsonl --url URL --out DIR \
+    python bench/clients.py bare|durable|sdk --manifest M.jsonl --url URL --out DIR \
         --concurrency C --result RESULT.json
 
 ``bare``: aiohttp + asyncio.Semaphore, the same JSON body batchgen sends, the image base64-decoded
-and written to a file (no fsync, no sidecar, no ledger). ``sdk``: the official google-genai SDK's
-``client.aio.models.generate_content`` with a semaphore, images written the same way.
+and written to a file (no fsync, no sidecar, no ledger). ``durable``: the same loop, but each
+image is made as durable as batchgen makes it (tmp file, fsync, rename, in a worker thread via
+``asyncio.to_thread``) and then gets a line in a ledger file, written and flushed from the event
+loop; no sidecar. ``sdk``: the official google-genai SDK's
+``client.aio.models.generate_content`` with a semaphore, images written the same way as ``bare``.
 
 Each runs in its own process (started by ``bench/run.py``) so its peak RSS can be read on its
 own. The result file gets the run phase's wall time (from before the first request until the
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -57,6 +61,16 @@ def final_image(answer: dict[str, Any]) -> bytes:
     raise ValueError("no image in the answer")
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """What a careful hand-written client would do: tmp file, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 async def run_bare(url: str, prompts: list[str], concurrency: int, out: Path) -> int:
     import aiohttp
 
@@ -82,6 +96,40 @@ async def run_bare(url: str, prompts: list[str], concurrency: int, out: Path) ->
                 written += 1
 
         await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    return written
+
+
+async def run_durable(url: str, prompts: list[str], concurrency: int, out: Path) -> int:
+    """``run_bare`` with batchgen's durability for the image and a flushed ledger line."""
+    import aiohttp
+
+    endpoint = f"{url}/v1beta/models/{MODEL}:generateContent"
+    sem = asyncio.Semaphore(concurrency)
+    headers = {"Content-Type": "application/json"}
+    written = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    with (out / "ledger.jsonl").open("ab") as ledger:
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(i: int, prompt: str) -> None:
+                nonlocal written
+                body = request_body(prompt)
+                async with sem:
+                    async with session.post(
+                        endpoint, params={"key": KEY}, data=body, headers=headers
+                    ) as resp:
+                        raw = await resp.read()
+                        resp.raise_for_status()
+                    data = final_image(orjson.loads(raw))
+                    del raw
+                    name = f"{i:07d}.png"
+                    await asyncio.to_thread(write_durably, out / name, data)
+                    line = {"job": i, "prompt": prompt, "status": "succeeded", "output": name}
+                    ledger.write(orjson.dumps(line) + b"\n")
+                    ledger.flush()
+                    written += 1
+
+            await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
     return written
 
 
@@ -130,7 +178,7 @@ def cpu_s() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=["bare", "sdk"])
+    ap.add_argument("kind", choices=["bare", "durable", "sdk"])
     ap.add_argument("--manifest", type=Path, required=True)
     ap.add_argument("--url", required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -139,7 +187,7 @@ def main() -> None:
     args = ap.parse_args()
     prompts = read_prompts(args.manifest)
     args.out.mkdir(parents=True, exist_ok=True)
-    run = run_bare if args.kind == "bare" else run_sdk
+    run = {"bare": run_bare, "durable": run_durable, "sdk": run_sdk}[args.kind]
     t0, cpu0 = time.perf_counter(), cpu_s()
     written = asyncio.run(run(args.url, prompts, args.concurrency, args.out))
     run_s, run_cpu_s = time.perf_counter() - t0, cpu_s() - cpu0

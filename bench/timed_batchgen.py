@@ -76,7 +76,7 @@ def _write() -> None:
 def _no_fsync() -> None:
     import batchgen.store as store
 
-    async def fsync(fd: int) -> None:
+    def fsync(fd: int) -> None:
         return None
 
     store._fsync = fsync
