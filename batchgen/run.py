@@ -267,6 +267,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
             finally:
                 restore()
     finally:
+        store.close()  # finishes the saves still queued, then stops the writer
         progress.close()
         try:
             ledger.close()

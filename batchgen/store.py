@@ -1,24 +1,27 @@
 """The store: puts a paid image on disk durably before anything counts it as done.
 
-For each image: write the sidecar ``images/<id>.json`` (the record the ledger will get) to a
-``.tmp`` name, fsync, rename; then the image ``images/<id>.<ext>`` the same way. Only then does
-the pool append the ledger line. A crash before the image's rename leaves at most a sidecar
-without its image (not adopted, the job runs again) and ``.tmp`` files (removed by
-:meth:`ImageStore.prepare`); a crash between the image's rename and the ledger line leaves an
-image with a sidecar and no ledger line, which :func:`adopt_orphans` adds to the ledger on the
-next run so it is not paid for again.
+For each image: the sidecar ``images/<id>.json`` (the record the ledger will get) and the image
+``images/<id>.<ext>`` are written to ``.tmp`` names and fsync'd; then the sidecar is renamed into
+place, then the image. Only then does the pool append the ledger line. So a file gets its final
+name only once its bytes are on disk, and an image only after its sidecar has. A crash before
+the image's rename leaves at most a sidecar without its image (not adopted, the job runs again)
+and ``.tmp`` files (removed by :meth:`ImageStore.prepare`); a crash between the image's rename
+and the ledger line leaves an image with a sidecar and no ledger line, which
+:func:`adopt_orphans` adds to the ledger on the next run so it is not paid for again.
 
 The writes happen on one dedicated writer thread (:class:`_Writer`). ``save`` queues the job and
-awaits a future; the thread takes everything queued at each wake-up, writes it, and resolves the
-whole batch's futures with one ``call_soon_threadsafe``. For small images a thread hop per save
-(or worse, per file operation) costs more CPU on the event loop than the writes themselves. Only
-the fsyncs of a batch are spread over a few more threads, and only when the disk is slow to
-answer them: they are waits, and a disk serves several at once.
+awaits a future; the thread writes each save's files as soon as it sees them, then commits
+everything written so far (fsync, rename) and resolves the commit's futures with one
+``call_soon_threadsafe``. For small images a thread hop per save (or worse, per file operation)
+costs more CPU on the event loop than the writes themselves. Only the fsyncs of a commit are
+spread over a few more threads, and only when the disk is slow to answer them: they are waits,
+and a disk serves several at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -27,8 +30,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +93,15 @@ class ImageStore:
         that keeps no reference to ``data`` while it waits lets a big image be freed as soon as
         it is in the page cache.
         """
-        writer = self._writer
-        if writer is None or not writer.alive:
-            writer = self._writer = _Writer()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         base = os.path.join(self._images, job_id)
         image = f"{base}.{EXTENSIONS.get(mime_type, 'bin')}"
-        writer.submit(_Save(f"{base}.json", sidecar, image, data, loop, future))
+        save = _Save(f"{base}.json", sidecar, image, data, loop, future)
         del data, sidecar  # the writer drops them once written, before the fsyncs
+        while self._writer is None or not self._writer.submit(save):
+            self._writer = _Writer()
+        del save
         await future
 
     def close(self) -> None:
@@ -128,57 +130,55 @@ class _Save:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
     error: BaseException | None = None
+    sidecar_fd: int = -1
+    image_fd: int = -1
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
 
 
-@dataclass(slots=True, eq=False)
-class _File:
-    """One of a save's two files while its batch is written."""
-
-    save: _Save
-    path: str
-    data: bytes
-    fd: int = -1
-
-    @property
-    def tmp(self) -> str:
-        return self.path + ".tmp"
-
-
-_STOP = object()
-# Saves written per wake-up at most (two open files each), so a high --concurrency cannot run
-# the process out of file descriptors; what is left waits for the next round.
-MAX_BATCH = 64
-# fsync is a wait on the disk, not CPU: the disk (and ext4's journal) handles several at once,
-# so when one fsync takes longer than SLOW_FSYNC_S the rest of a batch's fsyncs are spread over
-# this many threads (the writer thread is one of them). Quicker ones stay on the writer thread:
-# handing them over would cost more than it saves.
+_STOP = object()  # from close(): finish what is queued, then end
+_SYNCED = object()  # from an fsync thread: one part of the commit in progress is done
+# Saves whose tmp files are open at once at most (two files each), so a high --concurrency
+# cannot run the process out of file descriptors; the rest wait for the next commit.
+MAX_OPEN_SAVES = 64
+# fsync is a wait on the disk, not CPU, and a disk (and ext4's journal) serves several at once.
+# So while fsyncs are slow (the quickest of the last few took SLOW_FSYNC_S or more) a commit's
+# fsyncs are spread over this many threads. Quick ones (tmpfs, a disk with a safe write cache)
+# stay on the writer thread: handing them over would cost more than it saves.
 FSYNC_THREADS = 8
 SLOW_FSYNC_S = 0.0001
 
 
 class _Writer:
-    """The thread that writes every save, a batch (all that is queued) per wake-up.
+    """The thread that makes saves durable, in commits of everything that has come in.
 
-    Per batch: every file is written to its ``.tmp`` name; the files are fsync'd (spread over
-    :data:`FSYNC_THREADS` threads); then per save the sidecar is renamed into place, then the
-    image; then one ``call_soon_threadsafe`` hands every outcome back to the event loop. So
-    when a file gets its final name its bytes are on disk, and an image never has its final
-    name before its sidecar does.
+    A save's two files are written to their ``.tmp`` names as soon as the thread sees the save
+    (after which the image bytes are dropped: a big image waits for its fsync in the page cache,
+    not in memory). A commit then fsyncs every file written so far, renames each save's sidecar
+    and then its image into place, and hands the outcomes back to the event loop with one
+    ``call_soon_threadsafe``. While one commit's fsyncs run on other threads, the next saves
+    are already being written. So a file has its final name only once its bytes are on disk,
+    and an image never has its final name before its sidecar does.
     """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pool: ThreadPoolExecutor | None = None
-        self._fsync_timings: deque[float] = deque(maxlen=16)
+        self._fsync_s: deque[float] = deque(maxlen=16)  # appended to from several threads
+        self._lock = threading.Lock()
+        self._broken = False
         self._thread = threading.Thread(target=self._run, name="batchgen-store", daemon=True)
         self._thread.start()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def submit(self, save: _Save) -> None:
-        self._queue.put(save)
+    def submit(self, save: _Save) -> bool:
+        """Queue a save; False if this writer broke down (the caller starts another)."""
+        with self._lock:
+            if self._broken:
+                return False
+            self._queue.put(save)
+            return True
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -186,148 +186,190 @@ class _Writer:
             self._thread.join()
 
     def _run(self) -> None:
+        waiting: deque[_Save] = deque()  # taken from the queue, files not written yet
+        written: list[_Save] = []  # tmp files written and open, for the next commit
+        commit: list[_Save] = []  # being fsync'd on other threads
+        parts_left = 0
+        stopping = False
         try:
             while True:
-                batch, stop = self._take()
-                if batch:
-                    self._write_batch(batch)
-                del batch  # not kept alive (with its images) while the thread waits
-                if stop:
+                free = not commit
+                if stopping and free and not written and not waiting:
                     return
+                # Block only when there is nothing to do until a save or an fsync comes in.
+                for item in self._take(block=not (free and (written or waiting))):
+                    if item is _STOP:
+                        stopping = True
+                    elif item is _SYNCED:
+                        parts_left -= 1
+                    else:
+                        waiting.append(item)
+                while waiting and len(written) < MAX_OPEN_SAVES:
+                    written.append(waiting.popleft())
+                    _write_tmp_files(written[-1])
+                if commit and parts_left == 0:
+                    _finish(commit)
+                    commit = []
+                if not commit and written:
+                    commit, written = written, []
+                    parts_left = self._sync(commit)
+                    if parts_left == 0:
+                        _finish(commit)
+                        commit = []
+        except BaseException as exc:  # a bug: fail every save it holds, never leave one waiting
+            log.error("the store's writer failed", exc_info=True)
+            with self._lock:
+                self._broken = True  # from now on save() starts a new writer
+            while parts_left > 0:  # no fd is closed while an fsync thread may still use it
+                item = self._queue.get()
+                if item is _SYNCED:
+                    parts_left -= 1
+                elif item is not _STOP:
+                    waiting.append(item)
+            waiting.extend(i for i in self._take(block=False) if isinstance(i, _Save))
+            for group in (commit, written, list(waiting)):
+                if group:
+                    for save in group:
+                        save.fail(StorageError(f"cannot write {save.image_path}: {exc!r}"))
+                    _finish(group)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
-    def _take(self) -> tuple[list[_Save], bool]:
-        """Wait for a save, then take whatever else is queued (up to MAX_BATCH)."""
-        batch: list[_Save] = []
-        item = self._queue.get()
+    def _take(self, *, block: bool) -> list[Any]:
+        items = [self._queue.get()] if block else []
         while True:
-            if item is _STOP:
-                return batch, True  # what was queued before close() is still written
-            batch.append(item)
-            if len(batch) >= MAX_BATCH:
-                return batch, False
             try:
-                item = self._queue.get_nowait()
+                items.append(self._queue.get_nowait())
             except queue.Empty:
-                return batch, False
+                return items
 
-    def _write_batch(self, saves: list[_Save]) -> None:
+    def _sync(self, commit: list[_Save]) -> int:
+        """fsync every open file of the commit: here if fsyncs are quick, else on the fsync
+        threads, which report each part's end with :data:`_SYNCED`. How many parts went there."""
+        fds = [(s, fd) for s in commit if s.error is None for fd in (s.sidecar_fd, s.image_fd)]
+        timings = self._fsync_s  # no fsync thread is busy now, so nobody appends meanwhile
+        if not fds or not timings or min(timings) < SLOW_FSYNC_S:
+            _fsync_all(fds, timings)
+            return 0
+        n = min(FSYNC_THREADS, len(fds))
+        sent = 0
+        for part in (fds[i::n] for i in range(n)):
+            try:
+                self._fsync_pool().submit(self._fsync_part, part)
+                sent += 1
+            except RuntimeError:  # the interpreter is shutting down: do it here
+                _fsync_all(part, timings)
+        return sent
+
+    def _fsync_part(self, fds: list[tuple[_Save, int]]) -> None:
         try:
-            _write_batch(saves, self._fsync_pool, self._fsync_timings)
-        except BaseException as exc:  # a bug must fail the saves loudly, never leave them waiting
-            log.error("the store's writer failed", exc_info=True)
-            for save in saves:
-                if save.error is None:
-                    save.error = StorageError(f"cannot write {save.image_path}: {exc!r}")
-            if not isinstance(exc, Exception):
-                raise
+            _fsync_all(fds, self._fsync_s)
         finally:
-            outcomes = [(save.future, save.error) for save in saves]
-            loop = saves[0].loop
-            if all(save.loop is loop for save in saves):
-                _resolve_soon(loop, outcomes)
-            else:  # more than one event loop used the store: tell each its own
-                for save, outcome in zip(saves, outcomes, strict=True):
-                    _resolve_soon(save.loop, [outcome])
+            self._queue.put(_SYNCED)
 
     def _fsync_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(FSYNC_THREADS - 1, thread_name_prefix="batchgen-fsync")
+            self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="batchgen-fsync")
         return self._pool
 
 
-def _write_batch(
-    saves: list[_Save], pool: Callable[[], ThreadPoolExecutor], timings: deque[float]
-) -> None:
-    files: list[_File] = []
-    for save in saves:
-        files.append(_File(save, save.sidecar_path, save.sidecar))
-        files.append(_File(save, save.image_path, save.data))
+def _write_tmp_files(save: _Save) -> None:
+    """Step 1: both files to their tmp names, left open for the commit's fsync."""
     try:
-        for f in files:  # 1. every file to its tmp name
-            if f.save.error is None:
-                _write_tmp(f)
-            f.data = b""
-        for save in saves:
-            # The bytes are in the page cache now: if the pool handed over its references
-            # (it does), big images are freed here, not only once the fsyncs are done.
-            save.data = save.sidecar = b""
-        pending = [f for f in files if f.save.error is None]
-        # 2. fsync. The first one here, timed; when fsyncs are quick (tmpfs, a disk with a safe
-        # write cache) the rest follow here too, else they are spread over threads to overlap
-        # the waits. The quickest of the last few batches decides: a single timing also counts
-        # the wait for the GIL after the call.
-        started = time.perf_counter()
-        _fsync_files(pending[:1])
-        pending = pending[1:]
-        if pending:
-            timings.append(time.perf_counter() - started)
-        if len(pending) < 2 or min(timings) < SLOW_FSYNC_S:
-            _fsync_files(pending)
-        else:
-            n = min(FSYNC_THREADS, len(pending))
-            chunks = [pending[i::n] for i in range(n)]
-            helpers: list[Future[None]] = []
-            try:
-                for chunk in chunks[1:]:
-                    try:
-                        helpers.append(pool().submit(_fsync_files, chunk))
-                    except RuntimeError:  # the interpreter is shutting down: do it here
-                        _fsync_files(chunk)
-                _fsync_files(chunks[0])
-            finally:
-                wait(helpers)  # no fd is closed while another thread may still fsync it
-            for fut in helpers:
-                fut.result()
-        for f in files:
-            _close(f)
-        for f in files:  # 3. per save: sidecar, then image, to their final names
-            if f.save.error is None:
-                try:
-                    os.replace(f.tmp, f.path)
-                except OSError as exc:
-                    f.save.error = _storage_error("write", f.path, exc)
-    finally:
-        for f in files:
-            _close(f)
-            if f.save.error is not None:
-                try:
-                    os.unlink(f.tmp)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    log.debug("could not remove %s", f.tmp)
+        save.sidecar_fd = _write_tmp(save.sidecar_path, save.sidecar)
+        save.image_fd = _write_tmp(save.image_path, save.data)
+    except StorageError as exc:
+        save.fail(exc)
+    except Exception as exc:  # a bug must fail the save loudly, never leave it waiting
+        log.error("the store's writer failed on %s", save.image_path, exc_info=True)
+        save.fail(StorageError(f"cannot write {save.image_path}: {exc!r}"))
+    # The bytes are in the page cache now. The pool keeps no reference of its own while it
+    # waits, so a big image is freed here rather than after the fsyncs.
+    save.data = save.sidecar = b""
 
 
-def _write_tmp(f: _File) -> None:
+def _write_tmp(path: str, data: bytes) -> int:
+    tmp = path + ".tmp"
+    fd = -1
     try:
-        f.fd = os.open(f.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
-        view = memoryview(f.data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        view = memoryview(data)
         while view:
-            view = view[os.write(f.fd, view) :]
+            view = view[os.write(fd, view) :]
+        return fd
     except OSError as exc:
-        f.save.error = _storage_error("write", f.path, exc)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _remove(tmp)
+        raise _storage_error("write", path, exc) from exc
 
 
-def _fsync_files(files: list[_File]) -> None:
-    for f in files:
-        if f.save.error is None:
-            try:
-                _fsync(f.fd)
-            except OSError as exc:
-                f.save.error = _storage_error("write", f.path, exc)
-
-
-def _close(f: _File) -> None:
-    if f.fd >= 0:
-        fd, f.fd = f.fd, -1
+def _fsync_all(fds: list[tuple[_Save, int]], timings: deque[float]) -> None:
+    """Step 2 (for some of a commit's files): fsync, timed."""
+    for save, fd in fds:
+        if save.error is not None:
+            continue
+        started = time.perf_counter()
         try:
-            os.close(fd)
+            _fsync(fd)
         except OSError as exc:
-            if f.save.error is None:
-                f.save.error = _storage_error("write", f.path, exc)
+            path = save.sidecar_path if fd == save.sidecar_fd else save.image_path
+            save.fail(_storage_error("write", path, exc))
+        except Exception as exc:  # a bug must fail the save loudly, never leave it waiting
+            log.error("the store's fsync failed on %s", save.image_path, exc_info=True)
+            save.fail(StorageError(f"cannot write {save.image_path}: {exc!r}"))
+        else:
+            timings.append(time.perf_counter() - started)
+
+
+def _finish(commit: list[_Save]) -> None:
+    """Step 3: per save, the sidecar and then the image to their final names; then one
+    ``call_soon_threadsafe`` per event loop with every outcome."""
+    try:
+        for save in commit:
+            for attr, path in (("sidecar_fd", save.sidecar_path), ("image_fd", save.image_path)):
+                fd = getattr(save, attr)
+                if fd < 0:
+                    continue
+                setattr(save, attr, -1)
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    save.fail(_storage_error("write", path, exc))
+            for path in (save.sidecar_path, save.image_path):
+                if save.error is not None:
+                    _remove(path + ".tmp")
+                    continue
+                try:
+                    os.replace(path + ".tmp", path)
+                except OSError as exc:
+                    save.fail(_storage_error("write", path, exc))
+                    _remove(path + ".tmp")
+    except Exception as exc:  # a bug must fail the saves loudly, never leave them waiting
+        log.error("the store's writer failed", exc_info=True)
+        for save in commit:
+            save.fail(StorageError(f"cannot write {save.image_path}: {exc!r}"))
+    finally:
+        outcomes = [(save.future, save.error) for save in commit]
+        loop = commit[0].loop
+        if all(save.loop is loop for save in commit):
+            _resolve_soon(loop, outcomes)
+        else:  # more than one event loop used the store: tell each its own
+            for save, outcome in zip(commit, outcomes, strict=True):
+                _resolve_soon(save.loop, [outcome])
+
+
+def _remove(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.debug("could not remove %s", tmp)
 
 
 def _resolve_soon(

@@ -542,9 +542,9 @@ def scenario_planning(server: Server, report: Report) -> None:
         raise RuntimeError(f"planning child failed: {child.stderr}")
     report.add(
         "4 planning",
-        "Manifest.validate + read_index + Plan.count",
-        f"{r['total_s']:.1f} s (validate {r['validate_s']:.1f}, read_index "
-        f"{r['read_index_s']:.1f}, count {r['count_s']:.1f})",
+        "read_index + Manifest.validate counting the plan in one pass",
+        f"{r['total_s']:.1f} s (read_index {r['read_index_s']:.1f}, validate + count "
+        f"{r['validate_count_s']:.1f})",
         f"< {MAX_PLAN_S:.0f} s",
         r["total_s"] < MAX_PLAN_S,
     )

@@ -148,3 +148,24 @@ def test_close_finishes_queued_saves_and_stops_the_thread(tmp_path: Path) -> Non
     asyncio.run(main())
     assert (store.images_dir / "again.png").read_bytes() == b"x"
     assert not [t for t in threading.enumerate() if t.name == "batchgen-store"]
+
+
+def test_a_bug_in_the_writer_fails_the_saves_instead_of_hanging_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(save: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store_mod, "_write_tmp_files", broken)
+    store = _store(tmp_path)
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.wait_for(_save_many(store, 5), timeout=10)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        monkeypatch.undo()
+        store.close()
+    assert all(isinstance(r, StorageError) and "boom" in str(r) for r in results)
+    assert not [n for n in os.listdir(store.images_dir) if n.endswith(".tmp")]
