@@ -217,39 +217,13 @@ def _refresh_gallery(out: Path) -> Path | None:
 
 
 def summarize(result: RunResult, out: Path, gallery: Path | None = None) -> int:
-    from .run import command_line
+    from .run import summary_lines
 
-    def echo(line: str) -> None:
+    for line in summary_lines(result, out, gallery):
         click.echo(line, err=True)
-
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items()))
-    echo(
-        f"done: {result.succeeded} succeeded, {result.failed} failed"
-        + (f" ({errors})" if errors else "")
-        + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
-    )
-    if gallery is not None:
-        echo(f"gallery: {gallery}")
-    reason = result.stop_reason
-    if reason is StopReason.COMPLETED:
-        if result.failed_permanent:
-            echo(f"to retry the permanent failures: {command_line()} --retry-failed")
-        if result.failed > result.failed_permanent:
-            echo(f"to retry the jobs that ran out of attempts: {command_line()}")
-        if result.failed:
-            return EXIT_FAILED
-        return EXIT_OK
-    if reason is StopReason.INTERRUPTED:
-        echo(f"interrupted; to resume: {command_line()}")
-    elif reason is StopReason.BUDGET:
-        echo(
-            f"budget reached: spent ${result.spent_usd:.2f} of the {result.stop_message} budget; "
-            f"to continue, raise --budget: {command_line()}"
-        )
-    else:
-        echo(f"stopped: {redact(result.stop_message)}")
-        echo(f"fix the cause, then resume with: {command_line()}")
-    return STOP_EXIT[reason]
+    if result.stop_reason is StopReason.COMPLETED:
+        return EXIT_FAILED if result.failed else EXIT_OK
+    return STOP_EXIT[result.stop_reason]
 
 
 @main.command()

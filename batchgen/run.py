@@ -313,3 +313,32 @@ def command_line() -> str:
     """The command as typed, to print as the way to resume. Never carries a key: keys are env."""
     args = [a for a in sys.argv[1:]]
     return redact("batchgen " + shlex.join(args))
+
+
+def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[str]:
+    """What ``run`` says at its end: counts, spend, where to look, and how to go on."""
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items()))
+    lines = [
+        f"done: {result.succeeded} succeeded, {result.failed} failed"
+        + (f" ({errors})" if errors else "")
+        + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
+    ]
+    if gallery is not None:
+        lines.append(f"gallery: {gallery}")
+    command, reason = command_line(), result.stop_reason
+    if reason is StopReason.COMPLETED:
+        if result.failed_permanent:
+            lines.append(f"to retry the permanent failures: {command} --retry-failed")
+        if result.failed > result.failed_permanent:
+            lines.append(f"to retry the jobs that ran out of attempts: {command}")
+    elif reason is StopReason.INTERRUPTED:
+        lines.append(f"interrupted; to resume: {command}")
+    elif reason is StopReason.BUDGET:
+        lines.append(
+            f"budget reached: spent ${result.spent_usd:.2f} of the {result.stop_message} budget; "
+            f"to continue, raise --budget: {command}"
+        )
+    else:
+        lines.append(f"stopped: {redact(result.stop_message)}")
+        lines.append(f"fix the cause, then resume with: {command}")
+    return lines
