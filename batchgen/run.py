@@ -124,7 +124,9 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
     lock_error: BatchgenError | None = None
     index = LedgerIndex()
     orphans: list[LedgerRecord] = []
-    if folder.path.exists():
+    # Lock first only a folder that an earlier run has used: bad input must create nothing,
+    # not even a lock file in a folder that merely exists.
+    if (folder.path / LOCK_FILE).exists():
         try:
             lock = folder.lock()
         except (InputError, StorageError) as exc:
@@ -187,7 +189,8 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
 
 
 def _made_meanwhile(folder: RunFolder) -> bool:
-    """Whether the folder, just made by :meth:`RunFolder.lock`, holds more than the lock file."""
+    """Whether the folder, just locked by :meth:`RunFolder.lock`, holds more than the lock file
+    (another run's ledger, or any files at all): then the plan is read again against it."""
     with os.scandir(folder.path) as entries:
         return any(entry.name != LOCK_FILE for entry in entries)
 

@@ -63,3 +63,13 @@ def test_key_inside_the_base_url_never_reaches_run_json(server: ThreadedFakeServ
                                                                                        "replace")]
     assert not leaked, leaked
     assert json.loads((out / "run.json").read_text())  # still a valid run.json
+
+
+def test_bad_input_creates_nothing_in_an_existing_folder(tmp_path: Path) -> None:
+    out = tmp_path / "outdir"
+    out.mkdir()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": ""}\nnot json\n')
+    r = cli("run", bad, "--fake", "--out", out, "--yes")
+    assert r.code == 2, r.output
+    assert list(out.iterdir()) == []
