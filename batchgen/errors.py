@@ -173,22 +173,3 @@ class ModelNotFoundError(FatalError):
 
 class DailyQuotaError(FatalError):
     kind = ErrorKind.DAILY_QUOTA
-
-
-KIND_TO_CLASS: dict[ErrorKind, type[APIError]] = {
-    cls.kind: cls
-    for cls in (
-        RateLimitError,
-        ServerError,
-        TimeoutError_,
-        ConnectionError_,
-        BadResponseError,
-        InvalidRequestError,
-        BlockedError,
-        NoImageError,
-        ReferenceError_,
-        AuthError,
-        ModelNotFoundError,
-        DailyQuotaError,
-    )
-}

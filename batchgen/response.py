@@ -44,10 +44,8 @@ class Parsed:
 
     data: bytes | None
     url: str | None
-    declared_mime: str | None
     text: str | None
     usage: dict[str, Any] | None
-    model_version: str | None
     dropped_thought_images: int
 
 
@@ -96,9 +94,8 @@ def parse_answer(obj: Any) -> Parsed:
     content = cand.get("content") or {}
     parts = content.get("parts") or [] if isinstance(content, dict) else []
 
-    data: bytes | None = None
+    b64: str | None = None  # the last final image, decoded once after the loop
     url: str | None = None
-    mime: str | None = None
     texts: list[str] = []
     dropped = 0
     for part in parts:
@@ -112,22 +109,19 @@ def parse_answer(obj: Any) -> Parsed:
                 dropped += 1
             continue
         if isinstance(inline, dict) and inline.get("data"):
-            # Keep only the last: decoding every candidate image would copy megabytes for nothing.
-            data, url = None, None
-            mime = _get(inline, "mimeType", "mime_type")
-            data = decode_b64(inline["data"])
+            # Keep only the last: decoding every final image would copy megabytes for nothing.
+            b64, url = str(inline["data"]), None
         elif isinstance(file_data, dict) and _get(file_data, "fileUri", "file_uri"):
-            data, url = None, str(_get(file_data, "fileUri", "file_uri"))
-            mime = _get(file_data, "mimeType", "mime_type")
+            b64, url = None, str(_get(file_data, "fileUri", "file_uri"))
         elif isinstance(part.get("text"), str):
             text = part["text"]
             texts.append(text)
             found = find_image_url(text)
             if found:
-                data, url, mime = None, found, None
+                b64, url = None, found
 
     text_out = "\n".join(t for t in texts if t.strip()) or None
-    if data is None and url is None:
+    if b64 is None and url is None:
         if finish in SAFETY_FINISH:
             raise BlockedError(f"finishReason {finish}", usage=usage)
         if finish and finish != "STOP":
@@ -136,11 +130,9 @@ def parse_answer(obj: Any) -> Parsed:
         why = f"the model answered in text only: {snippet!r}" if snippet else "no image"
         raise NoImageError(why, usage=usage)
     return Parsed(
-        data=data,
+        data=None if b64 is None else decode_b64(b64),
         url=url,
-        declared_mime=mime,
         text=text_out,
         usage=usage,
-        model_version=_get(obj, "modelVersion", "model_version"),
         dropped_thought_images=dropped,
     )

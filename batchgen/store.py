@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,9 @@ class ImageStore:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        base = os.path.join(self._images, job_id)
-        image = f"{base}.{EXTENSIONS.get(mime_type, 'bin')}"
-        save = _Save(f"{base}.json", sidecar, image, data, loop, future)
+        image = os.path.join(self._images, _image_name(job_id, mime_type))
+        sidecar_path = os.path.join(self._images, f"{job_id}.json")
+        save = _Save(sidecar_path, sidecar, image, data, loop, future)
         del data, sidecar  # the writer drops them once written, before the fsyncs
         while self._writer is None or not self._writer.submit(save):
             self._writer = _Writer()
@@ -418,5 +418,5 @@ def adopt_orphans(run_dir: Path, done: set[str]) -> list[LedgerRecord]:
         if record.status is not JobStatus.SUCCEEDED or not record.outputs:
             continue
         if all((run_dir / out).is_file() for out in record.outputs):
-            adopted.append(record.__class__.from_dict({**record.to_dict(), "adopted": True}))
+            adopted.append(replace(record, adopted=True))
     return adopted
