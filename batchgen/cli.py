@@ -142,6 +142,15 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end.")
 @click.option("-v", "--verbose", count=True, help="Log every attempt (debug).")
+@click.option("--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="batch: the Gemini Batch API, half price, results within 24 h (google only).")
+@click.option("--wait", is_flag=True, help="Batch mode: poll until every batch is collected.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Batch mode: jobs per batch at most.")
+@click.option("--poll-interval", type=click.FloatRange(0.01), default=30.0, show_default=True,
+              help="Batch mode with --wait: seconds between polls, at least.")
+@click.option("--max-file-bytes", type=click.IntRange(1024), default=None, hidden=True,
+              help="Batch mode: request file size cap (for tests; the service's is 2 GB).")
 @guarded
 def run(manifest: Path, **o: Any) -> None:
     """Generate every job in MANIFEST that the run folder does not have yet."""
@@ -176,6 +185,10 @@ def run(manifest: Path, **o: Any) -> None:
         },
     )
     selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"])
+    if o["mode"] == "batch":
+        from .batch.command import run_command
+
+        sys.exit(run_command(req, selection, o))
     prep = prepare(req, selection=selection)
     adopt_orphans(prep)
     for warning in prep.summary.warnings:
@@ -183,6 +196,9 @@ def run(manifest: Path, **o: Any) -> None:
     c = prep.counts
     if prep.change:
         click.echo(prep.change, err=True)
+    if c.in_batch:
+        click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
+                   "them)", err=True)
     click.echo(
         f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
         f"estimated ${c.estimate_usd:.2f}",
@@ -252,15 +268,31 @@ def validate(manifest: Path, model: str | None, provider: str | None) -> None:
 @guarded
 def status(run_dir: Path, as_json: bool) -> None:
     """Counts and spend of a run folder (needs no manifest and no key)."""
+    from .batch.command import batch_rows, format_batches
     from .report import format_status, load_status
 
     st = load_status(run_dir)
+    batches = batch_rows(run_dir)
     if as_json:
         import orjson
 
-        click.echo(orjson.dumps(st.to_json()).decode())
+        click.echo(orjson.dumps({**st.to_json(), "batches": batches}).decode())
     else:
-        click.echo(format_status(st))
+        click.echo(format_status(st) + ("\n" + format_batches(batches) if batches else ""))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (for scripts).")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), help="[from run.json]")
+@click.option("--base-url", help="[from run.json]")
+@guarded
+def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None) -> None:
+    """Cancel the run folder's running batches; their jobs go back to pending."""
+    from .batch.command import cancel_command
+
+    setup_logging(0)
+    sys.exit(cancel_command(run_dir, yes, provider, base_url))
 
 
 @main.command("fake-server")
@@ -308,6 +340,8 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
 @click.option("--only", metavar="ID_GLOB", help="Only jobs whose id matches.")
 @click.option("--shard", metavar="K/N", help="Only this machine's share of the jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="batch: show live and batch cost side by side.")
 @guarded
 def estimate(manifest: Path, **o: Any) -> None:
     """What running MANIFEST would cost and take, before anything is spent."""
@@ -324,12 +358,17 @@ def estimate(manifest: Path, **o: Any) -> None:
     ))
     for warning in est.warnings:
         click.echo(f"warning: {warning}", err=True)
+    side, extra = "", dict[str, Any]()
+    if o["mode"] == "batch":
+        from .batch.command import estimate_side_by_side
+
+        side, extra = estimate_side_by_side(est, o["prices"])
     if o["as_json"]:
         import orjson
 
-        click.echo(orjson.dumps(est.to_json()).decode())
+        click.echo(orjson.dumps({**est.to_json(), **extra}).decode())
     else:
-        click.echo(format_estimate(est))
+        click.echo(format_estimate(est) + side)
 
 
 @main.command()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .plan import Plan, RunFolder, Selection, read_index
+from .plan import Plan, RunFolder, Selection, mark_in_batch, read_index
 from .pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from .spec import JobSpec
 
@@ -177,6 +177,7 @@ def estimate(req: EstimateRequest) -> Estimate:
         raise
     # The ledger first, so the plan is counted in the same pass that validates the manifest.
     index = read_index(RunFolder(run_dir).ledger_path)
+    mark_in_batch(run_dir, index)
     breakdown = _Breakdown(prices)
     plan = Plan(manifest.iter_jobs, index, req.selection, breakdown)
     summary = manifest.validate(visit=plan.count_job)

@@ -63,6 +63,10 @@ class LedgerRecord:
     started_at: str = ""
     adopted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the job was made: "live" (generateContent) or "batch" (the Batch API, then ``batch``
+    # names the batch, ``batches/...``).
+    mode: str = "live"
+    batch: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -98,7 +102,10 @@ class LedgerRecord:
             "mime_type": self.mime_type,
             "sha256": self.sha256,
             "started_at": self.started_at,
+            "mode": self.mode,
         }
+        if self.batch is not None:
+            d["batch"] = self.batch
         if self.adopted:
             d["adopted"] = True
         if self.extra:
@@ -135,6 +142,8 @@ class LedgerRecord:
             started_at=str(d.get("started_at", "")),
             adopted=bool(d.get("adopted", False)),
             extra=dict(d.get("extra") or {}),
+            mode=str(d.get("mode") or "live"),
+            batch=d.get("batch"),
         )
 
 

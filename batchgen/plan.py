@@ -32,6 +32,8 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 SUCCEEDED = "succeeded"
 RETRYABLE = "retryable"
+# Sits in a batch that may still run (batch mode): neither sent live nor put in another batch.
+IN_BATCH = "in_batch"
 # Bigger than the default 8 KiB: a 750 MB ledger is then 12,000 reads instead of 92,000.
 _READ_BUFFER = 1 << 16
 
@@ -88,6 +90,19 @@ def read_index(ledger: Path) -> LedgerIndex:
     return index
 
 
+def mark_in_batch(run_dir: Path, index: LedgerIndex) -> None:
+    """Mark the jobs that sit in one of the folder's open batches (batch mode) as IN_BATCH, so
+    that no plan, live or batch, sends them again while the batch may still deliver them."""
+    from .batch.journal import JOURNAL_NAME, Journal
+
+    if not (run_dir / JOURNAL_NAME).exists():
+        return
+    states = index.states
+    for job_id in Journal(run_dir).open_job_ids():
+        if states.get(job_id) != SUCCEEDED:
+            states[job_id] = IN_BATCH
+
+
 def shard_of(job_id: str, n: int) -> int:
     """The 1-based shard a job belongs to: a hash of its id, the same on every machine."""
     digest = hashlib.blake2b(job_id.encode(), digest_size=8).digest()
@@ -127,6 +142,7 @@ class PlanCounts:
     failed_skipped: int = 0
     pending: int = 0
     new: int = 0
+    in_batch: int = 0
     by_size: dict[str, int] = field(default_factory=dict)
     estimate_usd: float = 0.0
 
@@ -160,7 +176,7 @@ class Plan:
 
     def _wants(self, job_id: str, state: str | None) -> bool:
         """``wants`` for a job already known to be in scope, with its ledger state."""
-        if state == SUCCEEDED or not self.selection.picked(job_id):
+        if state in (SUCCEEDED, IN_BATCH) or not self.selection.picked(job_id):
             return False
         if state is None or state == RETRYABLE:
             return True
@@ -181,6 +197,9 @@ class Plan:
             wanted = sel.only is None or sel.picked(job_id)
         elif state == SUCCEEDED:
             c.done += 1
+            return
+        elif state == IN_BATCH:
+            c.in_batch += 1
             return
         else:
             wanted = self._wants(job_id, state)

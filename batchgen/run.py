@@ -32,6 +32,7 @@ from .plan import (
     Selection,
     describe_change,
     manifest_sha256,
+    mark_in_batch,
     now_iso,
     read_index,
 )
@@ -135,6 +136,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         if lock is not None:
             index = read_index(folder.ledger_path)
             orphans = folder.orphans(index)
+            mark_in_batch(folder.path, index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
         summary = manifest.validate(visit=None if lock_error else plan.count_job)
@@ -156,6 +158,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 # Another run made the folder while this one validated: plan against its ledger.
                 index = read_index(folder.ledger_path)
                 orphans = folder.orphans(index)
+                mark_in_batch(folder.path, index)
                 plan.index = index
                 plan.count(price)
         counts = plan.counts
