@@ -307,8 +307,13 @@ def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None)
 @click.option(
     "--url-output", type=click.Choice(["file_data", "text", "markdown", "escaped", "data"])
 )
+@click.option("--batch-seconds", type=click.FloatRange(0.0), default=2.0, show_default=True,
+              help="Seconds a batch takes from create to done.")
+@click.option("--batch-fault", "batch_faults", multiple=True, metavar="NAME=VALUE",
+              help="duplicate_rate=0.1, line_error_rate=0.1, create_503=1, expire=1, fail=1.")
 def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
-                faults: tuple[str, ...], rpm: int | None, url_output: str | None) -> None:
+                faults: tuple[str, ...], rpm: int | None, url_output: str | None,
+                batch_seconds: float, batch_faults: tuple[str, ...]) -> None:
     """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
     from .fake import FakeConfig, run_forever
 
@@ -319,8 +324,23 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             rates[name] = float(rate)
         except ValueError:
             fail(f"--fault {item!r}: expected NAME=RATE, e.g. 503=0.1")
-    config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
-                        rpm_limit=rpm, url_output=url_output)
+    batch: dict[str, Any] = {}
+    kinds = {"duplicate_rate": float, "line_error_rate": float, "create_503": int,
+             "expire": bool, "fail": bool}
+    for item in batch_faults:
+        name, _, value = item.partition("=")
+        if name not in kinds:
+            fail(f"--batch-fault {item!r}: NAME is one of {', '.join(kinds)}")
+        try:
+            batch[f"batch_{name}"] = kinds[name](float(value))
+        except ValueError:
+            fail(f"--batch-fault {item!r}: expected NAME=NUMBER, e.g. duplicate_rate=0.1")
+    try:
+        config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
+                            rpm_limit=rpm, url_output=url_output, batch_seconds=batch_seconds,
+                            **batch)
+    except ValueError as exc:
+        fail(str(exc))
     run_forever(config, host, port)
 
 

@@ -114,6 +114,18 @@ class ApiError(Exception):
         )
 
 
+class SchemaError(ApiError):
+    """The body does not fit the request's schema (not an object, an unknown field name).
+
+    The Batch API checks exactly this when a batch is created; everything else about a line
+    (a bad ratio, a broken image) only shows when the line runs, as that line's error.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(400, "INVALID_ARGUMENT", message)
+        self.field = field
+
+
 def invalid(message: str, details: list[dict[str, Any]] | None = None) -> ApiError:
     return ApiError(400, "INVALID_ARGUMENT", message, details)
 
@@ -126,14 +138,15 @@ def _fields(obj: object, known: frozenset[str], where: str) -> dict[str, Any]:
     """``obj`` with snake_case keys; unknown names are the service's 'Cannot find field'."""
     if not isinstance(obj, dict):
         at = f" at '{where}'" if where else ""
-        raise invalid(f"Invalid JSON payload received. Expected an object{at}.")
+        raise SchemaError(f"Invalid JSON payload received. Expected an object{at}.")
     out: dict[str, Any] = {}
     for key, value in obj.items():
         name = _snake(key)
         if name not in known:
             at = f" at '{where}'" if where else ""
-            raise invalid(
-                f'Invalid JSON payload received. Unknown name "{key}"{at}: Cannot find field.'
+            raise SchemaError(
+                f'Invalid JSON payload received. Unknown name "{key}"{at}: Cannot find field.',
+                str(key),
             )
         out[name] = value
     return out
@@ -163,12 +176,24 @@ def parse_request(body: bytes, model: str) -> ParsedRequest:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid(f"Invalid JSON payload received. {exc}") from None
+    return parse_request_obj(data, model)
+
+
+def parse_request_obj(data: object, model: str) -> ParsedRequest:
+    """A decoded GenerateContentRequest, checked as the service does (batch lines use this)."""
     top = _fields(data, _TOP_FIELDS, "")
     contents = top.get("contents")
     if not contents:
         raise invalid("* GenerateContentRequest.contents: contents is not specified")
     if not isinstance(contents, list):
-        raise invalid("Invalid JSON payload received. 'contents' must be a list.")
+        raise SchemaError("Invalid JSON payload received. 'contents' must be a list.", "contents")
+    system = top.get("system_instruction")
+    if system is not None and not isinstance(system, dict):
+        # A list here is a common mistake: protobuf JSON wants one Content object.
+        raise SchemaError(
+            "Invalid JSON payload received. 'system_instruction' must be a Content object.",
+            "system_instruction",
+        )
 
     texts: list[str] = []
     n_images = 0
