@@ -28,7 +28,7 @@ from aiohttp import web
 from .answers import bad_key, missing_key
 from .faults import FakeConfig
 from .stats import FakeStats
-from .validate import ApiError, invalid
+from .validate import ApiError, invalid, snake
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class FilesApi:
                 raise invalid(f"Invalid JSON payload received. {exc}") from None
             if not isinstance(body, dict) or not isinstance(body.get("file", {}), dict):
                 raise invalid("Invalid JSON payload received. Expected {\"file\": {...}}.")
-            meta = {_snake(k): v for k, v in body.get("file", {}).items()}
+            meta = {snake(k): v for k, v in body.get("file", {}).items()}
         declared_raw = request.headers.get("X-Goog-Upload-Header-Content-Length")
         declared = None
         if declared_raw is not None:
@@ -481,6 +481,3 @@ class FilesApi:
             return error_response(err)
         return web.FileResponse(stored.path, headers={"Content-Type": stored.mime_type})
 
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
