@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -115,21 +115,24 @@ class Recorder:
         self.tally.spent_usd += cost
         self.index.cost_usd += cost
 
-    async def success(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
-                      text: str | None, **kw: Any) -> LedgerRecord:
-        record = LedgerRecord(
+    def success_record(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
+                       text: str | None, **kw: Any) -> LedgerRecord:
+        return LedgerRecord(
             status=JobStatus.SUCCEEDED,
             outputs=(self.store.relpath(spec.job_id, mime),),
             text=text, width=size[0], height=size[1], mime_type=mime, sha256=sha256_hex(data),
             **self._fields(spec, **kw),
         )
+
+    async def save_success(self, record: LedgerRecord, data: bytes) -> None:
+        """Image and sidecar durable, then the ledger line: the order live mode keeps."""
         line = record.to_line()
-        await self.store.save(spec.job_id, data, mime, sidecar=line)
+        assert record.mime_type is not None
+        await self.store.save(record.job_id, data, record.mime_type, sidecar=line)
         self.ledger.append_line(line)
-        self.index.states[spec.job_id] = SUCCEEDED
+        self.index.states[record.job_id] = SUCCEEDED
         self._charge(record.cost_usd)
         self.tally.succeeded += 1
-        return record
 
     def duplicate(self, kept: LedgerRecord, cost: float, line: int) -> None:
         """A further billed line for a job already kept: its cost, on a copy of the kept record."""
@@ -218,6 +221,11 @@ async def _lines(api: BatchAPI, output: dict[str, Any]) -> AsyncIterator[dict[st
             yield {**item, "key": meta.get("key") if isinstance(meta, dict) else None}
 
 
+# Saves in flight while the next lines are read: each waits for its fsyncs, and the store's
+# writer makes many durable at once, so collecting is not one fsync round-trip per image.
+SAVES_IN_FLIGHT = 64
+
+
 class Collector:
     def __init__(self, api: BatchAPI, journal: Journal, recorder: Recorder,
                  stop: asyncio.Event) -> None:
@@ -225,6 +233,38 @@ class Collector:
         self.journal = journal
         self.rec = recorder
         self.stop = stop
+        self._slots = asyncio.Semaphore(SAVES_IN_FLIGHT)
+        self._saves: set[asyncio.Task[None]] = set()
+        self._by_job: dict[str, asyncio.Task[None]] = {}
+
+    async def _saving(self, job_id: str, save: Coroutine[Any, Any, None]) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(save)
+        self._saves.add(task)
+        self._by_job[job_id] = task
+        task.add_done_callback(lambda t: self._saved(job_id, t))
+
+    def _saved(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._slots.release()
+        if self._by_job.get(job_id) is task:
+            del self._by_job[job_id]
+        if task.cancelled() or task.exception() is None:
+            self._saves.discard(task)  # a failed one stays, for _drain to raise
+
+    async def _kept_saved(self, job_id: str) -> None:
+        """A line about a job whose image is still being saved waits for that save: no ledger
+        line may name an image before the image is on disk."""
+        task = self._by_job.get(job_id)
+        if task is not None:
+            await asyncio.wait([task])
+
+    async def _drain(self) -> None:
+        """Wait for every save in flight; a failed save (a full disk) stops the run."""
+        saves, self._saves = self._saves, set()
+        results = await asyncio.gather(*saves, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def collect(self, batch: BatchRecord, op: dict[str, Any]) -> bool:
         """Put every result of a finished batch into the store and ledger; False if stopped
@@ -237,30 +277,14 @@ class Collector:
         if not batch.collecting:
             self.journal.update(batch.display_name, collecting=True,
                                 responses_file=(output or {}).get("responsesFile"))
-        started = batch.created_at or batch.intent_at
-        latency = _seconds_since(started)
         seen: set[str] = set()
-        lineno = 0
-        if output is not None:
-            async for obj in _lines(self.api, output):
-                lineno += 1
-                if self.stop.is_set():
-                    return False
-                key = obj.get("key")
-                d = jobs.get(str(key)) if key is not None else None
-                if d is None:
-                    if obj:
-                        log.warning("%s: result line %d has an unknown key %r", name, lineno, key)
-                    continue
-                spec = spec_from_line(d)
-                seen.add(spec.job_id)
-                if lineno in done.lines:
-                    continue
-                kw = {"batch": name, "started": started, "latency": latency, "line": lineno}
-                await self._one(spec, obj, done, kw)
-                crash_point("mid_collect")
-                if lineno % 64 == 0:
-                    await asyncio.sleep(0)  # let Ctrl-C and the progress bar in
+        try:
+            if output is not None:
+                await self._read(name, batch, output, jobs, done, seen)
+        finally:
+            await self._drain()
+        if self.stop.is_set():
+            return False
         returned = sum(1 for job_id in jobs if job_id not in seen and job_id not in done.kept)
         for job_id in jobs:
             if job_id not in seen and job_id not in done.kept:
@@ -270,6 +294,31 @@ class Collector:
                             succeeded=kept, failed=failed, returned=returned)
         await self._clean_up(batch)
         return True
+
+    async def _read(self, name: str, batch: BatchRecord, output: dict[str, Any],
+                    jobs: dict[str, dict[str, Any]], done: _Done, seen: set[str]) -> None:
+        started = batch.created_at or batch.intent_at
+        latency = _seconds_since(started)
+        lineno = 0
+        async for obj in _lines(self.api, output):
+            lineno += 1
+            if self.stop.is_set():
+                return
+            key = obj.get("key")
+            d = jobs.get(str(key)) if key is not None else None
+            if d is None:
+                if obj:
+                    log.warning("%s: result line %d has an unknown key %r", name, lineno, key)
+                continue
+            spec = spec_from_line(d)
+            seen.add(spec.job_id)
+            if lineno in done.lines:
+                continue
+            kw = {"batch": name, "started": started, "latency": latency, "line": lineno}
+            await self._one(spec, obj, done, kw)
+            crash_point("mid_collect")
+            if lineno % 64 == 0:
+                await asyncio.sleep(0)  # let Ctrl-C and the progress bar in
 
     async def _one(self, spec: JobSpec, obj: dict[str, Any], done: _Done,
                    kw: dict[str, Any]) -> None:
@@ -281,6 +330,7 @@ class Collector:
             usage = resp.get("usageMetadata") if isinstance(resp, dict) else None
             cost = prices.from_usage(spec, usage) if usage else prices.estimate(spec)
             if kept is not None:
+                await self._kept_saved(job_id)
                 self.rec.duplicate(kept, cost, kw["line"])  # billed again; keep the first
                 return
             try:
@@ -299,8 +349,10 @@ class Collector:
                 done.failed.add(job_id)
                 self.rec.failure(spec, exc, cost=cost, **kw)
                 return
-            done.kept[job_id] = await self.rec.success(spec, data, mime, size, parsed.text,
-                                                       cost=cost, usage=usage, **kw)
+            record = self.rec.success_record(spec, data, mime, size, parsed.text, cost=cost,
+                                             usage=usage, **kw)
+            done.kept[job_id] = record  # before it is saved: a duplicate may follow at once
+            await self._saving(job_id, self.rec.save_success(record, data))
         elif "error" in obj:
             if kept is not None or job_id in done.failed:
                 return  # an error line beside a result already recorded: nothing new

@@ -36,8 +36,8 @@ def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
         for warning in prep.summary.warnings:
             click.echo(f"warning: {warning}", err=True)
         c = prep.counts
-        if prep.change:
-            click.echo(prep.change, err=True)
+        if prep.change and prep.change.startswith("manifest changed"):
+            click.echo(prep.change.split(":")[0], err=True)
         model = header.model or req.model or DEFAULT_MODEL
         discount = PriceTable.load(req.prices).price(model).batch_discount
         batch_usd = c.estimate_usd * discount

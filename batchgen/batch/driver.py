@@ -141,7 +141,8 @@ class BatchRun:
     async def _loop(self, api: BatchAPI, cs: ClientSettings, recorder: Recorder,
                     bar: _Bar) -> Outcome:
         collector = Collector(api, self.journal, recorder, self.stop)
-        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.settings)
+        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.settings,
+                              self.stop)
         interval = self.settings.poll_interval_s
         delay = interval
         first = True
@@ -195,7 +196,12 @@ class BatchRun:
         finished = 0
         for rec in [r for r in self.journal.open_records() if r.name is not None]:
             assert rec.name is not None
-            op = await api.get(rec.name)
+            try:
+                op = await api.get(rec.name)
+            except e.ModelNotFoundError:  # 404: deleted on the service; nothing to collect
+                self._close(rec, "deleted")
+                finished += 1
+                continue
             state = str(batch_info(op).get("state") or "")
             if state != rec.state:
                 self.journal.update(rec.display_name, state=state, counts=stats_of(op))

@@ -70,7 +70,8 @@ class Submitted:
 
 class Submitter:
     def __init__(self, api: BatchAPI, journal: Journal, client: GeminiClient,
-                 recorder: Recorder, settings: BatchSettings) -> None:
+                 recorder: Recorder, settings: BatchSettings, stop: asyncio.Event) -> None:
+        self.stop = stop  # Ctrl-C: no new batch is started; the one being created finishes
         self.api = api
         self.journal = journal
         self.client = client  # builds request bodies only; sends nothing
@@ -111,6 +112,8 @@ class Submitter:
         budget = self.settings.budget_usd
         committed = self.committed_usd()
         for spec in jobs:
+            if self.stop.is_set():
+                break
             reserve = self.rec.prices.reserve(spec)
             if budget is not None and committed + group.reserve_usd + reserve > budget:
                 out.budget_cut = True
@@ -125,7 +128,7 @@ class Submitter:
                 committed += await self._seal(group, out)
                 group = _Group(self.journal)
             group.add(spec, line, reserve, self.rec.prices.estimate(spec))
-        if group.jobs:
+        if group.jobs and not self.stop.is_set():
             await self._seal(group, out)
         else:
             group.discard()
