@@ -86,7 +86,7 @@ def test_300_jobs_with_references_at_half_the_live_price(bserver: ThreadedFakeSe
     out = tmp_path / "batch"
     first = brun(bserver, m, out, "--batch-size", "100")
     assert first.code == 5, first.output
-    assert "submitted 300 jobs in 3 batches" in first.output
+    assert "submitted 300 jobs in 3 batches, estimated $" in first.output
     assert "re-run this command to collect" in first.output
     second = brun(bserver, m, out, "--wait")
     assert second.code == 0, second.output

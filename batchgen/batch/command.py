@@ -42,11 +42,10 @@ def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
         discount = PriceTable.load(req.prices).price(model).batch_discount
         batch_usd = c.estimate_usd * discount
         running = f", {c.in_batch} in running batches" if c.in_batch else ""
-        click.echo(
-            f"{c.pending} to submit ({c.done} already done{running}) -> {prep.folder.path}  "
-            f"estimated ${batch_usd:.2f} at batch prices (${c.estimate_usd:.2f} live)",
-            err=True,
-        )
+        cost = (f"  estimated ${batch_usd:.2f} at batch prices (${c.estimate_usd:.2f} live)"
+                if c.pending else "")
+        click.echo(f"{c.pending} to submit ({c.done} already done{running}) -> "
+                   f"{prep.folder.path}{cost}", err=True)
         if c.pending == 0 and not Journal(prep.folder.path).open_records():
             click.echo("nothing to do: every job is done", err=True)
             return EXIT_OK if c.failed_skipped == 0 else 1
@@ -130,7 +129,7 @@ def format_batches(rows: list[dict[str, Any]]) -> str:
 def estimate_side_by_side(est: Any, prices_path: Path | None) -> tuple[str, dict[str, Any]]:
     """Live and batch cost of an estimate's rows, next to each other."""
     prices = PriceTable.load(prices_path)
-    lines = ["", f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'live':>10} "
+    lines = ["", "", f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'live':>10} "
              f"{'batch':>10}"]
     batch_total = 0.0
     for r in est.rows:

@@ -154,7 +154,7 @@ class BatchRun:
             if first or changed:
                 sub = await submitter.submit(self._jobs())
                 self._add(sub)
-                if sub.batches:
+                if sub.batches and self.settings.wait:
                     click.echo(
                         f"submitted {sub.jobs} jobs in {sub.batches} "
                         f"batch{'es' if sub.batches != 1 else ''}; estimated "
@@ -253,9 +253,12 @@ class BatchRun:
             if self.budget_cut:
                 click.echo("budget: the remaining jobs do not fit in --budget next to the "
                            "running batches' worst case", err=True)
-            n = len(open_recs)
-            click.echo(f"submitted {jobs} jobs in {n} batch{'es' if n != 1 else ''}; "
-                       f"re-run this command to collect: {cmd}", err=True)
+            sub = self.submitted
+            if sub.batches:
+                click.echo(f"submitted {sub.jobs} jobs in {_batches(sub.batches)}, estimated "
+                           f"${sub.estimate_usd:.2f} at batch prices", err=True)
+            click.echo(f"{jobs} jobs in {_batches(len(open_recs))} running; re-run this "
+                       f"command to collect: {cmd}", err=True)
             return Outcome(EXIT_RUNNING, False)
         counts = self.prep.plan.count()
         if self.budget_cut and counts.pending:
@@ -271,6 +274,10 @@ class BatchRun:
         if counts.failed_skipped:
             click.echo(f"to retry the permanent failures: {cmd} --retry-failed", err=True)
         return Outcome(EXIT_FAILED if failed else EXIT_OK, True)
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch{'es' if n != 1 else ''}"
 
 
 def run_batch(prep: Prepared, req: RunRequest, settings: BatchSettings) -> Outcome:
