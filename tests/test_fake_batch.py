@@ -561,3 +561,49 @@ def test_stats_endpoint_has_batch_counters(fake: ThreadedFakeServer, http: Http)
     assert snap["batch_billed_by_prompt"] == {"counted": 1}
     assert snap["batches_created"] == 1 and snap["batches_created_by_display_name"] == {"n1": 1}
     assert snap["files_uploaded"] == 1 and snap["billed_images"] == 0
+
+
+def test_file_data_references_count_and_set_the_ratio(
+    fake: ThreadedFakeServer, http: Http
+) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (90, 160), (10, 200, 30)).save(buf, "PNG")  # 9:16
+    ref = upload(http, buf.getvalue(), display_name="ref.png")
+    gone = upload(http, buf.getvalue(), display_name="gone.png")
+
+    def with_ref(key: str, file: dict[str, Any]) -> dict[str, Any]:
+        line = request_line(key, f"styled like the reference {key}")
+        line["request"]["contents"][0]["parts"].append(
+            {"fileData": {"mimeType": "image/png", "fileUri": file["uri"]}})
+        return line
+
+    name = file_batch(http, [with_ref("a", ref), with_ref("b", ref), with_ref("c", gone),
+                             request_line("plain", "no reference")])
+    http.delete(f"/v1beta/{gone['name']}")  # gone before the batch runs: that line's error
+    out = {line["key"]: line for line in results(http, wait_done(http, name))}
+    for key in ("a", "b"):
+        response = out[key]["response"]
+        img = final_image(response)
+        assert img.height > img.width  # the reference's 9:16, no aspect ratio asked
+        image_in = [d for d in response["usageMetadata"]["promptTokensDetails"]
+                    if d["modality"] == "IMAGE"]
+        assert image_in == [{"modality": "IMAGE", "tokenCount": 560}]
+    assert out["c"]["error"]["code"] == 7 and "may not exist" in out["c"]["error"]["message"]
+    assert final_image(out["plain"]["response"]).size[0] == final_image(out["plain"]["response"]).size[1]
+
+    # Live generateContent reads the same references the same way.
+    live = http.post(f"/v1beta/models/{MODEL}:generateContent",
+                     json=with_ref("x", ref)["request"])
+    assert live.status_code == 200
+    assert final_image(live.json()).height > final_image(live.json()).width
+    missing = http.post(f"/v1beta/models/{MODEL}:generateContent",
+                        json=with_ref("y", gone)["request"])
+    assert missing.status_code == 403
+
+
+def test_fake_config_endpoint_takes_batch_knobs(fake: ThreadedFakeServer, http: Http) -> None:
+    assert http.post("/_fake/config", json={"batch_seconds": 0.1,
+                                            "batch_duplicate_rate": 0.5}).status_code == 200
+    assert fake.config.batch_duplicate_rate == 0.5
+    assert http.post("/_fake/config", json={"batch_line_error_rate": 2}).status_code == 400
+    assert fake.config.batch_line_error_rate == 0.0

@@ -229,7 +229,7 @@ class FakeServer:
         body = await request.read()
         if len(body) > cfg.max_request_bytes:
             raise too_large(cfg.max_request_bytes)
-        req = parse_request(body, model)
+        req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
 
         now = time.monotonic()

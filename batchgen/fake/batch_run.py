@@ -49,6 +49,7 @@ _SETTLE_WAIT_S = 1.0
 _WINDOW_LINES = 64
 _WINDOW_BYTES = 8 * 1024 * 1024
 # Retryable per-line errors, served in turn: gRPC codes and the HTTP-style numbers both occur.
+_GRPC_CODES = {400: 3, 403: 7, 404: 5, 413: 3}
 _LINE_ERRORS: tuple[tuple[int, str], ...] = (
     (8, "Resource has been exhausted (e.g. check quota)."),
     (14, "The service is currently unavailable."),
@@ -289,11 +290,13 @@ class BatchRunner:
         """One line's outcome(s): ``(b"response" | b"error", encoded body)``, maybe twice."""
         cfg = self.cfg
         try:
-            req = parse_request_obj(request, batch.model)
+            req = parse_request_obj(request, batch.model, self.files.resolve_uri)
         except ApiError as exc:
+            # What generateContent would refuse: that line's error, as a google.rpc.Code.
             batch.failed += 1
             self.server.stats.record_batch_line(error=True)
-            yield b"error", orjson.dumps({"code": 3, "message": exc.message})
+            code = _GRPC_CODES.get(exc.code, 3)
+            yield b"error", orjson.dumps({"code": code, "message": exc.message})
             return
         if batch.line_error_rate and rng.random() < batch.line_error_rate:
             code, message = _LINE_ERRORS[self._line_error_turn % len(_LINE_ERRORS)]

@@ -11,6 +11,7 @@ import base64
 import binascii
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ _PART_FIELDS = frozenset(
     }
 )
 _BLOB_FIELDS = frozenset({"mime_type", "data"})
+_FILE_DATA_FIELDS = frozenset({"mime_type", "file_uri"})
 _GEN_FIELDS = frozenset(
     {
         "stop_sequences",
@@ -82,6 +84,9 @@ _MODALITIES = frozenset({"TEXT", "IMAGE"})
 _PROBED_MIME = frozenset({"image/png", "image/jpeg", "image/webp"})
 
 TROUBLESHOOT = "https://developers.generativeai.google/guide/troubleshooting"
+
+# Looks up a fileData URI: the image's (width, height), or None when it is not one we can see.
+FileResolver = Callable[[str], "tuple[int, int] | None"]
 
 
 class ApiError(Exception):
@@ -175,16 +180,22 @@ class ParsedRequest:
         return self.image_size or spec.DEFAULT_IMAGE_SIZE
 
 
-def parse_request(body: bytes, model: str) -> ParsedRequest:
+def parse_request(body: bytes, model: str, resolve: FileResolver | None = None) -> ParsedRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid(f"Invalid JSON payload received. {exc}") from None
-    return parse_request_obj(data, model)
+    return parse_request_obj(data, model, resolve)
 
 
-def parse_request_obj(data: object, model: str) -> ParsedRequest:
-    """A decoded GenerateContentRequest, checked as the service does (batch lines use this)."""
+def parse_request_obj(
+    data: object, model: str, resolve: FileResolver | None = None
+) -> ParsedRequest:
+    """A decoded GenerateContentRequest, checked as the service does (batch lines use this).
+
+    ``resolve`` looks up a ``fileData.fileUri``: the image's size, None if it is not an image
+    the fake holds; it raises the service's 403 for an uploaded file that is gone.
+    """
     top = _fields(data, _TOP_FIELDS, "")
     contents = top.get("contents")
     if not contents:
@@ -234,14 +245,29 @@ def parse_request_obj(data: object, model: str) -> ParsedRequest:
                     raise invalid(f"Invalid value at '{where}.text' (TYPE_STRING)")
                 if role == "user":
                     texts.append(text)
-            if "inline_data" in part:
+            image = "inline_data" in part
+            dims: tuple[int, int] | None = None
+            if image:
+                dims = _check_blob(part["inline_data"], f"{where}.inline_data")
+            elif "file_data" in part:
+                # A Files API reference is an input image like an inline one (billed the same),
+                # and the first reference's shape sets the output ratio just the same.
+                ref = _fields(part["file_data"], _FILE_DATA_FIELDS, f"{where}.file_data")
+                uri = ref.get("file_uri")
+                if not isinstance(uri, str) or not uri:
+                    raise invalid(
+                        f"* GenerateContentRequest.{where}.file_data.file_uri: "
+                        "file_uri is not specified"
+                    )
+                dims = resolve(uri) if resolve is not None else None
+                image = dims is not None or str(ref.get("mime_type", "")).startswith("image/")
+            if image:
                 n_images += 1
                 if n_images > spec.MAX_REFERENCE_IMAGES:
                     raise invalid(
                         f"Too many images in the request: at most "
                         f"{spec.MAX_REFERENCE_IMAGES} are supported for {model}."
                     )
-                dims = _check_blob(part["inline_data"], f"{where}.inline_data")
                 if ref_ratio is None and dims is not None:
                     ref_ratio = nearest_ratio(*dims)
 
