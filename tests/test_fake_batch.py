@@ -265,18 +265,32 @@ def test_sdk_inline_requests_echo_metadata(fake: ThreadedFakeServer) -> None:
 
 
 def test_states_advance_and_the_finished_operation(fake: ThreadedFakeServer, http: Http) -> None:
-    fake.config.batch_seconds = 1.0
-    name = file_batch(http, [request_line(f"k{i}", f"prompt {i}") for i in range(3)])
-    first = http.get(f"/v1beta/{name}").json()
-    meta = first["metadata"]
-    assert meta["state"] == "BATCH_STATE_PENDING" and "done" not in first
+    fake.config.batch_seconds = 1.5
+    file = upload(http, jsonl([request_line(f"k{i}", f"prompt {i}") for i in range(3)]))
+    created = create(http, {"display_name": "run-0001",
+                            "input_config": {"file_name": file["name"]}}).json()
+    name = created["name"]
+    meta = created["metadata"]
+    assert meta["state"] == "BATCH_STATE_PENDING" and "done" not in created
     assert meta["batchStats"] == {"requestCount": "3", "pendingRequestCount": "3"}
     assert meta["@type"].endswith("v1main.GenerateContentBatch")
     assert meta["model"] == f"models/{MODEL}" and meta["displayName"] == "run-0001"
-    assert meta["inputConfig"]["fileName"].startswith("files/")
-    time.sleep(0.4)
-    assert http.get(f"/v1beta/{name}").json()["metadata"]["state"] == "BATCH_STATE_RUNNING"
-    assert fake.stats.batch_billed_images == 0  # nothing is generated before the time is up
+    assert meta["inputConfig"]["fileName"] == file["name"]
+    # Poll through the states; nothing is generated (or billed) before the time is up.
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        op = http.get(f"/v1beta/{name}").json()
+        state = op["metadata"]["state"]
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if state == "BATCH_STATE_RUNNING":
+            assert fake.stats.batch_billed_images == 0 and "done" not in op
+        if op.get("done"):
+            break
+        time.sleep(0.05)
+    assert seen[-2:] == ["BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"]
+    assert set(seen) <= {"BATCH_STATE_PENDING", "BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"}
 
     op = wait_done(http, name)
     meta = op["metadata"]
@@ -607,3 +621,23 @@ def test_fake_config_endpoint_takes_batch_knobs(fake: ThreadedFakeServer, http: 
     assert fake.config.batch_duplicate_rate == 0.5
     assert http.post("/_fake/config", json={"batch_line_error_rate": 2}).status_code == 400
     assert fake.config.batch_line_error_rate == 0.0
+
+
+def test_sdk_cancel_delete_and_file_list(fake: ThreadedFakeServer, tmp_path: Path) -> None:
+    from google import genai
+    from google.genai import types
+
+    fake.config.batch_seconds = 60
+    client = genai.Client(api_key=SECRET, http_options=types.HttpOptions(base_url=fake.url))
+    src = tmp_path / "r.jsonl"
+    src.write_bytes(jsonl([request_line("a", "cancel me")]))
+    uploaded = client.files.upload(file=src, config=types.UploadFileConfig(mime_type="jsonl"))
+    assert [f.name for f in client.files.list()] == [uploaded.name]
+    job = client.batches.create(model=MODEL, src=uploaded.name)
+    assert job.name
+    client.batches.cancel(name=job.name)
+    got = client.batches.get(name=job.name)
+    assert got.state == types.JobState.JOB_STATE_CANCELLED and got.done
+    client.batches.delete(name=job.name)
+    assert list(client.batches.list()) == []
+    assert fake.stats.batch_billed_images == 0

@@ -153,14 +153,27 @@ class BatchService:
         except (TypeError, ValueError):
             raise invalid("Invalid value at 'batch.priority' (TYPE_INT64).") from None
 
+        batch_id = "".join(
+            secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(36)
+        )
         input_name: str | None = None
         input_path: Path | None = None
         inline: list[dict[str, Any]] | None = None
         if "file_name" in source:
-            input_name = str(source["file_name"])
-            stored = self.files.get(input_name.removeprefix("files/"))
-            count = await self._check_file(stored.path, model)
+            stored = self.files.get(str(source["file_name"]).removeprefix("files/"))
             input_name = f"files/{stored.file_id}"
+            # The batch takes its own link first: the client may delete the input file while
+            # it is being checked or right after create, and the batch must keep its requests.
+            input_path = self.files.root / f"batch-input-{batch_id}"
+            try:
+                os.link(stored.path, input_path)
+            except OSError:
+                shutil.copyfile(stored.path, input_path)
+            try:
+                count = await self._check_file(input_path, model)
+            except BaseException:
+                input_path.unlink(missing_ok=True)
+                raise
         else:
             if len(raw) > cfg.batch_inline_max_bytes:
                 raise invalid(
@@ -170,20 +183,11 @@ class BatchService:
             inline = self._check_inline(source["requests"], model)
             count = len(inline)
         if count == 0:
+            if input_path is not None:
+                input_path.unlink(missing_ok=True)
             raise invalid("The batch has no requests.")
 
         self._seq += 1
-        batch_id = "".join(
-            secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(36)
-        )
-        if input_name is not None:
-            # The batch keeps its own link, so deleting the input file right after create
-            # (which a client may do) cannot take the requests away from a queued batch.
-            input_path = self.files.root / f"batch-input-{batch_id}"
-            try:
-                os.link(stored.path, input_path)
-            except OSError:
-                shutil.copyfile(stored.path, input_path)
         batch = Batch(
             batch_id=batch_id,
             model=model,
