@@ -310,7 +310,8 @@ def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None)
 @click.option("--batch-seconds", type=click.FloatRange(0.0), default=2.0, show_default=True,
               help="Seconds a batch takes from create to done.")
 @click.option("--batch-fault", "batch_faults", multiple=True, metavar="NAME=VALUE",
-              help="duplicate_rate=0.1, line_error_rate=0.1, create_503=1, expire=1, fail=1.")
+              help="duplicate_rate=0.1, line_error_rate=0.1, create_503=1, expire=1, fail=1, "
+                   "output_lag=2.")
 def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
                 faults: tuple[str, ...], rpm: int | None, url_output: str | None,
                 batch_seconds: float, batch_faults: tuple[str, ...]) -> None:
@@ -326,7 +327,7 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             fail(f"--fault {item!r}: expected NAME=RATE, e.g. 503=0.1")
     batch: dict[str, Any] = {}
     kinds = {"duplicate_rate": float, "line_error_rate": float, "create_503": int,
-             "expire": bool, "fail": bool}
+             "expire": bool, "fail": bool, "output_lag": int}
     for item in batch_faults:
         name, _, value = item.partition("=")
         if name not in kinds:

@@ -641,3 +641,15 @@ def test_sdk_cancel_delete_and_file_list(fake: ThreadedFakeServer, tmp_path: Pat
     client.batches.delete(name=job.name)
     assert list(client.batches.list()) == []
     assert fake.stats.batch_billed_images == 0
+
+
+def test_succeeded_before_its_output_is_there(fake: ThreadedFakeServer, http: Http) -> None:
+    fake.config.batch_output_lag = 2
+    name = file_batch(http, [request_line("a", "lagging")])
+    first = wait_done(http, name)  # the first read that is done has no output yet
+    assert first["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
+    assert "output" not in first["metadata"] and "response" not in first
+    second = http.get(f"/v1beta/{name}").json()
+    assert "response" not in second
+    third = http.get(f"/v1beta/{name}").json()
+    assert third["response"]["responsesFile"] == third["metadata"]["output"]["responsesFile"]

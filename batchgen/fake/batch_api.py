@@ -205,6 +205,7 @@ class BatchService:
             expire=cfg.batch_expire,
             fail=cfg.batch_fail,
             line_error_rate=cfg.batch_line_error_rate,
+            output_lag=cfg.batch_output_lag,
         )
         self._batches[batch_id] = batch
         self.server.stats.record_batch_created(display_name)
@@ -273,7 +274,7 @@ class BatchService:
             check_key(request, self.cfg)
             batch = self._get(request.match_info["name"])
             await self.runner.settle(batch)
-            return json_response(operation(batch, time.monotonic()))
+            return json_response(operation(batch, time.monotonic(), lag=True))
         except ApiError as err:
             return error_response(err)
 
@@ -293,7 +294,7 @@ class BatchService:
         now = time.monotonic()
         out: dict[str, Any] = {}
         if shown:
-            out["operations"] = [operation(b, now) for b in shown]
+            out["operations"] = [operation(b, now, lag=True) for b in shown]
         if len(newest) > size and shown:
             out["nextPageToken"] = encode_page_token(shown[-1].seq)
         return json_response(out)

@@ -86,6 +86,7 @@ class Batch:
     expire: bool
     fail: bool
     line_error_rate: float
+    output_lag: int = 0  # reads of the finished batch that still show no output
     final: BatchState | None = None
     ended: float | None = None
     succeeded: int = 0
@@ -340,7 +341,7 @@ class BatchRunner:
         return b"error", orjson.dumps({"code": err.code, "message": err.message})
 
 
-def operation(batch: Batch, now: float) -> dict[str, Any]:
+def operation(batch: Batch, now: float, *, lag: bool = False) -> dict[str, Any]:
     """The batch as the service shows it: a long-running Operation."""
     state = batch.state(now)
     counts: dict[str, str] = {"requestCount": str(batch.request_count)}
@@ -376,6 +377,10 @@ def operation(batch: Batch, now: float) -> dict[str, Any]:
         output = orjson.dumps({"responsesFile": batch.output_file})
     elif batch.inline_out is not None:
         output = batch.inline_out
+    if lag and state is BatchState.SUCCEEDED and batch.output_lag > 0:
+        # Reported of the service: SUCCEEDED a little before the output is there.
+        batch.output_lag -= 1
+        output = None
     if state is BatchState.SUCCEEDED and output is not None:
         meta["output"] = orjson.Fragment(output)
         op["done"] = True

@@ -84,6 +84,7 @@ class FakeConfig:
     batch_fail: bool = False  # end in BATCH_STATE_FAILED with no results
     batch_create_503: int = 0  # the first N creates make the batch but answer 503
     batch_line_error_rate: float = 0.0  # share of lines that come back as retryable errors
+    batch_output_lag: int = 0  # reads of a succeeded batch that show it without its output
     batch_inline_max_bytes: int = 20 * 1024 * 1024  # a create with inline requests, at most
 
     def __post_init__(self) -> None:
@@ -97,8 +98,8 @@ class FakeConfig:
         for rate in ("batch_duplicate_rate", "batch_line_error_rate"):
             if not 0.0 <= getattr(self, rate) <= 1.0:
                 raise ValueError(f"{rate} must be between 0 and 1")
-        if self.batch_seconds < 0 or self.batch_create_503 < 0:
-            raise ValueError("batch_seconds and batch_create_503 must not be negative")
+        if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag) < 0:
+            raise ValueError("batch_seconds, batch_create_503 and batch_output_lag must be >= 0")
         self.models = tuple(self.models)
 
     def to_json(self) -> dict[str, Any]:
