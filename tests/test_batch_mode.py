@@ -348,3 +348,15 @@ def test_estimate_shows_live_and_batch_side_by_side(tmp_path: Path) -> None:
 def test_line_errors_go_through_the_error_tree(status: dict[str, object],
                                                cls: type[e.APIError]) -> None:
     assert type(line_error(status)) is cls
+
+
+def test_fake_flag_runs_batch_mode_with_wait_only(tmp_path: Path) -> None:
+    m = manifest(tmp_path, 3)
+    refused = cli("run", m, "--out", tmp_path / "no", "--fake", "--mode", "batch", "--no-progress")
+    assert refused.code == 2 and "--wait" in refused.output
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "out"
+    res = cli("run", m, "--out", out, "--fake", "--mode", "batch", "--wait", "--poll-interval",
+              "0.2", "--no-progress")
+    assert res.code == 0, res.output
+    assert len(succeeded(out)) == 3

@@ -30,6 +30,10 @@ def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
     # Before anything is locked or made: a provider without the Batch API is bad usage.
     header = open_manifest(req.manifest, req.model, req.provider).header
     check_provider(_provider(req.provider or header.provider, req.manifest))
+    if req.fake and not o["wait"]:
+        raise InputError("--fake with --mode batch needs --wait: the built-in fake server and "
+                         "its batches end with this command (or start `batchgen fake-server` "
+                         "and use --base-url)")
     prep = prepare(req, selection=selection)
     try:
         adopt_orphans(prep)

@@ -282,10 +282,6 @@ def _batches(n: int) -> str:
 
 def run_batch(prep: Prepared, req: RunRequest, settings: BatchSettings) -> Outcome:
     check_provider(prep.client.provider)
-    if req.fake and not settings.wait:
-        raise e.InputError("--fake with --mode batch needs --wait: the built-in fake server "
-                           "and its batches end with this command (or start `batchgen "
-                           "fake-server` and use --base-url)")
     runner = BatchRun(prep, req, settings)
     state = "finished"
     try:
