@@ -21,6 +21,7 @@ from typing import Any
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
 from .errors import BatchgenError, InputError, StorageError
+from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
 from .plan import (
@@ -75,6 +76,7 @@ class Prepared:
     settings: RunSettings
     prices: PriceTable
     spent_before_usd: float
+    unsettled: Unsettled
     change: str | None
     orphans: list[LedgerRecord]
     lock_fd: int
@@ -182,6 +184,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         settings=settings,
         prices=prices,
         spent_before_usd=index.cost_usd,
+        unsettled=index.unsettled,
         change=change,
         orphans=orphans,
         lock_fd=lock,
@@ -235,6 +238,8 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()
+    intents = IntentJournal(folder.path, prep.unsettled)
+    intents.open()
     meta = folder.read_meta()
     folder.update_meta(
         manifest=str(req.manifest),
@@ -263,6 +268,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
                 settings=settings,
                 progress=progress,
                 spent_before_usd=prep.spent_before_usd,
+                intents=intents,
             )
             restore = _install_signals(loop, runner.interrupt)
             try:
@@ -276,6 +282,10 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
             ledger.close()
         except StorageError as exc:
             log.error("%s", exc)
+        try:
+            intents.close()  # after the ledger: what it settled is on disk
+        except StorageError as exc:
+            log.error("%s", exc)
     state = "finished" if result.stop_reason is StopReason.COMPLETED else result.stop_reason.value
     with contextlib.suppress(StorageError):
         folder.update_meta(state=state)
@@ -283,12 +293,14 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
 
 
 def _install_signals(
-    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, handler: Callable[[str], None]
 ) -> Callable[[], None]:
+    """SIGINT, SIGTERM and SIGHUP (an ssh session that drops) all stop the run the same way:
+    gracefully the first time, at once the second."""
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, handler)
+            loop.add_signal_handler(sig, handler, sig.name)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
@@ -326,6 +338,11 @@ def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[st
         + (f" ({errors})" if errors else "")
         + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
     ]
+    if result.unsettled_requests:
+        lines.append(
+            f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
+            "request(s) that were in flight when an earlier run died (counted toward --budget)"
+        )
     if gallery is not None:
         lines.append(f"gallery: {gallery}")
     command, reason = command_line(), result.stop_reason
@@ -338,7 +355,8 @@ def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[st
         lines.append(f"interrupted; to resume: {command}")
     elif reason is StopReason.BUDGET:
         lines.append(
-            f"budget reached: spent ${result.spent_usd:.2f} of the {result.stop_message} budget; "
+            f"budget reached: spent ${result.spent_usd + result.unsettled_usd:.2f} "
+            f"of the {result.stop_message} budget; "
             f"to continue, raise --budget: {command}"
         )
     else:
