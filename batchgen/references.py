@@ -8,12 +8,16 @@ file that would push the request over the endpoint's size limit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import stat
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +33,16 @@ JPEG_QUALITY = 90
 # Below this the image says nothing useful to the model; refuse rather than send a smudge.
 _MIN_SIDE = 16
 _SNIFF_BYTES = 64
+# How many bytes of decoded pixels reference shrinking may hold at once, over all workers.
+# Pillow keeps RGB at 4 bytes a pixel, and a shrink holds the decoded image, its EXIF-rotated
+# copy and a resized one: about 3 copies (decoded_bytes_estimate). 512 MiB lets two 12 MP
+# photos shrink side by side but a 40 MP one (480 MB estimated) only alone, whatever the
+# concurrency; an image larger than the whole budget runs alone. bench/RESULTS.md has the peak.
+DECODE_BUDGET_BYTES = 512 * 1024 * 1024
+_DECODED_COPIES = 3
+# Shrunk references are kept for reuse (a dataset may name one large photo on every row), up to
+# this many bytes in all, least recently used first out.
+SHRINK_CACHE_BYTES = 64 * 1024 * 1024
 
 _HEIC_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"})
 _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"heif"})
@@ -36,7 +50,7 @@ _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"heif"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
-def sniff_image_type(data: bytes) -> str | None:
+def sniff_image_type(data: bytes | bytearray) -> str | None:
     """The MIME type the bytes really are, or None when they are not an image the API accepts.
 
     File names and declared types lie (JPEG bytes labelled image/png are common), so only the
@@ -53,7 +67,7 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def _sniff_heif(data: bytes) -> str | None:
+def _sniff_heif(data: bytes | bytearray) -> str | None:
     box_size = int.from_bytes(data[0:4], "big")
     major = data[8:12]
     end = min(len(data), box_size if box_size >= 16 else 16)
@@ -104,7 +118,7 @@ class ReferenceResolver:
         self._resolved: dict[str, str] = {}
         self._by_source: dict[str, tuple[_StatKey | None, Reference]] = {}
         self._by_stat: dict[_StatKey, tuple[str, str] | str] = {}
-        self._decodable: dict[str, bool] = {}
+        self._decodable: dict[str, str | None] = {}
 
     def resolve(self, source: str) -> Reference:
         """Raises :class:`ReferenceProblem` for anything that cannot be sent."""
@@ -168,18 +182,103 @@ class ReferenceResolver:
 
     def decodable(self, ref: Reference) -> bool:
         """Whether Pillow can open the file, i.e. whether it could be shrunk if it must be."""
+        return self.decode_problem(ref) is None
+
+    def decode_problem(self, ref: Reference) -> str | None:
+        """Why the file could not be shrunk if it must be (None: it can), from its header."""
         if ref.path is None:
-            return True
-        ok = self._decodable.get(ref.sha256)
-        if ok is None:
-            try:
-                with Image.open(ref.path) as img:
-                    img.size  # noqa: B018 - opening parses the header, which is the check
-                ok = True
-            except (OSError, UnidentifiedImageError, ValueError):
-                ok = False
-            self._decodable[ref.sha256] = ok
-        return ok
+            return None
+        if ref.sha256 not in self._decodable:
+            self._decodable[ref.sha256] = _open_problem(ref.path)
+        return self._decodable[ref.sha256]
+
+
+def _open_problem(source: Path | io.BytesIO) -> str | None:
+    try:
+        with Image.open(source) as img:
+            img.size  # noqa: B018 - opening parses the header, which is the check
+    except Image.DecompressionBombError as exc:
+        return f"too large to decode ({exc})"
+    except (OSError, UnidentifiedImageError, ValueError):
+        return "Pillow cannot decode it"
+    return None
+
+
+def decoded_bytes_estimate(source: Path | bytes | bytearray | None) -> int:
+    """What shrinking this image will hold in memory, from its header alone (no pixels read)."""
+    if source is None:
+        return 0
+    fallback = 0 if isinstance(source, Path) else len(source) * 8
+    try:
+        opened = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+        with opened as img:
+            width, height = img.size
+    except (Image.DecompressionBombError, OSError, UnidentifiedImageError, ValueError):
+        return fallback  # it will fail to decode anyway, quickly
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    return int(width * height * 4 * _DECODED_COPIES + size)
+
+
+class DecodeBudget:
+    """An async semaphore counted in bytes: shrinks wait until their pixels fit.
+
+    One per client. A single image larger than the whole budget may still run, alone.
+    """
+
+    def __init__(self, limit: int = DECODE_BUDGET_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._changed: asyncio.Event | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        nbytes = max(0, min(nbytes, self.limit))
+        while self.used and self.used + nbytes > self.limit:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            self.used -= nbytes
+            if self._changed is not None:
+                self._changed.set()
+                self._changed = None
+
+
+class _ShrinkCache:
+    """Shrunk references by (sha256, byte cap), bounded in bytes; shared by worker threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        if len(data) > self.limit // 4:
+            return  # one entry must not evict everything else
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self.limit:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+
+_shrunk = _ShrinkCache(SHRINK_CACHE_BYTES)
 
 
 def request_bytes(refs: Sequence[Reference]) -> int:
@@ -206,6 +305,10 @@ def load_reference_bytes(ref: Reference, *, max_bytes: int | None) -> tuple[byte
     """
     if ref.path is None:
         raise ReferenceError_(f"{ref.source}: URL references are fetched by the client")
+    if max_bytes is not None and ref.sha256 and ref.size_bytes > max_bytes:
+        cached = _shrunk.get((ref.sha256, max_bytes))
+        if cached is not None:
+            return cached, "image/jpeg"
     try:
         data = ref.path.read_bytes()
     except OSError as exc:
@@ -218,6 +321,8 @@ def load_reference_bytes(ref: Reference, *, max_bytes: int | None) -> tuple[byte
     if max_bytes is None or len(data) <= max_bytes:
         return data, mime
     shrunk = shrink_image_bytes(data, max_bytes, name=ref.source)
+    if ref.sha256:
+        _shrunk.put((ref.sha256, max_bytes), shrunk)
     logger.info(
         "shrank reference %s from %d to %d bytes to fit the request limit",
         ref.source,
@@ -227,7 +332,9 @@ def load_reference_bytes(ref: Reference, *, max_bytes: int | None) -> tuple[byte
     return shrunk, "image/jpeg"
 
 
-def shrink_image_bytes(data: bytes, max_bytes: int, *, name: str = "image") -> bytes:
+def shrink_image_bytes(
+    data: bytes | bytearray, max_bytes: int, *, name: str = "image"
+) -> bytes:
     """Re-encode as JPEG (quality 90), downscaling until the result is at most ``max_bytes``.
 
     Public so the client can apply the same rule to images it fetched from URLs.
@@ -237,6 +344,8 @@ def shrink_image_bytes(data: bytes, max_bytes: int, *, name: str = "image") -> b
             # Re-encoding drops EXIF, so bake the orientation in or the model sees it sideways.
             img = ImageOps.exif_transpose(opened)
             img.load()
+    except Image.DecompressionBombError as exc:
+        raise ReferenceError_(f"{name} is too large to decode and shrink: {exc}") from exc
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ReferenceError_(f"cannot decode {name} to shrink it: {exc}") from exc
     img = _flatten(img)
