@@ -166,7 +166,9 @@ class PriceTable:
                     continue
                 if not isinstance(fields, dict):
                     raise InputError(f"{override}: {model}: must be an object")
-                raw[model] = _merge(raw.get(model, raw[DEFAULT_MODEL]), fields)
+                # A model the table has keeps every price the file does not name; a new one
+                # must be priced in full (a guess could be lower than the truth).
+                raw[model] = _merge(raw.get(model, {}), fields)
         source = str(override) if override is not None else BUILTIN_PRICES
         models: dict[str, ModelPrice] = {}
         for model, fields in raw.items():
@@ -176,37 +178,40 @@ class PriceTable:
         return cls(models, batch=batch, source=source)
 
     def price(self, model: str) -> ModelPrice:
-        # An unknown model is priced like the default one (the dearest in the table) rather
-        # than as free; check_covered() warns about it.
         found = self.models.get(model)
         if found is None:
+            # Priced like the default model so the pass can go on; check_covered refuses it.
             self.unknown_models.add(model)
             return self.models[DEFAULT_MODEL]
         return found
 
     def check_covered(self) -> list[str]:
-        """After a pass over the jobs: an :class:`InputError` naming the price file and the
-        missing key if a job's image size has no price, else warnings for unknown models.
+        """After a pass over the jobs, an :class:`InputError` naming the price file and the
+        missing key if a model or an image size in use has no price.
 
-        A missing size would otherwise be priced by a fallback, and a budget computed from a
-        wrong price no longer caps anything.
+        A fallback price could be lower than the truth, and a budget computed from it would no
+        longer cap anything. Returns warnings (none today), for the callers' uniformity.
         """
-        if self.unpriced:
-            raise InputError(
-                [
-                    Problem(
-                        self.source, 0, f"{model}: image_tokens",
-                        f"no price for image size {size}, which the manifest uses; "
-                        f'add it, e.g. "image_tokens": {{"{size}": TOKENS}}',
-                    )
-                    for model, size in sorted(self.unpriced)
-                ]
+        problems = [
+            Problem(
+                self.source, 0, model,
+                "no price for this model, which the manifest uses; price it in a --prices FILE "
+                "(output_image_per_1m, output_text_per_1m, input_per_1m, image_tokens, "
+                "input_image_tokens)",
             )
-        return [
-            f"model {m!r} has no entry in {self.source}: priced as {DEFAULT_MODEL}; "
-            "use --prices FILE to price it"
-            for m in sorted(self.unknown_models)
+            for model in sorted(self.unknown_models)
         ]
+        problems += [
+            Problem(
+                self.source, 0, f"{model}: image_tokens",
+                f"no price for image size {size}, which the manifest uses; "
+                f'add it, e.g. "image_tokens": {{"{size}": TOKENS}}',
+            )
+            for model, size in sorted(self.unpriced)
+        ]
+        if problems:
+            raise InputError(problems)
+        return []
 
     def _factor(self, price: ModelPrice) -> float:
         return price.batch_discount if self.batch else 1.0
@@ -215,7 +220,8 @@ class PriceTable:
         p = self.price(model)
         tokens = p.image_tokens.get(image_size)
         if tokens is None:
-            self.unpriced.add((model if model in self.models else DEFAULT_MODEL, image_size))
+            if model in self.models:
+                self.unpriced.add((model, image_size))
             tokens = max(p.image_tokens.values())  # never cheaper, until check_covered stops it
         return tokens * p.output_image_per_1m / 1e6 * self._factor(p)
 
