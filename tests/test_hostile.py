@@ -320,3 +320,115 @@ def test_an_unparsable_retry_after_is_treated_as_absent(
     assert len(waits) == 2 and all(0 <= w < 2 for w in waits), waits  # backoff, not NaN
     billed_matches_ledger(server, out)
     assert server.stats.billed_images == 2
+
+
+# -- 13: bodies are bounded -----------------------------------------------------------------
+
+ANSWER_CAP = 256 * MiB  # batchgen.http_body.ANSWER_MAX_BYTES, derived there
+
+
+def endless(gzip: bool) -> Handler:
+    """A 200 whose body never ends: plain zeros, or a gzip stream of zeros (a bomb)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        headers = {"Content-Type": "application/json"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        resp = web.StreamResponse(status=200, headers=headers)
+        await resp.prepare(request)
+        packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        block = b"0" * MiB
+        head = b'{"candidates": ['
+        await resp.write(packer.compress(head) if gzip else head)
+        try:
+            while True:
+                # 1 MiB of zeros is about 1 KiB gzipped: 5 GB inflated is only 5 MB on the wire.
+                await resp.write(packer.compress(block) + packer.flush(zlib.Z_SYNC_FLUSH)
+                                 if gzip else block)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["endless-body", "gzip-bomb"])
+def test_an_endless_or_inflating_answer_is_capped(
+    hostile: Hostile, tmp_path: Path, gzip: bool
+) -> None:
+    hostile.handler = endless(gzip)
+    m = write_manifest(tmp_path / "m.yaml", ["a cat"])
+    out = tmp_path / "run"
+    code, stderr, peak = run_measured(
+        ["run", m, "--out", out, "--base-url", hostile.url, "--no-progress", "--backoff", "0.01",
+         "--timeout", "60"], env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert code == 1, stderr
+    (rec,) = ledger_lines(out)
+    err = rec["error"]
+    assert isinstance(err, dict)
+    assert err["kind"] == "bad_response" and "larger than the 256 MiB cap" in err["message"]
+    assert err["retryable"] is False and rec["attempts"] == 1  # not retried (retrying.py)
+    assert len(hostile.seen) == 1
+    # A 200 may have been billed: charged at the table price, as other cut-off 200s are.
+    assert float(rec["cost_usd"]) > 0  # type: ignore[arg-type]
+    # The process's own peak: the interpreter (~100 MB) plus at most the cap, never gigabytes.
+    print(f"peak RSS {peak / MiB:.0f} MiB")
+    assert peak < ANSWER_CAP + 250 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
+
+
+def test_an_endless_url_reference_is_capped(
+    server: ThreadedFakeServer, hostile: Hostile, tmp_path: Path
+) -> None:
+    async def endless_png(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "image/png"})
+        await resp.prepare(request)
+        await resp.write(b"\x89PNG\r\n\x1a\n")
+        try:
+            while True:
+                await resp.write(b"\0" * MiB)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return resp
+
+    hostile.handler = endless_png
+    m = write_manifest(tmp_path / "m.yaml", ["a cat on it"], images=[f"{hostile.url}/r.png"])
+    out = tmp_path / "run"
+    r = run_against(server, m, out, "--reference-timeout", "60")
+    assert r.code == 1, r.output
+    (rec,) = ledger_lines(out)
+    err = rec["error"]
+    assert isinstance(err, dict) and err["kind"] == "reference"
+    assert "larger than the 100 MiB cap" in err["message"]
+    assert server.stats.requests == 0 and rec["cost_usd"] == 0
+
+
+# -- 15: an oversized reference is bad input, not a traceback --------------------------------
+
+
+def huge_header_jpeg(path: Path, size: tuple[int, int], pad_to: int) -> Path:
+    """A small JPEG whose header claims ``size`` pixels, padded past the request limit so that
+    it must be shrunk. Pillow judges the pixel count from the header, as with a real one."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 90, 200)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = size[1].to_bytes(2, "big") + size[0].to_bytes(2, "big")
+    path.write_bytes(bytes(data) + b"\0" * (pad_to - len(data)))  # bytes after EOI: ignored
+    return path
+
+
+def test_an_oversized_reference_is_one_line_exit_2(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    huge_header_jpeg(tmp_path / "huge.jpg", (20000, 10000), 21 * MiB)
+    m = tmp_path / "m.yaml"
+    m.write_text("jobs:\n  - prompt: a plain one\n  - prompt: put it on a table\n"
+                 "    images: [huge.jpg]\n")
+    for r in (cli("validate", m), run_against(server, m, tmp_path / "run")):
+        assert r.code == 2, r.output
+        assert "Traceback" not in r.output and "DecompressionBomb" not in r.stderr.split(":")[0]
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"batchgen: {m}:4: images: huge.jpg"), line
+        assert "too large to decode" in line and "200000000 pixels" in line
+    assert server.stats.requests == 0 and not (tmp_path / "run").exists()
