@@ -28,7 +28,7 @@ from PIL import Image
 
 from batchgen.fake import ThreadedFakeServer
 
-from .conftest import SECRET, clean_env, cli, ledger_lines, make_image, run_against, write_manifest
+from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MiB = 1024 * 1024
@@ -432,3 +432,99 @@ def test_an_oversized_reference_is_one_line_exit_2(
         assert line.startswith(f"batchgen: {m}:4: images: huge.jpg"), line
         assert "too large to decode" in line and "200000000 pixels" in line
     assert server.stats.requests == 0 and not (tmp_path / "run").exists()
+
+
+# -- 17: a hanging or unreachable URL reference fails its job, named -------------------------
+
+
+def test_a_hanging_or_unreachable_url_reference_fails_its_job_by_name(
+    server: ThreadedFakeServer, hostile: Hostile, tmp_path: Path
+) -> None:
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    hostile.handler = hang
+    closed = Hostile().start()
+    dead_url = f"{closed.url}/gone.png"
+    closed.stop()  # nothing listens on its port any more
+    m = tmp_path / "m.yaml"
+    m.write_text(yaml.safe_dump({"jobs": [
+        {"id": "hangs", "prompt": "on a table", "images": [f"{hostile.url}/slow.png?key=abc"]},
+        {"id": "dead", "prompt": "on a chair", "images": [dead_url]},
+        *({"prompt": f"plain {i}"} for i in range(3)),
+    ]}, sort_keys=False))
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    r = run_against(server, m, out, "--reference-timeout", "1", "--timeout", "120",
+                    "--concurrency", "2")
+    assert r.code == 1, r.output
+    assert time.monotonic() - t0 < 45  # not --timeout, nor 6 attempts of backoff
+    records = {str(rec["prompt"]): rec for rec in ledger_lines(out)}
+    hangs, dead = records["on a table"]["error"], records["on a chair"]["error"]
+    assert isinstance(hangs, dict) and isinstance(dead, dict)
+    assert hangs["kind"] == dead["kind"] == "reference"
+    assert hangs["retryable"] is False and records["on a table"]["attempts"] == 0
+    rows = [i + 1 for i, text in enumerate(m.read_text().splitlines()) if "- id:" in text]
+    assert hangs["message"] == (
+        f"{m}:{rows[0]}: images: reference {hostile.url}/slow.png?key=REDACTED: "
+        "no answer within 1s (--reference-timeout)")
+    assert dead["message"].startswith(f"{m}:{rows[1]}: images: reference {dead_url}: ")
+    assert "connection" in dead["message"].lower() or "connect" in dead["message"].lower()
+    assert sum(rec["status"] == "succeeded" for rec in records.values()) == 3
+    assert len([s for s in hostile.seen if s["path"] == "/slow.png"]) == 1  # not retried
+    assert billed_matches_ledger(server, out) > 0
+    assert server.stats.billed_images == 3
+
+
+# -- 18 and 19: --base-url ------------------------------------------------------------------
+
+
+def test_credentials_in_base_url_are_never_stored(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    password = "pw-9f8e7d6c-secret"
+    host = server.url.split("://", 1)[1]
+    base = f"http://batch-user:{password}@{host}"
+    server.config.script = ["503"]  # a retry, so that -v logs a failed attempt too
+    m = write_manifest(tmp_path / "m.yaml", ["a cat", "a dog"])
+    out = tmp_path / "run"
+    r = cli("run", m, "--out", out, "--base-url", base, "--provider", "google", "--no-progress",
+            "--backoff", "0.01", "-v", env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert r.code == 0, r.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["base_url"] == f"http://REDACTED@{host}"
+    assert "--base-url http://REDACTED@" in meta["command"]
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert password.encode() not in data and b"batch-user" not in data, path
+        assert SECRET.encode() not in data, path
+    assert password not in r.output and "batch-user" not in r.output and SECRET not in r.output
+    billed_matches_ledger(server, out)
+    assert server.stats.billed_images == 2
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:99999", "127.0.0.1:8080", "http://",
+                                  "ftp://example.com", "http://u:pw-secret@127.0.0.1:70000"])
+def test_a_malformed_base_url_is_refused_before_anything_is_sent(
+    tmp_path: Path, base: str
+) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["a cat"])
+    t0 = time.monotonic()
+    r = cli("run", m, "--out", tmp_path / "run", "--base-url", base, "--no-progress",
+            env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert r.code == 2, r.output
+    assert time.monotonic() - t0 < 20
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("batchgen: --base-url: "), line
+    assert "pw-secret" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_base_url_in_the_manifest_names_it(tmp_path: Path) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text("base_url: https://example.com:0x50\njobs:\n  - prompt: a cat\n")
+    r = cli("run", m, "--out", tmp_path / "run", "--no-progress",
+            env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert r.code == 2, r.output
+    assert r.stderr.startswith(f"batchgen: {m}: base_url: 'https://example.com:0x50'"), r.stderr

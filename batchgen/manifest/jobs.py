@@ -164,10 +164,11 @@ class Expander:
             return None
         big = [r for r in refs if r.size_bytes > budget]
         for ref in big:
-            if not self._resolver.decodable(ref):
+            why = self._resolver.decode_problem(ref)
+            if why is not None:
                 msg = (
                     f"{ref.source} ({ref.size_bytes / 2**20:.1f} MiB) makes the request too large "
-                    "and cannot be shrunk (Pillow cannot decode it); convert it to JPEG"
+                    f"and cannot be shrunk ({why}); convert it to a smaller JPEG"
                 )
                 state.problems.append(Problem(self._name, row.line_of("images"), "images", msg))
         return (
