@@ -34,8 +34,7 @@ from .http_body import (
 )
 from .redact import redact, register_secret
 from .references import (
-    DecodeBudget,
-    decoded_bytes_estimate,
+    in_shrink_thread,
     load_reference_bytes,
     reference_budget,
     shrink_image_bytes,
@@ -171,9 +170,6 @@ class GeminiClient:
         self.settings = settings
         register_secret(settings.api_key)
         self._session: aiohttp.ClientSession | None = None
-        # Shrinking decodes whole images; this bounds how many bytes of them are decoded at once
-        # across all workers (one large reference at a time, several small ones).
-        self._decoding = DecodeBudget()
 
     async def __aenter__(self) -> GeminiClient:
         connector = aiohttp.TCPConnector(
@@ -223,11 +219,9 @@ class GeminiClient:
                     data, mime = fetched.pop(i)
                     raw: bytes | bytearray = data
                     if per_ref is not None and len(data) > per_ref:
-                        need = decoded_bytes_estimate(data)
-                        async with self._decoding.hold(need):
-                            raw = await asyncio.to_thread(
-                                shrink_image_bytes, data, per_ref, name=redact(ref.source)
-                            )
+                        raw = await in_shrink_thread(
+                            shrink_image_bytes, data, per_ref, name=redact(ref.source)
+                        )
                         mime = "image/jpeg"
                     del data
                 else:
@@ -266,11 +260,8 @@ class GeminiClient:
     ) -> tuple[bytes, str]:
         if per_ref is None or ref.size_bytes <= per_ref:
             return await asyncio.to_thread(load_reference_bytes, ref, max_bytes=None)
-        # Estimated from the file's header before anything is read, so that workers waiting
-        # for their turn hold neither the file's bytes nor its pixels.
-        need = await asyncio.to_thread(decoded_bytes_estimate, ref.path)
-        async with self._decoding.hold(need):
-            return await asyncio.to_thread(load_reference_bytes, ref, max_bytes=per_ref)
+        # Read and shrunk in the shrink thread: a worker waiting for its turn holds nothing.
+        return await in_shrink_thread(load_reference_bytes, ref, max_bytes=per_ref)
 
     async def send(self, spec: JobSpec, body: bytes) -> GeneratedImage:
         """POST a body made by :meth:`encode_request` and turn the answer into an image.

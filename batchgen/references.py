@@ -9,7 +9,7 @@ file that would push the request over the endpoint's size limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -17,8 +17,10 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -26,6 +28,7 @@ from batchgen.errors import ReferenceError_
 from batchgen.spec import Reference
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # JSON framing, the prompt text and headers ride along with the base64 payload; keep room for them.
 REQUEST_OVERHEAD_BYTES = 64 * 1024
@@ -33,13 +36,6 @@ JPEG_QUALITY = 90
 # Below this the image says nothing useful to the model; refuse rather than send a smudge.
 _MIN_SIDE = 16
 _SNIFF_BYTES = 64
-# How many bytes of decoded pixels reference shrinking may hold at once, over all workers.
-# Pillow keeps RGB at 4 bytes a pixel, and a shrink holds the decoded image, its EXIF-rotated
-# copy and a resized one: about 3 copies (decoded_bytes_estimate). 512 MiB lets two 12 MP
-# photos shrink side by side but a 40 MP one (480 MB estimated) only alone, whatever the
-# concurrency; an image larger than the whole budget runs alone. bench/RESULTS.md has the peak.
-DECODE_BUDGET_BYTES = 512 * 1024 * 1024
-_DECODED_COPIES = 3
 # Shrunk references are kept for reuse (a dataset may name one large photo on every row), up to
 # this many bytes in all, least recently used first out.
 SHRINK_CACHE_BYTES = 64 * 1024 * 1024
@@ -204,49 +200,21 @@ def _open_problem(source: Path | io.BytesIO) -> str | None:
     return None
 
 
-def decoded_bytes_estimate(source: Path | bytes | bytearray | None) -> int:
-    """What shrinking this image will hold in memory, from its header alone (no pixels read)."""
-    if source is None:
-        return 0
-    fallback = 0 if isinstance(source, Path) else len(source) * 8
-    try:
-        opened = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
-        with opened as img:
-            width, height = img.size
-    except (Image.DecompressionBombError, OSError, UnidentifiedImageError, ValueError):
-        return fallback  # it will fail to decode anyway, quickly
-    size = source.stat().st_size if isinstance(source, Path) else len(source)
-    return int(width * height * 4 * _DECODED_COPIES + size)
+async def in_shrink_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """Run a decode-and-shrink in the one thread that does them all.
 
-
-class DecodeBudget:
-    """An async semaphore counted in bytes: shrinks wait until their pixels fit.
-
-    One per client. A single image larger than the whole budget may still run, alone.
+    Shrinking decodes the whole image (4 bytes a pixel: 100 MB for a 25 MP photo). With one
+    thread per worker, 8 workers would hold 8 decoded images at once, and glibc keeps each
+    thread's freed memory in that thread's arena, so the peak stays. One thread bounds what
+    reference preparation holds to one decoded image, whatever the concurrency; shrunk results
+    are cached (below), so a photo used on many rows is shrunk once. bench/RESULTS.md has the
+    measured peak.
     """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_SHRINKER, functools.partial(fn, *args, **kwargs))
 
-    def __init__(self, limit: int = DECODE_BUDGET_BYTES) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self._changed: asyncio.Event | None = None
 
-    @contextlib.asynccontextmanager
-    async def hold(self, nbytes: int) -> AsyncIterator[None]:
-        nbytes = max(0, min(nbytes, self.limit))
-        while self.used and self.used + nbytes > self.limit:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            await self._changed.wait()
-        self.used += nbytes
-        self.peak = max(self.peak, self.used)
-        try:
-            yield
-        finally:
-            self.used -= nbytes
-            if self._changed is not None:
-                self._changed.set()
-                self._changed = None
+_SHRINKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-shrink")
 
 
 class _ShrinkCache:
@@ -340,21 +308,26 @@ def shrink_image_bytes(
     Public so the client can apply the same rule to images it fetched from URLs.
     """
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            # Re-encoding drops EXIF, so bake the orientation in or the model sees it sideways.
-            img = ImageOps.exif_transpose(opened)
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
+            # Re-encoding drops EXIF, so bake the orientation in or the model sees it sideways.
+            # In place: a second copy of the pixels is what shrinking can least afford.
+            ImageOps.exif_transpose(img, in_place=True)
+            return _encode_under(_flatten(img), max_bytes, name)
     except Image.DecompressionBombError as exc:
         raise ReferenceError_(f"{name} is too large to decode and shrink: {exc}") from exc
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ReferenceError_(f"cannot decode {name} to shrink it: {exc}") from exc
-    img = _flatten(img)
+
+
+def _encode_under(img: Image.Image, max_bytes: int, name: str) -> bytes:
     scale = 1.0
     for _ in range(12):
         size = (max(_MIN_SIDE, round(img.width * scale)), max(_MIN_SIDE, round(img.height * scale)))
         candidate = img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         candidate.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        del candidate
         out = buf.getvalue()
         if len(out) <= max_bytes:
             return out

@@ -528,3 +528,37 @@ def test_a_malformed_base_url_in_the_manifest_names_it(tmp_path: Path) -> None:
             env=clean_env(BATCHGEN_API_KEY=SECRET))
     assert r.code == 2, r.output
     assert r.stderr.startswith(f"batchgen: {m}: base_url: 'https://example.com:0x50'"), r.stderr
+
+
+# -- 16: shrinking does not multiply memory by the concurrency -------------------------------
+
+
+def big_reference(path: Path, colour: tuple[int, int, int], side: int, pad_to: int) -> Path:
+    """A real ``side`` x ``side`` JPEG (it decodes to side^2 x 4 bytes), padded past the
+    request limit so it must be decoded and shrunk."""
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buf, "JPEG", quality=80)
+    path.write_bytes(buf.getvalue() + b"\0" * (pad_to - buf.tell()))
+    return path
+
+
+def test_shrinking_references_holds_one_large_image_at_a_time(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    # 4 distinct 5000 x 5000 references at concurrency 4: each decodes to 100 MB and a shrink
+    # holds two copies, so shrinking all at once would peak near 1 GB; one at a time, ~300 MB.
+    refs = [big_reference(tmp_path / f"r{i}.jpg", (40 * i, 90, 200 - 40 * i), 5000, 21 * MiB)
+            for i in range(4)]
+    m = tmp_path / "m.yaml"
+    m.write_text(yaml.safe_dump({"jobs": [{"prompt": f"use photo {i}", "images": [r.name]}
+                                          for i, r in enumerate(refs)]}))
+    out = tmp_path / "run"
+    code, stderr, peak = run_measured(
+        ["run", m, "--out", out, "--base-url", server.url, "--no-progress", "--concurrency", "4"],
+        env=clean_env(BATCHGEN_API_KEY=SECRET), timeout=120)
+    print(f"peak RSS {peak / MiB:.0f} MiB")
+    assert code == 0, stderr
+    assert "will be re-encoded as JPEG to fit" in stderr
+    assert peak < 560 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
+    assert server.stats.billed_images == 4
+    billed_matches_ledger(server, out)
