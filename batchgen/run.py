@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import GeminiClient
-from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
+from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, resolve_key
 from .errors import BatchgenError, InputError, StorageError
 from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
@@ -59,6 +60,7 @@ class RunRequest:
     base_url: str | None = None
     model: str | None = None
     timeout_s: float = 300.0
+    reference_timeout_s: float = 60.0
     prices: Path | None = None
     yes: bool = False
     confirm_above_usd: float = 20.0
@@ -143,12 +145,18 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         provider = _provider(req.provider or manifest.header.provider, req.manifest)
         info = PROVIDERS[provider]
         base_url = req.base_url or manifest.header.base_url or info.base_url
+        where = "--base-url" if req.base_url else f"{req.manifest}: base_url"
+        base_url = check_base_url(base_url, where)
         api_key = FAKE_KEY if req.fake else resolve_key(provider)
         # From here on the key is scrubbed from everything, run.json included.
         register_secret(api_key)
         if prices_error is not None:
             raise prices_error
         assert prices is not None
+        # Every size and model the plan priced must have a price (exit 2 naming the file).
+        price_warnings = prices.check_covered()
+        if price_warnings:
+            summary = dataclasses.replace(summary, warnings=(*summary.warnings, *price_warnings))
         settings = RunSettings(out_dir=out, **req.settings)
         if lock_error is not None:
             raise lock_error
@@ -171,6 +179,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         base_url=base_url,
         api_key=api_key,
         timeout_s=req.timeout_s,
+        reference_timeout_s=req.reference_timeout_s,
         connections=settings.concurrency,
         max_request_bytes=info.max_request_bytes,
     )
@@ -207,15 +216,7 @@ async def _endpoint(prep: Prepared, fake: bool) -> AsyncIterator[ClientSettings]
     from .fake import FakeConfig, FakeServer
 
     async with FakeServer(FakeConfig(api_key=FAKE_KEY)) as server:
-        s = prep.client
-        yield ClientSettings(
-            provider=s.provider,
-            base_url=server.url,
-            api_key=FAKE_KEY,
-            timeout_s=s.timeout_s,
-            connections=s.connections,
-            max_request_bytes=s.max_request_bytes,
-        )
+        yield dataclasses.replace(prep.client, base_url=server.url, api_key=FAKE_KEY)
 
 
 def adopt_orphans(prep: Prepared) -> None:
