@@ -130,6 +130,7 @@ class Recorder:
         assert record.mime_type is not None
         await self.store.save(record.job_id, data, record.mime_type, sidecar=line)
         self.ledger.append_line(line)
+        self.ledger.sync_soon()
         self.index.states[record.job_id] = SUCCEEDED
         self._charge(record.cost_usd)
         self.tally.succeeded += 1
@@ -139,6 +140,7 @@ class Recorder:
         extra = {**kept.extra, "batch_line": line, "duplicate": True}
         record = replace(kept, cost_usd=round(cost, 6), finished_at=now_iso(), extra=extra)
         self.ledger.append(record)
+        self.ledger.sync_soon()
         self._charge(record.cost_usd)
         self.tally.duplicates += 1
 
@@ -150,6 +152,7 @@ class Recorder:
             **self._fields(spec, cost=cost, usage=exc.usage, **kw),
         )
         self.ledger.append(record)
+        self.ledger.sync_soon()
         self.index.states[spec.job_id] = RETRYABLE if retryable else exc.kind.value
         self._charge(record.cost_usd)
         self.tally.failed += 1

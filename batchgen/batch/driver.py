@@ -101,7 +101,7 @@ class BatchRun:
         self.exhausted: set[str] = set()  # retryable, but out of attempts in this invocation
         self.budget_cut = False
 
-    def _interrupt(self) -> None:
+    def _interrupt(self, signame: str = "SIGINT") -> None:
         if self.interrupted:
             raise KeyboardInterrupt
         self.interrupted = True

@@ -81,9 +81,10 @@ class Submitter:
     # -- money ------------------------------------------------------------------------------
 
     def committed_usd(self) -> float:
-        """Spent (the ledger) plus the worst case of every batch that may still bill."""
+        """Spent (the ledger), plus the worst case of every batch that may still bill and of
+        live requests an earlier run sent without recording their outcome."""
         held = sum(r.reserve_usd for r in self.journal.records.values() if r.phase.open)
-        return self.rec.index.cost_usd + held
+        return self.rec.index.cost_usd + held + self.rec.index.unsettled.usd
 
     # -- finishing what an earlier run started ------------------------------------------------
 
