@@ -20,10 +20,13 @@ import yaml
 from PIL import Image
 
 from batchgen import errors as e
+from batchgen.batch.command import batch_rows, estimate_side_by_side
 from batchgen.batch.wire import line_error
+from batchgen.estimate import EstimateRequest, estimate
 from batchgen.fake import FakeConfig, Rule, ThreadedFakeServer
 from batchgen.fake.answers import image_price
 from batchgen.pricing import PriceTable
+from batchgen.report import load_status
 from batchgen.spec import JobSpec
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, spawn, wait_for
@@ -189,7 +192,7 @@ def test_expired_batch_is_resubmitted(bserver: ThreadedFakeServer, tmp_path: Pat
     assert "EXPIRED" in res.output
     assert_each_once(bserver, out, 6)
     assert bserver.stats.batches_created == 2
-    states = [b["state"] for b in json.loads(cli("status", out, "--json").stdout)["batches"]]
+    states = [b["state"] for b in batch_rows(out)]
     assert states == ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"]
 
 
@@ -229,8 +232,7 @@ def test_duplicate_results_are_kept_once_and_billed(bserver: ThreadedFakeServer,
     assert len(succeeded(out)) == 16 and set(succeeded(out).values()) == {1}
     # The ledger's spend counts every billed line; each line's last record still names the image.
     assert sum(1 for r in lines if float(r["cost_usd"]) > 0) == st.batch_billed_images  # type: ignore[arg-type]
-    data = json.loads(cli("status", out, "--json").stdout)
-    assert data["succeeded"] == 16
+    assert load_status(out).succeeded == 16
 
 
 def test_budget_cuts_a_batch_down_and_nothing_fitting_exits_3(bserver: ThreadedFakeServer,
@@ -242,7 +244,7 @@ def test_budget_cuts_a_batch_down_and_nothing_fitting_exits_3(bserver: ThreadedF
     assert bserver.stats.batches_created == 0
     res = brun(bserver, m, out, "--budget", "0.45")  # about 5 jobs' worst case at batch prices
     assert res.code == 5, res.output
-    batch = json.loads(cli("status", out, "--json").stdout)["batches"]
+    batch = batch_rows(out)
     assert len(batch) == 1 and 0 < batch[0]["jobs"] < 10
     done = brun(bserver, m, out, "--budget", "0.45", "--wait")
     assert done.code == 3, done.output
@@ -262,9 +264,8 @@ def test_cancel_returns_jobs_to_pending(bserver: ThreadedFakeServer, tmp_path: P
     res = cli("cancel", out, "--base-url", bserver.url, "--yes", env=env)
     assert res.code == 0, res.output
     assert "6 jobs are pending again" in res.output
-    status = json.loads(cli("status", out, "--json").stdout)
-    assert status["batches"][0]["state"] == "BATCH_STATE_CANCELLED"
-    assert status["pending"] == 6
+    assert batch_rows(out)[0]["state"] == "BATCH_STATE_CANCELLED"
+    assert load_status(out).pending == 6
     bserver.config.batch_seconds = BATCH_S
     done = brun(bserver, m, out, "--wait")
     assert done.code == 0, done.output
@@ -313,7 +314,7 @@ def test_ctrl_c_stops_waiting_and_the_batch_keeps_running(bserver: ThreadedFakeS
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "keep running" in err
-    batch = json.loads(cli("status", out, "--json").stdout)["batches"][0]
+    batch = batch_rows(out)[0]
     assert batch["state"] == "BATCH_STATE_PENDING" or batch["state"] == "BATCH_STATE_RUNNING"
 
 
@@ -322,7 +323,7 @@ def test_batches_split_by_file_size(bserver: ThreadedFakeServer, tmp_path: Path)
     out = tmp_path / "out"
     res = brun(bserver, m, out, "--max-file-bytes", "1024", "--wait")
     assert res.code == 0, res.output
-    batches = json.loads(cli("status", out, "--json").stdout)["batches"]
+    batches = batch_rows(out)
     assert len(batches) >= 2 and sum(b["jobs"] for b in batches) == 10
     journal = [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()]
     sizes = [ev["request_bytes"] for ev in journal if "request_bytes" in ev]
@@ -332,11 +333,13 @@ def test_batches_split_by_file_size(bserver: ThreadedFakeServer, tmp_path: Path)
 
 def test_estimate_shows_live_and_batch_side_by_side(tmp_path: Path) -> None:
     m = manifest(tmp_path, 10, refs=1)
-    res = cli("estimate", m, "--mode", "batch", "--json")
-    data = json.loads(res.stdout)
-    assert data["batch_cost_usd"] == pytest.approx(data["live_cost_usd"] / 2, rel=1e-3)
     text = cli("estimate", m, "--mode", "batch").stdout
-    assert "live" in text and "batch" in text
+    rows = [line.split() for line in text.splitlines() if line.lstrip().startswith("total")]
+    live, batch = rows[-1][-2:]  # the side-by-side table's total row: live, then batch
+    assert float(batch.lstrip("$")) == pytest.approx(float(live.lstrip("$")) / 2, abs=0.01)
+    est = estimate(EstimateRequest(manifest=m, out=tmp_path / "none"))
+    _, data = estimate_side_by_side(est, None)
+    assert data["batch_cost_usd"] == pytest.approx(data["live_cost_usd"] / 2, rel=1e-3)
 
 
 @pytest.mark.parametrize(
