@@ -113,7 +113,7 @@ class BatchService:
         self.runner.reset()
 
     async def close(self) -> None:
-        await self.runner.close(list(self._batches.values()))
+        await self.runner.close()
         self._batches.clear()
 
     # -- create ----------------------------------------------------------------------------

@@ -152,6 +152,9 @@ class BatchRunner:
         self.server = server
         self.files = files
         self._line_error_turn = 0
+        # Every batch's timer and work, deleted batches included, so a stop can end them all.
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def cfg(self) -> FakeConfig:
@@ -164,39 +167,47 @@ class BatchRunner:
         batch.timer = asyncio.get_running_loop().call_later(
             max(0.0, batch.seconds), self._start, batch
         )
+        self._timers.add(batch.timer)
 
     def cancel(self, batch: Batch) -> None:
         """Cancel a batch whose work has not started; one being written finishes."""
         if batch.final is not None or batch.task is not None:
             return
-        if batch.timer is not None:
-            batch.timer.cancel()
-            batch.timer = None
+        self._drop_timer(batch)
         self._end(batch, BatchState.CANCELLED)
         if batch.input_path is not None:
             batch.input_path.unlink(missing_ok=True)
 
     def forget(self, batch: Batch) -> None:
         """A deleted batch: no more timer; work already running finishes (its file stays)."""
-        if batch.timer is not None:
-            batch.timer.cancel()
-            batch.timer = None
+        self._drop_timer(batch)
         if batch.task is None and batch.input_path is not None:
             batch.input_path.unlink(missing_ok=True)
 
-    async def close(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            if batch.timer is not None:
-                batch.timer.cancel()
-            if batch.task is not None and not batch.task.done():
-                batch.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await batch.task
+    async def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _drop_timer(self, batch: Batch) -> None:
+        if batch.timer is not None:
+            batch.timer.cancel()
+            self._timers.discard(batch.timer)
+            batch.timer = None
 
     def _start(self, batch: Batch) -> None:
-        batch.timer = None
+        self._drop_timer(batch)
         if batch.task is None and batch.final is None:
-            batch.task = asyncio.get_running_loop().create_task(self._finish(batch))
+            task = asyncio.get_running_loop().create_task(self._finish(batch))
+            batch.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def settle(self, batch: Batch, wait: bool = True) -> None:
         """A read of a batch whose time is up starts its work if the timer has not yet.
@@ -205,8 +216,6 @@ class BatchRunner:
         time; asyncio.wait never cancels the task, so a client hanging up changes nothing.
         """
         if batch.due(time.monotonic()):
-            if batch.timer is not None:
-                batch.timer.cancel()
             self._start(batch)
         if wait and batch.task is not None and not batch.task.done():
             await asyncio.wait({batch.task}, timeout=_SETTLE_WAIT_S)
