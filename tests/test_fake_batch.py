@@ -653,3 +653,31 @@ def test_succeeded_before_its_output_is_there(fake: ThreadedFakeServer, http: Ht
     assert "response" not in second
     third = http.get(f"/v1beta/{name}").json()
     assert third["response"]["responsesFile"] == third["metadata"]["output"]["responsesFile"]
+
+
+def test_chosen_file_names(fake: ThreadedFakeServer, http: Http) -> None:
+    def start(name: str) -> Resp:
+        return http.post("/upload/v1beta/files", headers={
+            "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": "3",
+            "X-Goog-Upload-Header-Content-Type": "application/jsonl"},
+            json={"file": {"name": name}})
+
+    def finish(resp: Resp) -> Resp:
+        return Http("").post(resp.headers["X-Goog-Upload-URL"], content=b"{}\n", headers={
+            "X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"})
+
+    first = finish(start("files/run-0001-requests"))
+    assert first.json()["file"]["name"] == "files/run-0001-requests"
+    assert start("files/run-0001-requests").status_code == 409
+    assert start("files/-bad-").status_code == 400
+    assert start("files/UPPER").status_code == 400
+    http.delete("/v1beta/files/run-0001-requests")
+    again = finish(start("files/run-0001-requests"))
+    assert again.status_code == 200
+    # An abandoned session can be cancelled; its name is free again.
+    pending = start("files/abandoned")
+    cancelled = Http("").post(pending.headers["X-Goog-Upload-URL"],
+                              headers={"X-Goog-Upload-Command": "cancel"})
+    assert cancelled.headers["X-Goog-Upload-Status"] == "cancelled"
+    assert finish(start("files/abandoned")).status_code == 200

@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -205,7 +206,7 @@ class FileStore:
     ) -> StoredFile:
         self._seq += 1
         stored = StoredFile(
-            file_id, display_name, mime_type, size, sha256, _now(), path, source, self._seq
+            file_id, display_name, mime_type, size, sha256, time.time(), path, source, self._seq
         )
         self._files[file_id] = stored
         return stored
@@ -254,7 +255,10 @@ class FileStore:
                     f"Invalid file name: files/{file_id}. It must be at most 40 lowercase "
                     "letters, digits or dashes, and not start or end with a dash."
                 )
-            if file_id in self._files or any(s.file_id == file_id for s in self._sessions.values()):
+            uploading = any(
+                s.file_id == file_id and s.done is None for s in self._sessions.values()
+            )
+            if file_id in self._files or uploading:
                 raise ApiError(409, "ALREADY_EXISTS", f"File files/{file_id} already exists.")
         fid = file_id or self.new_id()
         upload_id = secrets.token_urlsafe(24)
@@ -267,6 +271,13 @@ class FileStore:
 
     def session(self, upload_id: str) -> UploadSession | None:
         return self._sessions.get(upload_id)
+
+    def cancel_upload(self, session: UploadSession) -> None:
+        if session.handle is not None:
+            session.handle.close()
+            session.handle = None
+        session.path.unlink(missing_ok=True)
+        self._sessions.pop(session.upload_id, None)
 
     def finalize(self, session: UploadSession) -> StoredFile:
         if session.done is not None:
@@ -287,12 +298,6 @@ class FileStore:
         )
         self.stats.record_upload(session.received)
         return session.done
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def _base(request: web.Request) -> str:
@@ -405,10 +410,7 @@ class FilesApi:
                 headers=_status("final", session.received),
             )
         if "cancel" in commands:
-            if session.handle is not None:
-                session.handle.close()
-            session.path.unlink(missing_ok=True)
-            self.store._sessions.pop(upload_id, None)
+            self.store.cancel_upload(session)
             return web.Response(status=200, headers=_status("cancelled"))
         if "query" in commands:
             return web.Response(status=200, headers=_status("active", session.received))
