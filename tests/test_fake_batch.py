@@ -681,3 +681,18 @@ def test_chosen_file_names(fake: ThreadedFakeServer, http: Http) -> None:
                               headers={"X-Goog-Upload-Command": "cancel"})
     assert cancelled.headers["X-Goog-Upload-Status"] == "cancelled"
     assert finish(start("files/abandoned")).status_code == 200
+
+
+def test_fault_rates_apply_per_line_and_counters_stay_apart(
+    fake: ThreadedFakeServer, http: Http
+) -> None:
+    live = http.post(f"/v1beta/models/{MODEL}:generateContent",
+                     json=request_line("x", "live one")["request"])
+    assert live.status_code == 200
+    fake.config.faults = {"block": 1.0}
+    op = wait_done(http, file_batch(http, [request_line(f"k{i}", f"b {i}") for i in range(4)]))
+    lines = results(http, op)
+    assert all(line["response"]["promptFeedback"]["blockReason"] == "SAFETY" for line in lines)
+    stats = fake.stats
+    assert stats.billed_images == 1 and stats.billed_prompts == Counter({"live one": 1})
+    assert stats.batch_billed_images == 0 and stats.requests == 1
