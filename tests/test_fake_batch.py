@@ -593,9 +593,10 @@ def test_file_data_references_count_and_set_the_ratio(
             {"fileData": {"mimeType": "image/png", "fileUri": file["uri"]}})
         return line
 
+    # A reference deleted before the batch runs is that line's error, not the create's.
+    http.delete(f"/v1beta/{gone['name']}")
     name = file_batch(http, [with_ref("a", ref), with_ref("b", ref), with_ref("c", gone),
                              request_line("plain", "no reference")])
-    http.delete(f"/v1beta/{gone['name']}")  # gone before the batch runs: that line's error
     out = {line["key"]: line for line in results(http, wait_done(http, name))}
     for key in ("a", "b"):
         response = out[key]["response"]
