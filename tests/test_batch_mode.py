@@ -363,3 +363,15 @@ def test_fake_flag_runs_batch_mode_with_wait_only(tmp_path: Path) -> None:
               "0.2", "--no-progress")
     assert res.code == 0, res.output
     assert len(succeeded(out)) == 3
+
+
+def test_lines_that_always_fail_stop_after_max_attempts(bserver: ThreadedFakeServer,
+                                                        tmp_path: Path) -> None:
+    bserver.config.batch_line_error_rate = 1.0
+    m = manifest(tmp_path, 4)
+    out = tmp_path / "out"
+    res = brun(bserver, m, out, "--wait", "--max-attempts", "2")
+    assert res.code == 1, res.output
+    per_job = collections.Counter(str(r["job_id"]) for r in ledger_lines(out))
+    assert sorted(per_job.values()) == [2, 2, 2, 2]
+    assert bserver.stats.batches_created == 2

@@ -74,6 +74,12 @@ class Tally:
     duplicates: int = 0
     spent_usd: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    # Jobs that came back in this invocation (retryable line, no result, batch ended without
+    # results), with how often: what caps their resubmissions.
+    comebacks: dict[str, int] = field(default_factory=dict)
+
+    def came_back(self, job_id: str) -> None:
+        self.comebacks[job_id] = self.comebacks.get(job_id, 0) + 1
 
     def note_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -158,6 +164,7 @@ class Recorder:
         self.tally.failed += 1
         if retryable:
             self.tally.retryable += 1
+            self.tally.came_back(spec.job_id)
         else:
             self.tally.failed_permanent += 1
         self.tally.note_error(exc.kind.value)
@@ -292,6 +299,7 @@ class Collector:
         for job_id in jobs:
             if job_id not in seen and job_id not in done.kept:
                 self.rec.index.states.pop(job_id, None)  # pending again: submitted anew
+                self.rec.tally.came_back(job_id)
         kept, failed = len(done.kept), len(done.failed - set(done.kept))
         self.journal.update(batch.display_name, phase=Phase.COLLECTED, collecting=False,
                             succeeded=kept, failed=failed, returned=returned)

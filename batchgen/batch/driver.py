@@ -96,7 +96,6 @@ class BatchRun:
         self.stop = asyncio.Event()
         self.interrupted = False
         self.submitted = Submitted()
-        self.attempts: dict[str, int] = {}  # resubmissions in this invocation, per job
         self.new_jobs = 0
         self.exhausted: set[str] = set()  # retryable, but out of attempts in this invocation
         self.budget_cut = False
@@ -175,12 +174,14 @@ class BatchRun:
 
     def _jobs(self) -> Iterator[JobSpec]:
         """What still needs doing, as live mode would plan it; --limit counts distinct jobs of
-        this invocation, and a job is resubmitted at most --max-attempts times in it."""
+        this invocation, and a job is submitted at most --max-attempts times in it (only jobs
+        that came back are remembered for that, so memory does not grow with the manifest)."""
         sel: Selection = self.prep.plan.selection
         plan = Plan(self.prep.manifest.iter_jobs, self.prep.plan.index, replace(sel, limit=None))
         cap = self.prep.settings.max_attempts
+        comebacks = self.tally.comebacks
         for job in plan:
-            n = self.attempts.get(job.job_id, 0)
+            n = comebacks.get(job.job_id, 0)
             if n >= cap:
                 self.exhausted.add(job.job_id)
                 continue
@@ -188,7 +189,6 @@ class BatchRun:
                 if sel.limit is not None and self.new_jobs >= sel.limit:
                     continue
                 self.new_jobs += 1
-            self.attempts[job.job_id] = n + 1
             yield job
 
     async def _poll(self, api: BatchAPI, collector: Collector) -> int:
@@ -224,9 +224,12 @@ class BatchRun:
     def _close(self, rec: BatchRecord, state: str) -> None:
         """A batch over with no results: its jobs are pending again and get submitted anew."""
         states = self.prep.plan.index.states
+        comebacks = self.tally.comebacks
         for d in self.journal.iter_jobs(rec.display_name):
-            if states.get(str(d["k"])) == IN_BATCH:
-                del states[str(d["k"])]
+            job_id = str(d["k"])
+            if states.get(job_id) == IN_BATCH:
+                del states[job_id]
+                comebacks[job_id] = comebacks.get(job_id, 0) + 1
         self.journal.update(rec.display_name, phase=Phase.CLOSED, state=state,
                             returned=rec.jobs)
         log.warning("%s (%s) ended %s: its %d jobs are submitted again", rec.name,
