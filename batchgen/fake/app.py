@@ -40,7 +40,8 @@ from .answers import (
 )
 from .batch_api import BatchService
 from .faults import FAULT_NAMES, FakeConfig, FaultChooser, SlidingWindow, apply_config_json
-from .files_api import FilesApi, FileStore
+from .file_store import FileStore
+from .files_api import FilesApi
 from .images import EncodedImage, ImageCache, colour_bucket
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request

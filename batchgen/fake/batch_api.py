@@ -19,18 +19,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .batch_run import Batch, BatchRunner, operation
+from .batch_run import Batch, BatchRunner, BatchState
 from .faults import FakeConfig
-from .files_api import (
-    FileStore,
+from .file_store import FileStore
+from .validate import ApiError, SchemaError, invalid, parse_request_obj, snake
+from .wire import (
     check_key,
     decode_page_token,
     encode_page_token,
     error_response,
     json_response,
     page_size,
+    rfc3339,
 )
-from .validate import ApiError, SchemaError, invalid, parse_request_obj, snake
 
 if TYPE_CHECKING:
     from .app import FakeServer
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 _CHECK_YIELD_EVERY = 1000
 # At most this many "Error on line N" lines in one create error, as a long file could have many.
 _MAX_LINE_ERRORS = 20
+_TYPE_BATCH = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
+_TYPE_OUTPUT = (
+    "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
+)
 _BATCH_FIELDS = frozenset({"display_name", "input_config", "priority", "model", "name"})
 _INPUT_FIELDS = frozenset({"file_name", "requests"})
 _INLINE_ITEM_FIELDS = frozenset({"request", "metadata"})
@@ -324,3 +329,55 @@ class BatchService:
         return json_response(b"{}")
 
 
+def operation(batch: Batch, now: float, *, lag: bool = False) -> dict[str, Any]:
+    """The batch as the service shows it: a long-running Operation."""
+    state = batch.state(now)
+    counts: dict[str, str] = {"requestCount": str(batch.request_count)}
+    if batch.final is None:
+        counts["pendingRequestCount"] = str(batch.request_count)
+    else:
+        if batch.succeeded:
+            counts["successfulRequestCount"] = str(batch.succeeded)
+        if batch.failed:
+            counts["failedRequestCount"] = str(batch.failed)
+    updated = batch.created
+    if state is BatchState.RUNNING:
+        updated += batch.seconds * 0.25
+    if batch.ended is not None:
+        updated = batch.ended
+    meta: dict[str, Any] = {"@type": _TYPE_BATCH, "model": f"models/{batch.model}"}
+    if batch.display_name:
+        meta["displayName"] = batch.display_name
+    if batch.input_name is not None:
+        meta["inputConfig"] = {"fileName": batch.input_name}
+    meta["createTime"] = rfc3339(batch.created)
+    meta["updateTime"] = rfc3339(updated)
+    if batch.ended is not None:
+        meta["endTime"] = rfc3339(batch.ended)
+    meta["batchStats"] = counts
+    meta["state"] = state.value
+    meta["name"] = batch.name
+    if batch.priority:
+        meta["priority"] = str(batch.priority)
+    op: dict[str, Any] = {"name": batch.name, "metadata": meta}
+    output: bytes | None = None
+    if batch.output_file is not None:
+        output = orjson.dumps({"responsesFile": batch.output_file})
+    elif batch.inline_out is not None:
+        output = batch.inline_out
+    if lag and state is BatchState.SUCCEEDED and batch.output_lag > 0:
+        # Reported of the service: SUCCEEDED a little before the output is there.
+        batch.output_lag -= 1
+        output = None
+    if state is BatchState.SUCCEEDED and output is not None:
+        meta["output"] = orjson.Fragment(output)
+        op["done"] = True
+        response = b'{"@type":"' + _TYPE_OUTPUT.encode() + b'",' + output[1:]
+        op["response"] = orjson.Fragment(response)
+    elif batch.final is not None:
+        op["done"] = True
+        if batch.final is BatchState.CANCELLED:
+            op["error"] = {"code": 1, "message": "CANCELLED"}
+        elif batch.error is not None:
+            op["error"] = batch.error
+    return op

@@ -1,303 +1,34 @@
-"""The fake's Files API: resumable uploads kept on disk, get, list, delete and download.
+"""The fake's Files API over HTTP: resumable upload, get, list, delete and download.
 
-Request files for the Batch API can be 2 GB, so nothing here holds a file in memory: uploads
-stream chunk by chunk into a temp directory, downloads are served from disk, and the sha256 is
-computed as the bytes arrive. The wire format is the one in gemini-batch-wire.md: an upload
-session URL from ``X-Goog-Upload-URL``, ``X-Goog-Upload-Status`` on every answer, a finalize
-answer of ``{"file": File}``, and 403 (not 404) for a file that does not exist.
+The wire format is the one in gemini-batch-wire.md: an upload session URL from
+``X-Goog-Upload-URL`` (called without a key), ``X-Goog-Upload-Status`` on every answer, chunks
+at explicit offsets, and a finalize answer of ``{"file": File}``.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime
-import hashlib
 import logging
-import os
-import re
-import secrets
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .answers import bad_key, missing_key
 from .faults import FakeConfig
-from .images import probe_image
-from .stats import FakeStats
+from .file_store import FileStore, UploadSession
 from .validate import ApiError, invalid, snake
+from .wire import (
+    check_key,
+    decode_page_token,
+    encode_page_token,
+    error_response,
+    json_response,
+    page_size,
+)
 
 logger = logging.getLogger(__name__)
 
-FILE_TTL_S = 48 * 3600
 CHUNK_GRANULARITY = 8 * 1024 * 1024
 _READ_CHUNK = 1 << 20
-_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-_JSON_HEADERS = {"Content-Type": "application/json; charset=UTF-8"}
-# "files/ID" at the end of a fileUri: a bare name, our own URI, or the service's.
-_URI_RE = re.compile(r"(?:^|/)files/([a-z0-9][a-z0-9-]*)$")
-_PROBE_MAX = 64 * 1024 * 1024  # bigger files are not images a request could use
-
-
-def rfc3339(epoch: float) -> str:
-    stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    body = data if isinstance(data, bytes) else orjson.dumps(data)
-    h = _JSON_HEADERS if headers is None else {**_JSON_HEADERS, **headers}
-    return web.Response(body=body, status=status, headers=h)
-
-
-def error_response(err: ApiError, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response(err.body(), err.code, {**err.headers, **(headers or {})})
-
-
-def check_key(request: web.Request, cfg: FakeConfig) -> None:
-    """The key as the service takes it: header ``x-goog-api-key`` or query ``key``."""
-    key = request.headers.get("x-goog-api-key") or request.query.get("key")
-    if not key:
-        raise missing_key()
-    if key != cfg.api_key:
-        raise bad_key()
-
-
-def no_such_file(file_id: str) -> ApiError:
-    return ApiError(
-        403,
-        "PERMISSION_DENIED",
-        f"You do not have permission to access the File {file_id} or it may not exist.",
-    )
-
-
-def encode_page_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{seq}".encode()).decode("ascii")
-
-
-def decode_page_token(token: str) -> int | None:
-    """The sequence number a page ends at; None for no token. Bad tokens are a 400."""
-    if not token:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
-        if text.startswith("after:"):
-            return int(text[6:])
-    except (ValueError, UnicodeError):
-        pass
-    raise invalid("Invalid page token.")
-
-
-def page_size(request: web.Request, default: int, maximum: int) -> int:
-    raw = request.query.get("pageSize") or request.query.get("page_size")
-    if not raw:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise invalid(f"Invalid value for pageSize: {raw!r}") from None
-    if n < 0:
-        raise invalid("pageSize must not be negative.")
-    return min(n, maximum) if n else default
-
-
-@dataclass
-class StoredFile:
-    file_id: str  # without the "files/" prefix
-    display_name: str
-    mime_type: str
-    size: int
-    sha256: bytes
-    created: float
-    path: Path
-    source: str  # UPLOADED | GENERATED
-    seq: int
-    probed: bool = False
-    dims: tuple[int, int] | None = None  # the image's size, once probed
-
-    def resource(self, base: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": f"files/{self.file_id}"}
-        if self.display_name:
-            out["displayName"] = self.display_name
-        out.update(
-            {
-                "mimeType": self.mime_type,
-                "sizeBytes": str(self.size),
-                "createTime": rfc3339(self.created),
-                "updateTime": rfc3339(self.created),
-                "expirationTime": rfc3339(self.created + FILE_TTL_S),
-                "sha256Hash": base64.b64encode(self.sha256.hex().encode("ascii")).decode(),
-                "uri": f"{base}/files/{self.file_id}",
-            }
-        )
-        if self.source == "GENERATED":
-            host, _, version = base.rpartition("/")
-            out["downloadUri"] = (
-                f"{host}/download/{version}/files/{self.file_id}:download?alt=media"
-            )
-        out["state"] = "ACTIVE"
-        out["source"] = self.source
-        return out
-
-
-@dataclass
-class UploadSession:
-    upload_id: str
-    file_id: str
-    display_name: str
-    mime_type: str
-    declared_size: int | None
-    path: Path
-    handle: IO[bytes] | None
-    hasher: Any = field(default_factory=hashlib.sha256)
-    received: int = 0
-    done: StoredFile | None = None
-
-
-class FileStore:
-    """The account's files, on disk under one temp directory made on first use."""
-
-    def __init__(self, stats: FakeStats) -> None:
-        self.stats = stats
-        self._root: Path | None = None
-        self._files: dict[str, StoredFile] = {}
-        self._sessions: dict[str, UploadSession] = {}
-        self._seq = 0
-
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="batchgen-fake-files-"))
-        return self._root
-
-    def close(self) -> None:
-        for session in self._sessions.values():
-            if session.handle is not None:
-                session.handle.close()
-        self._sessions.clear()
-        self._files.clear()
-        if self._root is not None:
-            shutil.rmtree(self._root, ignore_errors=True)
-            self._root = None
-
-    def new_id(self, prefix: str = "") -> str:
-        while True:
-            alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-            fid = prefix + "".join(secrets.choice(alphabet) for _ in range(12))
-            if fid not in self._files:
-                return fid
-
-    def get(self, file_id: str) -> StoredFile:
-        found = self._files.get(file_id)
-        if found is None:
-            raise no_such_file(file_id)
-        return found
-
-    def add(
-        self, file_id: str, path: Path, *, display_name: str, mime_type: str, source: str,
-        sha256: bytes, size: int,
-    ) -> StoredFile:
-        self._seq += 1
-        stored = StoredFile(
-            file_id, display_name, mime_type, size, sha256, time.time(), path, source, self._seq
-        )
-        self._files[file_id] = stored
-        return stored
-
-    def resolve_uri(self, uri: str) -> tuple[int, int] | None:
-        """A ``fileData.fileUri`` naming one of our files: its image size (None: not an image).
-
-        URIs that name no file of this server (another host, gs://) are let through as None.
-        A name of ours that is gone is the service's 403. Sizes are cached per file: a batch of
-        100,000 lines sharing three references probes three images.
-        """
-        match = _URI_RE.search(uri)
-        if match is None:
-            return None
-        stored = self.get(match.group(1))
-        if not stored.probed:
-            if stored.size <= _PROBE_MAX:
-                with stored.path.open("rb") as fh:
-                    stored.dims = probe_image(fh.read())
-            stored.probed = True
-        return stored.dims
-
-    def delete(self, file_id: str) -> None:
-        stored = self._files.pop(self.get(file_id).file_id)
-        # Batches hold their own hard link to an input file, so this cannot pull it from them.
-        stored.path.unlink(missing_ok=True)
-        self.stats.record_file_deleted()
-
-    def page(self, after: int | None, size: int) -> tuple[list[StoredFile], int | None]:
-        """Newest first; the token is the last seq shown, so deletes never shift a page."""
-        newest = sorted(self._files.values(), key=lambda f: f.seq, reverse=True)
-        if after is not None:
-            newest = [f for f in newest if f.seq < after]
-        shown = newest[:size]
-        more = len(newest) > size
-        return shown, (shown[-1].seq if more and shown else None)
-
-    # -- uploads ---------------------------------------------------------------------------
-
-    def start_upload(
-        self, file_id: str | None, display_name: str, mime_type: str, declared: int | None
-    ) -> UploadSession:
-        if file_id is not None:
-            if not _ID_RE.match(file_id):
-                raise invalid(
-                    f"Invalid file name: files/{file_id}. It must be at most 40 lowercase "
-                    "letters, digits or dashes, and not start or end with a dash."
-                )
-            uploading = any(
-                s.file_id == file_id and s.done is None for s in self._sessions.values()
-            )
-            if file_id in self._files or uploading:
-                raise ApiError(409, "ALREADY_EXISTS", f"File files/{file_id} already exists.")
-        fid = file_id or self.new_id()
-        upload_id = secrets.token_urlsafe(24)
-        path = self.root / f"upload-{upload_id}"
-        session = UploadSession(
-            upload_id, fid, display_name, mime_type, declared, path, path.open("wb")
-        )
-        self._sessions[upload_id] = session
-        return session
-
-    def session(self, upload_id: str) -> UploadSession | None:
-        return self._sessions.get(upload_id)
-
-    def cancel_upload(self, session: UploadSession) -> None:
-        if session.handle is not None:
-            session.handle.close()
-            session.handle = None
-        session.path.unlink(missing_ok=True)
-        self._sessions.pop(session.upload_id, None)
-
-    def finalize(self, session: UploadSession) -> StoredFile:
-        if session.done is not None:
-            return session.done
-        if session.declared_size is not None and session.received != session.declared_size:
-            raise invalid(
-                f"Upload is incomplete: {session.received} of {session.declared_size} bytes."
-            )
-        if session.handle is not None:
-            session.handle.close()
-            session.handle = None
-        final = self.root / f"file-{session.file_id}"
-        os.replace(session.path, final)
-        session.done = self.add(
-            session.file_id, final, display_name=session.display_name,
-            mime_type=session.mime_type, source="UPLOADED", sha256=session.hasher.digest(),
-            size=session.received,
-        )
-        self.stats.record_upload(session.received)
-        return session.done
 
 
 def _base(request: web.Request) -> str:
