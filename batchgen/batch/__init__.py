@@ -5,6 +5,7 @@
     submit.py   request files, reference uploads, the never-twice create
     collect.py  result files streamed into the store and the ledger, as live results are
     driver.py   one ``run --mode batch`` (and ``--wait``) from top to bottom; ``cancel``
+    command.py  the CLI's side: ``run --mode batch``, ``cancel``, ``status``, ``estimate``
 
 Imported lazily by the CLI: live mode never loads any of it.
 """

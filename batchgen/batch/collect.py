@@ -23,7 +23,6 @@ import io
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,7 +39,7 @@ from ..response import data_url_bytes, parse_answer
 from ..retrying import is_retryable
 from ..spec import JobSpec
 from ..store import ImageStore, sha256_hex
-from .journal import BatchRecord, Journal, Phase, spec_from_line
+from .journal import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from .wire import BatchAPI, line_error, output_of
 
 log = logging.getLogger(__name__)
@@ -309,7 +308,7 @@ class Collector:
     async def _read(self, name: str, batch: BatchRecord, output: dict[str, Any],
                     jobs: dict[str, dict[str, Any]], done: _Done, seen: set[str]) -> None:
         started = batch.created_at or batch.intent_at
-        latency = _seconds_since(started)
+        latency = seconds_since(started) if started else 0.0
         lineno = 0
         async for obj in _lines(self.api, output):
             lineno += 1
@@ -388,13 +387,3 @@ class Collector:
         for path in (self.journal.jobs_path(batch.display_name),
                      self.journal.requests_path(batch.display_name)):
             path.unlink(missing_ok=True)
-
-
-def _seconds_since(iso: str) -> float:
-    import datetime as dt
-
-    try:
-        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return max(time.time() - then.timestamp(), 0.0)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -31,7 +30,7 @@ from ..run import Prepared, RunRequest, _endpoint, _install_signals, _settings_m
 from ..spec import JobSpec, Provider
 from ..store import ImageStore
 from .collect import Collector, Recorder, Tally
-from .journal import BatchRecord, Journal, Phase
+from .journal import BatchRecord, Journal, Phase, seconds_since
 from .submit import BatchSettings, Submitted, Submitter
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
@@ -352,13 +351,9 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
 
 
 def age(iso: str) -> str:
-    import datetime as dt
-
-    try:
-        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
+    s = seconds_since(iso)
+    if s == float("inf"):
         return "?"
-    s = max(time.time() - then.timestamp(), 0)
     if s < 120:
         return f"{s:.0f}s"
     if s < 7200:

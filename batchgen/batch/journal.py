@@ -22,6 +22,7 @@ collecting needs neither the manifest nor more memory than one batch's job list.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 import logging
@@ -242,6 +243,17 @@ class Journal:
         the sequence number keeps a resubmission of the same jobs apart from the first try."""
         folder = self.ensure_folder_id()
         return f"batchgen-{_slug(self.run_dir.resolve().name)}-{folder}-{seq:05d}-{job_ids_digest}"
+
+
+def seconds_since(iso: str) -> float:
+    """Seconds from an RFC 3339 time (ours or the service's) to now; inf if unreadable."""
+    try:
+        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=dt.timezone.utc)
+    return max((dt.datetime.now(dt.timezone.utc) - then).total_seconds(), 0.0)
 
 
 def digest_ids(ids: list[str]) -> str:

@@ -33,12 +33,13 @@ import orjson
 
 from .. import errors as e
 from ..client import GeminiClient
+from ..ledger import fsync_dir
 from ..plan import IN_BATCH
 from ..references import load_reference_bytes, sniff_image_type
 from ..spec import JobSpec, Reference
 from .collect import Recorder, crash_point
-from .journal import BatchRecord, Journal, Phase, digest_ids, jobs_line
-from .wire import FINAL_STATES, BatchAPI, batch_info, fsync_dir
+from .journal import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
+from .wire import BatchAPI, batch_info
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class Submitter:
         """The uploaded copy of a reference (uploading it the first time it is needed)."""
         key = ref.sha256 or ref.source
         known = self.journal.refs.get(key)
-        if known is not None and _age_s(str(known.get("at", ""))) < REF_REUSE_S:
+        if known is not None and seconds_since(str(known.get("at", ""))) < REF_REUSE_S:
             return {"mimeType": str(known["mime"]), "fileUri": str(known["uri"])}
         data, mime = await self._reference_bytes(ref)
         tmp = self.journal.dir / f"ref-{os.getpid()}.tmp"
@@ -255,14 +256,6 @@ class Submitter:
                 return data
         except (aiohttp.ClientError, OSError) as exc:
             raise translate(exc) from exc
-
-
-def _age_s(iso: str) -> float:
-    try:
-        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return float("inf")
-    return (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
 
 
 class _Group:
@@ -321,7 +314,3 @@ class _Group:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def is_final(state: str) -> bool:
-    return state in FINAL_STATES

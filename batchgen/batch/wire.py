@@ -24,7 +24,7 @@ import orjson
 from .. import errors as e
 from ..client import error_from_http, translate
 from ..config import ClientSettings
-from ..redact import redact, register_secret
+from ..redact import register_secret
 from ..retrying import RetryPolicy, backoff_delay, should_retry
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,6 @@ def line_error(status: Any) -> e.APIError:
         code if isinstance(code, int) else 2, 500
     )
     return error_from_http(http, orjson.dumps({"error": err}), {})
-
-
-def short_id(name: str) -> str:
-    """``batches/abc`` -> ``abc``; ``files/abc`` -> ``abc``."""
-    return name.rsplit("/", 1)[-1]
 
 
 def batch_info(op: dict[str, Any]) -> dict[str, Any]:
@@ -361,16 +356,3 @@ class BatchAPI:
 def _answered(err: e.APIError) -> e.APIError:
     err.answered = True
     return err
-
-
-def describe(exc: BaseException) -> str:
-    return redact(str(exc))
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
