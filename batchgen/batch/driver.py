@@ -112,6 +112,10 @@ class BatchRun:
         folder = prep.folder
         store = ImageStore(folder.path)
         store.prepare()
+        # A request file still being written when a run died: no intent names it, so no
+        # batch was made from it (its jobs are planned again).
+        for tmp in self.journal.dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
         ledger = LedgerWriter(folder.ledger_path)
         ledger.open()
         meta = folder.read_meta()
