@@ -270,7 +270,7 @@ def test_ctrl_c_while_the_budget_runs_out_then_resume_keeps_the_cap(
     prompts = [f"budget signal {i}" for i in range(12)]
     m = write_manifest(tmp_path / "m.yaml", prompts)
     out = tmp_path / "run"
-    proc = spawn(*run_args(server, m, out, "--concurrency", "4", "--budget", "0.80"), env=ENV)
+    proc = spawn(*run_args(server, m, out, "--concurrency", "2", "--budget", "1.20"), env=ENV)
     assert wait_for(lambda: len(ledger_lines(out)) >= 3 and server.stats.in_flight >= 1,
                     timeout=30)
     proc.send_signal(signal.SIGINT)
@@ -280,10 +280,11 @@ def test_ctrl_c_while_the_budget_runs_out_then_resume_keeps_the_cap(
     settle(server)
     assert_billing_matches(server, out)
     for _ in range(2):
-        r = run_against(server, m, out, "--concurrency", "4", "--budget", "0.80")
+        r = run_against(server, m, out, "--concurrency", "4", "--budget", "1.20")
         assert r.code == 3, r.output
+        assert "stopping (the $1.20 budget is reached)" in r.stderr
         settle(server)
-        assert server.stats.billed_usd <= 0.80
+        assert server.stats.billed_usd <= 1.20
         assert_billing_matches(server, out)
 
 
