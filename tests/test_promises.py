@@ -237,13 +237,13 @@ def test_a_stop_signal_drains_what_was_sent_and_resume_pays_nothing_twice(
     assert_billing_matches(server, out)
 
 
-def test_a_signal_during_a_fatal_stop_drains_and_a_second_one_drops(
-    server: ThreadedFakeServer, tmp_path: Path
-) -> None:
+def test_a_signal_during_a_fatal_stop_drains(server: ThreadedFakeServer, tmp_path: Path) -> None:
     """A daily-quota 429 stops the run while others are being generated: a Ctrl-C then must wait
     for them (the first signal from the user), not drop them."""
-    server.config.latency_s = 1.5
-    server.config.rules = [Rule(match="poison", fault="429_daily")]
+    server.config.latency_s = 0.5
+    server.config.slow_s = 2.5  # the busy ones are still being generated when the 429 comes
+    server.config.rules = [Rule(match="poison", fault="429_daily"),
+                           Rule(match="busy", fault="slow")]
     prompts = ["warm up"] + [f"busy {i}" for i in range(3)] + ["poison"] + [
         f"later {i}" for i in range(4)]
     m = write_manifest(tmp_path / "m.yaml", prompts)
