@@ -141,7 +141,7 @@ def _card_head(r: LedgerRecord) -> bytes:
         "t": r.finished_at,
     }
     if r.references:
-        d["r"] = list(r.references)
+        d["r"] = [ref.get("path") for ref in r.references]
     if r.text:
         d["x"] = r.text
     if r.width and r.height:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
+from .current import write_current
 from .errors import BatchgenError, InputError, StorageError
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
@@ -160,6 +161,10 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 plan.count(price)
         counts = plan.counts
         change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+        # The jobs the manifest holds now, with their metadata, for exports and reports: written
+        # even when nothing is left to run, since an edited label re-runs nothing.
+        in_scope = selection.in_scope
+        write_current(folder.path, (j for j in manifest.iter_jobs() if in_scope(j.job_id)))
     except BaseException:
         if lock is not None:
             os.close(lock)
