@@ -73,6 +73,10 @@ def write_current(folder: Path, jobs: Iterable[JobSpec]) -> int:
 
     Written to a ``.tmp`` name, fsync'd and renamed, so a crash leaves the previous file whole.
     """
+    return _write_entries(folder, map(job_entry, jobs))
+
+
+def _write_entries(folder: Path, entries: Iterable[dict[str, Any]]) -> int:
     path = current_path(folder)
     tmp = path.with_name(path.name + ".tmp")
     dumps = orjson.dumps
@@ -80,8 +84,8 @@ def write_current(folder: Path, jobs: Iterable[JobSpec]) -> int:
     try:
         with open(tmp, "wb", buffering=_WRITE_BUFFER) as fh:
             write = fh.write
-            for spec in jobs:
-                write(dumps(job_entry(spec)))
+            for entry in entries:
+                write(dumps(entry))
                 write(b"\n")
                 n += 1
             fh.flush()
@@ -94,6 +98,25 @@ def write_current(folder: Path, jobs: Iterable[JobSpec]) -> int:
             log.debug("could not remove %s", tmp)
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return n
+
+
+def merge_current(sources: list[Path], out: Path) -> bool:
+    """``out/jobs.jsonl`` as the union of the inputs' (the first line per job id wins, in input
+    order); False, and no file, if an input has none: its jobs would then look superseded."""
+    if not sources or not all(has_current(src) for src in sources):
+        current_path(out).unlink(missing_ok=True)
+        return False
+    seen: set[str] = set()
+
+    def union() -> Iterator[dict[str, Any]]:
+        for src in sources:
+            for entry in iter_current(src):
+                if entry["job_id"] not in seen:
+                    seen.add(entry["job_id"])
+                    yield entry
+
+    _write_entries(out, union())
+    return True
 
 
 def has_current(folder: Path) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .current import merge_current
 from .errors import InputError, StorageError
 from .ledger import LEDGER_NAME, LedgerRecord, iter_records
 from .plan import RunFolder, now_iso
@@ -202,6 +203,7 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
         tmp_winners.unlink(missing_ok=True)
         tmp_history.unlink(missing_ok=True)
 
+    merge_current(sources, out)  # the jobs each input's manifest held, with their metadata
     metas = [RunFolder(s).read_meta() for s in sources]
     jobs = _sum_jobs(metas, per_source_jobs, len(best))
     folder.write_meta({

@@ -239,16 +239,12 @@ def _make_flat(out: Path) -> None:
     for rec in ledger_lines(out):
         old = {k: rec[k] for k in old_keys}
         old["references"] = [r["path"] for r in rec["references"]]  # type: ignore[attr-defined]
-        outputs = []
-        for rel in rec["outputs"]:  # type: ignore[attr-defined]
+        old["outputs"] = [f"images/{Path(str(rel)).name}" for rel in rec["outputs"]]  # type: ignore[attr-defined]
+        for rel, flat in zip(rec["outputs"], old["outputs"], strict=True):  # type: ignore[call-overload]
             src = out / str(rel)
-            flat = f"images/{src.name}"
             os.replace(src, out / flat)
-            sidecar = src.with_suffix(".json")
-            (out / flat).with_suffix(".json").write_bytes(json.dumps(old).encode())
-            sidecar.unlink()
-            outputs.append(flat)
-        old["outputs"] = outputs
+            src.with_suffix(".json").unlink()
+            (out / flat).with_suffix(".json").write_text(json.dumps(old) + "\n")
         lines.append(json.dumps(old))
     (out / "ledger.jsonl").write_text("\n".join(lines) + "\n")
     for sub in (out / "images").iterdir():
@@ -298,3 +294,22 @@ def test_a_flat_folder_from_before_resumes_adopts_and_reports(
     gallery = cli("gallery", out)
     assert gallery.code == 0, gallery.output
     assert len(list((out / "thumbs").rglob("*.jpg"))) == 5
+
+    # Merged with a folder of the new layout: both kinds of path stay valid side by side.
+    other = tmp_path / "other"
+    assert run_against(server, write_manifest(tmp_path / "m2.yaml", ["other one"]), other).code == 0
+    merged = tmp_path / "merged"
+    r = cli("merge", out, other, "--out", merged)
+    assert r.code == 0, r.output
+    merged_latest = {str(rec["job_id"]): rec for rec in ledger_lines(merged)}
+    assert len(merged_latest) == 6
+    depths = set()
+    for rec in merged_latest.values():
+        (rel,) = rec["outputs"]  # type: ignore[misc]
+        depths.add(str(rel).count("/"))
+        with Image.open(merged / str(rel)) as img:
+            img.load()
+        assert (merged / str(rel)).with_suffix(".json").is_file()
+    assert depths == {1, 2}
+    both = (current_ids(out) or set()) | (current_ids(other) or set())
+    assert current_ids(merged) == both and len(both) == 6

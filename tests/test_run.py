@@ -58,7 +58,7 @@ def test_yaml_run_then_resume_sends_nothing(server: ThreadedFakeServer, tmp_path
     meta = json.loads((out / "run.json").read_text())
     assert meta["jobs"] == 3 and meta["state"] == "finished"
     assert f"gallery: {out / 'gallery.html'}" in r.stderr
-    assert (out / "gallery.html").stat().st_size > 0 and len(list((out / "thumbs").iterdir())) == 3
+    assert (out / "gallery.html").stat().st_size > 0 and len(list((out / "thumbs").rglob("*.jpg"))) == 3
     r2 = run_against(server, m, out)
     assert r2.code == 0, r2.output
     assert "nothing to do" in r2.stderr
