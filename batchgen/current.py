@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -45,13 +47,15 @@ def job_entry(spec: JobSpec) -> dict[str, Any]:
     """The job's provenance: who it is to the user and every setting it is generated with.
 
     The same keys go into every ledger line and sidecar (:mod:`batchgen.pool`), so a consumer
-    reads one shape from either.
+    reads one shape from either. Written out flat: it runs once per job of every run's plan.
     """
+    line = spec.source_line
+    meta = spec.meta
     return {
         "job_id": spec.job_id,
         "name": spec.user_id,
-        "source": spec.source,
-        "meta": dict(spec.meta),
+        "source": f"{spec.source_file}:{line}" if line else spec.source_file,
+        "meta": dict(meta) if meta else {},
         "prompt": spec.prompt,
         "model": spec.model,
         "image_size": spec.image_size,
@@ -60,7 +64,7 @@ def job_entry(spec: JobSpec) -> dict[str, Any]:
         "temperature": spec.temperature,
         "output_text": spec.output_text,
         "sample": spec.sample,
-        "references": references_of(spec),
+        "references": references_of(spec) if spec.references else [],
     }
 
 
@@ -98,6 +102,82 @@ def _write_entries(folder: Path, entries: Iterable[dict[str, Any]]) -> int:
             log.debug("could not remove %s", tmp)
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return n
+
+
+class CurrentWriter:
+    """Writes ``jobs.jsonl`` in the manifest's validation pass instead of a pass of its own.
+
+    A second pass over a million-row manifest would cost as much again as planning; writing the
+    entries as the jobs are validated costs only their JSON. Until the folder is locked (a first
+    run makes it only once the input has passed) the entries go to an anonymous temporary file,
+    copied in by :meth:`commit`; a folder locked before validation gets ``jobs.jsonl.tmp`` at
+    once. If the spool cannot be written (a full temp disk), :meth:`commit` falls back to a pass of
+    its own over ``jobs``.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self._tmp = current_path(folder).with_name(CURRENT_NAME + ".tmp") if folder else None
+        self._fh: IO[bytes] | None = None
+        self._failed = False
+        # Held open across the validation pass, closed by commit() or discard().
+        try:
+            if self._tmp is not None:
+                self._fh = open(self._tmp, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
+            else:
+                self._fh = tempfile.TemporaryFile(buffering=_WRITE_BUFFER)  # noqa: SIM115
+        except OSError as exc:
+            log.debug("cannot spool %s: %s", CURRENT_NAME, exc)
+            self._failed = True
+
+    def add(self, spec: JobSpec) -> None:
+        if self._fh is None:
+            return
+        try:
+            self._fh.write(orjson.dumps(job_entry(spec)) + b"\n")
+        except OSError as exc:
+            log.debug("cannot spool %s: %s", CURRENT_NAME, exc)
+            self._failed = True
+            self.discard()
+
+    def commit(self, folder: Path, jobs: Callable[[], Iterable[JobSpec]]) -> None:
+        """Put the spooled entries in place as ``folder/jobs.jsonl`` (or write ``jobs()``)."""
+        fh, self._fh = self._fh, None
+        if fh is None or self._failed:
+            self.discard()
+            write_current(folder, jobs())
+            return
+        path = current_path(folder)
+        tmp = path.with_name(CURRENT_NAME + ".tmp")
+        try:
+            if self._tmp is None:  # spooled aside: copy it into the folder
+                fh.seek(0)
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(fh, out, _WRITE_BUFFER)
+                    out.flush()
+                    os.fsync(out.fileno())
+            else:
+                fh.flush()
+                os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp, path)
+        except OSError as exc:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def discard(self) -> None:
+        """Drop what was spooled (the input did not pass, or the spool failed)."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink(missing_ok=True)
+            except OSError:
+                log.debug("could not remove %s", self._tmp)
 
 
 def merge_current(sources: list[Path], out: Path) -> bool:

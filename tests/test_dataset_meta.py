@@ -313,3 +313,28 @@ def test_a_flat_folder_from_before_resumes_adopts_and_reports(
     assert depths == {1, 2}
     both = (current_ids(out) or set()) | (current_ids(other) or set())
     assert current_ids(merged) == both and len(both) == 6
+
+
+def test_the_current_file_is_replaced_whole_and_only_by_good_input(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", [f"shard me {i}" for i in range(8)])
+    out = tmp_path / "run"
+    # A shard's folder lists the jobs of its shard only.
+    assert run_against(server, manifest, out, "--shard", "1/2").code == 0
+    shard_ids = current_ids(out)
+    assert shard_ids == {str(rec["job_id"]) for rec in ledger_lines(out)}
+    assert shard_ids and len(shard_ids) < 8
+    before = (out / "jobs.jsonl").read_bytes()
+    # Bad input on a folder already in use: exit 2, the file as it was, no leftovers.
+    manifest.write_text("jobs:\n  - prompt: x\n    meta: {a: [1]}\n")
+    r = run_against(server, manifest, out, "--shard", "1/2")
+    assert r.code == 2, r.output
+    assert (out / "jobs.jsonl").read_bytes() == before
+    assert not list(out.glob("*.tmp"))
+    # Good input on the folder (written straight into it this time, as it is locked first).
+    write_manifest(manifest, [f"shard me {i}" for i in range(8)], meta={"batch": 2})
+    assert run_against(server, manifest, out, "--shard", "1/2").code == 0
+    assert current_ids(out) == shard_ids
+    assert all(e["meta"] == {"batch": 2} for e in iter_current(out))
+    assert not list(out.glob("*.tmp"))
