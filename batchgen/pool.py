@@ -161,13 +161,14 @@ class Runner:
             return
         self._user_stop = True
         grace = f"up to {self.settings.grace_s:.0f}s "
+        again = "Ctrl-C" if signame == "SIGINT" else signame
         if self.stopping:
             _say(f"{signame}: already stopping ({self._why()}); {self._waiting(grace)}; "
-                 f"{signame} again to abandon them")
+                 f"{again} again to abandon them")
         else:
             self.stop(StopReason.INTERRUPTED, "interrupted")
             _say(f"stopping ({signame}): {self._waiting(grace)}"
-                 + ("; Ctrl-C again to abandon them" if self._sent else ""))
+                 + (f"; {again} again to abandon them" if self._sent else ""))
         asyncio.get_running_loop().call_later(self.settings.grace_s, self.cancel)
 
     def _why(self) -> str:
