@@ -120,6 +120,8 @@ def main() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1), default=300.0, show_default=True,
               help="Seconds per request.")
+@click.option("--reference-timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Seconds to fetch one URL reference image.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=6, show_default=True)
 @click.option("--backoff", type=click.FloatRange(0.0), default=1.0, show_default=True,
               help="First retry wait in seconds when the server names none (doubles, max 60).")
@@ -160,6 +162,7 @@ def run(manifest: Path, **o: Any) -> None:
         base_url=o["base_url"],
         model=o["model"],
         timeout_s=o["timeout"],
+        reference_timeout_s=o["reference_timeout"],
         prices=o["prices"],
         yes=o["yes"],
         confirm_above_usd=o["confirm_above"],

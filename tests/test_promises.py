@@ -366,7 +366,7 @@ def test_a_complete_tmp_pair_left_by_a_kill_is_adopted(
     assert server.stats.billed_prompts["broken pair"] == 2  # not verifiable: made again
     assert server.stats.billed_images == billed + 1
     assert succeeded_prompts(out) == set(prompts)
-    assert not list((out / "images").glob("*.tmp"))
+    assert not list((out / "images").rglob("*.tmp"))
     rec = {str(x["prompt"]): x for x in ledger_lines(out)}["keep me"]
     assert rec["adopted"] is True
     with Image.open(out / str(rec["outputs"][0])) as img:  # type: ignore[index]
