@@ -380,7 +380,7 @@ class Runner:
             reserve = self.budget.reserve(spec)
             if reserve is not None:
                 return reserve
-            if self.budget.reserved_usd <= 0:
+            if not self.budget.reservations:
                 self.stop(StopReason.BUDGET, f"${self.budget.limit_usd or 0.0:.2f}")
                 raise _Abandoned
             await self._budget_freed.wait()
