@@ -25,8 +25,8 @@ from batchgen.fake import Rule, ThreadedFakeServer
 
 from .conftest import (
     SECRET,
-    cli,
     clean_env,
+    cli,
     ledger_lines,
     run_against,
     spawn,
@@ -107,7 +107,7 @@ class RefServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 if "hang" in self.path:
                     with lock:
                         owner.hanging += 1
