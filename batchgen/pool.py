@@ -177,7 +177,9 @@ class Runner:
             return f"the {message} budget is reached"
         if reason is StopReason.INTERRUPTED:
             return "interrupted"
-        return f"{reason.value}: {redact(message)}"
+        # The first line: the whole message comes again in the summary at the end.
+        first = redact(message).strip().splitlines()
+        return f"{reason.value}: {first[0] if first else ''}"
 
     def _waiting(self, grace: str = "") -> str:
         n = self._sent
