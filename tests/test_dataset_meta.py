@@ -140,6 +140,14 @@ def test_new_images_sidecars_and_thumbnails_go_in_hash_subfolders(
     # Nothing but the subfolders at the top of images/ and thumbs/.
     for top in ("images", "thumbs"):
         assert all(p.is_dir() and len(p.name) == 2 for p in (out / top).iterdir())
+    # The gallery shows each card's name, metadata and source, and finds cards by metadata.
+    html = (out / "gallery.html").read_text()
+    blob = html.split('<script type="application/json" id="data">', 1)[1].split("</script>")[0]
+    cards = {c["id"]: c for c in json.loads(blob)}
+    for rec in lines:
+        card = cards[rec["job_id"]]
+        assert (card["nm"], card["mt"], card["o"]) == (rec["name"], rec["meta"], rec["source"])
+        assert card["th"] == f"thumbs/{_shard(str(rec['job_id']))}/{rec['job_id']}.jpg"
 
 
 def test_editing_meta_reruns_nothing_and_the_current_file_has_the_new_value(
