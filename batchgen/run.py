@@ -21,6 +21,7 @@ from typing import Any
 
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, resolve_key
+from .current import CurrentWriter
 from .errors import BatchgenError, InputError, StorageError
 from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
@@ -42,7 +43,7 @@ from .pool import Runner, RunResult, StopReason
 from .pricing import PriceTable
 from .progress import Progress
 from .redact import redact, register_secret
-from .spec import Provider
+from .spec import JobSpec, Provider
 from .store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
             lock = folder.lock()
         except (InputError, StorageError) as exc:
             lock_error = exc
+    # The current-jobs file is written in the same pass (straight into the folder if it is ours).
+    current = CurrentWriter(folder.path if lock is not None else None)
+    in_scope = selection.in_scope
     try:
         if lock is not None:
             index = read_index(folder.ledger_path)
@@ -143,7 +147,14 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
             mark_in_batch(folder.path, index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
-        summary = manifest.validate(visit=None if lock_error else plan.count_job)
+        count_job, add_current = plan.count_job, current.add
+
+        def visit(job: JobSpec) -> None:
+            count_job(job)
+            if in_scope(job.job_id):
+                add_current(job)
+
+        summary = manifest.validate(visit=None if lock_error else visit)
         provider = _provider(req.provider or manifest.header.provider, req.manifest)
         info = PROVIDERS[provider]
         base_url = req.base_url or manifest.header.base_url or info.base_url
@@ -173,7 +184,13 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 plan.count(price)
         counts = plan.counts
         change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+        # The jobs the manifest holds now, with their metadata, for exports and reports: written
+        # even when nothing is left to run, since an edited label re-runs nothing.
+        current.commit(
+            folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
+        )
     except BaseException:
+        current.discard()
         if lock is not None:
             os.close(lock)
         raise

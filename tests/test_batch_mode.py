@@ -82,7 +82,7 @@ def assert_each_once(srv: ThreadedFakeServer, out: Path, jobs: int) -> None:
     assert set(st.batches_created_by_display_name.values()) == {1}, "a display name made twice"
     assert set(st.batch_billed_by_prompt.values()) == {1}, "an image billed twice"
     assert st.batch_billed_images == jobs
-    images = [p for p in (out / "images").iterdir() if p.suffix == ".png"]
+    images = [p for p in (out / "images").rglob("*.png")]
     assert len(images) == jobs
 
 

@@ -31,13 +31,14 @@ import orjson
 from PIL import Image, UnidentifiedImageError
 
 from .. import errors as e
+from ..current import references_of
 from ..ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter, iter_ledger
 from ..plan import RETRYABLE, SUCCEEDED, LedgerIndex, now_iso
 from ..pricing import PriceTable
 from ..references import sniff_image_type
 from ..response import data_url_bytes, parse_answer
 from ..retrying import is_retryable
-from ..spec import JobSpec
+from ..spec import DEFAULT_ASPECT_RATIO, JobSpec, nearest_aspect_ratio
 from ..store import ImageStore, sha256_hex
 from .journal import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from .wire import BatchAPI, line_error, output_of
@@ -97,8 +98,12 @@ class Recorder:
 
     def _fields(self, spec: JobSpec, *, batch: str | None, started: str, latency: float,
                 cost: float, usage: dict[str, Any] | None, line: int | None) -> dict[str, Any]:
+        # The same provenance and settings as the pool's lines (pool.Runner._base_record).
         return {
             "job_id": spec.job_id,
+            "name": spec.user_id,
+            "source": spec.source,
+            "meta": dict(spec.meta),
             "prompt": spec.prompt,
             "attempts": 1,
             "usage": usage,
@@ -108,9 +113,11 @@ class Recorder:
             "started_at": started,
             "model": spec.model,
             "image_size": spec.image_size,
-            "aspect_ratio": spec.aspect_ratio,
-            "references": tuple(r.source for r in spec.references),
+            "aspect_ratio": spec.aspect_ratio
+            or ("from_reference" if spec.references else DEFAULT_ASPECT_RATIO),
+            "references": tuple(references_of(spec)),
             "seed": spec.seed,
+            "temperature": spec.temperature,
             "mode": "batch",
             "batch": batch,
             "extra": {} if line is None else {"batch_line": line},
@@ -122,11 +129,14 @@ class Recorder:
 
     def success_record(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
                        text: str | None, **kw: Any) -> LedgerRecord:
+        fields = self._fields(spec, **kw)
+        if spec.aspect_ratio is None:
+            fields["aspect_ratio"] = nearest_aspect_ratio(*size)  # as made
         return LedgerRecord(
             status=JobStatus.SUCCEEDED,
             outputs=(self.store.relpath(spec.job_id, mime),),
             text=text, width=size[0], height=size[1], mime_type=mime, sha256=sha256_hex(data),
-            **self._fields(spec, **kw),
+            **fields,
         )
 
     async def save_success(self, record: LedgerRecord, data: bytes) -> None:

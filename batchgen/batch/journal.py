@@ -99,19 +99,27 @@ class BatchRecord:
 
 
 def jobs_line(spec: JobSpec) -> bytes:
+    """What the ledger line of the job needs, the reference contents and provenance included."""
     return orjson.dumps({
         "k": spec.job_id, "p": spec.prompt, "m": spec.model, "s": spec.image_size,
-        "a": spec.aspect_ratio, "r": [r.source for r in spec.references], "seed": spec.seed,
+        "a": spec.aspect_ratio, "r": [[r.source, r.sha256] for r in spec.references],
+        "seed": spec.seed, "t": spec.temperature, "u": spec.user_id, "sf": spec.source_file,
+        "sl": spec.source_line, "meta": [list(kv) for kv in spec.meta],
     }) + b"\n"
 
 
 def spec_from_line(d: dict[str, Any]) -> JobSpec:
     """Enough of a job to price and record it (the reference bytes are not needed for that)."""
+    refs = []
+    for r in d.get("r") or ():
+        source, sha = (r[0], r[1]) if isinstance(r, list) else (r, "")
+        refs.append(Reference(source=str(source), sha256=str(sha or "")))
     return JobSpec(
         job_id=str(d["k"]), prompt=str(d.get("p", "")), model=str(d.get("m", "")),
-        image_size=str(d.get("s", "")), aspect_ratio=d.get("a"),
-        references=tuple(Reference(source=str(s)) for s in d.get("r") or ()),
-        seed=d.get("seed"),
+        image_size=str(d.get("s", "")), aspect_ratio=d.get("a"), references=tuple(refs),
+        seed=d.get("seed"), temperature=d.get("t"), user_id=d.get("u"),
+        source_file=str(d.get("sf") or ""), source_line=int(d.get("sl") or 0),
+        meta=tuple((str(k), v) for k, v in d.get("meta") or ()),
     )
 
 

@@ -22,9 +22,10 @@ import aiohttp
 import orjson
 
 from .. import errors as e
-from ..client import error_from_http, translate
+from ..client import ERROR_BODY_MAX_BYTES, error_from_http, translate
 from ..config import ClientSettings
-from ..redact import register_secret
+from ..http_body import ANSWER_MAX_BYTES, read_capped
+from ..redact import redact, register_secret
 from ..retrying import RetryPolicy, backoff_delay, should_retry
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,16 @@ class BatchAPI:
         status = 0
         try:
             async with self.session.request(
-                method, self._url(path), params=query, data=data, headers=headers
+                method, self._url(path), params=query, data=data, headers=headers,
+                allow_redirects=False,
             ) as resp:
                 status = resp.status
-                raw = await resp.read()
+                _no_redirect(resp)
+                raw = bytes(await read_capped(resp, ANSWER_MAX_BYTES, f"{method} {path}"))
                 resp_headers = resp.headers
+        except e.APIError as refused:
+            refused.http_status, refused.answered = status, True
+            raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             err = translate(exc)
             if status:
@@ -230,8 +236,10 @@ class BatchAPI:
                 self._url(f"upload/{API}/files"), params=query,
                 data=orjson.dumps({"file": meta}),
                 headers={**headers, **auth, "Content-Type": "application/json"},
+                allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                _no_redirect(resp)
+                raw = bytes(await read_capped(resp, ERROR_BODY_MAX_BYTES, "upload start"))
                 if resp.status != 200:
                     raise _answered(error_from_http(resp.status, raw, resp.headers))
                 url = resp.headers.get("X-Goog-Upload-URL")
@@ -247,8 +255,10 @@ class BatchAPI:
         # The session URL is the credential for the upload: the SDK sends no key with it.
         h = {**headers, "X-Goog-Upload-Command": command, "X-Goog-Upload-Offset": str(offset)}
         try:
-            async with self.session.post(url, data=chunk, headers=h) as resp:
-                raw = await resp.read()
+            async with self.session.post(url, data=chunk, headers=h,
+                                         allow_redirects=False) as resp:
+                _no_redirect(resp)
+                raw = bytes(await read_capped(resp, ERROR_BODY_MAX_BYTES, "upload chunk"))
                 if resp.status != 200:
                     raise _answered(error_from_http(resp.status, raw, resp.headers))
                 upload_status = resp.headers.get("X-Goog-Upload-Status", "")
@@ -286,9 +296,12 @@ class BatchAPI:
         query["alt"] = "media"
         url = self._url(f"download/{API}/{name}:download")
         try:
-            async with self.session.get(url, params=query, headers=headers) as resp:
+            async with self.session.get(url, params=query, headers=headers,
+                                        allow_redirects=False) as resp:
+                _no_redirect(resp)
                 if resp.status != 200:
-                    raise _answered(error_from_http(resp.status, await resp.read(), resp.headers))
+                    body = await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
+                    raise _answered(error_from_http(resp.status, bytes(body), resp.headers))
                 buf = bytearray()
                 async for chunk in resp.content.iter_any():
                     start = 0
@@ -296,6 +309,9 @@ class BatchAPI:
                         nl = chunk.find(b"\n", start)
                         if nl < 0:
                             buf += chunk[start:]
+                            if len(buf) > ANSWER_MAX_BYTES:  # one answer is never this big
+                                raise e.BodyTooLargeError(
+                                    f"{name}: a result line over {ANSWER_MAX_BYTES} bytes")
                             break
                         if buf:
                             buf += chunk[start:nl]
@@ -351,6 +367,14 @@ class BatchAPI:
     async def cancel(self, name: str) -> None:
         await self.retried(f"cancel {name}", lambda: self._call("POST", f"{API}/{name}:cancel",
                                                                   body={}))
+
+
+def _no_redirect(resp: aiohttp.ClientResponse) -> None:
+    """Never follow a redirect: the key would go along to wherever it points."""
+    if 300 <= resp.status < 400:
+        location = redact(str(resp.headers.get("Location", "") or "(no Location)"))
+        raise e.RedirectError(f"the API endpoint redirected to {location}; batchgen never "
+                              "follows a redirect of an API call: check --base-url")
 
 
 def _answered(err: e.APIError) -> e.APIError:
