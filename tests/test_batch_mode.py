@@ -129,6 +129,17 @@ def test_300_jobs_with_references_at_half_the_live_price(bserver: ThreadedFakeSe
     assert all(int(r["usage"]["promptTokenCount"]) > 560 for r in lines)  # type: ignore[index]
     assert st.batch_billed_usd == pytest.approx(300 * image_price("gemini-3-pro-image", "1K") / 2)
 
+    # A ledger line looks as live mode writes one: the same fields, plus which batch made it.
+    (tmp_path / "small").mkdir()
+    small = manifest(tmp_path / "small", 2, refs=1)
+    live = cli("run", small, "--out", tmp_path / "live", "--base-url", bserver.url, "--no-progress",
+               "--provider", "google", env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert live.code == 0, live.output
+    live_line = ledger_lines(tmp_path / "live")[0]
+    assert live_line["mode"] == "live"
+    assert set(lines[0]) - {"batch", "extra"} == set(live_line) - {"extra"}
+    assert lines[0]["references"][0]["sha256"]  # type: ignore[index]
+
     status = cli("status", out, "--json")
     data = json.loads(status.stdout)
     assert data["succeeded"] == 300 and data["pending"] == 0
