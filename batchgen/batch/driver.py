@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
 import click
+from tqdm import tqdm
 
 from .. import errors as e
 from ..client import GeminiClient
@@ -55,33 +58,33 @@ class Outcome:
 
 
 class _Bar:
-    """Batches and jobs collected, on a terminal only."""
+    """Batches and jobs collected, on a terminal only (tqdm, on stderr)."""
 
     def __init__(self, enabled: bool) -> None:
-        self.progress: Progress | None = None
         self.enabled = enabled
+        self.bar: tqdm[NoReturn] | None = None
 
     def show(self, journal: Journal, tally: Tally) -> None:
         if not self.enabled:
             return
-        recs = [r for r in journal.all_records() if r.phase is not Phase.CLOSED or r.jobs]
-        total = sum(r.jobs for r in recs)
-        if self.progress is None:
-            self.progress = Progress(total, enabled=True)
-        bar = self.progress._bar
-        if bar is None:
-            return
-        done = sum(1 for r in recs if not r.phase.open)
-        bar.total = total
+        recs = [r for r in journal.all_records() if r.jobs]
+        if self.bar is None:
+            size = shutil.get_terminal_size((120, 24))
+            self.bar = tqdm(total=0, file=sys.stderr, unit="job", ncols=size.columns,
+                            nrows=size.lines)
+        bar = self.bar
+        bar.total = sum(r.jobs for r in recs)
         bar.n = sum(r.jobs for r in recs if not r.phase.open)
+        done = sum(1 for r in recs if not r.phase.open)
         bar.set_description_str(f"batches {done}/{len(recs)}", refresh=False)
         bar.set_postfix_str(f"ok={tally.succeeded} failed={tally.failed} "
-                            f"${tally.spent_usd:.2f} collected", refresh=False)
+                            f"${tally.spent_usd:.2f}", refresh=False)
         bar.refresh()
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class BatchRun:
@@ -98,6 +101,7 @@ class BatchRun:
         self.new_jobs = 0
         self.exhausted: set[str] = set()  # retryable, but out of attempts in this invocation
         self.budget_cut = False
+        self.bar = _Bar(False)
 
     def _interrupt(self, signame: str = "SIGINT") -> None:
         if self.interrupted:
@@ -127,7 +131,7 @@ class BatchRun:
             runs=int(meta.get("runs", 0)) + 1, command=command_line(),
         )
         recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally)
-        bar = _Bar(prep.settings.progress and sys.stderr.isatty())
+        bar = self.bar = _Bar(prep.settings.progress and sys.stderr.isatty())
         loop = asyncio.get_running_loop()
         restore = _install_signals(loop, self._interrupt)
         try:
@@ -240,6 +244,7 @@ class BatchRun:
         self.journal.jobs_path(rec.display_name).unlink(missing_ok=True)
 
     def _finish(self, settled_pass: bool) -> Outcome:
+        self.bar.close()  # before the summary lines
         t = self.tally
         if t.succeeded or t.failed or t.duplicates:
             errs = ", ".join(f"{k} {v}" for k, v in sorted(t.errors.items()))
