@@ -386,3 +386,26 @@ def test_lines_that_always_fail_stop_after_max_attempts(bserver: ThreadedFakeSer
     per_job = collections.Counter(str(r["job_id"]) for r in ledger_lines(out))
     assert sorted(per_job.values()) == [2, 2, 2, 2]
     assert bserver.stats.batches_created == 2
+
+
+async def test_lookup_by_display_name_pages_through_the_list(tmp_path: Path) -> None:
+    from batchgen.batch.wire import BatchAPI, batch_info
+    from batchgen.config import ClientSettings
+    from batchgen.fake import FakeServer
+    from batchgen.spec import Provider
+
+    async with FakeServer(FakeConfig(api_key=SECRET, batch_seconds=60)) as srv:
+        settings = ClientSettings(provider=Provider.GOOGLE, base_url=srv.url, api_key=SECRET)
+        line = {"key": "k", "request": {"contents": [{"parts": [{"text": "a cat"}]}]}}
+        (tmp_path / "r.jsonl").write_bytes(json.dumps(line).encode() + b"\n")
+        async with BatchAPI(settings) as api:
+            file = await api.upload(tmp_path / "r.jsonl", display_name="r")
+            names = [f"run-{i}" for i in range(7)]
+            made = {}
+            for dn in names:
+                op = await api.create("gemini-3-pro-image", dn, file["name"])
+                made[dn] = op["name"]
+            found = await api.find({"run-0", "run-6", "absent"}, page_size=2)
+    assert set(found) == {"run-0", "run-6"}  # the oldest sits on the last page
+    assert {dn: op["name"] for dn, op in found.items()} == {d: made[d] for d in ("run-0", "run-6")}
+    assert batch_info(found["run-0"])["displayName"] == "run-0"

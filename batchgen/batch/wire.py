@@ -337,8 +337,9 @@ class BatchAPI:
     async def get(self, name: str) -> dict[str, Any]:
         return await self.retried(f"get {name}", lambda: self._call("GET", f"{API}/{name}"))
 
-    async def list_page(self, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        params = {"pageSize": str(LIST_PAGE_SIZE)}
+    async def list_page(self, token: str | None, page_size: int = LIST_PAGE_SIZE
+                        ) -> tuple[list[dict[str, Any]], str | None]:
+        params = {"pageSize": str(page_size)}
         if token:
             params["pageToken"] = token
         page = await self.retried(
@@ -347,14 +348,15 @@ class BatchAPI:
         ops = [op for op in page.get("operations") or [] if isinstance(op, dict)]
         return ops, page.get("nextPageToken") or None
 
-    async def find(self, display_names: set[str]) -> dict[str, dict[str, Any]]:
+    async def find(self, display_names: set[str], page_size: int = LIST_PAGE_SIZE
+                   ) -> dict[str, dict[str, Any]]:
         """The batches carrying these display names, paging through the whole list (the API
         has no filter). When one name was created more than once, the oldest is kept."""
         found: dict[str, dict[str, Any]] = {}
         token: str | None = None
         pages = 0
         while True:
-            ops, token = await self.list_page(token)
+            ops, token = await self.list_page(token, page_size)
             pages += 1
             for op in ops:  # newest first: a later (older) one overwrites
                 dn = batch_info(op).get("displayName")
