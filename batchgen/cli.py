@@ -287,7 +287,8 @@ def status(run_dir: Path, as_json: bool) -> None:
     if as_json:
         import orjson
 
-        click.echo(orjson.dumps({**st.to_json(), "batches": batches}).decode())
+        extra = {"batches": batches} if batches else {}  # only a folder batch mode used
+        click.echo(orjson.dumps({**st.to_json(), **extra}).decode())
     else:
         click.echo(format_status(st) + ("\n" + format_batches(batches) if batches else ""))
 
