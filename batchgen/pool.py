@@ -21,11 +21,12 @@ from tenacity import AsyncRetrying, RetryCallState, stop_never
 from . import errors as e
 from .client import GeminiClient, GeneratedImage
 from .config import RunSettings
+from .gate import FirstAnswerGate
 from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
+from .pacing import ConcurrencyCap, Pacing, Stopped, wait_event
 from .plan import now_iso
 from .pricing import PriceTable
 from .progress import Progress
-from .ratelimit import AdaptiveLimit, FirstAnswerGate, SlidingWindow, Stopped, wait_event
 from .redact import redact
 from .retrying import (
     STOCHASTIC_KINDS,
@@ -101,11 +102,11 @@ class Runner:
             backoff_initial_s=settings.backoff_initial_s,
             backoff_max_s=settings.backoff_max_s,
         )
-        adaptive = settings.rpm is None and settings.ipm is None
-        self.concurrency = AdaptiveLimit(settings.concurrency, adaptive=adaptive)
-        self.windows = [
-            SlidingWindow(n, settings.rate_window_s) for n in (settings.rpm, settings.ipm) if n
-        ]
+        # The concurrency is the hard cap; the pacer decides when each request may leave.
+        self.concurrency = ConcurrencyCap(settings.concurrency)
+        self.pacer = Pacing.for_limits(
+            settings.rpm, settings.ipm, window_s=settings.rate_window_s, burst=settings.burst
+        )
         self.result = RunResult(spent_usd=spent_before_usd)
         self._reserved_usd = 0.0
         self._stop = asyncio.Event()
@@ -149,7 +150,7 @@ class Runner:
     async def run(self, jobs: Iterable[JobSpec]) -> RunResult:
         start = time.monotonic()
         # More workers than requests in flight: a worker busy saving its image must not leave
-        # a request slot idle. AdaptiveLimit is what caps the requests.
+        # a request slot idle. ConcurrencyCap is what caps the requests.
         n = self.settings.concurrency + max(2, self.settings.concurrency // 2)
         # Bounded, so a million-row manifest never sits in memory as a million queued jobs.
         queue: asyncio.Queue[JobSpec | None] = asyncio.Queue(maxsize=n * 2)
@@ -269,7 +270,7 @@ class Runner:
             raise
         finally:
             if probe:
-                await self._gate.leave(answered=answered)
+                self._gate.leave(answered=answered)
 
     async def _send(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
         async with self.concurrency:
@@ -278,9 +279,9 @@ class Runner:
             # References are loaded and encoded first, so the rate-limit stamp below is taken
             # right before the request leaves, however slow a reference is to fetch.
             body = await self.client.encode_request(spec)
-            for window in self.windows:
-                await window.acquire(self._stop)
+            sent_at = await self.pacer.acquire(self._stop)
             reserve = self._reserve(spec)
+            self._gate.sent()
             state.attempts += 1
             try:
                 image = await self.client.send(spec, body)
@@ -291,7 +292,9 @@ class Runner:
                     self.stop(StopReason.FATAL, fatal_message(exc))
                 self._charge(spec, state, exc.usage, billed=exc.maybe_billed)
                 if isinstance(exc, e.RateLimitError):
-                    self.concurrency.on_rate_limited(exc.retry_after)
+                    self.pacer.on_rate_limited(sent_at, exc.retry_after)
+                elif exc.answered:
+                    self.pacer.on_answer(sent_at)
                 if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
                 log.debug("%s: attempt %d: %s", spec.job_id, state.attempts, exc)
@@ -300,7 +303,7 @@ class Runner:
                 self._reserved_usd -= reserve
                 del body
             self._charge(spec, state, image.usage, billed=True)
-        self.concurrency.on_success()
+        self.pacer.on_answer(sent_at)
         log.debug("%s: attempt %d: ok", spec.job_id, state.attempts)
         return image
 

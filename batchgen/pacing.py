@@ -1,0 +1,315 @@
+"""Pacing: when the next request may leave.
+
+Two modes, one interface (:class:`Pacing`):
+
+- **A limit is given** (``--rpm`` / ``--ipm``): a GCRA pacer lets one request leave every
+  ``window / limit`` seconds, with a small burst allowance (``--burst``). Real limiters smooth
+  their quota over seconds, not a neat minute, so spreading the quota evenly is what keeps them
+  from refusing it. The interval carries a small margin for the time a request takes to reach the
+  server, and each refused window stretches it a little more (at most :data:`MAX_STRETCH`).
+- **No limit given**: the pacer starts open (only the concurrency cap applies). The first 429 cuts
+  the rate to :data:`BETA` of the send rate measured over the last seconds; it then grows back
+  along a CUBIC curve, as the AWS SDKs' "adaptive" retry mode does. One refused window is one
+  signal: 429s for requests sent before the last cut say nothing new. A second 429 inside the
+  window the server named confirms the limiter is full, and sends are held until the time it
+  named, instead of being spent on refusals.
+
+Retries go through the same pacer as first attempts. The attempt that got a 429 still waits the
+delay the server asked for (tenacity's wait, in the pool); the others carry on at the new rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# --burst's default. Two lets one request that left late (a busy event loop, a slow reference)
+# be made up by the next, so the pacer keeps its rate; more would let a limiter with a short
+# window see that many requests at once. See ARCHITECTURE.md "Pacing" for the figure.
+DEFAULT_BURST = 1
+# Requests are stamped here and counted by the server on arrival, a few milliseconds later and
+# not always equally later. The interval is this share longer than the limit's, which leaves 20 ms
+# of slack in every second: a limiter with a window of 1 s or more never sees limit + 1.
+MARGIN_SHARE = 0.02
+# Each refused window with a fixed limit stretches the interval by this share, up to MAX_STRETCH.
+STRETCH_STEP = 0.02
+MAX_STRETCH = 0.10
+
+# Adaptive mode (no limit given).
+BETA = 0.85  # a 429 cuts the rate to this share of the rate measured (AWS uses 0.7)
+CUBIC_K_S = 2.0  # seconds for the rate to grow back to where it was cut
+MEASURE_S = 2.0  # the send rate is measured over this many seconds
+MIN_RATE = 0.05  # requests a second: never slower than one every 20 s
+# Without a delay from the server, a refused window is assumed to last this long.
+DEFAULT_REFUSED_S = 1.0
+
+
+class Stopped(Exception):
+    """The run is stopping while this attempt waited for its turn."""
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if ``event`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=max(seconds, 0.0))
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+class ConcurrencyCap:
+    """At most ``maximum`` requests in flight: the hard cap, which pacing never raises."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(int(maximum), 1)
+        self.in_flight = 0
+        self._slots = asyncio.Semaphore(self.maximum)
+
+    async def __aenter__(self) -> ConcurrencyCap:
+        await self._slots.acquire()
+        self.in_flight += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+
+class Gcra:
+    """The generic cell rate algorithm, on an injected clock (no I/O: testable alone).
+
+    ``tat`` is the theoretical arrival time of the next request. A request may leave when
+    ``tat - now <= (burst - 1) * interval``; leaving pushes ``tat`` one interval on. After an
+    idle spell up to ``burst`` requests may leave at once; at full speed, one per ``interval``.
+    """
+
+    def __init__(self, interval_s: float | None, burst: int, now: float) -> None:
+        self.interval_s = interval_s
+        self.burst = max(int(burst), 1)
+        self.tat = self._no_credit(now)
+        self.hold_until = now
+
+    def _no_credit(self, now: float) -> float:
+        # The burst is earned by idle time only, never handed out at the start: a limiter whose
+        # window is as full as ours allows would refuse it.
+        return now + (self.burst - 1) * (self.interval_s or 0.0)
+
+    def delay(self, now: float) -> float:
+        """Seconds until one more request may leave (0.0: now)."""
+        held = self.hold_until - now
+        if self.interval_s is None:
+            return max(held, 0.0)
+        tolerance = (self.burst - 1) * self.interval_s
+        return max(self.tat - tolerance - now, held, 0.0)
+
+    def take(self, now: float) -> None:
+        if self.interval_s is not None:
+            self.tat = max(self.tat, now) + self.interval_s
+
+    def set_interval(self, interval_s: float | None, now: float) -> None:
+        if interval_s is not None and self.interval_s is None:
+            self.interval_s = interval_s
+            self.tat = self._no_credit(now)  # nothing saved up while unpaced
+        elif interval_s is not None and self.interval_s is not None:
+            # Requests already granted keep their places; the backlog beyond now is re-spaced.
+            backlog = max(self.tat - now, 0.0) / self.interval_s
+            self.tat = now + backlog * interval_s
+        self.interval_s = interval_s
+
+
+class SendLog:
+    """Send times over the last :data:`MEASURE_S` seconds, for the measured send rate."""
+
+    def __init__(self, horizon_s: float = MEASURE_S) -> None:
+        self.horizon_s = horizon_s
+        self._sent: collections.deque[float] = collections.deque()
+        self._first: float | None = None
+
+    def add(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._sent.append(now)
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._sent and self._sent[0] <= now - self.horizon_s:
+            self._sent.popleft()
+
+    def rate(self, now: float) -> float:
+        """Requests a second over the horizon (or since the first send, if that is shorter)."""
+        self._prune(now)
+        if self._first is None:
+            return 0.0
+        span = min(self.horizon_s, max(now - self._first, self.horizon_s / 4))
+        return len(self._sent) / span
+
+
+@dataclass(slots=True)
+class Cubic:
+    """CUBIC growth after a cut: back to ``w_max`` in ``k_s`` seconds, then beyond, slowly."""
+
+    w_max: float
+    cut_at: float
+    beta: float = BETA
+    k_s: float = CUBIC_K_S
+
+    def rate(self, now: float) -> float:
+        x = (now - self.cut_at) / self.k_s - 1.0
+        return self.w_max * (1.0 + (1.0 - self.beta) * x**3)
+
+
+class Pacing:
+    """The pacer the pool talks to: ``acquire`` before a send, then report the outcome."""
+
+    def __init__(
+        self,
+        rate_per_s: float | None,
+        *,
+        burst: int = DEFAULT_BURST,
+        adaptive: bool | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        now = clock()
+        self.limit_per_s = rate_per_s
+        self.adaptive = rate_per_s is None if adaptive is None else adaptive
+        self.stretch = 0.0
+        self.gcra = Gcra(self._interval(), burst, now)
+        self.sends = SendLog()
+        self.admitted = SendLog()  # answers that were not 429, by the time they came back
+        self.cubic: Cubic | None = None
+        self.cut_at = -math.inf  # 429s for requests sent before this say nothing new
+        self.refused_until = -math.inf
+        self.cuts = 0
+        self.holds = 0
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def for_limits(
+        cls,
+        rpm: float | None,
+        ipm: float | None,
+        *,
+        window_s: float = 60.0,
+        burst: int = DEFAULT_BURST,
+    ) -> Pacing:
+        """``--rpm`` / ``--ipm`` over ``window_s``; every request asks for one image."""
+        limits = [n for n in (rpm, ipm) if n]
+        if not limits:
+            return cls(None, burst=burst)
+        return cls(min(limits) / window_s, burst=burst)
+
+    # -- the rate ---------------------------------------------------------------------------
+
+    @property
+    def rate_per_s(self) -> float | None:
+        interval = self.gcra.interval_s
+        return None if interval is None else 1.0 / interval
+
+    def _interval(self) -> float | None:
+        if self.limit_per_s is None:
+            return None
+        return (1.0 + MARGIN_SHARE + self.stretch) / self.limit_per_s
+
+    def _set_rate(self, rate: float | None, now: float) -> None:
+        interval = None if rate is None else 1.0 / max(rate, MIN_RATE)
+        self.gcra.set_interval(interval, now)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def acquire(self, stop: asyncio.Event) -> float:
+        """Wait for this request's turn; returns its send time. :class:`Stopped` if stopping."""
+        # The lock makes waiters queue in order instead of waking together and racing.
+        async with self._lock:
+            while True:
+                if stop.is_set():
+                    raise Stopped
+                now = self.clock()
+                wait = self.gcra.delay(now)
+                if wait <= 0:
+                    self.gcra.take(now)
+                    self.sends.add(now)
+                    return now
+                changed = self._changed
+                stopping = asyncio.ensure_future(stop.wait())
+                woken = asyncio.ensure_future(changed.wait())
+                try:
+                    await asyncio.wait({stopping, woken}, timeout=wait,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                    woken.cancel()
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def on_answer(self, sent_at: float) -> None:
+        """An answer that was not a 429: in adaptive mode the rate grows back."""
+        if not self.adaptive:
+            return
+        now = self.clock()
+        self.admitted.add(now)
+        if self.cubic is None:
+            return
+        # Never more than twice what is actually sent: a latency-bound run must not bank a rate
+        # it has never tried.
+        target = min(self.cubic.rate(now), 2.0 * max(self.sends.rate(now), MIN_RATE))
+        current = self.rate_per_s or 0.0
+        if target > current:
+            self._set_rate(target, now)
+
+    def on_rate_limited(self, sent_at: float, delay_s: float | None) -> None:
+        """A 429 for a request that left at ``sent_at``, asking to wait ``delay_s`` (or not)."""
+        now = self.clock()
+        if sent_at < self.cut_at:
+            return  # sent before the last cut: part of the window already answered for
+        if now < self.refused_until:
+            # Sent after the cut and still refused: the limiter is full until the time it named.
+            until = now + (delay_s if delay_s is not None else DEFAULT_REFUSED_S / 2)
+            if until > self.gcra.hold_until:
+                self.gcra.hold_until = until
+                self.holds += 1
+                log.debug("429 again inside the refused window: holding sends %.2fs", until - now)
+                self._wake()
+            return
+        self.cuts += 1
+        self.cut_at = now
+        self.refused_until = now + (delay_s if delay_s is not None else DEFAULT_REFUSED_S)
+        if not self.adaptive:
+            # A fixed limit that still draws a 429: arrival jitter, or a limiter slightly
+            # stricter than the one given. Stretch the interval a little, up to MAX_STRETCH.
+            if self.stretch < MAX_STRETCH:
+                self.stretch = min(MAX_STRETCH, self.stretch + STRETCH_STEP)
+                self.gcra.set_interval(self._interval(), now)
+                log.debug("429 at the given limit: interval stretched by %.0f%%",
+                          100 * self.stretch)
+            return
+        sent, admitted = self.sends.rate(now), self.admitted.rate(now)
+        current = self.rate_per_s
+        if current is None:
+            # The first 429 of an unpaced start: what was sent (refusals included) can be many
+            # times what the server allows; what it let through is the better guess.
+            w_max = admitted if admitted > 0 else sent
+        else:
+            # Paced: the rate that drew the 429, or what was really sent or let through lately
+            # if that was less.
+            w_max = min(current, sent, admitted if admitted > 0 else sent)
+        w_max = max(w_max, MIN_RATE)
+        self.cubic = Cubic(w_max=w_max, cut_at=now)
+        self._set_rate(BETA * w_max, now)
+        log.debug("429: send rate cut to %.2f/s (admitted %.2f/s, sent %.2f/s)",
+                  BETA * w_max, admitted, sent)
