@@ -98,19 +98,25 @@ class Outcome:
 
 
 def figures(
-    timeline: list[tuple[float, int]], limit: int, window_s: float, *, skip_first_window: bool
+    timeline: list[tuple[float, int]],
+    limit: int,
+    window_s: float,
+    *,
+    skip_first_window: bool,
+    latency_s: float = 0.0,
 ) -> tuple[float, int, int]:
     """(share of the limit reached, requests judged, of which refused) from a server timeline.
 
     The limit is ``limit`` requests per ``window_s``. Judged: every arrival, or those after the
-    first window, which starts when the first-answer gate lets the workers go (the second
-    arrival: the probe goes alone). Reached: admitted requests a second over the judged span,
-    over the limit's.
+    first window. That window starts when the first-answer gate lets the workers go (the second
+    arrival: the probe goes alone), and the client hears how it went one latency later, so it
+    ends ``window_s + latency_s`` after that. Reached: admitted requests a second over the
+    judged span, over the limit's.
     """
     if len(timeline) < 2:
         return 0.0, len(timeline), 0
     t0 = timeline[0][0]
-    start = timeline[1][0] + window_s if skip_first_window else t0
+    start = timeline[1][0] + window_s + latency_s if skip_first_window else t0
     judged = [(t, s) for t, s in timeline if t >= start]
     admitted = [t for t, s in judged if s != 429]
     refused = sum(1 for _, s in judged if s == 429)
@@ -165,7 +171,11 @@ def run_case(server: ServerLike, case: Case, work: Path) -> Outcome:
         timeline = [(float(t), int(s)) for t, s in json.loads(resp.read())["timeline"]]
     server._post("/_fake/config", {"rpm_limit": None, "latency_s": 0.0})
     reached, judged, judged_refused = figures(
-        timeline, case.limit, case.window_s, skip_first_window=case.mode == "adaptive"
+        timeline,
+        case.limit,
+        case.window_s,
+        skip_first_window=case.mode == "adaptive",
+        latency_s=case.latency_s,
     )
     refused = sum(1 for _, s in timeline if s == 429)
     if proc.returncode != 0:
@@ -216,7 +226,8 @@ def main() -> int:
     from run import WORK, Server  # bench/run.py: the fake server in its own process
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--case", action="append", default=[], help="mode:limit:window:latency[:kind[:style]]")
+    ap.add_argument("--case", action="append", default=[],
+                    help="mode:limit:window:latency[:kind[:style]]")
     ap.add_argument("--burst", type=int)
     ap.add_argument("--concurrency", type=int)
     args = ap.parse_args()
