@@ -14,6 +14,7 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
         │   ├── TimeoutError_          no answer within --timeout
         │   ├── ConnectionError_       refused, reset, dropped
         │   └── BadResponseError       truncated, HTML or non-JSON body
+        │       └── EmptyAnswerError       HTTP 200 with no candidates and no block reason
         ├── PermanentError         recorded once, not retried
         │   ├── InvalidRequestError    400 INVALID_ARGUMENT / FAILED_PRECONDITION
         │   ├── BlockedError           promptFeedback.blockReason or a safety finishReason
@@ -137,6 +138,11 @@ class ConnectionError_(TransientError):
 
 class BadResponseError(TransientError):
     kind = ErrorKind.BAD_RESPONSE
+
+
+class EmptyAnswerError(BadResponseError):
+    """HTTP 200 with no candidates and no block reason: a glitch, not a verdict. Nothing was
+    generated, so nothing is billed for the image; the attempt is retried."""
 
 
 class PermanentError(APIError):
