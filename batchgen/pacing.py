@@ -25,7 +25,7 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -158,15 +158,17 @@ class SendLog:
         while self._sent and self._sent[0] <= now - self.horizon_s:
             self._sent.popleft()
 
-    def rate(self, now: float) -> float:
-        """Requests a second over the horizon (or since the first send, if that is shorter)."""
+    def rate(self, now: float, held: Iterable[tuple[float, float]] = ()) -> float:
+        """Requests a second over the horizon (or since the first send, if that is shorter),
+        leaving out the ``held`` spells (start, end) when nothing was allowed to leave."""
         self._prune(now)
         if self._first is None:
             return 0.0
         # Never over less than MIN_SPAN_S: limiter windows are a second or more, and a burst
         # they let through in a few milliseconds is not a rate.
         span = min(self.horizon_s, max(now - self._first, MIN_SPAN_S))
-        return len(self._sent) / span
+        idle = sum(max(0.0, min(end, now) - max(start, now - span)) for start, end in held)
+        return len(self._sent) / max(span - idle, MIN_SPAN_S)
 
 
 @dataclass(slots=True)
@@ -204,6 +206,7 @@ class Pacing:
         )
         self.sends = SendLog()
         self.admitted = SendLog()  # answers that were not 429, by the time they came back
+        self._held: collections.deque[tuple[float, float]] = collections.deque(maxlen=8)
         self.cubic: Cubic | None = None
         self.cut_at = -math.inf  # 429s for requests sent before this say nothing new
         self.refused_until = -math.inf
@@ -301,6 +304,7 @@ class Pacing:
             # Sent after the cut and still refused: the limiter is full until the time it named.
             until = now + (delay_s if delay_s is not None else DEFAULT_REFUSED_S / 2)
             if until > self.gcra.hold_until:
+                self._held.append((max(now, self.gcra.hold_until), until))
                 self.gcra.hold_until = until
                 self.holds += 1
                 log.debug("429 again inside the refused window: holding sends %.2fs", until - now)
@@ -319,7 +323,8 @@ class Pacing:
                 log.debug("429 at the given limit: interval stretched by %.0f%%",
                           100 * self.stretch)
             return
-        sent, admitted = self.sends.rate(now), self.admitted.rate(now)
+        # Spells when sends were held are left out: over them the rates would read low.
+        sent, admitted = self.sends.rate(now, self._held), self.admitted.rate(now, self._held)
         current = self.rate_per_s
         if current is None:
             # The first 429 of an unpaced start: what was sent (refusals included) can be many
@@ -327,8 +332,9 @@ class Pacing:
             w_max = admitted if admitted > 0 else sent
         else:
             # Paced: the rate that drew the 429, or what was really sent or let through lately
-            # if that was less.
-            w_max = min(current, sent, admitted if admitted > 0 else sent)
+            # if that was less; never less than half of it in one cut, as TCP.
+            measured = min(sent, admitted if admitted > 0 else sent)
+            w_max = max(min(current, measured), current / 2)
         w_max = max(w_max, MIN_RATE)
         self.cubic = Cubic(w_max=w_max, cut_at=now)
         self._set_rate(BETA * w_max, now)
