@@ -201,9 +201,8 @@ class Pacing:
         self.limit_per_s = rate_per_s
         self.adaptive = rate_per_s is None if adaptive is None else adaptive
         self.stretch = 0.0
-        self.gcra = Gcra(
-            self._interval(), burst, now, catch_up_s=CATCH_UP_S if self.adaptive else FIXED_CATCH_UP_S
-        )
+        catch_up = CATCH_UP_S if self.adaptive else FIXED_CATCH_UP_S
+        self.gcra = Gcra(self._interval(), burst, now, catch_up_s=catch_up)
         self.sends = SendLog()
         self.admitted = SendLog()  # answers that were not 429, by the time they came back
         self._held: collections.deque[tuple[float, float]] = collections.deque(maxlen=8)

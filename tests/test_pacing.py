@@ -9,6 +9,7 @@ bench/RESULTS.md has its figures. Thresholds here have some slack for a loaded 2
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_adaptive_cut_is_one_signal_per_refused_window_then_grows_back() -> None
     assert p.cuts == 1 and p.holds == 1
     assert p.gcra.delay(clock.now) == pytest.approx(0.8)
     # Answers after the cut grow the rate back past where it was cut, CUBIC-style.
-    for i in range(80):
+    for _ in range(80):
         clock.now += 0.05
         p.sends.add(clock.now)
         p.on_answer(clock.now - 0.01)
@@ -149,7 +150,7 @@ async def test_pacer_acquire_waits_its_turn_and_stops_promptly() -> None:
     stop = asyncio.Event()
     t0 = time.monotonic()
     stamps = [await p.acquire(stop) for _ in range(4)]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert all(g >= 0.1 for g in gaps), gaps
     assert time.monotonic() - t0 < 2.0
     slow = Pacing.for_limits(1, None, window_s=60.0)  # one a minute
