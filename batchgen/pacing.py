@@ -309,8 +309,15 @@ class Pacing:
                 log.debug("429 again inside the refused window: holding sends %.2fs", until - now)
                 self._wake()
             return
+        # Spells when sends were held are left out: over them the rates would read low.
+        sent, admitted = self.sends.rate(now, self._held), self.admitted.rate(now, self._held)
+        current = self.rate_per_s
+        if self.adaptive and current is None and admitted == 0:
+            # Nothing let through yet: no rate to cut from (one 429 on the first request is no
+            # measure of anything). This attempt waits what it was told; the others go on.
+            return
         self.cuts += 1
-        self._first_cut = self.rate_per_s is None
+        self._first_cut = current is None
         self.cut_at = now
         self.refused_until = now + (delay_s if delay_s is not None else DEFAULT_REFUSED_S)
         if not self.adaptive:
@@ -322,9 +329,6 @@ class Pacing:
                 log.debug("429 at the given limit: interval stretched by %.0f%%",
                           100 * self.stretch)
             return
-        # Spells when sends were held are left out: over them the rates would read low.
-        sent, admitted = self.sends.rate(now, self._held), self.admitted.rate(now, self._held)
-        current = self.rate_per_s
         if current is None:
             # The first 429 of an unpaced start: what was sent (refusals included) can be many
             # times what the server allows; what it let through is the better guess.
