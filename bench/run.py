@@ -485,6 +485,7 @@ def scenario_latency_long(server: Server, report: Report) -> None:
     server.configure(latency_s=lat)
     manifest = write_manifest("latency-long", jobs)
     m = run_batchgen(server, manifest, jobs, conc)
+    bare = run_reference("bare", server, manifest, jobs, conc)
     server.configure()
     clean()
     over = m.run_s / ideal - 1
@@ -494,6 +495,11 @@ def scenario_latency_long(server: Server, report: Report) -> None:
         f"{m.run_s:.2f} s ({over:+.1%})",
         f"<= +{MAX_LATENCY_OVERHEAD:.0%}",
         over <= MAX_LATENCY_OVERHEAD,
+    )
+    report.add(
+        "5 long latency",
+        "bare loop under the same load, for scale (no gate, no ledger)",
+        f"{bare.run_s:.2f} s ({bare.run_s / ideal - 1:+.1%})",
     )
 
 
