@@ -212,6 +212,9 @@ class Pacing:
         self.cuts = 0
         self.holds = 0
         self._first_cut = False
+        # Send times of answered (not 429) requests, for the first cut's estimate.
+        self._admitted_sent: collections.deque[float] = collections.deque(maxlen=100_000)
+        self._first_429: tuple[float, float] | None = None  # (sent_at, delay) of the first cut
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
 
@@ -266,6 +269,9 @@ class Pacing:
                     self.gcra.take(now)
                     self.sends.add(now)
                     return now
+                if wait > 1.0:
+                    log.debug("pacing: next send in %.2fs (rate %s, held %.2fs)", wait,
+                              self.rate_per_s, max(self.gcra.hold_until - now, 0.0))
                 # Woken early by a change of rate; looks at the stop flag at least every 0.25 s.
                 await wait_event(self._changed, min(wait, 0.25))
 
@@ -277,12 +283,14 @@ class Pacing:
             return
         now = self.clock()
         self.admitted.add(now)
+        if self.rate_per_s is None or self._first_cut:
+            self._admitted_sent.append(sent_at)
         if self.cubic is None:
             return
         if self._first_cut and sent_at < self.cut_at:
             # The unpaced start's answers are still coming in: the first cut was made on a
             # partial count of what the server let through. Raise it as they arrive.
-            w_max = max(self.cubic.w_max, self.admitted.rate(now))
+            w_max = max(self.cubic.w_max, self._start_estimate(now))
             if w_max > self.cubic.w_max:
                 self.cubic.w_max = w_max
                 self._set_rate(self.cubic.beta * w_max, now)
@@ -293,6 +301,21 @@ class Pacing:
         current = self.rate_per_s or 0.0
         if target > current:
             self._set_rate(target, now)
+
+    def _start_estimate(self, now: float) -> float:
+        """What the server allows, judged from the unpaced start.
+
+        With a delay from the server: a limiter that refused a request sent at ``s``, asking to
+        wait ``d``, is full until ``s + d`` with what it let through since about ``s - d`` (an
+        unpaced start sends everything at once, so its window is about ``d`` long). That is a
+        rate of (requests let through that were sent in that span) / ``d``, whatever the
+        window's length. Without one: what was let through over the last seconds.
+        """
+        if self._first_429 is None:
+            return self.admitted.rate(now, self._held)
+        s, d = self._first_429
+        let_through = sum(1 for t in self._admitted_sent if s - d < t <= s)
+        return max(let_through, 1) / d
 
     def on_rate_limited(self, sent_at: float, delay_s: float | None) -> None:
         """A 429 for a request that left at ``sent_at``, asking to wait ``delay_s`` (or not)."""
@@ -332,7 +355,8 @@ class Pacing:
         if current is None:
             # The first 429 of an unpaced start: what was sent (refusals included) can be many
             # times what the server allows; what it let through is the better guess.
-            w_max = admitted if admitted > 0 else sent
+            self._first_429 = (sent_at, delay_s) if delay_s else None
+            w_max = self._start_estimate(now)
         else:
             # Paced: the rate that drew the 429, or what was really sent or let through lately
             # if that was less; never less than half of it in one cut, as TCP.

@@ -64,7 +64,7 @@ class Case:
 
     @property
     def jobs(self) -> int:
-        windows = max(self.seconds / self.window_s, 3.0 if self.mode == "adaptive" else 1.0)
+        windows = max(self.seconds / self.window_s, 2.0 if self.mode == "adaptive" else 1.0)
         if self.mode == "adaptive":
             windows += 1  # the first window is not judged
         return max(int(self.limit * windows), 24)
@@ -115,10 +115,13 @@ def figures(
     """
     if len(timeline) < 2:
         return 0.0, len(timeline), 0
-    t0 = timeline[0][0]
-    start = timeline[1][0] + window_s + latency_s if skip_first_window else t0
+    # The probe goes alone (the first-answer gate, at most 1 s, measured on its own in the
+    # long-latency scenario): the rate counts from the second arrival.
+    start = timeline[1][0] + window_s + latency_s if skip_first_window else timeline[1][0]
     judged = [(t, s) for t, s in timeline if t >= start]
     admitted = [t for t, s in judged if s != 429]
+    if not skip_first_window:
+        admitted = [t for t in admitted if t >= timeline[1][0]]
     refused = sum(1 for _, s in judged if s == 429)
     if len(admitted) < 2:
         return 0.0, len(judged), refused
