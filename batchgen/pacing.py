@@ -53,7 +53,8 @@ MAX_STRETCH = 0.10
 
 # Adaptive mode (no limit given).
 BETA = 0.9  # a 429 cuts the rate to this share of the rate measured (AWS uses 0.7)
-CUBIC_K_S = 2.0  # seconds for the rate to grow back to where it was cut
+CUBIC_K_S = 2.0  # seconds for the rate to grow back to where it was cut, at least
+MAX_CUBIC_K_S = 30.0
 MEASURE_S = 2.0  # the send rate is measured over this many seconds
 MIN_SPAN_S = 1.0  # ... but never over less: a burst let through in 50 ms is not a rate
 MIN_RATE = 0.05  # requests a second: never slower than one every 20 s
@@ -363,7 +364,12 @@ class Pacing:
             measured = min(sent, admitted if admitted > 0 else sent)
             w_max = max(min(current, measured), current / 2)
         w_max = max(w_max, MIN_RATE)
-        self.cubic = Cubic(w_max=w_max, cut_at=now)
+        # Grow back over about one limiter window (the first cut's delay tells its length): a
+        # long window reports an excess late, so a rate that grows faster overshoots far.
+        k_s = CUBIC_K_S
+        if self._first_429 is not None:
+            k_s = min(max(CUBIC_K_S, self._first_429[1]), MAX_CUBIC_K_S)
+        self.cubic = Cubic(w_max=w_max, cut_at=now, k_s=k_s)
         self._set_rate(BETA * w_max, now)
         log.debug("429: send rate cut to %.2f/s (admitted %.2f/s, sent %.2f/s)",
                   BETA * w_max, admitted, sent)
