@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -53,7 +54,26 @@ def load(hf: Any, builder: str, tmp: Path, **kwargs: Any) -> Any:
 
 def export(run: Path, fmt: str, out: Path | str, *extra: str, env: dict[str, str] | None = None
            ) -> Result:
-    return cli("export", run, "--format", fmt, "--out", out, *extra, env=env)
+    """The CLI as a subprocess when given an environment, else in this process (a subprocess
+    costs seconds of imports on a loaded machine; the code run is the same)."""
+    if env is not None:
+        return cli("export", run, "--format", fmt, "--out", out, *extra, env=env)
+    return cli_inprocess("export", run, "--format", fmt, "--out", out, *extra)
+
+
+def cli_inprocess(*args: str | Path) -> Result:
+    from click.testing import CliRunner
+
+    from batchgen.cli import main
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.filters[:], root.level)
+    try:
+        res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        root.handlers[:], root.filters[:] = saved[0], saved[1]
+        root.setLevel(saved[2])
+    return Result(res.exit_code, res.stdout, res.stderr)
 
 
 def succeeded(run: Path) -> dict[str, dict[str, Any]]:
@@ -407,7 +427,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
                             "--shard-size", "lots"], "--shard-size"),
     ]
     for run, args, needle in cases:
-        res = cli("export", run, *args)
+        res = cli_inprocess("export", run, *args)
         assert res.code == 2, (args, res.output)
         assert res.stderr.count("\n") == 1 and needle in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
@@ -454,13 +474,18 @@ def s3_env(endpoint: str) -> dict[str, str]:
                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
 
 
-def test_export_to_s3_against_moto(run: Path, moto: str, tmp_path: Path) -> None:
+def test_export_to_s3_against_moto(run: Path, moto: str, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow.parquet as pq
     import s3fs
 
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=moto)
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=moto,
+                           use_listings_cache=False)
     fs.mkdir("exports")
     env = s3_env(moto)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                 "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, env[name])
     done = succeeded(run)
     res = export(run, "parquet", "s3://exports/pets", "--split", "train=0.5,test=0.5",
                  "--rows-per-file", "2", env=env)
@@ -479,13 +504,13 @@ def test_export_to_s3_against_moto(run: Path, moto: str, tmp_path: Path) -> None
     for r in rows:
         Image.open(io.BytesIO(r["image"]["bytes"])).load()
 
-    # Again without a split: the old files go, the new ones stay whole.
-    res = export(run, "parquet", "s3://exports/pets", env=env)
+    # Again without a split, in this process: the old files go, the new ones stay whole.
+    res = export(run, "parquet", "s3://exports/pets")
     assert res.code == 0, res.output
     assert sorted(k for k in fs.find("exports/pets") if k.endswith(".parquet")) == [
         "exports/pets/part-000000.parquet"]
 
-    res = export(run, "imagefolder", "s3://exports/folder", env=env)
+    res = export(run, "imagefolder", "s3://exports/folder")
     assert res.code == 0, res.output
     meta = [json.loads(x) for x in fs.cat("exports/folder/metadata.jsonl").splitlines()]
     assert len(meta) == len(done)
@@ -493,6 +518,6 @@ def test_export_to_s3_against_moto(run: Path, moto: str, tmp_path: Path) -> None
         Image.open(io.BytesIO(fs.cat(f"exports/folder/{m['file_name']}"))).load()
 
     fs.pipe("exports/mine/notes.txt", b"mine")
-    res = export(run, "parquet", "s3://exports/mine", env=env)
+    res = export(run, "parquet", "s3://exports/mine")
     assert res.code == 2 and "no batchgen export" in res.stderr
     assert fs.cat("exports/mine/notes.txt") == b"mine"

@@ -191,7 +191,8 @@ class RemoteTarget(Target):
             self.fs.rm(self.staging, recursive=True)
 
     def _files(self, root: str) -> set[str]:
-        """Paths under ``root``, relative to it."""
+        """Paths under ``root``, relative to it, listed afresh (fsspec caches listings)."""
+        self.fs.invalidate_cache(root)
         try:
             found = self.fs.find(root)
         except FileNotFoundError:
