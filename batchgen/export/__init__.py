@@ -176,17 +176,24 @@ def export(req: ExportRequest) -> ExportResult:
     )
 
 
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}" if count == 1 else f"{count} {what}s"
+
+
 def summary(res: ExportResult) -> str:
-    parts = [f"exported {res.rows} images to {res.out} as {res.fmt.value}"]
+    head = f"exported {_n(res.rows, 'image')} to {res.out} as {res.fmt.value}"
     if res.by_split:
-        parts[0] += " (" + ", ".join(f"{k} {v}" for k, v in res.by_split.items()) + ")"
-    parts.append(f"{res.files} files" if res.fmt is not ExportFormat.IMAGEFOLDER else
-                 ", ".join(f"{n} images {how}" for how, n in sorted(res.placed.items())))
+        head += " (" + ", ".join(f"{k} {v}" for k, v in res.by_split.items()) + ")"
+    parts = [head]
+    if res.fmt is ExportFormat.IMAGEFOLDER:
+        parts += [f"{n} {how}" for how, n in sorted(res.placed.items())]
+    else:
+        parts.append(_n(res.files, "file"))
     if res.failed_left_out:
-        parts.append(f"{res.failed_left_out} failed jobs left out")
+        parts.append(f"{_n(res.failed_left_out, 'failed job')} left out")
     if res.not_current:
-        parts.append(f"{res.not_current} jobs no longer in the manifest left out")
+        parts.append(f"{_n(res.not_current, 'job')} no longer in the manifest left out")
     if res.missing:
-        parts.append(f"{res.missing} images missing from the run folder")
+        parts.append(f"{_n(res.missing, 'image')} missing from the run folder")
     parts.append(f"{res.elapsed_s:.1f}s")
     return "; ".join(parts)

@@ -1,10 +1,10 @@
 """``--format imagefolder``: what ``load_dataset("imagefolder", data_dir=PATH)`` reads.
 
-``[SPLIT/]images/<hh>/<job id>.<ext>`` (``hh``: two hex digits of a hash of the job id, so no
-folder holds more than a few thousand files at a million images, and a job's file has the same
-name on every export) and one ``[SPLIT/]metadata.jsonl`` whose rows hold ``file_name``, relative
-to it, and every column. Images are hard-linked when the run folder and the dataset share a
-filesystem, else copied (or uploaded).
+``[SPLIT/]images/<hh>/<job id>.<ext>`` (``hh``: the first two hex digits of the sha256 of the job
+id, as in the run folder, so no folder holds more than a few thousand files at a million images,
+and a job's file has the same name on every export) and one ``[SPLIT/]metadata.jsonl`` whose
+rows hold ``file_name``, relative to it, and every column. Images are hard-linked when the run
+folder and the dataset share a filesystem, else copied (or uploaded).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .writer import MissingImage, Writer
 
 
 def image_name(job_id: str, ext: str) -> str:
-    hh = hashlib.blake2b(job_id.encode(), digest_size=1).hexdigest()
+    hh = hashlib.sha256(job_id.encode()).hexdigest()[:2]
     return f"images/{hh}/{job_id}.{ext}"
 
 
