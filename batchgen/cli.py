@@ -411,11 +411,14 @@ def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_fi
     from .export import ExportFormat, ExportRequest, export, parse_size, summary
 
     setup_logging(0)
-    res = export(ExportRequest(
-        run_dir=run_dir, fmt=ExportFormat(fmt), out=out, split=split,
-        rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
-        include_failed=include_failed, progress=not no_progress,
-    ))
+    try:
+        res = export(ExportRequest(
+            run_dir=run_dir, fmt=ExportFormat(fmt), out=out, split=split,
+            rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
+            include_failed=include_failed, progress=not no_progress,
+        ))
+    except KeyboardInterrupt:
+        fail(f"interrupted; {out} is as it was", EXIT_INTERRUPTED)
     click.echo(summary(res), err=True)
     click.echo(res.out)
 

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -27,7 +28,7 @@ from PIL import Image
 from batchgen.export.split import parse_split
 from batchgen.fake import FakeConfig, ThreadedFakeServer
 
-from .conftest import SECRET, Result, clean_env, cli, ledger_lines, run_against
+from .conftest import SECRET, Result, clean_env, cli, ledger_lines, run_against, spawn, wait_for
 
 # datasets must never reach the network; it reads these when it is imported.
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -433,6 +434,31 @@ def test_failed_export_leaves_the_previous_one_whole(tmp_path: Path) -> None:
     res = export(tmp_path / "run", "webdataset", out)
     assert res.code == 0, res.output
     assert "1 image missing" in res.stderr
+
+
+def test_killed_or_interrupted_export_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    synth_run(tmp_path / "run", 500, legacy=False)
+    out = tmp_path / "wds"
+    args = ("export", tmp_path / "run", "--format", "webdataset", "--out", out,
+            "--rows-per-file", "1")
+    assert cli(*args).code == 0
+    before = _tree(out)
+    for sig in (signal.SIGKILL, signal.SIGINT):
+        proc = spawn(*args, env=clean_env())
+        assert wait_for(lambda: list(tmp_path.glob(f"wds.partial-{proc.pid}/shard-*")),
+                        timeout=60), proc.communicate()
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+        assert _tree(out) == before
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "is as it was" in err, err
+            assert not list(tmp_path.glob("wds.partial-*"))
+        else:
+            assert list(tmp_path.glob("wds.partial-*"))  # what kill -9 leaves ...
+    res = cli(*args)
+    assert res.code == 0, res.output
+    assert not list(tmp_path.glob("wds.partial-*"))  # ... the next export removes
+    assert _tree(out) == before
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:

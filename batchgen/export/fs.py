@@ -91,6 +91,8 @@ class LocalTarget(Target):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.url = str(path)
+        if path.name in ("", ".", ".."):
+            raise InputError(f"--out {path}: name a folder for the dataset, e.g. datasets/mine")
         if path.exists() and not path.is_dir():
             raise InputError(f"--out {path}: is a file, not a folder")
         if path.is_dir() and not (path / MARKER).is_file() and any(path.iterdir()):
