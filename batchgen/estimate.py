@@ -180,6 +180,7 @@ def estimate(req: EstimateRequest) -> Estimate:
     breakdown = _Breakdown(prices)
     plan = Plan(manifest.iter_jobs, index, req.selection, breakdown)
     summary = manifest.validate(visit=plan.count_job)
+    price_warnings = prices.check_covered()  # a size with no price: exit 2 naming the file
     counts = plan.counts
     rows = breakdown.rows()
     return Estimate(
@@ -198,7 +199,7 @@ def estimate(req: EstimateRequest) -> Estimate:
         concurrency=req.concurrency,
         rpm=req.rpm,
         latency_s=req.latency_s,
-        warnings=summary.warnings,
+        warnings=(*summary.warnings, *price_warnings),
     )
 
 

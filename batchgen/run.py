@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .client import GeminiClient
-from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
+from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, resolve_key
+from .current import CurrentWriter
 from .errors import BatchgenError, InputError, StorageError
+from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
 from .plan import (
@@ -39,7 +42,7 @@ from .pool import Runner, RunResult, StopReason
 from .pricing import PriceTable
 from .progress import Progress
 from .redact import redact, register_secret
-from .spec import Provider
+from .spec import JobSpec, Provider
 from .store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class RunRequest:
     base_url: str | None = None
     model: str | None = None
     timeout_s: float = 300.0
+    reference_timeout_s: float = 60.0
     prices: Path | None = None
     yes: bool = False
     confirm_above_usd: float = 20.0
@@ -75,6 +79,7 @@ class Prepared:
     settings: RunSettings
     prices: PriceTable
     spent_before_usd: float
+    unsettled: Unsettled
     change: str | None
     orphans: list[LedgerRecord]
     lock_fd: int
@@ -131,22 +136,38 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
             lock = folder.lock()
         except (InputError, StorageError) as exc:
             lock_error = exc
+    # The current-jobs file is written in the same pass (straight into the folder if it is ours).
+    current = CurrentWriter(folder.path if lock is not None else None)
+    in_scope = selection.in_scope
     try:
         if lock is not None:
             index = read_index(folder.ledger_path)
             orphans = folder.orphans(index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
-        summary = manifest.validate(visit=None if lock_error else plan.count_job)
+        count_job, add_current = plan.count_job, current.add
+
+        def visit(job: JobSpec) -> None:
+            count_job(job)
+            if in_scope(job.job_id):
+                add_current(job)
+
+        summary = manifest.validate(visit=None if lock_error else visit)
         provider = _provider(req.provider or manifest.header.provider, req.manifest)
         info = PROVIDERS[provider]
         base_url = req.base_url or manifest.header.base_url or info.base_url
+        where = "--base-url" if req.base_url else f"{req.manifest}: base_url"
+        base_url = check_base_url(base_url, where)
         api_key = FAKE_KEY if req.fake else resolve_key(provider)
         # From here on the key is scrubbed from everything, run.json included.
         register_secret(api_key)
         if prices_error is not None:
             raise prices_error
         assert prices is not None
+        # Every size and model the plan priced must have a price (exit 2 naming the file).
+        price_warnings = prices.check_covered()
+        if price_warnings:
+            summary = dataclasses.replace(summary, warnings=(*summary.warnings, *price_warnings))
         settings = RunSettings(out_dir=out, **req.settings)
         if lock_error is not None:
             raise lock_error
@@ -160,7 +181,13 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 plan.count(price)
         counts = plan.counts
         change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+        # The jobs the manifest holds now, with their metadata, for exports and reports: written
+        # even when nothing is left to run, since an edited label re-runs nothing.
+        current.commit(
+            folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
+        )
     except BaseException:
+        current.discard()
         if lock is not None:
             os.close(lock)
         raise
@@ -169,6 +196,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         base_url=base_url,
         api_key=api_key,
         timeout_s=req.timeout_s,
+        reference_timeout_s=req.reference_timeout_s,
         connections=settings.concurrency,
         max_request_bytes=info.max_request_bytes,
     )
@@ -182,6 +210,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         settings=settings,
         prices=prices,
         spent_before_usd=index.cost_usd,
+        unsettled=index.unsettled,
         change=change,
         orphans=orphans,
         lock_fd=lock,
@@ -204,15 +233,7 @@ async def _endpoint(prep: Prepared, fake: bool) -> AsyncIterator[ClientSettings]
     from .fake import FakeConfig, FakeServer
 
     async with FakeServer(FakeConfig(api_key=FAKE_KEY)) as server:
-        s = prep.client
-        yield ClientSettings(
-            provider=s.provider,
-            base_url=server.url,
-            api_key=FAKE_KEY,
-            timeout_s=s.timeout_s,
-            connections=s.connections,
-            max_request_bytes=s.max_request_bytes,
-        )
+        yield dataclasses.replace(prep.client, base_url=server.url, api_key=FAKE_KEY)
 
 
 def adopt_orphans(prep: Prepared) -> None:
@@ -235,6 +256,8 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()
+    intents = IntentJournal(folder.path, prep.unsettled)
+    intents.open()
     meta = folder.read_meta()
     folder.update_meta(
         manifest=str(req.manifest),
@@ -263,6 +286,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
                 settings=settings,
                 progress=progress,
                 spent_before_usd=prep.spent_before_usd,
+                intents=intents,
             )
             restore = _install_signals(loop, runner.interrupt)
             try:
@@ -276,6 +300,10 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
             ledger.close()
         except StorageError as exc:
             log.error("%s", exc)
+        try:
+            intents.close()  # after the ledger: what it settled is on disk
+        except StorageError as exc:
+            log.error("%s", exc)
     state = "finished" if result.stop_reason is StopReason.COMPLETED else result.stop_reason.value
     with contextlib.suppress(StorageError):
         folder.update_meta(state=state)
@@ -283,12 +311,14 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
 
 
 def _install_signals(
-    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, handler: Callable[[str], None]
 ) -> Callable[[], None]:
+    """SIGINT, SIGTERM and SIGHUP (an ssh session that drops) all stop the run the same way:
+    gracefully the first time, at once the second."""
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, handler)
+            loop.add_signal_handler(sig, handler, sig.name)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
@@ -326,6 +356,11 @@ def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[st
         + (f" ({errors})" if errors else "")
         + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
     ]
+    if result.unsettled_requests:
+        lines.append(
+            f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
+            "request(s) that were in flight when an earlier run died (counted toward --budget)"
+        )
     if gallery is not None:
         lines.append(f"gallery: {gallery}")
     command, reason = command_line(), result.stop_reason
@@ -338,7 +373,8 @@ def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[st
         lines.append(f"interrupted; to resume: {command}")
     elif reason is StopReason.BUDGET:
         lines.append(
-            f"budget reached: spent ${result.spent_usd:.2f} of the {result.stop_message} budget; "
+            f"budget reached: spent ${result.spent_usd + result.unsettled_usd:.2f} "
+            f"of the {result.stop_message} budget; "
             f"to continue, raise --budget: {command}"
         )
     else:

@@ -1,13 +1,15 @@
 """The store: puts a paid image on disk durably before anything counts it as done.
 
-For each image: the sidecar ``images/<id>.json`` (the record the ledger will get) and the image
-``images/<id>.<ext>`` are written to ``.tmp`` names and fsync'd; then the sidecar is renamed into
-place, then the image. Only then does the pool append the ledger line. So a file gets its final
-name only once its bytes are on disk, and an image only after its sidecar has. A crash before
-the image's rename leaves at most a sidecar without its image (not adopted, the job runs again)
-and ``.tmp`` files (removed by :meth:`ImageStore.prepare`); a crash between the image's rename
-and the ledger line leaves an image with a sidecar and no ledger line, which
-:func:`adopt_orphans` adds to the ledger on the next run so it is not paid for again.
+For each image: the sidecar ``images/<xx>/<id>.json`` (the record the ledger will get) and the
+image ``images/<xx>/<id>.<ext>`` (:mod:`batchgen.layout`) are written to ``.tmp`` names and
+fsync'd; then the sidecar is renamed into place, then the image, then the directory is fsync'd
+once per commit so the renames survive a power cut. Only then does the pool append the ledger
+line. So a file gets its final name only once its bytes are on disk, and an image only after its
+sidecar has. A crash before the renames leaves ``.tmp`` files: a complete pair (the sidecar's
+sha256 matches the image's bytes) is finished and adopted by :func:`adopt_orphans`, anything else
+is removed by :meth:`ImageStore.prepare`; a crash between the image's rename and the ledger line
+leaves an image with a sidecar and no ledger line, which :func:`adopt_orphans` adds to the ledger
+on the next run so it is not paid for again.
 
 The writes happen on one dedicated writer thread (:class:`_Writer`). ``save`` queues the job and
 awaits a future; the thread writes each save's files as soon as it sees them, then commits
@@ -38,11 +40,12 @@ from typing import Any
 import orjson
 
 from .errors import StorageError
-from .ledger import JobStatus, LedgerRecord
+from .layout import IMAGES_DIR as IMAGES_DIR
+from .layout import image_dirs, sidecars, subdir
+from .ledger import JobStatus, LedgerRecord, fsync_dir
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = "images"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 # Module level so the benchmark's diagnostic run can stub it out (bench/timed_batchgen.py).
@@ -69,6 +72,7 @@ class ImageStore:
         self.images_dir = run_dir / IMAGES_DIR
         self._images = str(self.images_dir)  # save() builds its paths as plain strings: cheaper
         self._writer: _Writer | None = None
+        self._subdirs: set[str] = set()  # the subfolders known to exist
 
     def prepare(self) -> None:
         try:
@@ -76,14 +80,31 @@ class ImageStore:
         except OSError as exc:
             raise _storage_error("create", self.images_dir, exc) from exc
         # A leftover .tmp is an image whose write never finished: it was never counted.
-        for tmp in self.images_dir.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for folder in image_dirs(self.images_dir):
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def path_for(self, job_id: str, mime_type: str) -> Path:
-        return self.images_dir / _image_name(job_id, mime_type)
+        return self.images_dir / subdir(job_id) / _image_name(job_id, mime_type)
 
     def relpath(self, job_id: str, mime_type: str) -> str:
-        return f"{IMAGES_DIR}/{_image_name(job_id, mime_type)}"
+        return f"{IMAGES_DIR}/{subdir(job_id)}/{_image_name(job_id, mime_type)}"
+
+    def _folder(self, job_id: str) -> str:
+        """The job's subfolder, made on first use (and its entry in images/ made durable)."""
+        sub = subdir(job_id)
+        folder = os.path.join(self._images, sub)
+        if sub not in self._subdirs:
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _storage_error("create", folder, exc) from exc
+            else:
+                _fsync_dir(self._images)
+            self._subdirs.add(sub)
+        return folder
 
     async def save(self, job_id: str, data: bytes, mime_type: str, *, sidecar: bytes) -> None:
         """Make the sidecar (the ledger line to come) and then the image durable.
@@ -95,8 +116,9 @@ class ImageStore:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        image = os.path.join(self._images, _image_name(job_id, mime_type))
-        sidecar_path = os.path.join(self._images, f"{job_id}.json")
+        folder = self._folder(job_id)
+        image = os.path.join(folder, _image_name(job_id, mime_type))
+        sidecar_path = os.path.join(folder, f"{job_id}.json")
         save = _Save(sidecar_path, sidecar, image, data, loop, future)
         del data, sidecar  # the writer drops them once written, before the fsyncs
         while self._writer is None or not self._writer.submit(save):
@@ -349,6 +371,10 @@ def _finish(commit: list[_Save]) -> None:
                 except OSError as exc:
                     save.fail(_storage_error("write", path, exc))
                     _remove(path + ".tmp")
+        # One directory fsync per commit: the renames above survive a power cut before any
+        # ledger line counts these images as done.
+        for folder in {os.path.dirname(save.image_path) for save in commit}:
+            _fsync_dir(folder)
     except Exception as exc:  # a bug must fail the saves loudly, never leave them waiting
         log.error("the store's writer failed", exc_info=True)
         for save in commit:
@@ -361,6 +387,10 @@ def _finish(commit: list[_Save]) -> None:
         else:  # more than one event loop used the store: tell each its own
             for save, outcome in zip(commit, outcomes, strict=True):
                 _resolve_soon(save.loop, [outcome])
+
+
+def _fsync_dir(path: str) -> None:
+    fsync_dir(Path(path))
 
 
 def _remove(tmp: str) -> None:
@@ -397,15 +427,63 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def finish_tmp_pairs(images_dir: Path, done: set[str] | frozenset[str] = frozenset()) -> int:
+    """Finish the renames of saves whose ``.tmp`` files are complete; how many were finished.
+
+    A ``kill -9`` after a save's files were written but before their renames leaves
+    ``<id>.<ext>.tmp`` with ``<id>.json.tmp`` (or ``<id>.json``, if only the sidecar was renamed).
+    The image was paid for: if the sidecar is a succeeded record naming that image and its
+    sha256 matches the image's bytes, the pair is whole, so it is made durable and renamed into
+    place (then adopted like any orphan) instead of being deleted and paid for again.
+    """
+    finished = 0
+    for entry in os.scandir(images_dir):
+        name = entry.name
+        if not name.endswith(".tmp") or name.endswith(".json.tmp"):
+            continue
+        image = entry.path[: -len(".tmp")]
+        job_id = os.path.splitext(os.path.basename(image))[0]
+        if job_id in done and os.path.exists(image):
+            continue  # recorded and on disk already: the tmp file is a leftover
+        sidecar = os.path.join(images_dir, job_id + ".json")
+        sidecar_tmp = sidecar + ".tmp"
+        sidecar_src = sidecar_tmp if os.path.exists(sidecar_tmp) else sidecar
+        try:
+            record = LedgerRecord.from_dict(orjson.loads(Path(sidecar_src).read_bytes()))
+            data = Path(entry.path).read_bytes()
+        except (OSError, orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+            continue
+        named = {os.path.basename(out) for out in record.outputs}
+        if (record.status is not JobStatus.SUCCEEDED or os.path.basename(image) not in named
+                or record.sha256 is None or sha256_hex(data) != record.sha256):
+            continue
+        try:
+            for path in (sidecar_src, entry.path):
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+                try:
+                    _fsync(fd)
+                finally:
+                    os.close(fd)
+            if sidecar_src == sidecar_tmp:
+                os.replace(sidecar_tmp, sidecar)
+            os.replace(entry.path, image)
+        except OSError as exc:
+            log.warning("could not finish the save of %s: %s", image, exc)
+            continue
+        log.warning("%s: its save was cut short before the rename; finished it", job_id)
+        finished += 1
+    if finished:
+        fsync_dir(images_dir)
+    return finished
+
+
 def adopt_orphans(run_dir: Path, done: set[str]) -> list[LedgerRecord]:
     """Images on disk with a sidecar but no succeeded ledger line: paid for, so keep them."""
-    images_dir = run_dir / IMAGES_DIR
     adopted: list[LedgerRecord] = []
-    if not images_dir.is_dir():
-        return adopted
-    for entry in os.scandir(images_dir):
-        if not entry.name.endswith(".json"):
-            continue
+    images_dir = run_dir / IMAGES_DIR
+    for folder in image_dirs(images_dir):
+        finish_tmp_pairs(folder, done)
+    for entry in sidecars(images_dir):
         job_id = entry.name[: -len(".json")]
         if job_id in done:
             continue

@@ -10,8 +10,14 @@ from typing import Any
 
 import yaml
 
-from batchgen._manifest_fields import JOB_FIELDS, MANIFEST_KEYS, PARSERS, Bad, parse_model
 from batchgen.errors import Problem
+from batchgen.manifest.fields import (
+    MANIFEST_KEYS,
+    PARSERS,
+    Bad,
+    parse_model,
+    unknown_field_message,
+)
 
 PROVIDERS = ("anyfast", "google")
 
@@ -150,7 +156,7 @@ def check_top(doc: YamlMap, name: str, top: dict[str, str | None]) -> list[Probl
             if key == "id":
                 problems.append(Problem(name, line, key, "cannot have a default: ids are per job"))
             elif key not in PARSERS:
-                msg = f"unknown field (known: {', '.join(JOB_FIELDS)})"
+                msg = unknown_field_message()
                 problems.append(Problem(name, line, key, msg))
     jobs = doc.get("jobs")
     if jobs is None:

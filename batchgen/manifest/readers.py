@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from batchgen._manifest_fields import JOB_FIELDS, PARSERS, Bad, Row
-from batchgen._manifest_yaml import YamlMap, YamlSeq
 from batchgen.errors import Problem
+from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Bad, Row
+from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
 _BOM = b"\xef\xbb\xbf"
@@ -46,9 +46,23 @@ def yaml_rows(doc: YamlMap | None, name: str, *, cli_model: bool) -> Iterator[Ro
             yield Problem(name, dup_line, key, "set twice in this job")
         fields: dict[str, Any] = {k: v for k, v, _ in inherited}
         lines = {k: ln for k, _, ln in inherited}
+        default_meta = fields.get("meta")
         fields.update(job)
         lines.update(job.key_lines)
+        own_meta = job.get("meta")
+        if isinstance(default_meta, YamlMap) and isinstance(own_meta, YamlMap):
+            fields["meta"] = _merge_meta(default_meta, own_meta)
         yield Row(job.line, fields, lines, False)
+
+
+def _merge_meta(default: YamlMap, own: YamlMap) -> YamlMap:
+    """The defaults' metadata with the job's own keys over it, each key keeping its line."""
+    merged = YamlMap(default)
+    merged.update(own)
+    merged.line = own.line
+    merged.key_lines = {**default.key_lines, **own.key_lines}
+    merged.dup_keys = own.dup_keys
+    return merged
 
 
 def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
@@ -85,7 +99,7 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
         except _NotText as exc:
             yield Problem(name, exc.line, "", str(exc))
             return
-        columns, header_problems = _columns(header, name)
+        columns, meta_columns, header_problems = _columns(header, name)
         yield from header_problems
         if "prompt" not in columns.values():
             return  # every row would fail the same way; the header problem says it all
@@ -118,7 +132,14 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                     msg += f"; a quoted cell runs from line {start} to {prev}: missing quote?"
                 yield Problem(name, start, "", msg)
                 continue
-            fields = {col: cells[i] for i, col in columns.items() if cells[i].strip()}
+            fields: dict[str, Any] = {
+                col: cells[i] for i, col in columns.items() if cells[i].strip()
+            }
+            if meta_columns:
+                # An empty cell is no value, as for every other column.
+                meta = {key: cells[i] for i, key in meta_columns.items() if cells[i].strip()}
+                if meta:
+                    fields["meta"] = meta
             if prev > start:
                 swallowed = _swallowed_row(fields, columns, ncols)
                 if swallowed:
@@ -131,24 +152,41 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             yield Row(start, fields, _NO_LINES, True)
 
 
-def _columns(header: list[str], name: str) -> tuple[dict[int, str], list[Problem]]:
-    """Column index -> field for the known columns, and the header's problems."""
+def _columns(
+    header: list[str], name: str
+) -> tuple[dict[int, str], dict[int, str], list[Problem]]:
+    """Column index -> field for the known columns, index -> key for the ``meta.<key>``
+    columns, and the header's problems."""
     columns: dict[int, str] = {}
+    meta: dict[int, str] = {}
     problems: list[Problem] = []
     for index, raw in enumerate(header):
         col = raw.strip().lower()
-        if col in columns.values():
+        if col.startswith(META_PREFIX):
+            key = raw.strip()[len(META_PREFIX) :].strip()
+            if not key:
+                msg = f"a metadata column needs a name after {META_PREFIX!r}, e.g. meta.sku"
+                problems.append(Problem(name, 1, raw.strip(), msg))
+            elif key in meta.values():
+                problems.append(Problem(name, 1, f"{META_PREFIX}{key}", "column appears twice"))
+            else:
+                meta[index] = key
+        elif col == "meta":
+            msg = "CSV metadata goes in columns named meta.<name>, e.g. meta.sku"
+            problems.append(Problem(name, 1, col, msg))
+        elif col in columns.values():
             problems.append(Problem(name, 1, col, "column appears twice"))
         elif col in PARSERS:
             columns[index] = col
         elif not col:
             problems.append(Problem(name, 1, "", f"column {index + 1} has no name"))
         else:
-            msg = f"unknown column (known: {', '.join(JOB_FIELDS)})"
+            known = ", ".join(f for f in JOB_FIELDS if f != "meta")
+            msg = f"unknown column (known: {known}); your own columns are named meta.<name>"
             problems.append(Problem(name, 1, raw.strip(), msg))
     if "prompt" not in columns.values():
         problems.append(Problem(name, 1, "prompt", "required column missing"))
-    return columns, problems
+    return columns, meta, problems
 
 
 def _swallowed_row(
