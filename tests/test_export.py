@@ -445,7 +445,8 @@ def test_killed_or_interrupted_export_leaves_the_previous_one_whole(tmp_path: Pa
     before = _tree(out)
     for sig in (signal.SIGKILL, signal.SIGINT):
         proc = spawn(*args, env=clean_env())
-        assert wait_for(lambda: list(tmp_path.glob(f"wds.partial-{proc.pid}/shard-*")),
+        staging = f"wds.partial-{proc.pid}/shard-*"
+        assert wait_for(lambda pattern=staging: list(tmp_path.glob(pattern)),
                         timeout=60), proc.communicate()
         os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=60)

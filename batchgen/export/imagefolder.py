@@ -9,19 +9,18 @@ folder and the dataset share a filesystem, else copied (or uploaded).
 
 from __future__ import annotations
 
-import hashlib
 from typing import IO
 
 import orjson
 
+from ..layout import subdir
 from .fs import Target
 from .source import Row
 from .writer import MissingImage, Writer
 
 
 def image_name(job_id: str, ext: str) -> str:
-    hh = hashlib.sha256(job_id.encode()).hexdigest()[:2]
-    return f"images/{hh}/{job_id}.{ext}"
+    return f"images/{subdir(job_id)}/{job_id}.{ext}"
 
 
 class ImageFolderWriter(Writer):

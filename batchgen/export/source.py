@@ -2,7 +2,8 @@
 
 The ledger is read with :func:`batchgen.ledger.iter_lines` (the last line per job wins, a torn
 tail is skipped) into a temporary SQLite index keyed by job id, next to the manifest's current
-jobs (``DIR/jobs.jsonl``, when the run wrote one). A dict of a million records would be a
+jobs (``DIR/jobs.jsonl``, read with :func:`batchgen.current.iter_current`, when the run wrote
+one). A dict of a million records would be a
 gigabyte; the index keeps memory flat (SQLite's page cache is bounded) and hands the rows back
 sorted, which is what makes every export of the same folder the same.
 
@@ -24,13 +25,13 @@ from typing import Any
 
 import orjson
 
+from ..current import CURRENT_NAME, iter_current
 from ..errors import InputError
 from ..ledger import LEDGER_NAME, iter_lines
 from ..plan import RUN_FILE
 
 log = logging.getLogger(__name__)
 
-JOBS_FILE = "jobs.jsonl"
 SUCCEEDED = "succeeded"
 # Bounded, so memory stays flat however many jobs there are. On a 100,000-job folder (with
 # jobs.jsonl) 8 MB built the index in 7.8 s at a peak RSS of 34 MB; 64 MB took 11.3 s and
@@ -166,7 +167,7 @@ class RunSource:
                 "no ledger.jsonl")
             raise InputError(f"{run_dir}: not a batchgen run folder with results ({hint})")
         self.include_failed = include_failed
-        self.jobs_file = run_dir / JOBS_FILE
+        self.jobs_file = run_dir / CURRENT_NAME
         self.has_jobs_file = self.jobs_file.is_file()
         self.failed_left_out = 0
         self.not_current = 0
@@ -200,9 +201,8 @@ class RunSource:
         if self.has_jobs_file:
             db.executemany(
                 "INSERT OR REPLACE INTO cur VALUES (?, ?)",
-                ((str(d["job_id"]), dumps({k: d.get(k) for k in ("name", "meta", "source")
-                                           if k in d}))
-                 for _, _, d in iter_lines(self.jobs_file) if "job_id" in d),
+                ((d["job_id"], dumps({k: d.get(k) for k in ("name", "meta", "source") if k in d}))
+                 for d in iter_current(self.run_dir)),
             )
 
         def rows() -> Iterator[tuple[str, int, bytes | None]]:
