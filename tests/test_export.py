@@ -200,6 +200,42 @@ def test_edited_meta_reruns_nothing_and_shows_in_the_next_export(
     assert labels == {"shoe": "sneaker", "hat": "hat"}
 
 
+def test_imagefolder_metadata_keeps_its_types_for_datasets(hf: Any, tmp_path: Path) -> None:
+    """JSON has no types: datasets infers them from the first rows of each metadata file."""
+    lines = synth_run(tmp_path / "run", 12, legacy=False)
+    last = sorted(lines)[-1]
+    rec = lines[last]
+    rec["meta"]["rare"] = 7  # one job only, and the last in job id order
+    with (tmp_path / "run" / "ledger.jsonl").open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    # One folder: the row that gives `rare` a value is written first.
+    out = tmp_path / "one"
+    res = export(tmp_path / "run", "imagefolder", out)
+    assert res.code == 0, res.output
+    rows = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    # item00 gives every other column a value; then the one row with `rare`, then the rest.
+    assert [r["job_id"] for r in rows[:2]] == [sorted(lines)[0], last]
+    assert rows[1]["rare"] == 7 and sorted(r["job_id"] for r in rows) == sorted(lines)
+    ds = load(hf, "imagefolder", tmp_path, data_dir=str(out))["train"]
+    assert len(ds) == 12 and ds.features["rare"].dtype == "int64"
+    assert sorted(ds["rare"], key=str) == [7] + [None] * 11
+    # Split folders where `rare` has a value in one split only: metadata.parquet, typed.
+    spec = "train=0.5,test=0.5"
+    out = tmp_path / "split"
+    res = export(tmp_path / "run", "imagefolder", out, "--split", spec)
+    assert res.code == 0, res.output
+    assert "metadata.parquet" in res.stderr
+    assert sorted(p.name for p in out.glob("*/metadata.*")) == ["metadata.parquet"] * 2
+    ds = load(hf, "imagefolder", tmp_path, data_dir=str(out))
+    assert sum(len(ds[s]) for s in ds) == 12
+    for split in ds:
+        assert ds[split].features["rare"].dtype == "int64"
+        for row in ds[split]:
+            assert split_of(spec, row["job_id"]) == split
+            assert_image_ok(row["image"], row)
+            assert row["rare"] == (7 if row["job_id"] == last else None)
+
+
 # --- parquet -----------------------------------------------------------------------------------
 
 def test_parquet_loads_with_pyarrow_and_datasets(run: Path, hf: Any, tmp_path: Path) -> None:

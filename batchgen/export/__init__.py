@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..errors import InputError, StorageError
 from .fs import Target, open_target
 from .source import MetaSchema, RunSource, column_types
-from .split import parse_split
+from .split import Splits, parse_split
 from .writer import MissingImage, Writer
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,39 @@ class ExportResult:
     not_current: int
     meta_columns: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    notes: tuple[str, ...] = ()
 
 
-def _writer(req: ExportRequest, target: Target, prefix: str,
-            types: dict[str, str]) -> Writer:
+@dataclass(frozen=True, slots=True)
+class _FolderPlan:
+    """For imagefolder: per split, the rows to write first; and whether JSON can type it all."""
+
+    witnesses: dict[str, frozenset[str]]
+    typed: bool
+
+
+def _folder_plan(source: RunSource, meta_columns: dict[str, tuple[str, str]],
+                 splits: Splits) -> _FolderPlan:
+    first: dict[str, dict[str, str]] = {}  # split -> column -> first job id with a value
+    for row in source.rows(meta_columns):
+        cols = first.setdefault(splits.of(row.job_id), {})
+        for name, value in row.columns.items():
+            if name not in cols and value is not None and value != []:
+                cols[name] = row.job_id
+    typed = len({frozenset(cols) for cols in first.values()}) > 1
+    if typed:
+        log.info("a column has values in one split and none in another: metadata.parquet")
+    return _FolderPlan({s: frozenset(c.values()) for s, c in first.items()}, typed)
+
+
+def _writer(req: ExportRequest, target: Target, prefix: str, types: dict[str, str],
+            plan: _FolderPlan | None, split: str) -> Writer:
     if req.fmt is ExportFormat.IMAGEFOLDER:
         from .imagefolder import ImageFolderWriter
 
-        return ImageFolderWriter(target, prefix, list(types))
+        assert plan is not None
+        return ImageFolderWriter(target, prefix, types, witnesses=plan.witnesses.get(split,
+                                 frozenset()), typed=plan.typed)
     if req.fmt is ExportFormat.WEBDATASET:
         from .webdataset import WebDatasetWriter
 
@@ -118,6 +143,13 @@ def export(req: ExportRequest) -> ExportResult:
             raise InputError(f"{req.run_dir}: nothing to export ({why})")
         meta_columns = schema.columns()
         types = column_types(meta_columns, include_failed=req.include_failed)
+        plan = None
+        if req.fmt is ExportFormat.IMAGEFOLDER:
+            plan = _folder_plan(source, meta_columns, splits)
+            if plan.typed:
+                from .parquet import check_available
+
+                check_available()
         target = open_target(req.out)
         writers: dict[str, Writer] = {}
         missing = 0
@@ -129,7 +161,7 @@ def export(req: ExportRequest) -> ExportResult:
                 writer = writers.get(split)
                 if writer is None:
                     writer = writers[split] = _writer(req, target, f"{split}/" if split else "",
-                                                      types)
+                                                      types, plan, split)
                 try:
                     writer.add(row)
                 except MissingImage:
@@ -173,6 +205,8 @@ def export(req: ExportRequest) -> ExportResult:
         not_current=source.not_current,
         meta_columns={k: v[0] for k, v in meta_columns.items()},
         elapsed_s=time.monotonic() - t0,
+        notes=("metadata.parquet, not .jsonl: a column has values in one split and none in "
+               "another, which JSON cannot type",) if plan is not None and plan.typed else (),
     )
 
 
@@ -195,5 +229,6 @@ def summary(res: ExportResult) -> str:
         parts.append(f"{_n(res.not_current, 'job')} no longer in the manifest left out")
     if res.missing:
         parts.append(f"{_n(res.missing, 'image')} missing from the run folder")
+    parts += res.notes
     parts.append(f"{res.elapsed_s:.1f}s")
     return "; ".join(parts)

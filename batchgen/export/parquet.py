@@ -27,15 +27,27 @@ def check_available() -> None:
     require("pyarrow.parquet", "parquet")
 
 
-def arrow_schema(types: dict[str, str]) -> Any:
+def arrow_schema(types: dict[str, str], *, image: str | None = "image",
+                 file_name: bool = False) -> Any:
+    """The columns' Arrow schema, with Hugging Face's features in its metadata.
+
+    ``image``: the name of the image column (None: none); ``file_name``: a leading ``file_name``
+    column, for an imagefolder's ``metadata.parquet``.
+    """
     pa = require("pyarrow", "parquet")
     arrow = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
              "bool": pa.bool_(),
              "references": pa.list_(pa.struct([("path", pa.string()),
                                                ("sha256", pa.string())]))}
-    fields = [pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
+    fields = []
+    features: dict[str, Any] = {}
+    if image is not None:
+        fields.append(pa.field(image, pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+        features[image] = {"_type": "Image"}
+    if file_name:
+        fields.append(pa.field("file_name", pa.string()))
+        features["file_name"] = {"dtype": "string", "_type": "Value"}
     fields += [pa.field(name, arrow[kind]) for name, kind in types.items()]
-    features: dict[str, Any] = {"image": {"_type": "Image"}}
     for name, kind in types.items():
         if kind == "references":
             # A plain list is how every version of datasets writes a list feature.
