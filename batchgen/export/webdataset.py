@@ -84,6 +84,9 @@ class WebDatasetWriter(Writer):
         info.mtime = mtime
         info.mode = 0o444
         self._tar.addfile(info, io.BytesIO(data))
+        # TarFile keeps every member it wrote (for reading back); a shard of 10,000 samples
+        # would hold 20,000 of them. Writing needs none.
+        self._tar.members.clear()
 
     def _close_shard(self) -> None:
         if self._tar is not None:
