@@ -11,7 +11,8 @@ Each export runs as ``python -m batchgen export`` in its own process; its peak R
 ``os.wait4``, so no figure includes another process. Running the sizes 10,000 and 100,000 shows
 whether memory stays flat as the folder grows. Writes a section of bench/RESULTS.md.
 
-    .venv/bin/python bench/export.py                       # 10,000 and 100,000; ~3 minutes
+    .venv/bin/python bench/export.py --jobs-file   # 10,000 and 100,000: ~10 minutes, mostly
+                                                 # making and deleting 100,000 files
     .venv/bin/python bench/export.py --sizes 1000 --no-write
 """
 
