@@ -13,8 +13,9 @@ from typing import Any
 
 from .errors import InputError
 from .intents import read_unsettled
+from .layout import IMAGES_DIR
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
-from .plan import RunFolder
+from .plan import RunFolder, count_images
 
 
 @dataclass(slots=True)
@@ -88,9 +89,10 @@ def load_status(run_dir: Path) -> Status:
             unsettled.settle(rec.job_id, rec.started_at)
     succeeded = missing = 0
     errors: dict[str, int] = {}
+    check = _some_missing(run_dir, len(outputs))
     for job_id, outcome in latest.items():
         if outcome is True:
-            if _is_missing(run_dir, outputs.get(job_id, ())):
+            if check and _is_missing(run_dir, outputs.get(job_id, ())):
                 missing += 1
             else:
                 succeeded += 1
@@ -99,6 +101,12 @@ def load_status(run_dir: Path) -> Status:
     st = make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing)
     st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
     return st
+
+
+def _some_missing(run_dir: Path, succeeded: int) -> bool:
+    """Whether any image can be missing: fewer image files than succeeded jobs (one listing,
+    instead of a stat per job for a folder that is whole)."""
+    return succeeded > 0 and count_images(run_dir / IMAGES_DIR) < succeeded
 
 
 def _is_missing(run_dir: Path, outputs: tuple[str, ...]) -> bool:
@@ -127,8 +135,11 @@ def make_status(
 def _status(
     run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float
 ) -> Status:
-    missing = sum(1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs))
-    succeeded = sum(1 for r in latest.values() if r.succeeded) - missing
+    done = sum(1 for r in latest.values() if r.succeeded)
+    missing = sum(
+        1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs)
+    ) if _some_missing(run_dir, done) else 0
+    succeeded = done - missing
     errors: dict[str, int] = {}
     for r in latest.values():
         if not r.succeeded and r.error is not None:
