@@ -85,8 +85,9 @@ class WebDatasetWriter(Writer):
         info.mode = 0o444
         self._tar.addfile(info, io.BytesIO(data))
         # TarFile keeps every member it wrote (for reading back); a shard of 10,000 samples
-        # would hold 20,000 of them. Writing needs none.
-        self._tar.members.clear()
+        # would hold 20,000 of them, and writing needs none. getmembers() hands back that list
+        # in write mode; were it ever a copy, this is a no-op and a shard's members stay bounded.
+        self._tar.getmembers().clear()
 
     def _close_shard(self) -> None:
         if self._tar is not None:
