@@ -24,10 +24,10 @@ from .. import errors as e
 from ..client import GeminiClient
 from ..config import ClientSettings
 from ..ledger import LedgerWriter
+from ..pacing import wait_event
 from ..plan import IN_BATCH, Plan, Selection
 from ..pricing import PriceTable
 from ..progress import Progress
-from ..ratelimit import wait_event
 from ..redact import redact
 from ..run import Prepared, RunRequest, _endpoint, _install_signals, _settings_meta, command_line
 from ..spec import JobSpec, Provider

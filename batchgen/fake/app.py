@@ -26,7 +26,9 @@ from .answers import (
     answer,
     bad_key,
     blocked,
+    capacity_exhausted,
     caption,
+    empty_answer,
     fault_error,
     image_price,
     image_tokens,
@@ -39,7 +41,7 @@ from .answers import (
     usage,
 )
 from .batch_api import BatchService
-from .faults import FAULT_NAMES, FakeConfig, FaultChooser, SlidingWindow, apply_config_json
+from .faults import FAULT_NAMES, FakeConfig, FaultChooser, RateWindow, apply_config_json
 from .file_store import FileStore
 from .files_api import FilesApi
 from .images import EncodedImage, ImageCache, colour_bucket
@@ -94,8 +96,8 @@ class FakeServer:
         self.stats = FakeStats()
         self.images = ImageCache()
         self._chooser = FaultChooser(self.config.seed)
-        self._rpm = SlidingWindow()
-        self._ipm = SlidingWindow()
+        self._rpm = RateWindow()
+        self._ipm = RateWindow()
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._runner: web.AppRunner | None = None
         # Files and Batch API: uploads live in a temp dir made on first use.
@@ -109,6 +111,7 @@ class FakeServer:
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
         app.router.add_post("/{version:v1beta|v1}/models/{rest}", self._handle_generate)
         app.router.add_get("/_fake/stats", self._handle_stats)
+        app.router.add_get("/_fake/timeline", self._handle_timeline)
         app.router.add_get("/_fake/config", self._handle_get_config)
         app.router.add_post("/_fake/config", self._handle_config)
         app.router.add_post("/_fake/reset", self._handle_reset)
@@ -176,7 +179,7 @@ class FakeServer:
                     f"Method {method or '(none)'} is not supported by the fake server.",
                 )
             )
-        self.stats.begin()
+        arrived = self.stats.begin()
         status = 0
         try:
             try:
@@ -192,7 +195,7 @@ class FakeServer:
                 status = 0
             return resp
         finally:
-            self.stats.end(status)
+            self.stats.end(status, arrived)
 
     async def _generate(self, request: web.Request, model: str) -> tuple[web.StreamResponse, int]:
         cfg = self.config
@@ -217,6 +220,7 @@ class FakeServer:
         self, request: web.Request, model: str, cfg: FakeConfig
     ) -> tuple[ParsedRequest, str]:
         """Everything the service checks on arrival: the request, the quota, then the fault."""
+        now = time.monotonic()  # the limiter counts a request when it arrives
         # The service's order: who is calling, then which model, then the body.
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
@@ -233,11 +237,10 @@ class FakeServer:
         req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
 
-        now = time.monotonic()
         self._check_quota(cfg, model, req, now)
         fault = self._chooser.choose(cfg, req.prompt)
         if cfg.rpm_limit is not None:
-            self._rpm.add(now)
+            self._rpm.add(now, cfg)
         self.stats.record_fault(fault)
         if fault != "ok":
             logger.debug("fault %s for prompt %.40r", fault, req.prompt)
@@ -246,9 +249,11 @@ class FakeServer:
     def _check_quota(self, cfg: FakeConfig, model: str, req: ParsedRequest, now: float) -> None:
         # Check both before recording either: a request turned away does not use up quota.
         if cfg.rpm_limit is not None:
-            wait = self._rpm.wait(now, cfg.rpm_limit, cfg.rate_window_s)
+            wait = self._rpm.wait(now, cfg.rpm_limit, cfg)
             if wait > 0:
                 self.stats.record_fault("rate_limit_rpm")
+                if cfg.rate_limit_style == "capacity":
+                    raise capacity_exhausted()
                 raise rate_limited(
                     model,
                     wait,
@@ -257,9 +262,11 @@ class FakeServer:
                     limit=cfg.rpm_limit,
                 )
         if cfg.ipm_limit is not None and req.want_image:
-            wait = self._ipm.wait(now, cfg.ipm_limit, cfg.rate_window_s)
+            wait = self._ipm.wait(now, cfg.ipm_limit, cfg)
             if wait > 0:
                 self.stats.record_fault("rate_limit_ipm")
+                if cfg.rate_limit_style == "capacity":
+                    raise capacity_exhausted()
                 raise rate_limited(
                     model,
                     wait,
@@ -285,6 +292,8 @@ class FakeServer:
             return await self._truncate(request, self._deliver(request, model, req, cfg)), 200
         if fault == "block":
             return _json(blocked(model, req)), 200
+        if fault == "empty":
+            return _json(empty_answer(model, req)), 200
         if fault == "image_safety":
             return _json(answer(model, [], "IMAGE_SAFETY", usage(req, model))), 200
         if fault == "text_only":
@@ -321,7 +330,7 @@ class FakeServer:
         if price is not None:
             self.stats.record_billed(req.prompt, price)
             if cfg.ipm_limit is not None:
-                self._ipm.add(time.monotonic())
+                self._ipm.add(time.monotonic(), cfg)
         return body
 
     def render(
@@ -395,6 +404,9 @@ class FakeServer:
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
         return _json(orjson.dumps(self.stats.snapshot()))
+
+    async def _handle_timeline(self, request: web.Request) -> web.Response:
+        return _json(orjson.dumps({"timeline": self.stats.timeline}))
 
     async def _handle_get_config(self, request: web.Request) -> web.Response:
         return _json(orjson.dumps(self.config.to_json()))

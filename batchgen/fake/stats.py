@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Any
+
+# Arrivals kept for the timeline (when each request came in, and how it was answered).
+TIMELINE_MAX = 200_000
 
 
 class FakeStats:
@@ -41,23 +45,31 @@ class FakeStats:
         self._files_uploaded = 0
         self._bytes_uploaded = 0
         self._files_deleted = 0
+        self._timeline: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=TIMELINE_MAX
+        )
         # A reset mid-run should not forget requests still being handled.
         self._max_in_flight = self._in_flight
 
     # -- updates (server side) -------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self) -> float:
+        """Count a request in; returns its arrival time (``time.monotonic()``) for :meth:`end`."""
+        now = time.monotonic()
         with self._lock:
             self._requests += 1
             self._in_flight += 1
             if self._in_flight > self._max_in_flight:
                 self._max_in_flight = self._in_flight
+        return now
 
-    def end(self, status: int) -> None:
+    def end(self, status: int, arrived: float | None = None) -> None:
         """``status`` 0 means no HTTP answer was sent (the connection was dropped)."""
         with self._lock:
             self._in_flight -= 1
             self._by_status[status] = self._by_status.get(status, 0) + 1
+            if arrived is not None:
+                self._timeline.append((arrived, status))
 
     def record_prompt(self, prompt: str) -> None:
         with self._lock:
@@ -185,6 +197,10 @@ class FakeStats:
     @property
     def files_deleted(self) -> int:
         return self._files_deleted
+    def timeline(self) -> list[tuple[float, int]]:
+        """(arrival time on the server's monotonic clock, HTTP status) per request, by arrival."""
+        with self._lock:
+            return sorted(self._timeline)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything at one instant, JSON-able (status codes become string keys in JSON)."""
