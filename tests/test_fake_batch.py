@@ -386,19 +386,22 @@ def test_line_errors_are_retryable_codes(fake: ThreadedFakeServer, http: Http) -
 
 def test_prompt_rules_apply_per_line(fake: ThreadedFakeServer, http: Http) -> None:
     fake.config.rules = [Rule("forbidden", "block"), Rule("unsafe", "image_safety"),
-                         Rule("busy", "503")]
+                         Rule("busy", "503"), Rule("hollow", "empty")]
     lines = [request_line("ok", "a calm lake"), request_line("blk", "a forbidden thing"),
-             request_line("safe", "an unsafe picture"), request_line("busy", "a busy street")]
+             request_line("safe", "an unsafe picture"), request_line("busy", "a busy street"),
+             request_line("void", "a hollow answer")]
     op = wait_done(http, file_batch(http, lines))
     out = {line["key"]: line for line in results(http, op)}
     assert out["blk"]["response"]["promptFeedback"]["blockReason"] == "SAFETY"
     assert "candidates" not in out["blk"]["response"]
     assert out["safe"]["response"]["candidates"][0]["finishReason"] == "IMAGE_SAFETY"
     assert out["busy"]["error"]["code"] == 503
+    void = out["void"]["response"]
+    assert "candidates" not in void and "promptFeedback" not in void
     final_image(out["ok"]["response"])
     assert fake.stats.batch_billed_by_prompt == Counter({"a calm lake": 1})
     stats = op["metadata"]["batchStats"]
-    assert stats == {"requestCount": "4", "successfulRequestCount": "3", "failedRequestCount": "1"}
+    assert stats == {"requestCount": "5", "successfulRequestCount": "4", "failedRequestCount": "1"}
 
 
 def test_bad_value_is_that_lines_error(fake: ThreadedFakeServer, http: Http) -> None:

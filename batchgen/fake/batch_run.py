@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .answers import TEXT_ONLY, answer, blocked, fault_error, usage
+from .answers import TEXT_ONLY, answer, blocked, empty_answer, fault_error, usage
 from .faults import FakeConfig
 from .file_store import FileStore
 from .validate import ApiError, ParsedRequest, parse_request_obj
@@ -335,6 +335,8 @@ class BatchRunner:
             return b"response", body
         if fault == "block":
             return b"response", blocked(model, req)
+        if fault == "empty":
+            return b"response", empty_answer(model, req)
         if fault == "image_safety":
             return b"response", answer(model, [], "IMAGE_SAFETY", usage(req, model))
         if fault == "text_only":

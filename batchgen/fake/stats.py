@@ -197,6 +197,8 @@ class FakeStats:
     @property
     def files_deleted(self) -> int:
         return self._files_deleted
+
+    @property
     def timeline(self) -> list[tuple[float, int]]:
         """(arrival time on the server's monotonic clock, HTTP status) per request, by arrival."""
         with self._lock:
