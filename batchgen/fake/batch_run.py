@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 BATCH_PRICE_FACTOR = 0.5
 # Lines generated between yields to the loop: a 100k-line batch must not stall other requests.
 _YIELD_EVERY = 200
-# How long a read of a batch whose time is up waits for its results before answering RUNNING.
-_SETTLE_WAIT_S = 1.0
+# How long a read of a batch whose time is up waits for its results before answering RUNNING:
+# long enough for a small batch to read as done on time, short enough that a client polling
+# 100 batches that are all being written is not held up for long on each.
+_SETTLE_WAIT_S = 0.25
 # The shuffle window: lines held back and emitted in random order, capped in count and bytes.
 _WINDOW_LINES = 64
 _WINDOW_BYTES = 8 * 1024 * 1024
