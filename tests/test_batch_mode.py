@@ -20,7 +20,8 @@ import yaml
 from PIL import Image
 
 from batchgen import errors as e
-from batchgen.batch.command import batch_rows, estimate_side_by_side
+from batchgen.batch.command import estimate_side_by_side
+from batchgen.batch.status import batch_rows
 from batchgen.batch.wire import line_error
 from batchgen.estimate import EstimateRequest, estimate
 from batchgen.fake import FakeConfig, Rule, ThreadedFakeServer

@@ -5,7 +5,8 @@
     submit.py   request files, reference uploads, the never-twice create
     collect.py  result files streamed into the store and the ledger, as live results are
     driver.py   one ``run --mode batch`` (and ``--wait``) from top to bottom; ``cancel``
-    command.py  the CLI's side: ``run --mode batch``, ``cancel``, ``status``, ``estimate``
+    command.py  the CLI's side: ``run --mode batch``, ``cancel``, ``estimate --mode batch``
+    status.py   the folder's batches for ``status`` (journal only, nothing of the pipeline)
 
 Imported lazily by the CLI: live mode never loads any of it.
 """

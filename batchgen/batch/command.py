@@ -17,7 +17,7 @@ from ..plan import RunFolder, Selection
 from ..pricing import PriceTable
 from ..redact import register_secret
 from ..spec import DEFAULT_MODEL, Provider
-from .driver import EXIT_OK, age, cancel_batches, check_provider, run_batch
+from .driver import EXIT_OK, cancel_batches, check_provider, run_batch
 from .journal import JOURNAL_NAME, BatchRecord, Journal
 from .submit import MAX_FILE_BYTES, BatchSettings
 
@@ -111,23 +111,6 @@ def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str
     else:
         click.echo("no running batches to cancel", err=True)
     return EXIT_OK
-
-
-def batch_rows(run_dir: Path) -> list[dict[str, Any]]:
-    if not (run_dir / JOURNAL_NAME).exists():
-        return []
-    return [r.to_json() for r in Journal(run_dir).all_records()]
-
-
-def format_batches(rows: list[dict[str, Any]]) -> str:
-    lines = ["batches:"]
-    for r in rows:
-        state = str(r["state"]).removeprefix("BATCH_STATE_").lower()
-        lines.append(
-            f"  {r['name'] or '(not created)':<44} {state:<10} {r['jobs']:>6} jobs "
-            f"{r['succeeded']:>6} ok {r['failed']:>5} failed  {age(str(r['created_at']))} old"
-        )
-    return "\n".join(lines)
 
 
 def estimate_side_by_side(est: Any, prices_path: Path | None) -> tuple[str, dict[str, Any]]:

@@ -33,7 +33,7 @@ from ..run import Prepared, RunRequest, _endpoint, _install_signals, _settings_m
 from ..spec import JobSpec, Provider
 from ..store import ImageStore
 from .collect import Collector, Recorder, Tally
-from .journal import BatchRecord, Journal, Phase, seconds_since
+from .journal import BatchRecord, Journal, Phase
 from .submit import BatchSettings, Submitted, Submitter
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
@@ -357,14 +357,3 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                     await api.delete_file(rec.input_file)
             jobs += rec.jobs
         return len(targets), jobs
-
-
-def age(iso: str) -> str:
-    s = seconds_since(iso)
-    if s == float("inf"):
-        return "?"
-    if s < 120:
-        return f"{s:.0f}s"
-    if s < 7200:
-        return f"{s / 60:.0f}m"
-    return f"{s / 3600:.1f}h"
