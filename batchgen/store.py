@@ -22,7 +22,6 @@ and a disk serves several at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import hashlib
@@ -35,7 +34,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +42,9 @@ from .errors import StorageError
 from .layout import IMAGES_DIR as IMAGES_DIR
 from .layout import image_dirs, sidecars, subdir
 from .ledger import JobStatus, LedgerRecord, fsync_dir
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ class ImageStore:
         that keeps no reference to ``data`` while it waits lets a big image be freed as soon as
         it is in the page cache.
         """
+        import asyncio  # here, not at the top: `status` and `report` never need it
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         folder = os.path.join(self._images, subdir(job_id))  # made by the writer if need be
