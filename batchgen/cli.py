@@ -433,5 +433,38 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     )
 
 
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset", "parquet"]),
+              required=True)
+@click.option("--out", required=True, help="A folder, or an fsspec URL such as s3://bucket/prefix.")
+@click.option("--split", metavar="NAME=FRACTION,...",
+              help="e.g. train=0.9,test=0.1: by a hash of the job id, the same on every export.")
+@click.option("--rows-per-file", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Rows per Parquet file, samples per WebDataset shard.")
+@click.option("--shard-size", default="500MB", show_default=True,
+              help="Bytes per Parquet file or WebDataset shard, at most (about, for Parquet).")
+@click.option("--include-failed", is_flag=True,
+              help="Failed jobs too, without an image (parquet and webdataset).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@guarded
+def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_file: int,
+               shard_size: str, include_failed: bool, no_progress: bool) -> None:
+    """Write a run folder's images and metadata as a dataset (imagefolder, webdataset, parquet)."""
+    from .export import ExportFormat, ExportRequest, export, parse_size, summary
+
+    setup_logging(0)
+    try:
+        res = export(ExportRequest(
+            run_dir=run_dir, fmt=ExportFormat(fmt), out=out, split=split,
+            rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
+            include_failed=include_failed, progress=not no_progress,
+        ))
+    except KeyboardInterrupt:
+        fail(f"interrupted; {out} is as it was", EXIT_INTERRUPTED)
+    click.echo(summary(res), err=True)
+    click.echo(res.out)
+
+
 if __name__ == "__main__":
     main()

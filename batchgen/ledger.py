@@ -287,6 +287,15 @@ class GroupSync:
     def dirty(self) -> bool:
         return self._synced < self._written
 
+    @property
+    def busy(self) -> bool:
+        """An fsync is running on :attr:`fd`: it must not be closed now."""
+        return self._task is not None
+
+    def mark_synced(self) -> None:
+        """Everything written so far is on disk by other means (the file was rewritten)."""
+        self._synced = self._written
+
     async def sync(self, upto: int | None = None) -> None:
         import asyncio  # here, not at the top: `status` and `report` never need it
 
