@@ -259,7 +259,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()
-    intents = IntentJournal(folder.path, prep.unsettled)
+    intents = IntentJournal(folder.path, prep.unsettled, sync_ledger=ledger.sync)
     intents.open()
     meta = folder.read_meta()
     folder.update_meta(
