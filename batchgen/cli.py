@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
 import sys
 import traceback
@@ -145,8 +146,10 @@ def main() -> None:
 @guarded
 def run(manifest: Path, **o: Any) -> None:
     """Generate every job in MANIFEST that the run folder does not have yet."""
-    from .run import RunRequest, adopt_orphans, execute, prepare
+    from .messages import CommandLine
+    from .run import RunRequest, adopt_orphans, prepare
 
+    cmd = CommandLine.from_context(click.get_current_context())
     setup_logging(o["verbose"])
     shard = _shard(o["shard"])
     retry_failed = _retry_kinds(o["retry_failed"])
@@ -178,9 +181,23 @@ def run(manifest: Path, **o: Any) -> None:
     selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"])
     prep = prepare(req, selection=selection)
     adopt_orphans(prep)
+    sys.exit(_go(prep, req, o, cmd))
+
+
+def _go(prep: Any, req: Any, o: dict[str, Any], cmd: Any) -> int:
+    """From the plan to the summary: the checks and messages around :func:`run.execute`."""
+    from .messages import check_budget
+    from .run import Ending, execute
+
+    c = prep.counts
+    tally = prep.tally
+    # The budget first: a folder that already spent it must not print an estimate and a run.
+    budget = check_budget(o["budget"], prep.spent_before_usd, c.estimate_usd, c.pending, cmd)
+    if budget.reached:
+        click.echo(budget.reached, err=True)
+        return EXIT_BUDGET
     for warning in prep.summary.warnings:
         click.echo(f"warning: {warning}", err=True)
-    c = prep.counts
     if prep.change:
         click.echo(prep.change, err=True)
     click.echo(
@@ -189,13 +206,45 @@ def run(manifest: Path, **o: Any) -> None:
         err=True,
     )
     if c.pending == 0:
-        click.echo("nothing to do: every job is done", err=True)
-        sys.exit(EXIT_OK if c.failed_skipped == 0 else EXIT_FAILED)
-    if c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty():
-        click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?", abort=True)
+        return _nothing_to_do(c, tally, o, cmd)
+    if budget.warning:
+        click.echo(f"warning: {budget.warning}", err=True)
+    ask = c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty()
+    if ask and not click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?"):
+        # Declining is a choice, not a failure: exit 0, as nothing went wrong.
+        click.echo("not started: nothing was sent", err=True)
+        return EXIT_OK
     result = asyncio.run(execute(prep, req))
-    gallery = None if o["no_gallery"] else _refresh_gallery(prep.folder.path)
-    sys.exit(summarize(result, prep.folder.path, gallery))
+    # A run that recorded nothing (a bad key, say) leaves the page as it was.
+    changed = result.succeeded + result.failed > 0
+    gallery = None if o["no_gallery"] or not changed else _refresh_gallery(prep.folder.path)
+    end = Ending(
+        cmd=cmd,
+        spent_before_usd=prep.spent_before_usd,
+        per_image_usd=c.estimate_usd / c.pending,
+        budget_usd=o["budget"],
+        wanted=tally.wanted if tally is not None else c.pending,
+        limited=o["limit"] is not None,
+    )
+    return summarize(result, prep.folder.path, gallery, end)
+
+
+def _nothing_to_do(c: Any, tally: Any, o: dict[str, Any], cmd: Any) -> int:
+    from .messages import plural
+
+    if o["only"] is not None:
+        pending = tally.open if tally is not None else 0
+        fail(f"--only {o['only']!r} matched no pending job "
+             f"({plural(pending, 'job')} pending without it)", EXIT_INPUT)
+    if c.failed_skipped:
+        click.echo(
+            f"nothing to do: {c.done} done, {plural(c.failed_skipped, 'permanent failure')} "
+            "skipped; to retry them: " + cmd.render(set={"retry_failed": "all"}, drop=("limit",)),
+            err=True,
+        )
+        return EXIT_FAILED
+    click.echo("nothing to do: every job is done", err=True)
+    return EXIT_OK
 
 
 def _refresh_gallery(out: Path) -> Path | None:
@@ -216,10 +265,10 @@ def _refresh_gallery(out: Path) -> Path | None:
         return None
 
 
-def summarize(result: RunResult, out: Path, gallery: Path | None = None) -> int:
+def summarize(result: RunResult, out: Path, gallery: Path | None = None, end: Any = None) -> int:
     from .run import summary_lines
 
-    for line in summary_lines(result, out, gallery):
+    for line in summary_lines(result, out, gallery, end):
         click.echo(line, err=True)
     if result.stop_reason is StopReason.COMPLETED:
         return EXIT_FAILED if result.failed else EXIT_OK
@@ -362,12 +411,48 @@ def gallery(run_dir: Path, out: Path | None) -> None:
     setup_logging(0)
     res = build_gallery(run_dir, out)
     click.echo(
-        f"{res.succeeded} images, {res.failed} failed; thumbnails: {res.thumbs_made} made, "
+        f"{res.succeeded} images, {res.failed} failed"
+        + (f", {res.superseded} superseded" if res.superseded else "")
+        + f"; thumbnails: {res.thumbs_made} made, "
         f"{res.thumbs_reused} reused; {res.elapsed_s:.1f}s"
         + (f"; {res.missing} images missing on disk" if res.missing else ""),
         err=True,
     )
     click.echo(str(res.path))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@guarded
+def prune(run_dir: Path, yes: bool) -> None:
+    """Move the images of edited or removed rows (superseded jobs) to DIR/superseded/."""
+    from .messages import plural
+    from .plan import RunFolder
+    from .report import read_meta
+    from .superseded import SUPERSEDED_DIR, find_superseded, move_aside
+
+    setup_logging(0)
+    read_meta(run_dir)  # InputError when this is no run folder
+    lock = RunFolder(run_dir).lock()  # never under a run that is writing images
+    try:
+        found = find_superseded(run_dir)
+        if not found.jobs:
+            click.echo(f"{run_dir}: nothing superseded; every image belongs to a current job")
+            return
+        what = (f"{plural(len(found.jobs), 'superseded job')} ({len(found.files)} files, "
+                f"{found.bytes / 1e6:.1f} MB) to {run_dir / SUPERSEDED_DIR}")
+        if not yes:
+            if not sys.stdin.isatty():
+                fail(f"would move {what}; add --yes to do it without a terminal")
+            if not click.confirm(f"Move {what}?"):
+                click.echo("nothing moved", err=True)
+                return
+        moved = move_aside(run_dir, found)
+        click.echo(f"moved {plural(moved, 'file')} of {what.split(' (')[0]} to "
+                   f"{run_dir / SUPERSEDED_DIR}; the ledger keeps their records")
+    finally:
+        os.close(lock)
 
 
 @main.command()

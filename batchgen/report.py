@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .current import current_ids
 from .errors import InputError
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from .liveness import describe_state
 from .plan import RunFolder
 
 
@@ -25,6 +27,9 @@ class Status:
     cost_usd: float
     errors: dict[str, int] = field(default_factory=dict)
     state: str = ""
+    # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
+    # until `batchgen prune`, and they are not counted as succeeded.
+    superseded: int = 0
 
     @property
     def pending(self) -> int:
@@ -36,8 +41,10 @@ class Status:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "pending": self.pending,
+            "superseded": self.superseded,
             "cost_usd": round(self.cost_usd, 4),
             "errors": dict(sorted(self.errors.items())),
+            "state": self.state,
         }
 
 
@@ -63,6 +70,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
 def load_status(run_dir: Path) -> Status:
     """One pass over the ledger, keeping per job only what the counts need, not its record."""
     meta = read_meta(run_dir)
+    current = current_ids(run_dir)
     # job id -> True if its last record succeeded, else its error kind (None: no error given)
     latest: dict[str, bool | str | None] = {}
     cost = 0.0
@@ -71,14 +79,19 @@ def load_status(run_dir: Path) -> Status:
             rec.error.kind if rec.error is not None else None
         )
         cost += rec.cost_usd
-    succeeded = 0
+    succeeded = superseded = 0
+    counted = 0
     errors: dict[str, int] = {}
-    for outcome in latest.values():
+    for job_id, outcome in latest.items():
+        if current is not None and job_id not in current:
+            superseded += outcome is True
+            continue
+        counted += 1
         if outcome is True:
             succeeded += 1
         elif isinstance(outcome, str):
             errors[outcome] = errors.get(outcome, 0) + 1
-    return make_status(run_dir, meta, len(latest), succeeded, cost, errors)
+    return make_status(run_dir, meta, counted, succeeded, cost, errors, current, superseded)
 
 
 def make_status(
@@ -88,23 +101,33 @@ def make_status(
     succeeded: int,
     cost: float,
     errors: dict[str, int] | None = None,
+    current: set[str] | None = None,
+    superseded: int = 0,
 ) -> Status:
-    """The status of a folder whose ledger has ``latest`` jobs, ``succeeded`` of them done."""
-    jobs = max(int(meta.get("jobs") or 0), latest)
+    """The status of a folder whose ledger has ``latest`` current jobs, ``succeeded`` of them
+    done. With ``current`` (the manifest's jobs at the last planning) the job count is exact."""
+    jobs = len(current) if current is not None else max(int(meta.get("jobs") or 0), latest)
     return Status(
-        run_dir, jobs, succeeded, latest - succeeded, cost, errors or {}, str(meta.get("state", ""))
+        run_dir, jobs, succeeded, latest - succeeded, cost, errors or {},
+        describe_state(run_dir, str(meta.get("state", ""))), superseded,
     )
 
 
 def _status(
-    run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float
+    run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float,
+    current: set[str] | None = None,
 ) -> Status:
+    if current is not None:
+        superseded = sum(1 for k, r in latest.items() if k not in current and r.succeeded)
+        latest = {k: r for k, r in latest.items() if k in current}
+    else:
+        superseded = 0
     succeeded = sum(1 for r in latest.values() if r.succeeded)
     errors: dict[str, int] = {}
     for r in latest.values():
         if not r.succeeded and r.error is not None:
             errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
-    return make_status(run_dir, meta, len(latest), succeeded, cost, errors)
+    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, current, superseded)
 
 
 def format_status(st: Status) -> str:
@@ -115,7 +138,13 @@ def format_status(st: Status) -> str:
     ]
     for kind, n in sorted(st.errors.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {kind:<16} {n}")
-    lines += [f"  pending    {st.pending}", f"  spent      ${st.cost_usd:.2f}"]
+    lines.append(f"  pending    {st.pending}")
+    if st.superseded:
+        lines.append(
+            f"  superseded {st.superseded}  (images of edited or removed rows, not counted above;"
+            f" batchgen prune {st.run_dir} moves them aside)"
+        )
+    lines.append(f"  spent      ${st.cost_usd:.2f}")
     return "\n".join(lines)
 
 
@@ -258,7 +287,10 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
         latest[rec.job_id] = rec
         cost += rec.cost_usd
         requests_per_job[rec.job_id] = requests_per_job.get(rec.job_id, 0) + rec.attempts
-    status = _status(run_dir, meta, latest, cost)
+    current = current_ids(run_dir)
+    status = _status(run_dir, meta, latest, cost, current)
+    if current is not None:
+        latest = {k: r for k, r in latest.items() if k in current}
     errors: dict[str, ErrorKindSummary] = {}
     latencies: list[float] = []
     times: list[float] = []

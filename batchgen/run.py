@@ -16,10 +16,11 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
+from .current import CurrentWriter, manifest_key, owner_problem
 from .errors import BatchgenError, InputError, StorageError
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
@@ -30,7 +31,6 @@ from .plan import (
     PlanCounts,
     RunFolder,
     Selection,
-    describe_change,
     manifest_sha256,
     now_iso,
     read_index,
@@ -41,6 +41,12 @@ from .progress import Progress
 from .redact import redact, register_secret
 from .spec import Provider
 from .store import ImageStore
+from .superseded import Tally as _Tally
+from .superseded import describe_resume, restore_superseded
+from .superseded import previous_ids as _previous_ids
+
+if TYPE_CHECKING:
+    from .messages import CommandLine
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,7 @@ class Prepared:
     change: str | None
     orphans: list[LedgerRecord]
     lock_fd: int
+    tally: _Tally | None = None
 
 
 def default_out(manifest: Path) -> Path:
@@ -131,13 +138,20 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
             lock = folder.lock()
         except (InputError, StorageError) as exc:
             lock_error = exc
+    old_meta = folder.read_meta()
+    owner = owner_problem(old_meta, req.manifest, folder.path)
+    if owner is not None and lock_error is None:
+        lock_error = InputError(owner)
+    new_sha = manifest_sha256(req.manifest)
+    current = CurrentWriter()
     try:
-        if lock is not None:
+        if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)
             orphans = folder.orphans(index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
-        summary = manifest.validate(visit=None if lock_error else plan.count_job)
+        tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
+        summary = manifest.validate(visit=None if lock_error else tally.visit)
         provider = _provider(req.provider or manifest.header.provider, req.manifest)
         info = PROVIDERS[provider]
         base_url = req.base_url or manifest.header.base_url or info.base_url
@@ -158,9 +172,13 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 orphans = folder.orphans(index)
                 plan.index = index
                 plan.count(price)
+                tally.untouched = 0
         counts = plan.counts
-        change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+        change = describe_resume(old_meta, new_sha, counts, tally.untouched, tally.previous)
+        current.commit(folder.path)
+        restore_superseded(folder.path)
     except BaseException:
+        current.discard()
         if lock is not None:
             os.close(lock)
         raise
@@ -185,6 +203,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         change=change,
         orphans=orphans,
         lock_fd=lock,
+        tally=tally,
     )
 
 
@@ -238,6 +257,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     meta = folder.read_meta()
     folder.update_meta(
         manifest=str(req.manifest),
+        manifest_path=manifest_key(req.manifest),
         manifest_sha256=manifest_sha256(req.manifest),
         jobs=prep.counts.total,
         model=prep.manifest.header.model,
@@ -318,30 +338,73 @@ def command_line() -> str:
     return redact("batchgen " + shlex.join(args))
 
 
-def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[str]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ending:
+    """What the end of ``run`` needs beyond the pool's result, to say how to go on."""
+
+    cmd: CommandLine
+    spent_before_usd: float = 0.0
+    per_image_usd: float = 0.0  # the plan's estimate per job, for the budget to suggest
+    budget_usd: float | None = None
+    wanted: int = 0  # what this run would have sent without --limit
+    limited: bool = False
+
+
+# Not failures of a job but of the whole run (nothing is recorded for them): the stop line
+# names them, and "0 failed (auth 1)" said less than nothing.
+_RUN_STOPPERS = frozenset({"auth", "model_not_found", "daily_quota"})
+
+
+def summary_lines(
+    result: RunResult, out: Path, gallery: Path | None, end: Ending | None = None
+) -> list[str]:
     """What ``run`` says at its end: counts, spend, where to look, and how to go on."""
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items()))
-    lines = [
-        f"done: {result.succeeded} succeeded, {result.failed} failed"
-        + (f" ({errors})" if errors else "")
-        + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
-    ]
+    from .messages import CommandLine, plural, suggest_budget
+
+    end = end or Ending(cmd=CommandLine("run", tuple(sys.argv[2:3]), (), {}))
+    cmd = end.cmd
+    errors = ", ".join(
+        f"{k} {v}" for k, v in sorted(result.errors.items()) if k not in _RUN_STOPPERS
+    )
+    this_run = result.spent_usd - end.spent_before_usd
+    reason = result.stop_reason
+    lines: list[str] = []
+    if result.succeeded or result.failed or reason is not StopReason.FATAL:
+        lines.append(
+            f"done: {result.succeeded} succeeded, {result.failed} failed"
+            + (f" ({errors})" if errors else "")
+            + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
+            f"{result.elapsed_s:.1f}s; images in {out / 'images'}"
+        )
     if gallery is not None:
         lines.append(f"gallery: {gallery}")
-    command, reason = command_line(), result.stop_reason
+    # Jobs this run would have sent without --limit that are still not settled.
+    left = max(end.wanted - result.succeeded - result.failed_permanent, 0)
     if reason is StopReason.COMPLETED:
+        if end.limited and left > result.failed - result.failed_permanent:
+            lines.append(
+                f"{plural(left, 'job')} still pending (--limit stopped there); "
+                f"to run them: {cmd.render(drop=('limit',))}"
+            )
         if result.failed_permanent:
-            lines.append(f"to retry the permanent failures: {command} --retry-failed")
-        if result.failed > result.failed_permanent:
-            lines.append(f"to retry the jobs that ran out of attempts: {command}")
+            lines.append(
+                "to retry the permanent failures: "
+                + cmd.render(set={"retry_failed": "all"}, drop=("limit",))
+            )
+        if result.failed > result.failed_permanent and not end.limited:
+            lines.append(f"to retry the jobs that ran out of attempts: {cmd.render()}")
     elif reason is StopReason.INTERRUPTED:
-        lines.append(f"interrupted; to resume: {command}")
+        lines.append(f"interrupted; to resume: {cmd.render()}")
     elif reason is StopReason.BUDGET:
+        budget = end.budget_usd
+        new = suggest_budget(result.spent_usd, left * end.per_image_usd, budget)
         lines.append(
-            f"budget reached: spent ${result.spent_usd:.2f} of the {result.stop_message} budget; "
-            f"to continue, raise --budget: {command}"
+            f"budget reached: the folder has spent ${result.spent_usd:.2f} of the "
+            f"{result.stop_message} budget; {plural(left, 'job')} left, estimated at "
+            f"${left * end.per_image_usd:.2f}; to continue, raise --budget: "
+            + cmd.render(set={"budget": new})
         )
     else:
         lines.append(f"stopped: {redact(result.stop_message)}")
-        lines.append(f"fix the cause, then resume with: {command}")
+        lines.append(f"fix the cause, then resume with: {cmd.render()}")
     return lines

@@ -1,0 +1,186 @@
+"""Current and superseded jobs: the resume line, ``batchgen prune``, and putting images back.
+
+A job is *current* when the manifest held it at the last planning (``DIR/jobs.jsonl``, see
+:mod:`batchgen.current`); a succeeded job that is not current is *superseded*: its row was
+edited or removed. Its image stays until ``prune`` moves it to ``DIR/superseded/`` (same
+relative path), and moves back into place if an edit is undone and the job is current again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .current import CurrentWriter, current_ids, iter_current
+from .errors import InputError, StorageError
+from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from .plan import RETRYABLE, SUCCEEDED, Plan
+from .spec import JobSpec
+
+SUPERSEDED_DIR = "superseded"
+
+
+class Tally:
+    """The ``visit`` that ``run`` hands ``Manifest.validate``: counts the plan, records the
+    current jobs, and tells jobs that simply have not run yet from new or changed ones."""
+
+    def __init__(self, plan: Plan, current: CurrentWriter, previous: set[str] | None) -> None:
+        self.plan = plan
+        self.current = current
+        self.previous = previous
+        self.untouched = 0  # no ledger line, but the manifest already held it last time
+        self.open = 0  # in scope, not done, and a plain run (no --only, no --limit) would send
+        self.wanted = 0  # what this run would send without --limit
+
+    def visit(self, job: JobSpec) -> None:
+        plan = self.plan
+        plan.count_job(job)
+        job_id = job.job_id
+        sel = plan.selection
+        if sel.shard is not None and not sel.in_scope(job_id):
+            return
+        self.current.add(job)
+        state = plan.index.states.get(job_id)
+        if state == SUCCEEDED:
+            return
+        if state is None and self.previous is not None and job_id in self.previous:
+            self.untouched += 1
+        retry = sel.retry_failed
+        if state is None or state == RETRYABLE or (
+            retry is not None and (not retry or state in retry)
+        ):
+            self.open += 1
+            if sel.picked(job_id):
+                self.wanted += 1
+
+
+def previous_ids(folder: Path, old_meta: dict[str, Any], new_sha: str) -> set[str] | None:
+    """The last planning's current jobs, needed only when the manifest changed since."""
+    if not old_meta or old_meta.get("manifest_sha256") in (None, new_sha):
+        return None
+    return current_ids(folder)
+
+
+def describe_resume(
+    old_meta: dict[str, Any],
+    new_sha: str,
+    counts: Any,
+    untouched: int,
+    previous: set[str] | None,
+) -> str | None:
+    """One line saying how a resumed run differs from the last, or None for a first run."""
+    if not old_meta:
+        return None
+    changed = old_meta.get("manifest_sha256") not in (None, new_sha)
+    skipped = f"{counts.failed_skipped} failed and skipped, {counts.pending} to run"
+    if not changed:
+        # Same manifest: a job with no ledger line was never reached (--limit, a stop).
+        return f"resuming: {counts.done} done, {counts.new} not run yet, {skipped}"
+    if previous is None:
+        return (
+            f"manifest changed since the last run: {counts.done} done, "
+            f"{counts.new} new, changed or not run yet, {skipped}"
+        )
+    return (
+        f"manifest changed since the last run: {counts.done} done, "
+        f"{counts.new - untouched} new or changed, {untouched} not run yet, {skipped}"
+    )
+
+
+# -- prune ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """Succeeded jobs the manifest no longer holds: their files, relative to the run folder."""
+
+    jobs: tuple[str, ...]
+    files: tuple[str, ...]
+    bytes: int
+
+
+def _files_of(rec: LedgerRecord) -> list[str]:
+    files = list(rec.outputs)
+    if rec.outputs:
+        # The sidecar sits next to the first output: images/<id>.json
+        first = rec.outputs[0]
+        files.append(str(Path(first).with_name(f"{rec.job_id}.json")))
+    return files
+
+
+def find_superseded(run_dir: Path) -> Superseded:
+    current = current_ids(run_dir)
+    if current is None:
+        raise InputError(
+            f"{run_dir}: no record of the manifest's current jobs ({run_dir}/jobs.jsonl); "
+            "run the manifest once with this batchgen to write it"
+        )
+    latest: dict[str, LedgerRecord] = {}
+    for rec in iter_ledger(run_dir / LEDGER_NAME):
+        if rec.job_id in current:
+            latest.pop(rec.job_id, None)
+        else:
+            latest[rec.job_id] = rec
+    jobs: list[str] = []
+    files: list[str] = []
+    size = 0
+    root = os.path.realpath(run_dir)
+    for job_id, rec in latest.items():
+        if not rec.succeeded:
+            continue
+        found = False
+        for rel in _files_of(rec):
+            path = os.path.normpath(os.path.join(root, rel))
+            if not path.startswith(os.path.join(root, "")) or not os.path.isfile(path):
+                continue  # a ledger is data: nothing outside the folder is ever moved
+            found = True
+            files.append(os.path.relpath(path, root))
+            size += os.path.getsize(path)
+        if found:
+            jobs.append(job_id)
+    return Superseded(tuple(jobs), tuple(files), size)
+
+
+def move_aside(run_dir: Path, found: Superseded) -> int:
+    """Move the superseded files to ``DIR/superseded/<same path>``; returns files moved."""
+    moved = 0
+    for rel in found.files:
+        src = run_dir / rel
+        dst = run_dir / SUPERSEDED_DIR / rel
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot move {src} to {dst}: {exc.strerror}") from exc
+        moved += 1
+    return moved
+
+
+def restore_superseded(run_dir: Path, on_restore: Callable[[str], None] | None = None) -> int:
+    """Files moved aside by ``prune`` whose job is current again (an edit undone) go back."""
+    aside = run_dir / SUPERSEDED_DIR
+    if not aside.is_dir():
+        return 0
+    by_stem: dict[str, list[Path]] = {}
+    for path in aside.rglob("*"):
+        if path.is_file():
+            by_stem.setdefault(path.stem, []).append(path)
+    if not by_stem:
+        return 0
+    restored = 0
+    for d in iter_current(run_dir):
+        for path in by_stem.get(str(d["job_id"]), ()):
+            dst = run_dir / path.relative_to(aside)
+            with contextlib.suppress(OSError):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dst)
+                restored += 1
+                if on_restore is not None:
+                    on_restore(str(dst))
+    return restored
