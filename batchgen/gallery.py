@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from .current import current_ids, iter_current
 from .errors import StorageError
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from .messages import plural
 from .report import make_status, read_meta
 from .superseded import SUPERSEDED_DIR
 
@@ -246,7 +247,7 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     status = make_status(run_dir, meta, counted, succeeded, cost, None, current, superseded)
     title = f"batchgen: {run_dir.resolve().name}"
     summary = (
-        f"{status.succeeded} images, {status.failed} failed, {status.pending} pending; "
+        f"{plural(status.succeeded, 'image')}, {status.failed} failed, {status.pending} pending; "
         + (f"{superseded} superseded (edited or removed rows); " if superseded else "")
         + f"spent ${status.cost_usd:.2f}"
     )

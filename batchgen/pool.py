@@ -24,7 +24,7 @@ from .config import RunSettings
 from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
 from .plan import now_iso
 from .pricing import PriceTable
-from .progress import Progress
+from .progress import Progress, one_line
 from .ratelimit import AdaptiveLimit, FirstAnswerGate, SlidingWindow, Stopped, wait_event
 from .redact import redact
 from .retrying import (
@@ -124,6 +124,9 @@ class Runner:
             self.result.stop_reason = reason
             self.result.stop_message = message
             self._stop.set()
+            # An unattended log gets the stop at once, not only in the summary at the end.
+            why = f"the {message} budget is reached" if reason is StopReason.BUDGET else message
+            self.progress.note(f"stopping ({reason.value}): {redact(why)}")
 
     def interrupt(self) -> None:
         """Ctrl-C: the first stops gracefully (hard after ``grace_s``), the second at once."""
@@ -234,13 +237,18 @@ class Runner:
             )
             if ok:
                 self.progress.retrying(+1)
+            elif isinstance(exc, e.APIError):
+                log.debug("%s: attempt %d: %s; not retried", spec.job_id, state.attempts,
+                          one_line(exc))
             return ok
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
             delay = backoff_delay(exc or Exception(), attempt=rs.attempt_number, policy=self.policy)
-            log.debug("%s: attempt %d failed (%s); retrying in %.2fs", spec.job_id,
-                      rs.attempt_number, exc, delay)
+            # One line per attempt (-v): the outcome and what happens next, the server's
+            # message on one line (a 429 body spans several).
+            log.debug("%s: attempt %d: %s; retrying in %.2fs", spec.job_id, state.attempts,
+                      one_line(exc), delay)
             return delay
 
         async def sleep(seconds: float) -> None:
@@ -294,7 +302,6 @@ class Runner:
                     self.concurrency.on_rate_limited(exc.retry_after)
                 if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
-                log.debug("%s: attempt %d: %s", spec.job_id, state.attempts, exc)
                 raise
             finally:
                 self._reserved_usd -= reserve

@@ -15,6 +15,7 @@ from .current import current_ids
 from .errors import InputError
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .liveness import describe_state
+from .messages import plural
 from .plan import RunFolder
 
 
@@ -132,7 +133,8 @@ def _status(
 
 def format_status(st: Status) -> str:
     lines = [
-        f"{st.run_dir}: {st.jobs} jobs" + (f" (last run: {st.state})" if st.state else ""),
+        f"{st.run_dir}: {plural(st.jobs, 'job')}"
+        + (f" (last run: {st.state})" if st.state else ""),
         f"  succeeded  {st.succeeded}",
         f"  failed     {st.failed}",
     ]
@@ -388,7 +390,9 @@ def format_report(rep: Report) -> str:
         rate = rep.images_per_min
         lines.append("")
         if rate is None:
-            lines.append(f"throughput: {st.succeeded} images, all finished within a second")
+            lines.append(
+                f"throughput: {plural(st.succeeded, 'image')}, all finished within a second"
+            )
         else:
             spark = _sparkline([b.images for b in rep.buckets])
             lines.append(

@@ -67,6 +67,7 @@ class RunRequest:
     prices: Path | None = None
     yes: bool = False
     confirm_above_usd: float = 20.0
+    log_every_s: float = 60.0  # progress lines when stderr is not a terminal; 0: none
     settings: dict[str, Any]
 
 
@@ -269,7 +270,12 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
         runs=int(meta.get("runs", 0)) + 1,
         command=command_line(),
     )
-    progress = Progress(prep.counts.pending, enabled=settings.progress)
+    progress = Progress(
+        prep.counts.pending,
+        enabled=settings.progress,
+        spent_usd=prep.spent_before_usd,
+        log_every_s=req.log_every_s,
+    )
     loop = asyncio.get_running_loop()
     try:
         async with _endpoint(prep, req.fake) as client_settings, GeminiClient(
@@ -285,9 +291,11 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
                 spent_before_usd=prep.spent_before_usd,
             )
             restore = _install_signals(loop, runner.interrupt)
+            beat = asyncio.create_task(progress.heartbeat())
             try:
                 result = await runner.run(prep.plan)
             finally:
+                beat.cancel()
                 restore()
     finally:
         store.close()  # finishes the saves still queued, then stops the writer
