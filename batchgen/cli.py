@@ -153,7 +153,8 @@ def main() -> None:
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder [jobs/<manifest stem>].")
 @click.option("--fake", is_flag=True, help="Use the built-in fake Gemini server (no key, no cost).")
-@click.option("--provider", type=click.Choice(["anyfast", "google"]), help="[anyfast]")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), envvar="BATCHGEN_PROVIDER",
+              help="Overrides the manifest's provider (CSV and JSONL have none) [anyfast].")
 @click.option("--base-url", help="Point the provider at another host.")
 @click.option("--model", help="Model id for every job [gemini-3-pro-image].")
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
@@ -320,7 +321,8 @@ def summarize(result: RunResult, out: Path, gallery: Path | None = None, end: An
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--model", help="Model id for every job.")
-@click.option("--provider", type=click.Choice(["anyfast", "google"]))
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), envvar="BATCHGEN_PROVIDER",
+              help="Overrides the manifest's provider [anyfast].")
 @guarded
 def validate(manifest: Path, model: str | None, provider: str | None) -> None:
     """Check MANIFEST without sending anything, and print the plan."""
@@ -398,7 +400,8 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
               help="Assumed seconds per image.")
 @click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--model", help="Model id for every job.")
-@click.option("--provider", type=click.Choice(["anyfast", "google"]))
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), envvar="BATCHGEN_PROVIDER",
+              help="Overrides the manifest's provider [anyfast].")
 @click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
               help="Count permanent failures too, as run does. " + RETRY_HELP)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N pending jobs.")

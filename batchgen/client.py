@@ -324,7 +324,16 @@ class GeminiClient:
         except e.APIError as exc:
             if exc.http_status is not None and 400 <= exc.http_status < 500:
                 raise e.ReferenceError_(f"reference {redact(url)}: {exc.message}") from exc
-            raise  # the reference host is down or slow: worth another attempt
+            if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+                # No host, or nothing listening: a bad URL, not a blip; retrying it for a
+                # minute as an "API connection error" told the user nothing.
+                raise e.ReferenceError_(
+                    f"reference {redact(url)} is unreachable ({exc.message}); "
+                    "nothing was sent to the API"
+                ) from exc
+            # The reference host is slow or failing: worth another attempt, named as such.
+            exc.message = f"reference {redact(url)}: {exc.message}"
+            raise
         mime = sniff_image_type(data)
         if mime is None:
             raise e.ReferenceError_(f"reference {redact(url)} is not an image")

@@ -35,7 +35,7 @@ from .retrying import (
     is_retryable,
     should_retry,
 )
-from .spec import JobSpec
+from .spec import JobSpec, nearest_aspect_ratio
 from .store import ImageStore, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,10 @@ class Runner:
     async def _record_success(
         self, spec: JobSpec, state: _JobState, image: GeneratedImage, started: str, latency: float
     ) -> None:
+        base = self._base_record(spec, state, started, latency)
+        if not spec.aspect_ratio:
+            # Left out, the model follows the first reference's shape: record the ratio made.
+            base["aspect_ratio"] = nearest_aspect_ratio(image.width, image.height)
         record = LedgerRecord(
             status=JobStatus.SUCCEEDED,
             outputs=(self.store.relpath(spec.job_id, image.mime_type),),
@@ -372,7 +376,7 @@ class Runner:
             height=image.height,
             mime_type=image.mime_type,
             sha256=sha256_hex(image.data),
-            **self._base_record(spec, state, started, latency),
+            **base,
         )
         line = record.to_line()
         # Nothing here keeps the image bytes while the save waits for its fsyncs: the store

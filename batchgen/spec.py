@@ -41,6 +41,19 @@ def output_pixels(aspect_ratio: str, image_size: str) -> tuple[int, int]:
     return w * s, h * s
 
 
+def nearest_aspect_ratio(width: int, height: int) -> str | None:
+    """The allowed ratio closest to ``width:height`` (by log ratio), or None without a size."""
+    if not (width and height):
+        return None
+    import math
+
+    shape = math.log(width / height)
+    # By the pixel sizes the model makes, which is also how the fake server picks its ratio.
+    return min(
+        ASPECT_RATIOS, key=lambda r: abs(math.log(BASE_PIXELS[r][0] / BASE_PIXELS[r][1]) - shape)
+    )
+
+
 class Provider(str, enum.Enum):
     ANYFAST = "anyfast"
     GOOGLE = "google"
