@@ -73,8 +73,7 @@ class CurrentWriter:
     def add(self, job: JobSpec) -> None:
         if self._fh is not None:
             self._fh.write(orjson.dumps(
-                {"job_id": job.job_id, "name": job.user_id,
-                 "source": f"{job.source_file}:{job.source_line}"}
+                {"job_id": job.job_id, "name": job.user_id, "line": job.source_line}
             ))
             self._fh.write(b"\n")
             self.count += 1

@@ -220,7 +220,7 @@ def test_status_reads_folder_alone(server: ThreadedFakeServer, tmp_path: Path) -
     assert r.code == 0, r.output
     st = json.loads(r.stdout)
     cost = round(sum(float(x["cost_usd"]) for x in ledger_lines(out)), 4)  # type: ignore[arg-type]
-    assert st == {"jobs": 3, "succeeded": 2, "failed": 1, "pending": 0, "cost_usd": cost,
-                  "errors": {"blocked": 1}}
+    assert st == {"jobs": 3, "succeeded": 2, "failed": 1, "pending": 0, "superseded": 0,
+                  "cost_usd": cost, "errors": {"blocked": 1}, "state": "finished"}
     human = cli("status", out)
     assert "succeeded  2" in human.stdout and "blocked" in human.stdout
