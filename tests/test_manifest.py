@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batchgen import _manifest_fields as mf
 from batchgen import references as refs_mod
 from batchgen.errors import InputError, Problem, ReferenceError_
 from batchgen.manifest import Manifest, ManifestHeader, ValidationSummary
+from batchgen.manifest import fields as mf
 from batchgen.references import (
     load_reference_bytes,
     reference_budget,

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from batchgen._manifest_fields import JOB_FIELDS, MANIFEST_KEYS, PARSERS, Bad, parse_model
 from batchgen.errors import Problem
+from batchgen.manifest.fields import JOB_FIELDS, MANIFEST_KEYS, PARSERS, Bad, parse_model
 
 PROVIDERS = ("anyfast", "google")
 

@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from batchgen._manifest_fields import JOB_FIELDS, PARSERS, Bad, Row
-from batchgen._manifest_yaml import YamlMap, YamlSeq
 from batchgen.errors import Problem
+from batchgen.manifest.fields import JOB_FIELDS, PARSERS, Bad, Row
+from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
 _BOM = b"\xef\xbb\xbf"

@@ -1,0 +1,273 @@
+"""The plan of jobs: one checked manifest row expanded into its jobs (count x matrix).
+
+Each row's fields are parsed by :mod:`batchgen.manifest.fields`; what comes out is, per row,
+its problems, or its :class:`~batchgen.spec.JobSpec` stream and warnings.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from hashlib import sha256
+from typing import Any
+
+import orjson
+
+from batchgen.errors import Problem
+from batchgen.manifest import fields as mf
+from batchgen.manifest.build import State, duplicate, job_digest, job_payload, new_job
+from batchgen.references import (
+    ReferenceProblem,
+    ReferenceResolver,
+    reference_budget,
+    request_bytes,
+)
+from batchgen.spec import DEFAULT_IMAGE_SIZE, KNOWN_MODELS, JobSpec, Reference
+
+_DEPRECATED_MODELS = {"gemini-3-pro-image-preview": "shut down on 2026-06-25"}
+# A row's jobs are built into a list up to this many; a bigger row (count, vars) streams.
+_EAGER_JOBS = 256
+
+
+class Expander:
+    """Rows of one manifest -> jobs. Holds what every row shares: file name, format, defaults."""
+
+    def __init__(
+        self,
+        name: str,
+        fmt: str,
+        resolver: ReferenceResolver,
+        max_request_bytes: int,
+        fallback_model: str,
+    ) -> None:
+        self._name = name
+        self._fmt = fmt
+        self._resolver = resolver
+        self._max_request_bytes = max_request_bytes
+        self._fallback_model = fallback_model
+        # The hashed settings of a job with every default, split around its prompt: the JSON
+        # :func:`job_digest` hashes is ``head + orjson.dumps(prompt) + tail``.
+        marker = "prompt goes here"
+        payload = job_payload(fallback_model, marker, [], None, DEFAULT_IMAGE_SIZE, False,
+                              None, None, 0, None)  # fmt: skip
+        head, _, tail = orjson.dumps(payload).partition(orjson.dumps(marker))
+        self._default_payload = (head, tail)
+
+    def expand(self, row: mf.Row, state: State) -> Iterable[JobSpec | Problem | str]:
+        """One row or YAML job -> its problems, or its jobs (count x matrix) and warnings."""
+        fields = row.fields
+        if len(fields) == 1:
+            # A prompt and nothing else: parse_row would give {"prompt": raw.strip()}, no problem.
+            raw = fields.get("prompt")
+            if type(raw) is str:
+                stripped = raw.strip()
+                if stripped:
+                    return self._prompt_only(row.line, stripped, state)
+        name = self._name
+        problems = state.problems
+        values = mf.parse_row(row, self._fmt, name, problems)
+        prompt: str | None = values.get("prompt")
+        images: tuple[str, ...] = values.get("images", ())
+        references: list[Reference] = []
+        for source in images:
+            try:
+                references.append(self._resolver.resolve(source))
+            except ReferenceProblem as exc:
+                problems.append(Problem(name, row.line_of("images"), "images", str(exc)))
+        matrix: tuple[tuple[str, tuple[str, ...]], ...] = values.get("vars", ())
+        if matrix and prompt is not None:
+            for message in mf.check_template(prompt, [n for n, _ in matrix]):
+                problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
+        count: int = values.get("count", 1)
+        n_jobs = mf.row_jobs(matrix, count) if matrix else count
+        if n_jobs > mf.MAX_ROW_JOBS:  # checked before expanding: a typo must not run for minutes
+            sizes = " x ".join(str(len(v)) for _, v in matrix)
+            times = f" x count {count}" if count > 1 else ""
+            msg = (
+                f"expands to {n_jobs:,} jobs ({sizes}{times}); "
+                f"at most {mf.MAX_ROW_JOBS:,} per row, split it over several rows or files"
+            )
+            problems.append(Problem(name, row.line_of("vars"), "vars", msg))
+        user_id: str | None = values.get("id")
+        if user_id is not None and state.user_ids is not None:
+            other = state.user_ids.setdefault(user_id, row.line)
+            if other != row.line:
+                msg = f"duplicate id {user_id!r}: also used on line {other}"
+                problems.append(Problem(name, row.line_of("id"), "id", msg))
+        model: str = values.get("model") or self._fallback_model
+        out: list[JobSpec | Problem | str] = []
+        if references and not problems:
+            warning = self._check_budget(row, references, state)
+            if warning and not problems:
+                out.append(warning)
+        if problems:
+            out.extend(problems)
+            problems.clear()
+            return out
+        assert prompt is not None
+        if model not in state.models_seen:
+            self._first_use(out, model, row.line, state)
+        refs = tuple(references)
+        if matrix:
+            jobs = self._build_matrix(row, values, prompt, model, refs, matrix, state)
+        else:
+            jobs = self._build_plain(row, values, prompt, model, refs, state)
+        if n_jobs <= _EAGER_JOBS:
+            out.extend(jobs)
+            return out
+        return itertools.chain(out, jobs)  # a row of many jobs streams: memory stays flat
+
+    def _first_use(
+        self, out: list[JobSpec | Problem | str], model: str, line: int, state: State
+    ) -> None:
+        """The warning, if any, for the first job that uses ``model``."""
+        state.models_seen.add(model)
+        if model in _DEPRECATED_MODELS:
+            why = _DEPRECATED_MODELS[model]
+            out.append(f"{self._name}:{line}: model {model} is deprecated ({why})")
+        elif model not in KNOWN_MODELS:
+            msg = f"model {model!r} is not one batchgen knows; sent as is"
+            out.append(f"{self._name}:{line}: {msg}")
+
+    def _prompt_only(self, line: int, prompt: str, state: State) -> list[JobSpec | Problem | str]:
+        """A row that is a prompt and nothing else: one job with every default.
+
+        Most rows of a dataset manifest look like this, so it skips the general path's field
+        look-ups; the job and its id are exactly what :meth:`_build_plain` would make.
+        """
+        model = self._fallback_model
+        out: list[JobSpec | Problem | str] = []
+        if model not in state.models_seen:
+            self._first_use(out, model, line, state)
+        head, tail = self._default_payload
+        digest = sha256(b"".join((head, orjson.dumps(prompt), tail))).hexdigest()[:10]
+        job_id = f"{mf.prompt_slug(prompt)}-{digest}"
+        job_ids = state.job_ids
+        if job_ids is not None:
+            other = job_ids.setdefault(job_id, line)
+            if other != line:
+                out.append(duplicate(self._name, line, other, job_id))
+                return out
+        job = new_job(
+            job_id, prompt, model, (), None, DEFAULT_IMAGE_SIZE, False, None, None, 0, None,
+            self._name, line, (),
+        )  # fmt: skip
+        if out:
+            out.append(job)
+            return out
+        return [job]
+
+    def _check_budget(self, row: mf.Row, refs: list[Reference], state: State) -> str | None:
+        """A warning if the references must shrink to fit one request; a problem if they can't."""
+        budget = reference_budget(refs, self._max_request_bytes)
+        if budget is None:
+            return None
+        big = [r for r in refs if r.size_bytes > budget]
+        for ref in big:
+            if not self._resolver.decodable(ref):
+                msg = (
+                    f"{ref.source} ({ref.size_bytes / 2**20:.1f} MiB) makes the request too large "
+                    "and cannot be shrunk (Pillow cannot decode it); convert it to JPEG"
+                )
+                state.problems.append(Problem(self._name, row.line_of("images"), "images", msg))
+        return (
+            f"{self._name}:{row.line}: references total ~{request_bytes(refs) / 2**20:.1f} MiB "
+            f"encoded, over the {self._max_request_bytes / 2**20:.0f} MiB request limit; "
+            f"{len(big)} will be re-encoded as JPEG to fit"
+        )
+
+    def _build_plain(
+        self,
+        row: mf.Row,
+        values: dict[str, Any],
+        prompt: str,
+        model: str,
+        references: tuple[Reference, ...],
+        state: State,
+    ) -> Iterator[JobSpec | Problem]:
+        """A row without vars: the literal prompt, ``count`` samples (most rows of a dataset).
+
+        The same jobs and ids as :meth:`_build_matrix` would make, without its per-job
+        ``itertools.product`` / ``format_map`` machinery.
+        """
+        user_id: str | None = values.get("id")
+        count: int = values.get("count", 1)
+        aspect_ratio: str | None = values.get("aspect_ratio")
+        image_size: str = values.get("image_size", DEFAULT_IMAGE_SIZE)
+        output_text: bool = values.get("output_text", False)
+        temperature: float | None = values.get("temperature")
+        seed: int | None = values.get("seed")
+        identities = [r.sha256 or r.source for r in references] if references else []
+        prefix = mf.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
+        job_ids = state.job_ids
+        line = row.line
+        source = self._name
+        for sample in range(count):
+            digest = job_digest(
+                model, prompt, identities, aspect_ratio, image_size, output_text, temperature,
+                seed, sample, user_id,
+            )  # fmt: skip
+            # Sample 0 keeps the bare prefix whatever the count, so raising `count: 1` to
+            # `count: 2` keeps the id (and the image) of the job already made.
+            job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
+            if job_ids is not None:
+                other = job_ids.setdefault(job_id, line)
+                if other != line:
+                    yield duplicate(source, line, other, job_id)
+                    return
+            yield new_job(
+                job_id, prompt, model, references, aspect_ratio, image_size, output_text,
+                temperature, seed, sample, user_id, source, line, (),
+            )  # fmt: skip
+
+    def _build_matrix(
+        self,
+        row: mf.Row,
+        values: dict[str, Any],
+        template: str,
+        model: str,
+        references: tuple[Reference, ...],
+        matrix: tuple[tuple[str, tuple[str, ...]], ...],
+        state: State,
+    ) -> Iterator[JobSpec | Problem]:
+        user_id: str | None = values.get("id")
+        count: int = values.get("count", 1)
+        aspect_ratio: str | None = values.get("aspect_ratio")
+        image_size: str = values.get("image_size", DEFAULT_IMAGE_SIZE)
+        output_text: bool = values.get("output_text", False)
+        temperature: float | None = values.get("temperature")
+        seed: int | None = values.get("seed")
+        identities = [r.sha256 or r.source for r in references]
+        id_prefix = mf.sanitise_id(user_id) if user_id is not None else ""
+        names = [n for n, _ in matrix]
+        for combo in itertools.product(*(v for _, v in matrix)):
+            pairs = tuple(zip(names, combo, strict=True))
+            prompt = template.format_map(dict(pairs))
+            prefix = mf.job_prefix(id_prefix, combo, prompt)
+            for sample in range(count):
+                digest = job_digest(
+                    model, prompt, identities, aspect_ratio, image_size, output_text,
+                    temperature, seed, sample, user_id,
+                )  # fmt: skip
+                job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
+                if state.job_ids is not None:
+                    other = state.job_ids.setdefault(job_id, row.line)
+                    if other != row.line:
+                        yield duplicate(self._name, row.line, other, job_id)
+                        return
+                yield JobSpec(
+                    job_id=job_id,
+                    prompt=prompt,
+                    model=model,
+                    references=references,
+                    aspect_ratio=aspect_ratio,
+                    image_size=image_size,
+                    output_text=output_text,
+                    temperature=temperature,
+                    seed=seed,
+                    sample=sample,
+                    user_id=user_id,
+                    source_file=self._name,
+                    source_line=row.line,
+                    vars=pairs,
+                )
