@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from batchgen.errors import Problem
+from batchgen.manifest import hints
 from batchgen.manifest.fields import JOB_FIELDS, PARSERS, Bad, Row
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
@@ -63,7 +64,8 @@ def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             try:
                 obj = loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield Problem(name, lineno, "", f"invalid JSON: {exc}")
+                hint = f"; {hints.SAVE_AS_UTF8}" if "UTF-8" in str(exc) else ""
+                yield Problem(name, lineno, "", f"invalid JSON: {exc}{hint}")
                 continue
             if type(obj) is not dict:
                 yield Problem(name, lineno, "", "each line must be a JSON object")
@@ -85,7 +87,14 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
         except _NotText as exc:
             yield Problem(name, exc.line, "", str(exc))
             return
-        columns, header_problems = _columns(header, name)
+        if hints.semicolon_header(header, PARSERS):
+            msg = (
+                "the columns are separated by ';', not ',' (a spreadsheet's CSV in some "
+                "languages): save as comma-separated CSV UTF-8, or pick ',' as the separator"
+            )
+            yield Problem(name, 1, "", msg)
+            return
+        columns, header_problems, guessed, unnamed = _columns(header, name)
         yield from header_problems
         if "prompt" not in columns.values():
             return  # every row would fail the same way; the header problem says it all
@@ -112,12 +121,26 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             prev = reader.line_num
             if not any(cells):
                 continue  # blank lines, and spreadsheet rows of empty cells
+            if len(cells) > ncols and not any(c.strip() for c in cells[ncols:]):
+                cells = cells[:ncols]  # empty trailing cells a spreadsheet left behind
             if len(cells) != ncols:
                 msg = f"row has {len(cells)} cells but the header has {ncols}"
                 if prev > start:
                     msg += f"; a quoted cell runs from line {start} to {prev}: missing quote?"
                 yield Problem(name, start, "", msg)
                 continue
+            for i in unnamed:
+                if cells[i].strip():
+                    msg = f"column {i + 1} has no name in the header but holds {cells[i]!r}"
+                    yield Problem(name, start, "", msg)
+            for i, (raw_col, meant) in guessed.items():
+                # A misspelt header must not hide its column's bad values: check them as the
+                # field it probably names.
+                if cells[i].strip():
+                    try:
+                        PARSERS[meant](cells[i], True)
+                    except Bad as exc:
+                        yield Problem(name, start, raw_col, str(exc))
             fields = {col: cells[i] for i, col in columns.items() if cells[i].strip()}
             if prev > start:
                 swallowed = _swallowed_row(fields, columns, ncols)
@@ -131,10 +154,15 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             yield Row(start, fields, _NO_LINES, True)
 
 
-def _columns(header: list[str], name: str) -> tuple[dict[int, str], list[Problem]]:
-    """Column index -> field for the known columns, and the header's problems."""
+def _columns(
+    header: list[str], name: str
+) -> tuple[dict[int, str], list[Problem], dict[int, tuple[str, str]], list[int]]:
+    """Column index -> field for the known columns, the header's problems, the misspelt
+    columns (index -> (header, the field it probably names)), and the unnamed columns."""
     columns: dict[int, str] = {}
     problems: list[Problem] = []
+    guessed: dict[int, tuple[str, str]] = {}
+    unnamed: list[int] = []
     for index, raw in enumerate(header):
         col = raw.strip().lower()
         if col in columns.values():
@@ -142,13 +170,25 @@ def _columns(header: list[str], name: str) -> tuple[dict[int, str], list[Problem
         elif col in PARSERS:
             columns[index] = col
         elif not col:
-            problems.append(Problem(name, 1, "", f"column {index + 1} has no name"))
+            # Spreadsheets save empty trailing columns; only a value under one is a problem.
+            unnamed.append(index)
         else:
-            msg = f"unknown column (known: {', '.join(JOB_FIELDS)})"
-            problems.append(Problem(name, 1, raw.strip(), msg))
-    if "prompt" not in columns.values():
+            meant = hints.close_match(col, JOB_FIELDS)
+            if meant is not None and meant not in ("prompt", "id"):
+                guessed[index] = (raw.strip(), meant)
+            problems.append(Problem(name, 1, raw.strip(), "unknown column"
+                                    + unknown_column_hint(col)))
+    # A misspelt prompt column already says "did you mean prompt?".
+    misspelt = any(hints.close_match(c, JOB_FIELDS) == "prompt" for c in header)
+    if "prompt" not in columns.values() and not misspelt:
         problems.append(Problem(name, 1, "prompt", "required column missing"))
-    return columns, problems
+    return columns, problems, guessed, unnamed
+
+
+def unknown_column_hint(col: str) -> str:
+    meant = hints.close_match(col, JOB_FIELDS)
+    known = f"known: {', '.join(JOB_FIELDS)}"
+    return f"; did you mean {meant}? ({known})" if meant else f" ({known})"
 
 
 def _swallowed_row(
@@ -185,7 +225,9 @@ def _valid(col: str, value: str) -> bool:
 class _NotText(ValueError):
     def __init__(self, line: int, exc: UnicodeDecodeError) -> None:
         bad = exc.object[exc.start]
-        super().__init__(f"not UTF-8 text: byte {bad:#04x} at column {exc.start + 1}")
+        super().__init__(
+            f"not UTF-8 text: byte {bad:#04x} at column {exc.start + 1}; {hints.SAVE_AS_UTF8}"
+        )
         self.line = line
 
 
