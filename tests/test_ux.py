@@ -409,3 +409,73 @@ def test_verbose_logs_one_line_per_attempt(tmp_path: Path) -> None:
     assert "attempt 1: rate_limited: HTTP 429" in mine[0] and "retrying in" in mine[0]
     assert "attempt 2: rate_limited" in mine[1] and mine[2].endswith("attempt 3: ok")
     assert all(len(x) < 400 for x in mine)
+
+
+# -- 12. spreadsheet hints ---------------------------------------------------------------------
+
+
+def test_spreadsheet_mistakes_get_hints(tmp_path: Path) -> None:
+    bad = tmp_path / "sheet.csv"
+    # Excel: a BOM, CRLF, a misspelt header, a ratio it turned into a time, empty trailing
+    # columns, and 16x9 / 16/9 typed by hand.
+    bad.write_bytes(
+        b"\xef\xbb\xbfprompt,aspect_raito,image_size,count,,\r\n"
+        b"a cat,16:09:00,1024,2.0,,\r\n"
+        b"a dog,1:1,2K,1,,\r\n"
+    )
+    r = cli("validate", bad)
+    assert r.code == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"batchgen: {bad}:1: aspect_raito: unknown column; "
+                               "did you mean aspect_ratio?")
+    # The misspelt column's values are still checked, as the field it names.
+    assert any(":2: aspect_raito: '16:09:00' is not one of" in x and "did you mean 16:9?" in x
+               and "as a time" in x for x in lines)
+    assert any(":2: image_size: '1024' is not one of 1K, 2K, 4K; did you mean 1K?" in x
+               for x in lines)
+    assert not any(": count:" in x or "has no name" in x for x in lines)  # 2.0, empty columns
+    assert len(lines) == 3, r.stderr
+    fixed = tmp_path / "fixed.csv"
+    fixed.write_bytes(b"prompt,aspect_ratio,count,,\r\na cat,16:9,2.0,,\r\n")
+    assert cli("validate", fixed).code == 0
+    for typed in ("16x9", "16/9"):
+        f = tmp_path / "r.csv"
+        f.write_text(f"prompt,aspect_ratio\nx,{typed}\n")
+        assert "did you mean 16:9?" in cli("validate", f).stderr
+    promt = tmp_path / "promt.csv"
+    promt.write_text("promt\nx\n")
+    r = cli("validate", promt)
+    assert r.code == 2 and "promt: unknown column; did you mean prompt?" in r.stderr
+    assert "required column missing" not in r.stderr
+
+
+def test_semicolons_encodings_and_yaml_get_the_same_hints(tmp_path: Path) -> None:
+    semi = tmp_path / "semi.csv"
+    semi.write_text("prompt;aspect_ratio\na cat;1:1\n")
+    r = cli("validate", semi)
+    assert r.code == 2 and "separated by ';', not ','" in r.stderr
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt\ncafé au lait\n".encode("latin-1"))
+    r = cli("validate", latin)
+    assert r.code == 2 and "not UTF-8 text" in r.stderr and "CSV UTF-8" in r.stderr
+    jl = tmp_path / "latin.jsonl"
+    jl.write_bytes('{"prompt": "café"}\n'.encode("latin-1"))
+    r = cli("validate", jl)
+    assert r.code == 2 and "save the file as UTF-8" in r.stderr
+    y = tmp_path / "m.yaml"
+    y.write_text("jobs:\n  - promt: x\n    prompt: y\n    image_size: 1024\n    count: 2.0\n")
+    r = cli("validate", y)
+    assert r.code == 2
+    assert f"{y}:2: promt: unknown field; did you mean prompt?" in r.stderr
+    # The same message as the CSV reader gives for the cell 1024.
+    assert f"{y}:4: image_size: '1024' is not one of 1K, 2K, 4K; did you mean 1K?" in r.stderr
+    assert ": count:" not in r.stderr
+
+
+def test_a_model_typo_names_the_flag_not_a_manifest_line(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["a", "b"])
+    r = cli("validate", m, "--model", "gemini-3-pro-imag")
+    assert r.code == 0, r.output
+    assert ("warning: --model 'gemini-3-pro-imag' is not one batchgen knows "
+            "(did you mean gemini-3-pro-image?)") in r.stderr
+    assert "m.yaml:" not in r.stderr
