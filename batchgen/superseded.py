@@ -26,36 +26,79 @@ SUPERSEDED_DIR = "superseded"
 
 class Tally:
     """The ``visit`` that ``run`` hands ``Manifest.validate``: counts the plan, records the
-    current jobs, and tells jobs that simply have not run yet from new or changed ones."""
+    current jobs, and tells jobs that simply have not run yet from new or changed ones.
+
+    It runs once per job of a million-row manifest, so it is one flat function over locals.
+    """
 
     def __init__(self, plan: Plan, current: CurrentWriter, previous: set[str] | None) -> None:
         self.plan = plan
         self.current = current
         self.previous = previous
         self.untouched = 0  # no ledger line, but the manifest already held it last time
-        self.open = 0  # in scope, not done, and a plain run (no --only, no --limit) would send
-        self.wanted = 0  # what this run would send without --limit
+        self._open = 0  # in scope, not done, and a plain run (no --only, no --limit) would send
+        self._wanted = 0  # what this run would send without --limit
+        self._fast = previous is None and plan.selection.only is None
+        self.visit = self._make_visit()
 
-    def visit(self, job: JobSpec) -> None:
-        plan = self.plan
-        plan.count_job(job)
-        job_id = job.job_id
+    @property
+    def open(self) -> int:
+        return self._open if not self._fast else self._not_settled()
+
+    @property
+    def wanted(self) -> int:
+        return self._wanted if not self._fast else self._not_settled()
+
+    def _not_settled(self) -> int:
+        # Without --only, what a run would send without --limit is every counted job that is
+        # neither done nor a permanent failure left alone: exactly how the plan counts.
+        c = self.plan.counts
+        return c.total - c.done - c.failed_skipped
+
+    def _make_visit(self) -> Callable[[JobSpec], None]:
+        plan, previous = self.plan, self.previous
+        count_job = plan.count_job
+        states = plan.index.states
         sel = plan.selection
-        if sel.shard is not None and not sel.in_scope(job_id):
-            return
-        self.current.add(job)
-        state = plan.index.states.get(job_id)
-        if state == SUCCEEDED:
-            return
-        if state is None and self.previous is not None and job_id in self.previous:
-            self.untouched += 1
-        retry = sel.retry_failed
-        if state is None or state == RETRYABLE or (
-            retry is not None and (not retry or state in retry)
-        ):
-            self.open += 1
-            if sel.picked(job_id):
-                self.wanted += 1
+        shard, only, retry = sel.shard, sel.only, sel.retry_failed
+        in_scope, picked = sel.in_scope, sel.picked
+        add = self.current.add
+        if self._fast and shard is None:
+            # The common case: the plan's own counts tell the rest (see _not_settled), so only
+            # the current jobs are recorded. It runs once per job: two calls and no more.
+            def record(job: JobSpec) -> None:
+                count_job(job)
+                add(job.job_id)
+
+            return record
+        if self._fast:
+
+            def record_shard(job: JobSpec) -> None:
+                count_job(job)
+                if in_scope(job.job_id):
+                    add(job.job_id)
+
+            return record_shard
+
+        def visit(job: JobSpec) -> None:
+            count_job(job)
+            job_id = job.job_id
+            if shard is not None and not in_scope(job_id):
+                return
+            add(job_id)
+            state = states.get(job_id)
+            if state == SUCCEEDED:
+                return
+            if state is None:
+                if previous is not None and job_id in previous:
+                    self.untouched += 1
+            elif state != RETRYABLE and (retry is None or (retry and state not in retry)):
+                return  # a permanent failure this run leaves alone
+            self._open += 1
+            if only is None or picked(job_id):
+                self._wanted += 1
+
+        return visit
 
 
 def previous_ids(folder: Path, old_meta: dict[str, Any], new_sha: str) -> set[str] | None:
