@@ -160,6 +160,8 @@ def main() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1), default=300.0, show_default=True,
               help="Seconds per request.")
+@click.option("--reference-timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Seconds to fetch one URL reference image.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=6, show_default=True)
 @click.option("--backoff", type=click.FloatRange(0.0), default=1.0, show_default=True,
               help="First retry wait in seconds when the server names none (doubles, max 60).")
@@ -178,6 +180,8 @@ def main() -> None:
 @click.option("--limit", type=click.IntRange(1), help="Run only the first N pending jobs.")
 @click.option("--only", metavar="ID_GLOB", help="Run only jobs whose id matches.")
 @click.option("--shard", metavar="K/N", help="Run only this machine's share of the jobs.")
+@click.option("--redo-missing", is_flag=True,
+              help="Run again the succeeded jobs whose image file is gone (costs money).")
 @click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end.")
@@ -203,6 +207,7 @@ def run(manifest: Path, **o: Any) -> None:
         base_url=o["base_url"],
         model=o["model"],
         timeout_s=o["timeout"],
+        reference_timeout_s=o["reference_timeout"],
         prices=o["prices"],
         yes=o["yes"],
         confirm_above_usd=o["confirm_above"],
@@ -221,7 +226,8 @@ def run(manifest: Path, **o: Any) -> None:
             "progress": not o["no_progress"],
         },
     )
-    selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"])
+    selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"],
+                          redo_missing=o["redo_missing"])
     prep = prepare(req, selection=selection)
     adopt_orphans(prep)
     sys.exit(_go(prep, req, o, cmd))
@@ -235,7 +241,8 @@ def _go(prep: Any, req: Any, o: dict[str, Any], cmd: Any) -> int:
     c = prep.counts
     tally = prep.tally
     # The budget first: a folder that already spent it must not print an estimate and a run.
-    budget = check_budget(o["budget"], prep.spent_before_usd, c.estimate_usd, c.pending, cmd)
+    spent = prep.spent_before_usd + prep.unsettled.usd  # what --budget counts
+    budget = check_budget(o["budget"], spent, c.estimate_usd, c.pending, cmd)
     if budget.reached:
         click.echo(budget.reached, err=True)
         return EXIT_BUDGET
@@ -243,6 +250,11 @@ def _go(prep: Any, req: Any, o: dict[str, Any], cmd: Any) -> int:
         click.echo(f"warning: {warning}", err=True)
     if prep.change:
         click.echo(prep.change, err=True)
+    from .plan import describe_missing
+
+    missing = describe_missing(c, o["redo_missing"])
+    if missing:
+        click.echo(missing, err=True)
     click.echo(
         f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
         f"estimated ${c.estimate_usd:.2f}",
@@ -287,7 +299,7 @@ def _nothing_to_do(c: Any, tally: Any, o: dict[str, Any], cmd: Any) -> int:
         )
         return EXIT_FAILED
     click.echo("nothing to do: every job is done", err=True)
-    return EXIT_OK
+    return EXIT_OK if c.missing == 0 else EXIT_FAILED
 
 
 def _refresh_gallery(out: Path) -> Path | None:
@@ -407,6 +419,8 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
 @click.option("--limit", type=click.IntRange(1), help="Only the first N pending jobs.")
 @click.option("--only", metavar="ID_GLOB", help="Only jobs whose id matches.")
 @click.option("--shard", metavar="K/N", help="Only this machine's share of the jobs.")
+@click.option("--redo-missing", is_flag=True,
+              help="Count the succeeded jobs whose image file is gone, as run --redo-missing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @guarded
 def estimate(manifest: Path, **o: Any) -> None:
@@ -416,7 +430,8 @@ def estimate(manifest: Path, **o: Any) -> None:
 
     setup_logging(0)
     selection = Selection(retry_failed=_retry_kinds(o["retry_failed"]), only=o["only"],
-                          shard=_shard(o["shard"]), limit=o["limit"])
+                          shard=_shard(o["shard"]), limit=o["limit"],
+                          redo_missing=o["redo_missing"])
     est = make_estimate(EstimateRequest(
         manifest=manifest, out=o["out"], concurrency=o["concurrency"], rpm=o["rpm"],
         latency_s=o["latency"], prices=o["prices"], model=o["model"], provider=o["provider"],

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
 from typing import Any
 
 import aiohttp
@@ -24,8 +25,16 @@ from PIL import Image, UnidentifiedImageError
 
 from . import errors as e
 from .config import ClientSettings
+from .http_body import (
+    ACCEPT_ENCODING,
+    ANSWER_MAX_BYTES,
+    OUTPUT_MAX_BYTES,
+    REFERENCE_MAX_BYTES,
+    read_capped,
+)
 from .redact import redact, register_secret
 from .references import (
+    in_shrink_thread,
     load_reference_bytes,
     reference_budget,
     shrink_image_bytes,
@@ -38,6 +47,8 @@ from .spec import JobSpec, Reference
 log = logging.getLogger(__name__)
 
 URL_DOWNLOAD_ATTEMPTS = 3
+# An error answer is read only for its message: a megabyte is plenty, the rest is dropped.
+ERROR_BODY_MAX_BYTES = 1024 * 1024
 _PLEASE_RETRY = re.compile(r"retry in ([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\b", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
 
@@ -63,13 +74,15 @@ def parse_retry_delay(details: Any, headers: Any, message: str) -> float | None:
     header = headers.get("Retry-After") if headers is not None else None
     if header:
         try:
-            return max(float(header), 0.0)
+            seconds = float(header)
         except ValueError:
             try:
-                when = parsedate_to_datetime(header)
-                return max(when.timestamp() - time.time(), 0.0)
-            except (TypeError, ValueError):
-                pass
+                seconds = parsedate_to_datetime(header).timestamp() - time.time()
+            except (TypeError, ValueError, OverflowError):
+                seconds = math.nan
+        # "NaN", "inf" or garbage is no instruction at all: treated as absent.
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
     m = _PLEASE_RETRY.search(message)
     if m:
         value = float(m.group(1))
@@ -77,7 +90,7 @@ def parse_retry_delay(details: Any, headers: Any, message: str) -> float | None:
     return None
 
 
-def error_from_http(status: int, body: bytes, headers: Any) -> e.APIError:
+def error_from_http(status: int, body: bytes | bytearray, headers: Any) -> e.APIError:
     """The one table from an HTTP error answer to batchgen's error tree."""
     message, rpc_status = "", ""
     details: list[Any] = []
@@ -99,13 +112,20 @@ def error_from_http(status: int, body: bytes, headers: Any) -> e.APIError:
         if isinstance(v, dict)
     ]
     kw: dict[str, Any] = {"http_status": status, "retry_after": retry_after}
+    if status == 429 and any("PerDay" in q for q in quota_ids):
+        return e.DailyQuotaError(message, **kw)
+    if (
+        retry_after is not None
+        and retry_after > MAX_SERVER_DELAY_S
+        and (status in (408, 429) or status >= 500)
+    ):
+        # One ceiling for every wait the server asks for: past it, every worker would sleep on
+        # it in silence. The run stops instead and says when to resume.
+        wait = f" (the server asks to wait {retry_after:.0f}s, over the {MAX_SERVER_DELAY_S:.0f}s"
+        wait += " that batchgen waits at most)"
+        cls = e.DailyQuotaError if status == 429 else e.ServerWaitError
+        return cls(message + wait, **kw)
     if status == 429:
-        if any("PerDay" in q for q in quota_ids):
-            return e.DailyQuotaError(message, **kw)
-        if retry_after is not None and retry_after > MAX_SERVER_DELAY_S:
-            # Waiting that long per job would burn through the manifest: treat as a quota stop.
-            wait = f" (the server asks to wait {retry_after:.0f}s)"
-            return e.DailyQuotaError(message + wait, **kw)
         return e.RateLimitError(message, **kw)
     if status == 400 and "API_KEY_INVALID" in reasons:
         return e.AuthError(message, **kw)
@@ -118,7 +138,7 @@ def error_from_http(status: int, body: bytes, headers: Any) -> e.APIError:
     return e.InvalidRequestError(message, **kw)
 
 
-def _snippet(body: bytes) -> str:
+def _snippet(body: bytes | bytearray) -> str:
     text = body[:200].decode("utf-8", "replace")
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
 
@@ -135,10 +155,12 @@ def translate(exc: BaseException) -> e.APIError:
     return e.BadResponseError(msg)
 
 
-@lru_cache(maxsize=16)
-def _encoded_reference(ref: Reference, max_bytes: int | None) -> tuple[str, str]:
-    data, mime = load_reference_bytes(ref, max_bytes=max_bytes)
-    return base64.b64encode(data).decode("ascii"), mime
+def _where(spec: JobSpec) -> str:
+    """Where a job came from (``file:line: images: ``), to name in a reference's error."""
+    if not spec.source_file:
+        return ""
+    line = f":{spec.source_line}" if spec.source_line else ""
+    return f"{spec.source_file}{line}: images: "
 
 
 class GeminiClient:
@@ -180,21 +202,35 @@ class GeminiClient:
     async def build_request(self, spec: JobSpec) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"text": spec.prompt}]
         refs: tuple[Reference, ...] = spec.references
-        local = [r for r in refs if r.url is None]
-        per_ref = reference_budget(local, self.settings.max_request_bytes)
-        for ref in refs:
-            if ref.url:
-                data, mime = await self._fetch_reference(ref.url)
-                if per_ref is not None and len(data) > per_ref:
-                    data = await asyncio.to_thread(shrink_image_bytes, data, per_ref, name=ref.url)
-                    mime = "image/jpeg"
-                b64 = base64.b64encode(data).decode("ascii")
-            else:
-                try:
-                    b64, mime = await asyncio.to_thread(_encoded_reference, ref, per_ref)
-                except OSError as exc:
-                    raise e.ReferenceError_(f"{ref.source}: {exc.strerror}") from exc
-            parts.append({"inlineData": {"mimeType": mime, "data": b64}})
+        try:
+            # URL references first: their size is known only once fetched, and it counts in the
+            # request limit like a local file's.
+            fetched: dict[int, tuple[bytearray, str]] = {}
+            sized: list[Reference] = []
+            for i, ref in enumerate(refs):
+                if ref.url:
+                    fetched[i] = await self._fetch_reference(ref.url)
+                    sized.append(dataclasses.replace(ref, size_bytes=len(fetched[i][0])))
+                else:
+                    sized.append(ref)
+            per_ref = reference_budget(sized, self.settings.max_request_bytes)
+            for i, ref in enumerate(refs):
+                if i in fetched:
+                    data, mime = fetched.pop(i)
+                    raw: bytes | bytearray = data
+                    if per_ref is not None and len(data) > per_ref:
+                        raw = await in_shrink_thread(
+                            shrink_image_bytes, data, per_ref, name=redact(ref.source)
+                        )
+                        mime = "image/jpeg"
+                    del data
+                else:
+                    raw, mime = await self._local_reference(ref, per_ref)
+                parts.append({"inlineData": {"mimeType": mime, "data": _b64(raw)}})
+                del raw
+        except e.ReferenceError_ as exc:
+            # Name the job's manifest line, so the ledger says which row to fix.
+            raise e.ReferenceError_(_where(spec) + exc.message) from exc
         image_config: dict[str, Any] = {}
         if spec.aspect_ratio:
             image_config["aspectRatio"] = spec.aspect_ratio
@@ -219,6 +255,14 @@ class GeminiClient:
         """The request body, references loaded and encoded: the part that needs no server."""
         return orjson.dumps(await self.build_request(spec))
 
+    async def _local_reference(
+        self, ref: Reference, per_ref: int | None
+    ) -> tuple[bytes, str]:
+        if per_ref is None or ref.size_bytes <= per_ref:
+            return await asyncio.to_thread(load_reference_bytes, ref, max_bytes=None)
+        # Read and shrunk in the shrink thread: a worker waiting for its turn holds nothing.
+        return await in_shrink_thread(load_reference_bytes, ref, max_bytes=per_ref)
+
     async def send(self, spec: JobSpec, body: bytes) -> GeneratedImage:
         """POST a body made by :meth:`encode_request` and turn the answer into an image.
 
@@ -229,11 +273,25 @@ class GeminiClient:
         url, params, headers = self.endpoint(spec.model)
         headers["Content-Type"] = "application/json"
         status = 0
+        headers["Accept-Encoding"] = ACCEPT_ENCODING
         try:
-            async with self.session.post(url, params=params, data=body, headers=headers) as resp:
+            # Never follow a redirect: the key (header or ?key=) would go along to wherever it
+            # points. The API does not redirect, so a 3xx is a misconfigured or hostile host.
+            async with self.session.post(
+                url, params=params, data=body, headers=headers,
+                allow_redirects=False, auto_decompress=False,
+            ) as resp:
                 status, resp_headers = resp.status, resp.headers
-                # Not resp.read(): that keeps a second reference to the body on the response.
-                raw = await resp.content.read()
+                if 300 <= status < 400:
+                    raise _redirected(status, resp_headers)
+                if status == 200:
+                    raw = await read_capped(resp, ANSWER_MAX_BYTES, "the answer")
+                else:
+                    raw = await _error_body(resp)
+        except e.APIError as refused:  # redirected, or a body over its cap
+            refused.http_status, refused.answered = status, True
+            refused.maybe_billed = status == 200
+            raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             err = translate(exc)
             if status:
@@ -260,7 +318,7 @@ class GeminiClient:
                 answered=True,
             ) from exc
 
-    async def _read_answer(self, raw: bytes, headers: Any) -> GeneratedImage:
+    async def _read_answer(self, raw: bytes | bytearray, headers: Any) -> GeneratedImage:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -293,15 +351,22 @@ class GeminiClient:
             err.usage = err.usage or usage
             raise
 
-    async def _get_bytes(self, url: str) -> bytes:
+    async def _get_bytes(
+        self, url: str, cap: int, what: str, timeout: aiohttp.ClientTimeout | None = None
+    ) -> bytearray:
+        # No key goes with these GETs, so redirects (a CDN's) may be followed.
         try:
-            async with self.session.get(url) as resp:
-                data = await resp.read()
+            async with self.session.get(
+                url,
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
+                auto_decompress=False,
+                timeout=timeout if timeout is not None else self.session.timeout,
+            ) as resp:
                 if resp.status != 200:
                     raise e.ConnectionError_(
                         f"GET {redact(url)} answered HTTP {resp.status}", http_status=resp.status
                     )
-                return data
+                return await read_capped(resp, cap, what)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise translate(exc) from exc
 
@@ -310,7 +375,11 @@ class GeminiClient:
         last: e.APIError | None = None
         for attempt in range(URL_DOWNLOAD_ATTEMPTS):
             try:
-                return await self._get_bytes(url)
+                return bytes(
+                    await self._get_bytes(url, OUTPUT_MAX_BYTES, f"the image at {redact(url)}")
+                )
+            except e.BodyTooLargeError:
+                raise  # as large the next time
             except e.APIError as exc:
                 last = exc
                 log.debug("download of %s failed (%s), attempt %d", redact(url), exc, attempt + 1)
@@ -318,26 +387,44 @@ class GeminiClient:
         assert last is not None
         raise last
 
-    async def _fetch_reference(self, url: str) -> tuple[bytes, str]:
+    async def _fetch_reference(self, url: str) -> tuple[bytearray, str]:
+        """A URL reference's bytes, within ``--reference-timeout``; any failure is the
+        reference's (kind ``reference``, not retried), never an API connection error."""
+        shown = redact(url)
+        limit = self.settings.reference_timeout_s
+        timeout = aiohttp.ClientTimeout(total=limit)
         try:
-            data = await self._get_bytes(url)
+            data = await self._get_bytes(url, REFERENCE_MAX_BYTES, f"reference {shown}", timeout)
+        except e.TimeoutError_ as exc:
+            raise e.ReferenceError_(
+                f"reference {shown}: no answer within {limit:g}s (--reference-timeout)"
+            ) from exc
         except e.APIError as exc:
-            if exc.http_status is not None and 400 <= exc.http_status < 500:
-                raise e.ReferenceError_(f"reference {redact(url)}: {exc.message}") from exc
-            if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
-                # No host, or nothing listening: a bad URL, not a blip; retrying it for a
-                # minute as an "API connection error" told the user nothing.
-                raise e.ReferenceError_(
-                    f"reference {redact(url)} is unreachable ({exc.message}); "
-                    "nothing was sent to the API"
-                ) from exc
-            # The reference host is slow or failing: worth another attempt, named as such.
-            exc.message = f"reference {redact(url)}: {exc.message}"
-            raise
-        mime = sniff_image_type(data)
+            raise e.ReferenceError_(f"reference {shown}: {exc.message}") from exc
+        mime = sniff_image_type(bytes(data[:64]))
         if mime is None:
-            raise e.ReferenceError_(f"reference {redact(url)} is not an image")
+            raise e.ReferenceError_(f"reference {shown} is not an image")
         return data, mime
+
+
+def _b64(data: bytes | bytearray) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _redirected(status: int, headers: Any) -> e.RedirectError:
+    location = redact(str(headers.get("Location", "") or "(no Location)"))
+    return e.RedirectError(
+        f"the API endpoint redirected to {location}; batchgen never follows a redirect of an "
+        "API call (the key would go along): check --base-url"
+    )
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> bytearray:
+    """The start of an error answer, for its message; the rest of it is not worth reading."""
+    try:
+        return await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
+    except e.BodyTooLargeError:
+        return bytearray(b"(an error answer over 1 MiB)")
 
 
 def _finish(data: bytes, text: str | None, usage: dict[str, Any] | None) -> GeneratedImage:

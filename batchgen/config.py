@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from .errors import InputError
+from .redact import redact, register_secret
 from .spec import Provider
 
 MiB = 1024 * 1024
@@ -60,6 +62,35 @@ def resolve_key(provider: Provider, env: dict[str, str] | None = None) -> str:
     )
 
 
+def check_base_url(url: str, where: str) -> str:
+    """The base URL as given, or an :class:`InputError` naming ``where`` (``--base-url``, or the
+    manifest's ``file: base_url``) before anything is sent.
+
+    A bad port or a missing scheme would otherwise surface as a connection error on every
+    attempt, retried for half a minute. Credentials in it (``http://user:pass@host``) are
+    registered as secrets, so they are scrubbed even where they appear outside a URL.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # raises ValueError for a port out of 0..65535 or not a number
+    except ValueError as exc:
+        raise InputError(f"{where}: {redact(url)!r} is not a valid URL: {exc}") from None
+    for secret in (parts.username, parts.password):
+        if secret:
+            register_secret(secret)
+            register_secret(unquote(secret))
+    shown = redact(url)
+    if parts.scheme not in ("http", "https"):
+        raise InputError(f"{where}: {shown!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise InputError(f"{where}: {shown!r} has no host name")
+    if port == 0:
+        raise InputError(f"{where}: {shown!r}: port 0 is not a port one can connect to")
+    if parts.query or parts.fragment:
+        raise InputError(f"{where}: {shown!r}: a base URL takes no ?query or #fragment")
+    return url.strip()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientSettings:
     provider: Provider = Provider.ANYFAST
@@ -68,10 +99,14 @@ class ClientSettings:
     timeout_s: float = 300.0
     connections: int = 8
     max_request_bytes: int = 20 * MiB
+    # URL references are fetched from hosts that are not the API: they get their own, shorter
+    # timeout, so a hanging one fails its job as a reference problem instead of holding a slot
+    # for the API's --timeout (which must allow for minutes of image generation).
+    reference_timeout_s: float = 60.0
 
     def __repr__(self) -> str:  # the key must never reach a log line through a repr
         return (
-            f"ClientSettings(provider={self.provider.value!r}, base_url={self.base_url!r}, "
+            f"ClientSettings(provider={self.provider.value!r}, base_url={redact(self.base_url)!r}, "
             f"api_key='REDACTED', timeout_s={self.timeout_s}, connections={self.connections})"
         )
 

@@ -14,6 +14,7 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
         │   ├── TimeoutError_          no answer within --timeout
         │   ├── ConnectionError_       refused, reset, dropped
         │   └── BadResponseError       truncated, HTML or non-JSON body
+        │       └── BodyTooLargeError      over the size cap (not retried: see retrying.py)
         ├── PermanentError         recorded once, not retried
         │   ├── InvalidRequestError    400 INVALID_ARGUMENT / FAILED_PRECONDITION
         │   ├── BlockedError           promptFeedback.blockReason or a safety finishReason
@@ -22,7 +23,9 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
         └── FatalError             every other job would fail the same way: stop the run
             ├── AuthError              bad key, 401, 403
             ├── ModelNotFoundError     404
-            └── DailyQuotaError        429 with a PerDay quota
+            ├── DailyQuotaError        429 with a PerDay quota
+            ├── ServerWaitError        a 503 / 5xx asking to wait longer than the ceiling
+            └── RedirectError          the API endpoint answered 3xx (never followed: the key)
 
 Whether to retry is decided in one place, :func:`batchgen.retrying.should_retry`.
 """
@@ -46,6 +49,8 @@ class ErrorKind(str, enum.Enum):
     AUTH = "auth"
     MODEL_NOT_FOUND = "model_not_found"
     DAILY_QUOTA = "daily_quota"
+    SERVER_WAIT = "server_wait"
+    REDIRECT = "redirect"
 
 
 class BatchgenError(Exception):
@@ -139,6 +144,10 @@ class BadResponseError(TransientError):
     kind = ErrorKind.BAD_RESPONSE
 
 
+class BodyTooLargeError(BadResponseError):
+    """A body over its cap (API answer, URL reference or URL output), counted after gzip."""
+
+
 class PermanentError(APIError):
     pass
 
@@ -173,3 +182,11 @@ class ModelNotFoundError(FatalError):
 
 class DailyQuotaError(FatalError):
     kind = ErrorKind.DAILY_QUOTA
+
+
+class ServerWaitError(FatalError):
+    kind = ErrorKind.SERVER_WAIT
+
+
+class RedirectError(FatalError):
+    kind = ErrorKind.REDIRECT

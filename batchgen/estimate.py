@@ -186,6 +186,7 @@ def estimate(req: EstimateRequest) -> Estimate:
     summary = manifest.validate(visit=plan.count_job)
     if owner is not None:
         raise InputError(owner)  # after the manifest's own problems, as run reports them
+    price_warnings = prices.check_covered()  # a size with no price: exit 2 naming the file
     counts = plan.counts
     rows = breakdown.rows()
     return Estimate(
@@ -204,7 +205,7 @@ def estimate(req: EstimateRequest) -> Estimate:
         concurrency=req.concurrency,
         rpm=req.rpm,
         latency_s=req.latency_s,
-        warnings=summary.warnings,
+        warnings=(*summary.warnings, *price_warnings),
         retry_kinds=req.selection.retry_failed,
     )
 

@@ -244,7 +244,8 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     except OSError as exc:
         raise StorageError(f"cannot write thumbnails in {run_dir / THUMBS_DIR}: {exc}") from exc
     counted = len(cards) if current is None else sum(1 for k in cards if k in current)
-    status = make_status(run_dir, meta, counted, succeeded, cost, None, current, superseded)
+    status = make_status(run_dir, meta, counted, succeeded, cost, None, current=current,
+                         superseded=superseded)
     title = f"batchgen: {run_dir.resolve().name}"
     summary = (
         f"{plural(status.succeeded, 'image')}, {status.failed} failed, {status.pending} pending; "

@@ -2,14 +2,20 @@
 
 Lines are appended from one place (:class:`LedgerWriter`, driven from the event loop only), so
 they never interleave. Readers trust the last line per ``job_id`` and skip a torn final line, as
-``kill -9`` or a full disk can leave one.
+``kill -9`` or a full disk can leave one. A last line that is a whole record but lacks its
+newline is a record, not a torn line: the writer adds the newline before it appends.
+
+While a run writes, the ledger is fsync'd in the background once per batch of lines
+(:meth:`LedgerWriter.sync_soon`), so a power cut loses at most the lines of the last batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import errno
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .errors import StorageError
+from .errors import InputError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +125,7 @@ class LedgerRecord:
             outputs=tuple(d.get("outputs") or ()),
             text=d.get("text"),
             usage=d.get("usage"),
-            cost_usd=float(d.get("cost_usd") or 0.0),
+            cost_usd=amount(d.get("cost_usd")),
             latency_s=float(d.get("latency_s") or 0.0),
             finished_at=str(d.get("finished_at", "")),
             error=ErrorInfo(**err) if isinstance(err, dict) else None,
@@ -136,6 +142,31 @@ class LedgerRecord:
             adopted=bool(d.get("adopted", False)),
             extra=dict(d.get("extra") or {}),
         )
+
+
+class BadAmount(ValueError):
+    """A money amount in the ledger that is not a finite, non-negative number."""
+
+
+def amount(value: Any, field_name: str = "cost_usd") -> float:
+    """A ledger amount as a float; :class:`BadAmount` for NaN, infinities, negatives, non-numbers.
+
+    A hand-edited ``"NaN"`` would otherwise make every sum NaN, and every comparison with the
+    budget false: the cap would be off.
+    """
+    if value is None:
+        return 0.0
+    try:
+        usd = float(value)
+    except (TypeError, ValueError):
+        raise BadAmount(f"{field_name}: {value!r} is not a number") from None
+    if isinstance(value, bool) or not math.isfinite(usd) or usd < 0:
+        raise BadAmount(f"{field_name}: {value!r} is not a finite, non-negative amount")
+    return usd
+
+
+def bad_amount(path: Path, lineno: int, exc: BadAmount) -> InputError:
+    return InputError(f"{path}:{lineno}: {exc}; fix or remove that ledger line")
 
 
 def warn_bad_line(path: Path, lineno: int, raw: bytes) -> None:
@@ -171,6 +202,8 @@ def iter_records(path: Path) -> Iterator[tuple[int, bytes, LedgerRecord]]:
     for lineno, raw, obj in iter_lines(path):
         try:
             record = LedgerRecord.from_dict(obj)
+        except BadAmount as exc:
+            raise bad_amount(path, lineno, exc) from None
         except (KeyError, ValueError, TypeError):
             warn_bad_line(path, lineno, raw)
             continue
@@ -191,6 +224,71 @@ def read_ledger(path: Path) -> dict[str, LedgerRecord]:
     return latest
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the renames and creations in ``path`` durable (a power cut could undo them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot fsync a directory; nothing more to do
+        log.debug("cannot fsync the directory %s: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
+class GroupSync:
+    """fsync one file from a thread, with many writes per fsync (a group commit).
+
+    Writers count their writes with :meth:`wrote`; :meth:`sync` waits until a given write is on
+    disk. An fsync covers every write made before it started, so writers that are ready together
+    share one, and those that write during it share the next.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fd = -1
+        self._written = 0
+        self._synced = 0
+        self._task: asyncio.Future[None] | None = None
+        self.error: StorageError | None = None
+
+    def wrote(self) -> int:
+        self._written += 1
+        return self._written
+
+    @property
+    def dirty(self) -> bool:
+        return self._synced < self._written
+
+    async def sync(self, upto: int | None = None) -> None:
+        target = self._written if upto is None else upto
+        while self._synced < target:
+            if self.error is not None:
+                raise self.error
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._run())
+            await asyncio.shield(self._task)
+
+    def sync_soon(self) -> None:
+        """Start a background fsync now if none is running (one per batch of writes)."""
+        if self._task is None and self.dirty and self.error is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        target, fd = self._written, self.fd
+        try:
+            if fd >= 0:
+                await asyncio.to_thread(os.fsync, fd)
+            self._synced = max(self._synced, target)
+        except OSError as exc:
+            self.error = StorageError(f"cannot sync {self.name}: {_why(exc)}")
+            raise self.error from exc
+        finally:
+            self._task = None
+
+
 class LedgerWriter:
     """Appends records; each line reaches the OS, unbuffered, before ``append`` returns.
 
@@ -202,6 +300,7 @@ class LedgerWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._group = GroupSync(str(path))
 
     def open(self) -> None:
         try:
@@ -209,6 +308,12 @@ class LedgerWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StorageError(f"cannot open the ledger {self.path}: {exc.strerror}") from exc
+        self._group.fd = self._fd
+
+    def sync_soon(self) -> None:
+        """fsync what was appended, in the background, one fsync per batch of lines. A failed
+        background fsync is raised by the next :meth:`append_line`."""
+        self._group.sync_soon()
 
     def append(self, record: LedgerRecord) -> None:
         self.append_line(record.to_line())
@@ -218,6 +323,8 @@ class LedgerWriter:
         if self._fd is None:
             self.open()
         assert self._fd is not None
+        if self._group.error is not None:
+            raise self._group.error
         line = memoryview(data)
         size_before = os.fstat(self._fd).st_size
         try:
@@ -230,6 +337,7 @@ class LedgerWriter:
             except OSError:
                 log.debug("could not cut the failed line off %s", self.path)
             raise StorageError(f"cannot write the ledger {self.path}: {_why(exc)}") from exc
+        self._group.wrote()
 
     def sync(self) -> None:
         if self._fd is not None:
@@ -245,6 +353,7 @@ class LedgerWriter:
             finally:
                 os.close(self._fd)
                 self._fd = None
+                self._group.fd = -1
 
 
 def _why(exc: OSError) -> str:
@@ -275,5 +384,19 @@ def _repair_tail(path: Path) -> None:
                 break
         else:
             cut = 0
+        fh.seek(cut)
+        if _is_record(fh.read(size - cut)):
+            # A whole record that only lacks its newline (an editor, a copy): keep it.
+            fh.seek(size)
+            fh.write(b"\n")
+            return
         log.warning("%s: dropping a torn last line (%d bytes)", path, size - cut)
         fh.truncate(cut)
+
+
+def _is_record(raw: bytes) -> bool:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "job_id" in obj and "status" in obj

@@ -5,13 +5,22 @@ record is written last, which is the one every reader trusts: within one input i
 across inputs a success beats any failure, then the later ``finished_at``. Images (and sidecars)
 are hard-linked when the filesystem allows, else copied, and are in place before the ledger that
 names them: the same rule the store keeps.
+
+The merged folder's own ledger is one more input: lines a run wrote there after an earlier merge
+are kept, and merging again is idempotent (a line reached twice is written once). The merge holds
+the merged folder's lock, and a shared lock on each input, so no run writes to either meanwhile.
+``run.json`` names the inputs before the ledger is replaced, so a merge killed (or out of disk)
+between the two is simply run again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +28,9 @@ from typing import Any
 import orjson
 
 from .errors import InputError, StorageError
-from .ledger import LEDGER_NAME, LedgerRecord, iter_records
-from .plan import RunFolder, now_iso
+from .intents import INTENTS_NAME, Intent, read_unsettled
+from .ledger import LEDGER_NAME, LedgerRecord, fsync_dir, iter_records
+from .plan import LOCK_FILE, RunFolder, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +149,48 @@ def _common(metas: list[dict[str, Any]], key: str) -> Any:
     return metas[0].get(key) if len(values) == 1 else None
 
 
+@contextlib.contextmanager
+def _locked(sources: list[Path], out: Path) -> Iterator[None]:
+    """The merged folder's lock, and a shared lock on every input that a run has used."""
+    fds = [RunFolder(out).lock()]
+    try:
+        for src in sources:
+            try:
+                fd = os.open(src / LOCK_FILE, os.O_RDONLY)
+            except OSError:
+                continue  # never locked by a run: no run is writing there
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(
+                    f"{src}: a batchgen run is using this folder; merge it once the run has ended"
+                ) from None
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def merge(inputs: list[Path], out: Path) -> MergeResult:
     sources = _check(inputs, out)
+    with _locked(sources, out):
+        return _merge(sources, out)
+
+
+def _merge(sources: list[Path], out: Path) -> MergeResult:
+    folder = RunFolder(out)
+    own_meta = folder.read_meta()
+    metas = [RunFolder(s).read_meta() for s in sources]
+    # The merged folder's own lines (an earlier merge, and runs made there since) are an input.
+    readers = [*sources, out] if folder.ledger_path.is_file() else list(sources)
+    # run.json names the inputs before the ledger is replaced: a merge cut short is re-runnable.
+    folder.write_meta({**own_meta, "merged_from": [str(s) for s in sources],
+                       "state": "merging", "updated_at": now_iso()})
     # Pass 1: which line of which input is each job's winner.
     best: dict[str, tuple[_Rank, _Key]] = {}
     per_source_jobs: list[int] = []
-    for i, src in enumerate(sources):
+    for i, src in enumerate(readers):
         last: dict[str, tuple[_Rank, _Key]] = {}
         for lineno, _, rec in iter_records(src / LEDGER_NAME):
             last[rec.job_id] = (_Rank(rec.succeeded, rec.finished_at, i, lineno), _key(rec))
@@ -158,7 +204,6 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
     seen_lines: set[_Key] = {key for _, key in best.values()}
 
     # Pass 2: place the winners' images, then write history lines and winning lines apart.
-    folder = RunFolder(out)
     images_dir = out / "images"
     tmp_history = out / (LEDGER_NAME + ".merge.tmp")
     tmp_winners = out / (LEDGER_NAME + ".winners.tmp")
@@ -167,7 +212,7 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
     try:
         images_dir.mkdir(parents=True, exist_ok=True)
         with tmp_history.open("wb") as history, tmp_winners.open("wb") as winning:
-            for i, src in enumerate(sources):
+            for i, src in enumerate(readers):
                 for lineno, raw, rec in iter_records(src / LEDGER_NAME):
                     if (i, lineno) not in winners:
                         key = _key(rec)
@@ -179,13 +224,14 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
                     if rec.succeeded:
                         files = _files_of(src, out, rec)
                         if files is None:
+                            # The line stays (it was paid for); the image is reported missing.
                             missing += 1
-                            log.warning("%s: %s: image missing; left for the next run to make",
+                            log.warning("%s: %s: image missing; run --redo-missing makes it",
                                         src, rec.job_id)
-                            continue
-                        for a, b in files:
-                            placed[_place(a, b)] += 1
-                        succeeded += 1
+                        else:
+                            for a, b in files:
+                                placed[_place(a, b)] += 1
+                            succeeded += 1
                     else:
                         failed += 1
                     winning.write(raw.rstrip(b"\r\n") + b"\n")
@@ -196,14 +242,19 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
             history.flush()
             os.fsync(history.fileno())
         os.replace(tmp_history, folder.ledger_path)
+        fsync_dir(out)
+        _merge_intents(readers, out)
     except OSError as exc:
         raise StorageError(f"cannot merge into {out}: {exc}") from exc
     finally:
         tmp_winners.unlink(missing_ok=True)
         tmp_history.unlink(missing_ok=True)
 
-    metas = [RunFolder(s).read_meta() for s in sources]
-    jobs = _sum_jobs(metas, per_source_jobs, len(best))
+    jobs = _sum_jobs(metas, per_source_jobs[: len(sources)], len(best))
+    if own_meta.get("state") not in (None, "merging"):
+        # Runs made in the merged folder may know of jobs (a grown manifest) the inputs do not.
+        with contextlib.suppress(TypeError, ValueError):
+            jobs = max(jobs, int(own_meta.get("jobs") or 0))
     folder.write_meta({
         **{k: _common(metas, k) for k in ("manifest", "manifest_sha256", "model", "provider")},
         "jobs": jobs,
@@ -225,6 +276,26 @@ def merge(inputs: list[Path], out: Path) -> MergeResult:
         kept=placed["kept"],
         missing=missing,
     )
+
+
+def _merge_intents(readers: list[Path], out: Path) -> None:
+    """Carry the inputs' unsettled intents over: requests that may have been billed stay
+    counted in the merged folder (its ledger, which has every line, settles the rest)."""
+    found: dict[str, Intent] = {}
+    for src in readers:
+        for intent in read_unsettled(src):
+            found.setdefault(intent.iid, intent)
+    path = out / INTENTS_NAME
+    if not found and not path.exists():
+        return
+    tmp = path.with_name(INTENTS_NAME + ".merge.tmp")
+    with tmp.open("wb") as fh:
+        for intent in found.values():
+            fh.write(intent.to_line())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(out)
 
 
 def _files_of(src: Path, out: Path, rec: LedgerRecord) -> list[tuple[Path, Path]] | None:

@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 
 from .errors import InputError, StorageError
-from .ledger import LEDGER_NAME, LedgerRecord, warn_bad_line
+from .intents import Unsettled, read_unsettled
+from .ledger import LEDGER_NAME, BadAmount, LedgerRecord, amount, bad_amount, warn_bad_line
 from .spec import JobSpec
 from .store import IMAGES_DIR, adopt_orphans
 
@@ -32,6 +33,9 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 SUCCEEDED = "succeeded"
 RETRYABLE = "retryable"
+# Succeeded, but the image file is gone (deleted by hand): not done, and not re-run (and paid
+# for again) unless the user asks with --redo-missing.
+MISSING = "missing"
 # Bigger than the default 8 KiB: a 750 MB ledger is then 12,000 reads instead of 92,000.
 _READ_BUFFER = 1 << 16
 
@@ -42,25 +46,34 @@ def now_iso() -> str:
 
 @dataclass(slots=True)
 class LedgerIndex:
-    """job id -> "succeeded", "retryable", or the error kind of a permanent failure; and spend."""
+    """job id -> "succeeded", "missing", "retryable", or the error kind of a permanent failure;
+    the spend; and the requests earlier runs sent whose outcome never reached the ledger."""
 
     states: dict[str, str] = field(default_factory=dict)
     cost_usd: float = 0.0
+    unsettled: Unsettled = field(default_factory=Unsettled)
 
     def get(self, job_id: str) -> str | None:
         return self.states.get(job_id)
 
 
 def read_index(ledger: Path) -> LedgerIndex:
-    """The last line per job wins. A torn or garbled line is skipped with a warning.
+    """The last line per job wins. A torn or garbled line is skipped with a warning; an amount
+    that is not a finite, non-negative number is an :class:`InputError` naming the line.
 
     The same lines count as for :func:`~batchgen.ledger.iter_lines`, read in one flat loop: at a
-    million lines every generator layer and tuple per line shows.
+    million lines every generator layer and tuple per line shows. A succeeded line whose image
+    is gone gives the state :data:`MISSING` (one ``stat`` per succeeded line). The intents of
+    requests that earlier runs sent are settled by the ledger lines of their jobs' runs.
     """
     index = LedgerIndex()
     states = index.states
     intern = sys.intern
     loads = orjson.loads
+    exists = os.path.exists
+    root = str(ledger.parent) + os.sep
+    unsettled = index.unsettled = read_unsettled(ledger.parent)
+    settle = unsettled.settle if unsettled else None
     cost = 0.0
     try:
         fh = ledger.open("rb", buffering=_READ_BUFFER)
@@ -73,12 +86,19 @@ def read_index(ledger: Path) -> LedgerIndex:
                 job_id = d["job_id"]  # TypeError for a line that is JSON but not an object
                 if d["status"] == SUCCEEDED:
                     state = SUCCEEDED
+                    for out in d.get("outputs") or ():
+                        if not exists(root + out):
+                            state = MISSING
                 else:
                     err = d.get("error") or {}
                     state = RETRYABLE if err.get("retryable") else intern(str(err.get("kind")))
                 usd = d.get("cost_usd")
                 if usd:
-                    cost += float(usd)
+                    cost += amount(usd)
+                if settle is not None:
+                    settle(job_id, str(d.get("started_at", "")))
+            except BadAmount as exc:
+                raise bad_amount(ledger, lineno, exc) from None
             except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError too
                 if raw.strip():  # blank lines are skipped quietly
                     warn_bad_line(ledger, lineno, raw)
@@ -110,6 +130,7 @@ class Selection:
     only: str | None = None
     shard: tuple[int, int] | None = None
     limit: int | None = None
+    redo_missing: bool = False
 
     def in_scope(self, job_id: str) -> bool:
         """Whether the job belongs to this run folder at all (this machine's shard)."""
@@ -127,6 +148,7 @@ class PlanCounts:
     failed_skipped: int = 0
     pending: int = 0
     new: int = 0
+    missing: int = 0  # recorded as succeeded, image file gone
     by_size: dict[str, int] = field(default_factory=dict)
     estimate_usd: float = 0.0
 
@@ -164,6 +186,8 @@ class Plan:
             return False
         if state is None or state == RETRYABLE:
             return True
+        if state == MISSING:
+            return self.selection.redo_missing
         retry = self.selection.retry_failed
         return retry is not None and (not retry or state in retry)
 
@@ -182,6 +206,11 @@ class Plan:
         elif state == SUCCEEDED:
             c.done += 1
             return
+        elif state == MISSING:
+            c.missing += 1
+            wanted = self._wants(job_id, state)
+            if not wanted:
+                return
         else:
             wanted = self._wants(job_id, state)
         if wanted:
@@ -273,6 +302,7 @@ class RunFolder:
         for rec in adopted:
             index.states[rec.job_id] = SUCCEEDED
             index.cost_usd += rec.cost_usd
+            index.unsettled.settle(rec.job_id, rec.started_at)
         return adopted
 
 
@@ -285,5 +315,17 @@ def describe_change(old_meta: dict[str, Any], new_sha: str, counts: PlanCounts) 
     return (
         f"{head}: {counts.done} done, {counts.new} new or changed, "
         f"{counts.failed_skipped} failed and skipped, {counts.pending} to run"
+    )
+
+
+def describe_missing(counts: PlanCounts, redo: bool) -> str | None:
+    """The plan line for succeeded jobs whose image file is gone."""
+    if not counts.missing:
+        return None
+    if redo:
+        return f"{counts.missing} recorded images are missing; --redo-missing runs them again"
+    return (
+        f"{counts.missing} recorded images are missing; they are not run again "
+        "(that costs money) unless you add --redo-missing"
     )
 

@@ -19,8 +19,10 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
 from . import errors as e
+from .budget import Budget
 from .client import GeminiClient, GeneratedImage
 from .config import RunSettings
+from .intents import Intent, IntentJournal
 from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
 from .plan import now_iso
 from .pricing import PriceTable
@@ -62,6 +64,9 @@ class RunResult:
     failed: int = 0
     failed_permanent: int = 0
     spent_usd: float = 0.0
+    # Requests earlier runs sent whose outcome never reached the ledger, at their reserved price.
+    unsettled_usd: float = 0.0
+    unsettled_requests: int = 0
     stop_reason: StopReason = StopReason.COMPLETED
     stop_message: str = ""
     errors: dict[str, int] = field(default_factory=dict)
@@ -70,6 +75,7 @@ class RunResult:
 
 @dataclass(slots=True)
 class _JobState:
+    started_at: str = ""
     attempts: int = 0
     stochastic: int = 0
     cost_usd: float = 0.0
@@ -88,6 +94,7 @@ class Runner:
         settings: RunSettings,
         progress: Progress,
         spent_before_usd: float = 0.0,
+        intents: IntentJournal | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -106,9 +113,23 @@ class Runner:
         self.windows = [
             SlidingWindow(n, settings.rate_window_s) for n in (settings.rpm, settings.ipm) if n
         ]
-        self.result = RunResult(spent_usd=spent_before_usd)
-        self._reserved_usd = 0.0
+        self.intents = intents
+        carried = intents.carried if intents is not None else None
+        self.budget = Budget(
+            prices,
+            settings.budget_usd,
+            spent_usd=spent_before_usd,
+            unsettled_usd=carried.usd if carried is not None else 0.0,
+        )
+        self.result = RunResult(
+            spent_usd=spent_before_usd,
+            unsettled_usd=self.budget.unsettled_usd,
+            unsettled_requests=carried.count if carried is not None else 0,
+        )
+        self._sent = 0  # requests that have left and not yet settled: what a stop waits for
+        self._user_stop = False  # a stop signal from the user has come (the next one drops)
         self._stop = asyncio.Event()
+        self._budget_freed = asyncio.Event()  # set (and replaced) when a reservation ends
         self._gate = FirstAnswerGate(self._stop)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -124,24 +145,45 @@ class Runner:
             self.result.stop_reason = reason
             self.result.stop_message = message
             self._stop.set()
-            # An unattended log gets the stop at once, not only in the summary at the end.
-            why = f"the {message} budget is reached" if reason is StopReason.BUDGET else message
-            self.progress.note(f"stopping ({reason.value}): {redact(why)}")
+            self._wake_reservers()
+            if reason is not StopReason.INTERRUPTED:
+                # Said at once: with 30-60 s answers a silent stop looks hung.
+                _say(f"stopping ({self._why()}): {self._waiting()}")
 
-    def interrupt(self) -> None:
-        """Ctrl-C: the first stops gracefully (hard after ``grace_s``), the second at once."""
-        if self.stopping:
+    def interrupt(self, signame: str = "SIGINT") -> None:
+        """A stop signal from the user. The first stops gracefully: requests already sent are
+        waited for (up to ``grace_s``), also when the run was already stopping for its budget, a
+        fatal error or the disk. Only a second one from the user drops them."""
+        if self._user_stop:
+            _say(f"{signame} again: abandoning {self._sent} request(s) in flight; "
+                 "they may still be billed and are counted at their reserved price")
             self.cancel()
             return
-        self.stop(StopReason.INTERRUPTED, "interrupted")
-        waiting = self.concurrency.in_flight
-        if waiting:
-            # They are being generated, so they are being paid for: let them land.
-            Progress.write(
-                f"stopping: waiting up to {self.settings.grace_s:.0f}s for {waiting} request(s) "
-                "already paid for; Ctrl-C again to abandon them"
-            )
+        self._user_stop = True
+        grace = f"up to {self.settings.grace_s:.0f}s "
+        if self.stopping:
+            _say(f"{signame}: already stopping ({self._why()}); {self._waiting(grace)}; "
+                 f"{signame} again to abandon them")
+        else:
+            self.stop(StopReason.INTERRUPTED, "interrupted")
+            _say(f"stopping ({signame}): {self._waiting(grace)}"
+                 + ("; Ctrl-C again to abandon them" if self._sent else ""))
         asyncio.get_running_loop().call_later(self.settings.grace_s, self.cancel)
+
+    def _why(self) -> str:
+        reason, message = self.result.stop_reason, self.result.stop_message
+        if reason is StopReason.BUDGET:
+            return f"the {message} budget is reached"
+        if reason is StopReason.INTERRUPTED:
+            return "interrupted"
+        return f"{reason.value}: {redact(message)}"
+
+    def _waiting(self, grace: str = "") -> str:
+        n = self._sent
+        if not n:
+            return "no request in flight"
+        # They left, so they are being generated and paid for: let them land.
+        return f"waiting {grace}for {n} request(s) already sent"
 
     def cancel(self) -> None:
         for task in self._tasks:
@@ -203,8 +245,8 @@ class Runner:
                 self.stop(StopReason.FATAL, f"internal error on {job.job_id}: {redact(repr(exc))}")
 
     async def _run_job(self, spec: JobSpec) -> None:
-        state = _JobState()
         started_at, t0 = now_iso(), time.monotonic()
+        state = _JobState(started_at=started_at)
         try:
             image = await self._attempt_with_retries(spec, state)
         except Stopped:
@@ -280,16 +322,31 @@ class Runner:
                 await self._gate.leave(answered=answered)
 
     async def _send(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
+        # References are loaded and encoded before the request takes a slot: a slow or hanging
+        # reference then holds no request back. A stop is checked after every await that comes
+        # before the send, so nothing leaves once the run is stopping.
+        body = await self.client.encode_request(spec)
+        if self.stopping:
+            raise _Abandoned
         async with self.concurrency:
             if self.stopping:
                 raise _Abandoned
-            # References are loaded and encoded first, so the rate-limit stamp below is taken
-            # right before the request leaves, however slow a reference is to fetch.
-            body = await self.client.encode_request(spec)
-            for window in self.windows:
-                await window.acquire(self._stop)
-            reserve = self._reserve(spec)
+            reserve = await self._reserve(spec)
+            intent = await self._intend(spec, state, reserve)
+            # The rate-limit stamp is taken right before the request leaves, after the intent's
+            # fsync: a varying wait between stamp and send would let the server count more
+            # requests in its window than ours did.
+            try:
+                for window in self.windows:
+                    await window.acquire(self._stop)
+                if self.stopping:
+                    raise _Abandoned
+            except BaseException:  # not sent
+                self._release(reserve)
+                self._void(intent)
+                raise
             state.attempts += 1
+            self._sent += 1
             try:
                 image = await self.client.send(spec, body)
             except e.APIError as exc:
@@ -297,14 +354,16 @@ class Runner:
                 if isinstance(exc, e.FatalError):
                     # Stop before anything else is sent, not when this job's retries unwind.
                     self.stop(StopReason.FATAL, fatal_message(exc))
-                self._charge(spec, state, exc.usage, billed=exc.maybe_billed)
+                if not self._charge(spec, state, exc.usage, billed=exc.maybe_billed):
+                    self._void(intent)
                 if isinstance(exc, e.RateLimitError):
                     self.concurrency.on_rate_limited(exc.retry_after)
                 if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
                 raise
             finally:
-                self._reserved_usd -= reserve
+                self._sent -= 1
+                self._release(reserve)
                 del body
             self._charge(spec, state, image.usage, billed=True)
         self.concurrency.on_success()
@@ -313,28 +372,72 @@ class Runner:
 
     # -- money ------------------------------------------------------------------------------
 
-    def _reserve(self, spec: JobSpec) -> float:
-        budget = self.settings.budget_usd
-        reserve = self.prices.reserve(spec)
-        if budget is not None and self.result.spent_usd + self._reserved_usd + reserve > budget:
-            self.stop(StopReason.BUDGET, f"${budget:.2f}")
-            raise _Abandoned
-        self._reserved_usd += reserve
-        return reserve
+    async def _reserve(self, spec: JobSpec) -> float:
+        """Reserve the request's worst-case price. If only other requests' reservations keep it
+        from fitting, wait for them to settle (they usually cost less); if the spend alone
+        leaves no room, stop for the budget."""
+        while True:
+            reserve = self.budget.reserve(spec)
+            if reserve is not None:
+                return reserve
+            if self.budget.reserved_usd <= 0:
+                self.stop(StopReason.BUDGET, f"${self.budget.limit_usd or 0.0:.2f}")
+                raise _Abandoned
+            await self._budget_freed.wait()
+            if self.stopping:
+                raise _Abandoned
+
+    def _release(self, reserve: float) -> None:
+        self.budget.release(reserve)
+        self._wake_reservers()
+
+    def _wake_reservers(self) -> None:
+        self._budget_freed.set()
+        self._budget_freed = asyncio.Event()
+
+    async def _intend(self, spec: JobSpec, state: _JobState, reserve: float) -> Intent | None:
+        """Record, durably, that this request may be billed: before it leaves, so that a
+        ``kill -9`` while it is in flight still leaves it counted (see :mod:`.intents`)."""
+        if self.intents is None:
+            return None
+        intent: Intent | None = None
+        try:
+            intent, write = self.intents.record(spec.job_id, state.started_at, reserve)
+            await self.intents.durable(write)
+            if self.stopping:  # the fsync was an await: nothing leaves once the run is stopping
+                raise _Abandoned
+        except BaseException as exc:  # not sent: neither reserved nor possibly billed
+            self._release(reserve)
+            self._void(intent)
+            if isinstance(exc, e.StorageError):
+                self.stop(StopReason.STORAGE, str(exc))
+                raise _Abandoned from exc
+            raise
+        return intent
+
+    def _void(self, intent: Intent | None) -> None:
+        if intent is not None and self.intents is not None:
+            self.intents.void(intent)
+
+    def _settle(self, spec: JobSpec, state: _JobState) -> None:
+        """The job's ledger line is written: it settles its intents, and is fsync'd soon."""
+        if self.intents is not None:
+            self.intents.settle(spec.job_id, state.started_at)
+        self.ledger.sync_soon()
 
     def _charge(
         self, spec: JobSpec, state: _JobState, usage: dict[str, object] | None, *, billed: bool
-    ) -> None:
+    ) -> bool:
+        """Charge one attempt; whether it cost anything."""
+        if not usage and not billed:
+            return False
+        cost = self.budget.charge(spec, usage, billed=billed)
         if usage:
-            cost = self.prices.from_usage(spec, usage)
             state.usage = usage
-        elif billed:
-            cost = self.prices.estimate(spec)
-        else:
-            return
         state.cost_usd += cost
-        self.result.spent_usd += cost
-        self.progress.spent(self.result.spent_usd)
+        self.result.spent_usd = self.budget.spent_usd
+        self.progress.spent(self.budget.committed_usd)
+        return True
 
     # -- recording --------------------------------------------------------------------------
 
@@ -389,6 +492,7 @@ class Runner:
         except e.StorageError as exc:
             self.stop(StopReason.STORAGE, str(exc))
             return
+        self._settle(spec, state)
         self.result.succeeded += 1
         self.progress.job_done(ok=True)
 
@@ -413,11 +517,20 @@ class Runner:
         except e.StorageError as err:
             self.stop(StopReason.STORAGE, str(err))
             return
+        self._settle(spec, state)
         if retryable is None:
             self.result.failed += 1
             if not retry:
                 self.result.failed_permanent += 1
             self.progress.job_done(ok=False)
+
+
+def _say(message: str) -> None:
+    """A line for the user now; never an error (after a SIGHUP the terminal may be gone)."""
+    try:
+        Progress.write(message)
+    except (OSError, ValueError):
+        log.debug("could not print: %s", message)
 
 
 def _release_workers(queue: asyncio.Queue[JobSpec | None], workers: int) -> None:

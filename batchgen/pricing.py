@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, Problem
 from .spec import DEFAULT_MODEL, JobSpec
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,35 @@ def _model_price(source: str, model: str, fields: dict[str, Any]) -> ModelPrice:
     )
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Key by key, one level down too: overriding the 1K and 2K ``image_tokens`` must keep the
+    table's 4K price, not drop it (a 4K image then fell back to a cheaper size's price)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+BUILTIN_PRICES = "batchgen/data/prices.json"
+
+
 class PriceTable:
-    def __init__(self, models: dict[str, ModelPrice], *, batch: bool = False) -> None:
+    def __init__(
+        self,
+        models: dict[str, ModelPrice],
+        *,
+        batch: bool = False,
+        source: str = BUILTIN_PRICES,
+    ) -> None:
         self.models = models
         self.batch = batch
+        self.source = source
+        # What jobs asked for that the table could not price exactly (see check_covered).
+        self.unpriced: set[tuple[str, str]] = set()
+        self.unknown_models: set[str] = set()
 
     @classmethod
     def load(cls, override: Path | None = None, *, batch: bool = False) -> PriceTable:
@@ -141,25 +166,63 @@ class PriceTable:
                     continue
                 if not isinstance(fields, dict):
                     raise InputError(f"{override}: {model}: must be an object")
-                raw[model] = {**raw.get(model, raw[DEFAULT_MODEL]), **fields}
-        source = str(override) if override is not None else "prices"
+                # A model the table has keeps every price the file does not name; a new one
+                # must be priced in full (a guess could be lower than the truth).
+                raw[model] = _merge(raw.get(model, {}), fields)
+        source = str(override) if override is not None else BUILTIN_PRICES
         models: dict[str, ModelPrice] = {}
         for model, fields in raw.items():
             if model.startswith("_"):
                 continue
             models[model] = _model_price(source, model, fields)
-        return cls(models, batch=batch)
+        return cls(models, batch=batch, source=source)
 
     def price(self, model: str) -> ModelPrice:
-        # An unknown model is priced like the default one rather than as free.
-        return self.models.get(model) or self.models[DEFAULT_MODEL]
+        found = self.models.get(model)
+        if found is None:
+            # Priced like the default model so the pass can go on; check_covered refuses it.
+            self.unknown_models.add(model)
+            return self.models[DEFAULT_MODEL]
+        return found
+
+    def check_covered(self) -> list[str]:
+        """After a pass over the jobs, an :class:`InputError` naming the price file and the
+        missing key if a model or an image size in use has no price.
+
+        A fallback price could be lower than the truth, and a budget computed from it would no
+        longer cap anything. Returns warnings (none today), for the callers' uniformity.
+        """
+        problems = [
+            Problem(
+                self.source, 0, model,
+                "no price for this model, which the manifest uses; price it in a --prices FILE "
+                "(output_image_per_1m, output_text_per_1m, input_per_1m, image_tokens, "
+                "input_image_tokens)",
+            )
+            for model in sorted(self.unknown_models)
+        ]
+        problems += [
+            Problem(
+                self.source, 0, f"{model}: image_tokens",
+                f"no price for image size {size}, which the manifest uses; "
+                f'add it, e.g. "image_tokens": {{"{size}": TOKENS}}',
+            )
+            for model, size in sorted(self.unpriced)
+        ]
+        if problems:
+            raise InputError(problems)
+        return []
 
     def _factor(self, price: ModelPrice) -> float:
         return price.batch_discount if self.batch else 1.0
 
     def image_unit(self, model: str, image_size: str) -> float:
         p = self.price(model)
-        tokens = p.image_tokens.get(image_size, max(p.image_tokens.values()))
+        tokens = p.image_tokens.get(image_size)
+        if tokens is None:
+            if model in self.models:
+                self.unpriced.add((model, image_size))
+            tokens = max(p.image_tokens.values())  # never cheaper, until check_covered stops it
         return tokens * p.output_image_per_1m / 1e6 * self._factor(p)
 
     def text_unit(self, model: str, text_tokens: int = TYPICAL_TEXT_TOKENS) -> float:

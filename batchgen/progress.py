@@ -102,11 +102,6 @@ class Progress:
             f"(folder ${self.spent_usd:.2f}), ETA {eta}"
         )
 
-    def note(self, message: str) -> None:
-        """A line for the unattended log (a stop, a fatal error), written at once."""
-        if self.log_every_s:
-            self.write(f"{_stamp()} {message}")
-
     async def heartbeat(self) -> None:
         """Every ``log_every_s`` seconds a :meth:`status_line`, until cancelled."""
         if not self.log_every_s:

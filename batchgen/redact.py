@@ -1,8 +1,9 @@
 """Keep the API key out of every message, log line, file and traceback.
 
-A URL that carries ``?key=`` is a secret. Anything that may hold a URL or a key passes through
-:func:`redact` before it leaves the process; the CLI also installs :class:`RedactingFilter` on the
-root logger so a third-party library's log line is cleaned too.
+A URL that carries ``?key=`` or credentials (``http://user:pass@host``) is a secret. Anything
+that may hold a URL or a key passes through :func:`redact` before it leaves the process; the CLI
+also installs :class:`RedactingFilter` on the root logger so a third-party library's log line is
+cleaned too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import re
 # Any query parameter whose name carries "key" or "token" (key=, api_key=, api-key=, token=...).
 _KEY_PARAM = re.compile(r"(?i)([?&][\w.-]*(?:key|token)[\w.-]*=)[^&#\s\"']+")
 _KEY_HEADER = re.compile(r"(?i)(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
+# Credentials in a URL (``http://user:pass@host``): the whole userinfo goes, since a user name
+# alone can be a token too. Stops at the first character that cannot be in userinfo.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s'\"<>]+@")
 REDACTED = "REDACTED"
 
 _secrets: set[str] = set()
@@ -27,6 +31,7 @@ def register_secret(value: str | None) -> None:
 def redact(text: str) -> str:
     text = _KEY_PARAM.sub(rf"\g<1>{REDACTED}", text)
     text = _KEY_HEADER.sub(rf"\g<1>{REDACTED}", text)
+    text = _USERINFO.sub(rf"\g<1>{REDACTED}@", text)
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)

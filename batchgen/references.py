@@ -8,13 +8,19 @@ file that would push the request over the endpoint's size limit.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import io
 import logging
 import os
 import stat
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +28,7 @@ from batchgen.errors import ReferenceError_
 from batchgen.spec import Reference
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # JSON framing, the prompt text and headers ride along with the base64 payload; keep room for them.
 REQUEST_OVERHEAD_BYTES = 64 * 1024
@@ -29,6 +36,9 @@ JPEG_QUALITY = 90
 # Below this the image says nothing useful to the model; refuse rather than send a smudge.
 _MIN_SIDE = 16
 _SNIFF_BYTES = 64
+# Shrunk references are kept for reuse (a dataset may name one large photo on every row), up to
+# this many bytes in all, least recently used first out.
+SHRINK_CACHE_BYTES = 64 * 1024 * 1024
 
 _HEIC_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"})
 _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"heif"})
@@ -36,7 +46,7 @@ _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"heif"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
-def sniff_image_type(data: bytes) -> str | None:
+def sniff_image_type(data: bytes | bytearray) -> str | None:
     """The MIME type the bytes really are, or None when they are not an image the API accepts.
 
     File names and declared types lie (JPEG bytes labelled image/png are common), so only the
@@ -53,7 +63,7 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def _sniff_heif(data: bytes) -> str | None:
+def _sniff_heif(data: bytes | bytearray) -> str | None:
     box_size = int.from_bytes(data[0:4], "big")
     major = data[8:12]
     end = min(len(data), box_size if box_size >= 16 else 16)
@@ -104,7 +114,7 @@ class ReferenceResolver:
         self._resolved: dict[str, str] = {}
         self._by_source: dict[str, tuple[_StatKey | None, Reference]] = {}
         self._by_stat: dict[_StatKey, tuple[str, str] | str] = {}
-        self._decodable: dict[str, bool] = {}
+        self._decodable: dict[str, str | None] = {}
 
     def resolve(self, source: str) -> Reference:
         """Raises :class:`ReferenceProblem` for anything that cannot be sent."""
@@ -168,18 +178,75 @@ class ReferenceResolver:
 
     def decodable(self, ref: Reference) -> bool:
         """Whether Pillow can open the file, i.e. whether it could be shrunk if it must be."""
+        return self.decode_problem(ref) is None
+
+    def decode_problem(self, ref: Reference) -> str | None:
+        """Why the file could not be shrunk if it must be (None: it can), from its header."""
         if ref.path is None:
-            return True
-        ok = self._decodable.get(ref.sha256)
-        if ok is None:
-            try:
-                with Image.open(ref.path) as img:
-                    img.size  # noqa: B018 - opening parses the header, which is the check
-                ok = True
-            except (OSError, UnidentifiedImageError, ValueError):
-                ok = False
-            self._decodable[ref.sha256] = ok
-        return ok
+            return None
+        if ref.sha256 not in self._decodable:
+            self._decodable[ref.sha256] = _open_problem(ref.path)
+        return self._decodable[ref.sha256]
+
+
+def _open_problem(source: Path | io.BytesIO) -> str | None:
+    try:
+        with Image.open(source) as img:
+            img.size  # noqa: B018 - opening parses the header, which is the check
+    except Image.DecompressionBombError as exc:
+        return f"too large to decode ({exc})"
+    except (OSError, UnidentifiedImageError, ValueError):
+        return "Pillow cannot decode it"
+    return None
+
+
+async def in_shrink_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """Run a decode-and-shrink in the one thread that does them all.
+
+    Shrinking decodes the whole image (4 bytes a pixel: 100 MB for a 25 MP photo). With one
+    thread per worker, 8 workers would hold 8 decoded images at once, and glibc keeps each
+    thread's freed memory in that thread's arena, so the peak stays. One thread bounds what
+    reference preparation holds to one decoded image, whatever the concurrency; shrunk results
+    are cached (below), so a photo used on many rows is shrunk once. bench/RESULTS.md has the
+    measured peak.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_SHRINKER, functools.partial(fn, *args, **kwargs))
+
+
+_SHRINKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-shrink")
+
+
+class _ShrinkCache:
+    """Shrunk references by (sha256, byte cap), bounded in bytes; shared by worker threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        if len(data) > self.limit // 4:
+            return  # one entry must not evict everything else
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self.limit:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+
+_shrunk = _ShrinkCache(SHRINK_CACHE_BYTES)
 
 
 def request_bytes(refs: Sequence[Reference]) -> int:
@@ -206,6 +273,10 @@ def load_reference_bytes(ref: Reference, *, max_bytes: int | None) -> tuple[byte
     """
     if ref.path is None:
         raise ReferenceError_(f"{ref.source}: URL references are fetched by the client")
+    if max_bytes is not None and ref.sha256 and ref.size_bytes > max_bytes:
+        cached = _shrunk.get((ref.sha256, max_bytes))
+        if cached is not None:
+            return cached, "image/jpeg"
     try:
         data = ref.path.read_bytes()
     except OSError as exc:
@@ -218,6 +289,8 @@ def load_reference_bytes(ref: Reference, *, max_bytes: int | None) -> tuple[byte
     if max_bytes is None or len(data) <= max_bytes:
         return data, mime
     shrunk = shrink_image_bytes(data, max_bytes, name=ref.source)
+    if ref.sha256:
+        _shrunk.put((ref.sha256, max_bytes), shrunk)
     logger.info(
         "shrank reference %s from %d to %d bytes to fit the request limit",
         ref.source,
@@ -227,25 +300,34 @@ def load_reference_bytes(ref: Reference, *, max_bytes: int | None) -> tuple[byte
     return shrunk, "image/jpeg"
 
 
-def shrink_image_bytes(data: bytes, max_bytes: int, *, name: str = "image") -> bytes:
+def shrink_image_bytes(
+    data: bytes | bytearray, max_bytes: int, *, name: str = "image"
+) -> bytes:
     """Re-encode as JPEG (quality 90), downscaling until the result is at most ``max_bytes``.
 
     Public so the client can apply the same rule to images it fetched from URLs.
     """
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            # Re-encoding drops EXIF, so bake the orientation in or the model sees it sideways.
-            img = ImageOps.exif_transpose(opened)
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
+            # Re-encoding drops EXIF, so bake the orientation in or the model sees it sideways.
+            # In place: a second copy of the pixels is what shrinking can least afford.
+            ImageOps.exif_transpose(img, in_place=True)
+            return _encode_under(_flatten(img), max_bytes, name)
+    except Image.DecompressionBombError as exc:
+        raise ReferenceError_(f"{name} is too large to decode and shrink: {exc}") from exc
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ReferenceError_(f"cannot decode {name} to shrink it: {exc}") from exc
-    img = _flatten(img)
+
+
+def _encode_under(img: Image.Image, max_bytes: int, name: str) -> bytes:
     scale = 1.0
     for _ in range(12):
         size = (max(_MIN_SIDE, round(img.width * scale)), max(_MIN_SIDE, round(img.height * scale)))
         candidate = img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         candidate.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        del candidate
         out = buf.getvalue()
         if len(out) <= max_bytes:
             return out

@@ -13,6 +13,7 @@ from typing import Any
 
 from .current import current_ids
 from .errors import InputError
+from .intents import read_unsettled
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .liveness import describe_state
 from .messages import plural
@@ -28,22 +29,30 @@ class Status:
     cost_usd: float
     errors: dict[str, int] = field(default_factory=dict)
     state: str = ""
+    missing: int = 0  # recorded as succeeded, image file gone: not counted in ``succeeded``
+    # Requests sent whose outcome is not in the ledger (in flight now, or when a run died),
+    # at their reserved price: they may have been billed.
+    unsettled_usd: float = 0.0
+    unsettled_requests: int = 0
     # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
     # until `batchgen prune`, and they are not counted as succeeded.
     superseded: int = 0
 
     @property
     def pending(self) -> int:
-        return max(self.jobs - self.succeeded - self.failed, 0)
+        return max(self.jobs - self.succeeded - self.missing - self.failed, 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "jobs": self.jobs,
             "succeeded": self.succeeded,
+            "missing": self.missing,
             "failed": self.failed,
             "pending": self.pending,
             "superseded": self.superseded,
             "cost_usd": round(self.cost_usd, 4),
+            "unsettled_usd": round(self.unsettled_usd, 4),
+            "unsettled_requests": self.unsettled_requests,
             "errors": dict(sorted(self.errors.items())),
             "state": self.state,
         }
@@ -72,15 +81,21 @@ def load_status(run_dir: Path) -> Status:
     """One pass over the ledger, keeping per job only what the counts need, not its record."""
     meta = read_meta(run_dir)
     current = current_ids(run_dir)
+    unsettled = read_unsettled(run_dir)
     # job id -> True if its last record succeeded, else its error kind (None: no error given)
     latest: dict[str, bool | str | None] = {}
+    outputs: dict[str, tuple[str, ...]] = {}
     cost = 0.0
     for rec in iter_ledger(run_dir / LEDGER_NAME):
         latest[rec.job_id] = True if rec.succeeded else (
             rec.error.kind if rec.error is not None else None
         )
+        if rec.succeeded:
+            outputs[rec.job_id] = rec.outputs
         cost += rec.cost_usd
-    succeeded = superseded = 0
+        if unsettled:
+            unsettled.settle(rec.job_id, rec.started_at)
+    succeeded = missing = superseded = 0
     counted = 0
     errors: dict[str, int] = {}
     for job_id, outcome in latest.items():
@@ -89,10 +104,20 @@ def load_status(run_dir: Path) -> Status:
             continue
         counted += 1
         if outcome is True:
-            succeeded += 1
+            if _is_missing(run_dir, outputs.get(job_id, ())):
+                missing += 1
+            else:
+                succeeded += 1
         elif isinstance(outcome, str):
             errors[outcome] = errors.get(outcome, 0) + 1
-    return make_status(run_dir, meta, counted, succeeded, cost, errors, current, superseded)
+    st = make_status(run_dir, meta, counted, succeeded, cost, errors, missing=missing,
+                     current=current, superseded=superseded)
+    st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
+    return st
+
+
+def _is_missing(run_dir: Path, outputs: tuple[str, ...]) -> bool:
+    return any(not (run_dir / out).exists() for out in outputs)
 
 
 def make_status(
@@ -102,16 +127,21 @@ def make_status(
     succeeded: int,
     cost: float,
     errors: dict[str, int] | None = None,
+    *,
+    missing: int = 0,
     current: set[str] | None = None,
     superseded: int = 0,
 ) -> Status:
     """The status of a folder whose ledger has ``latest`` current jobs, ``succeeded`` of them
-    done. With ``current`` (the manifest's jobs at the last planning) the job count is exact."""
+    done and ``missing`` more recorded as done whose image is gone. With ``current`` (the
+    manifest's jobs at the last planning) the job count is exact."""
     jobs = len(current) if current is not None else max(int(meta.get("jobs") or 0), latest)
-    return Status(
-        run_dir, jobs, succeeded, latest - succeeded, cost, errors or {},
-        describe_state(run_dir, str(meta.get("state", ""))), superseded,
+    st = Status(
+        run_dir, jobs, succeeded, latest - succeeded - missing, cost, errors or {},
+        describe_state(run_dir, str(meta.get("state", ""))), missing,
     )
+    st.superseded = superseded
+    return st
 
 
 def _status(
@@ -123,12 +153,14 @@ def _status(
         latest = {k: r for k, r in latest.items() if k in current}
     else:
         superseded = 0
-    succeeded = sum(1 for r in latest.values() if r.succeeded)
+    missing = sum(1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs))
+    succeeded = sum(1 for r in latest.values() if r.succeeded) - missing
     errors: dict[str, int] = {}
     for r in latest.values():
         if not r.succeeded and r.error is not None:
             errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
-    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, current, superseded)
+    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing,
+                       current=current, superseded=superseded)
 
 
 def format_status(st: Status) -> str:
@@ -140,6 +172,9 @@ def format_status(st: Status) -> str:
     ]
     for kind, n in sorted(st.errors.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {kind:<16} {n}")
+    if st.missing:
+        lines.append(f"  missing    {st.missing}  (recorded, image file gone; "
+                     "run --redo-missing makes them again)")
     lines.append(f"  pending    {st.pending}")
     if st.superseded:
         lines.append(
@@ -147,6 +182,12 @@ def format_status(st: Status) -> str:
             f" batchgen prune {st.run_dir} moves them aside)"
         )
     lines.append(f"  spent      ${st.cost_usd:.2f}")
+    if st.unsettled_requests:
+        lines.append(
+            f"  reserved   ${st.unsettled_usd:.2f} for {st.unsettled_requests} request(s) sent "
+            "whose outcome is not in the ledger (in flight now, or when a run died): "
+            "they may have been billed, so --budget counts them"
+        )
     return "\n".join(lines)
 
 
@@ -243,6 +284,8 @@ class Report:
             },
             "spend": {
                 "total_usd": round(st.cost_usd, 4),
+                "unsettled_usd": round(st.unsettled_usd, 4),
+                "unsettled_requests": st.unsettled_requests,
                 "per_image_usd": None if per_image is None else round(per_image, 4),
             },
             "by_size": dict(sorted(self.by_size.items())),
@@ -285,12 +328,16 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     latest: dict[str, LedgerRecord] = {}
     requests_per_job: dict[str, int] = {}
     cost = 0.0
+    unsettled = read_unsettled(run_dir)
     for rec in iter_ledger(run_dir / LEDGER_NAME):
         latest[rec.job_id] = rec
         cost += rec.cost_usd
         requests_per_job[rec.job_id] = requests_per_job.get(rec.job_id, 0) + rec.attempts
+        if unsettled:
+            unsettled.settle(rec.job_id, rec.started_at)
     current = current_ids(run_dir)
     status = _status(run_dir, meta, latest, cost, current)
+    status.unsettled_usd, status.unsettled_requests = unsettled.usd, unsettled.count
     if current is not None:
         latest = {k: r for k, r in latest.items() if k in current}
     errors: dict[str, ErrorKindSummary] = {}

@@ -13,10 +13,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import (
     APIError,
+    BodyTooLargeError,
     DailyQuotaError,
     ErrorKind,
     FatalError,
     PermanentError,
+    ServerWaitError,
     TransientError,
 )
 
@@ -24,7 +26,9 @@ DEFAULT_MAX_ATTEMPTS = 6
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 BACKOFF_JITTER_S = 1.0
-# A 429 asking for longer than this is a quota that is spent, not a burst: the client stops.
+# Any wait the server asks for (429 RetryInfo, Retry-After on 429 or 503, "retry in Ns") longer
+# than this is a quota that is spent or an outage, not a burst: the run stops and says when to
+# resume, instead of every worker sleeping on it silently.
 MAX_SERVER_DELAY_S = 15 * 60.0
 # Outcomes that are a roll of the dice: the same prompt may well succeed next time.
 STOCHASTIC_KINDS = frozenset({ErrorKind.BLOCKED, ErrorKind.NO_IMAGE})
@@ -39,8 +43,14 @@ class RetryPolicy:
 
 
 def is_retryable(exc: APIError) -> bool:
-    """Whether an error of this class is worth another attempt at all (the ledger's flag)."""
-    return isinstance(exc, TransientError)
+    """Whether an error of this class is worth another attempt at all (the ledger's flag).
+
+    A body over its cap is not: the cap is several times the largest legitimate answer, so the
+    next attempt would be as big (a proxy or server that misbehaves, an endless stream), and
+    every attempt after an HTTP 200 may be billed. It is recorded once, as bad_response;
+    ``--retry-failed bad_response`` runs it again once the endpoint is fixed.
+    """
+    return isinstance(exc, TransientError) and not isinstance(exc, BodyTooLargeError)
 
 
 def should_retry(
@@ -56,7 +66,7 @@ def should_retry(
     if attempt >= policy.max_attempts:
         return False
     if isinstance(exc, TransientError):
-        return True
+        return is_retryable(exc)
     if isinstance(exc, PermanentError) and exc.kind in STOCHASTIC_KINDS:
         return stochastic_failures <= policy.retry_blocked
     return False
@@ -73,7 +83,7 @@ def backoff_delay(exc: BaseException, *, attempt: int, policy: RetryPolicy) -> f
 
 def fatal_message(exc: FatalError) -> str:
     """What to tell the user when an error stops the run, with when to come back."""
-    if isinstance(exc, DailyQuotaError):
+    if isinstance(exc, DailyQuotaError | ServerWaitError):
         if exc.retry_after is not None:
             when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=exc.retry_after)
             return f"{exc}; resume after {when:%Y-%m-%d %H:%M} UTC"

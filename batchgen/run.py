@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -19,13 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .client import GeminiClient
-from .config import PROVIDERS, ClientSettings, RunSettings, resolve_key
+from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, resolve_key
 from .current import CurrentWriter, manifest_key, owner_problem
 from .errors import BatchgenError, InputError, StorageError
+from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
 from .plan import (
     LOCK_FILE,
+    MISSING,
+    SUCCEEDED,
     LedgerIndex,
     Plan,
     PlanCounts,
@@ -64,6 +68,7 @@ class RunRequest:
     base_url: str | None = None
     model: str | None = None
     timeout_s: float = 300.0
+    reference_timeout_s: float = 60.0
     prices: Path | None = None
     yes: bool = False
     confirm_above_usd: float = 20.0
@@ -82,6 +87,7 @@ class Prepared:
     settings: RunSettings
     prices: PriceTable
     spent_before_usd: float
+    unsettled: Unsettled
     change: str | None
     orphans: list[LedgerRecord]
     lock_fd: int
@@ -156,12 +162,18 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         provider = _provider(req.provider or manifest.header.provider, req.manifest)
         info = PROVIDERS[provider]
         base_url = req.base_url or manifest.header.base_url or info.base_url
+        where = "--base-url" if req.base_url else f"{req.manifest}: base_url"
+        base_url = check_base_url(base_url, where)
         api_key = FAKE_KEY if req.fake else resolve_key(provider)
         # From here on the key is scrubbed from everything, run.json included.
         register_secret(api_key)
         if prices_error is not None:
             raise prices_error
         assert prices is not None
+        # Every size and model the plan priced must have a price (exit 2 naming the file).
+        price_warnings = prices.check_covered()
+        if price_warnings:
+            summary = dataclasses.replace(summary, warnings=(*summary.warnings, *price_warnings))
         settings = RunSettings(out_dir=out, **req.settings)
         if lock_error is not None:
             raise lock_error
@@ -174,10 +186,17 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 plan.index = index
                 plan.count(price)
                 tally.untouched = 0
+        current.commit(folder.path)
+        restored = restore_superseded(folder.path)
+        if restored:
+            # Images `prune` had moved aside whose jobs are current again (an edit undone): the
+            # plan saw them missing; now they are back, and count as done.
+            for job_id in restored:
+                if index.states.get(job_id) == MISSING:
+                    index.states[job_id] = SUCCEEDED
+            plan.count(price)
         counts = plan.counts
         change = describe_resume(old_meta, new_sha, counts, tally.untouched, tally.previous)
-        current.commit(folder.path)
-        restore_superseded(folder.path)
     except BaseException:
         current.discard()
         if lock is not None:
@@ -188,6 +207,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         base_url=base_url,
         api_key=api_key,
         timeout_s=req.timeout_s,
+        reference_timeout_s=req.reference_timeout_s,
         connections=settings.concurrency,
         max_request_bytes=info.max_request_bytes,
     )
@@ -201,6 +221,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         settings=settings,
         prices=prices,
         spent_before_usd=index.cost_usd,
+        unsettled=index.unsettled,
         change=change,
         orphans=orphans,
         lock_fd=lock,
@@ -224,15 +245,7 @@ async def _endpoint(prep: Prepared, fake: bool) -> AsyncIterator[ClientSettings]
     from .fake import FakeConfig, FakeServer
 
     async with FakeServer(FakeConfig(api_key=FAKE_KEY)) as server:
-        s = prep.client
-        yield ClientSettings(
-            provider=s.provider,
-            base_url=server.url,
-            api_key=FAKE_KEY,
-            timeout_s=s.timeout_s,
-            connections=s.connections,
-            max_request_bytes=s.max_request_bytes,
-        )
+        yield dataclasses.replace(prep.client, base_url=server.url, api_key=FAKE_KEY)
 
 
 def adopt_orphans(prep: Prepared) -> None:
@@ -255,6 +268,8 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()
+    intents = IntentJournal(folder.path, prep.unsettled)
+    intents.open()
     meta = folder.read_meta()
     folder.update_meta(
         manifest=str(req.manifest),
@@ -289,6 +304,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
                 settings=settings,
                 progress=progress,
                 spent_before_usd=prep.spent_before_usd,
+                intents=intents,
             )
             restore = _install_signals(loop, runner.interrupt)
             beat = asyncio.create_task(progress.heartbeat())
@@ -304,6 +320,10 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
             ledger.close()
         except StorageError as exc:
             log.error("%s", exc)
+        try:
+            intents.close()  # after the ledger: what it settled is on disk
+        except StorageError as exc:
+            log.error("%s", exc)
     state = "finished" if result.stop_reason is StopReason.COMPLETED else result.stop_reason.value
     with contextlib.suppress(StorageError):
         folder.update_meta(state=state)
@@ -311,12 +331,14 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
 
 
 def _install_signals(
-    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, handler: Callable[[str], None]
 ) -> Callable[[], None]:
+    """SIGINT, SIGTERM and SIGHUP (an ssh session that drops) all stop the run the same way:
+    gracefully the first time, at once the second."""
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, handler)
+            loop.add_signal_handler(sig, handler, sig.name)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
@@ -384,6 +406,11 @@ def summary_lines(
             + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
             f"{result.elapsed_s:.1f}s; images in {out / 'images'}"
         )
+    if result.unsettled_requests:
+        lines.append(
+            f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
+            "request(s) that were in flight when an earlier run died (counted toward --budget)"
+        )
     if gallery is not None:
         lines.append(f"gallery: {gallery}")
     # Jobs this run would have sent without --limit that are still not settled.
@@ -407,8 +434,8 @@ def summary_lines(
         budget = end.budget_usd
         new = suggest_budget(result.spent_usd, left * end.per_image_usd, budget)
         lines.append(
-            f"budget reached: the folder has spent ${result.spent_usd:.2f} of the "
-            f"{result.stop_message} budget; {plural(left, 'job')} left, estimated at "
+            f"budget reached: the folder has spent ${result.spent_usd + result.unsettled_usd:.2f}"
+            f" of the {result.stop_message} budget; {plural(left, 'job')} left, estimated at "
             f"${left * end.per_image_usd:.2f}; to continue, raise --budget: "
             + cmd.render(set={"budget": new})
         )

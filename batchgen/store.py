@@ -2,12 +2,14 @@
 
 For each image: the sidecar ``images/<id>.json`` (the record the ledger will get) and the image
 ``images/<id>.<ext>`` are written to ``.tmp`` names and fsync'd; then the sidecar is renamed into
-place, then the image. Only then does the pool append the ledger line. So a file gets its final
-name only once its bytes are on disk, and an image only after its sidecar has. A crash before
-the image's rename leaves at most a sidecar without its image (not adopted, the job runs again)
-and ``.tmp`` files (removed by :meth:`ImageStore.prepare`); a crash between the image's rename
-and the ledger line leaves an image with a sidecar and no ledger line, which
-:func:`adopt_orphans` adds to the ledger on the next run so it is not paid for again.
+place, then the image, then the directory is fsync'd once per commit so the renames survive a
+power cut. Only then does the pool append the ledger line. So a file gets its final name only
+once its bytes are on disk, and an image only after its sidecar has. A crash before the renames
+leaves ``.tmp`` files: a complete pair (the sidecar's sha256 matches the image's bytes) is
+finished and adopted by :func:`adopt_orphans`, anything else is removed by
+:meth:`ImageStore.prepare`; a crash between the image's rename and the ledger line leaves an
+image with a sidecar and no ledger line, which :func:`adopt_orphans` adds to the ledger on the
+next run so it is not paid for again.
 
 The writes happen on one dedicated writer thread (:class:`_Writer`). ``save`` queues the job and
 awaits a future; the thread writes each save's files as soon as it sees them, then commits
@@ -38,7 +40,7 @@ from typing import Any
 import orjson
 
 from .errors import StorageError
-from .ledger import JobStatus, LedgerRecord
+from .ledger import JobStatus, LedgerRecord, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +351,10 @@ def _finish(commit: list[_Save]) -> None:
                 except OSError as exc:
                     save.fail(_storage_error("write", path, exc))
                     _remove(path + ".tmp")
+        # One directory fsync per commit: the renames above survive a power cut before any
+        # ledger line counts these images as done.
+        for folder in {os.path.dirname(save.image_path) for save in commit}:
+            _fsync_dir(folder)
     except Exception as exc:  # a bug must fail the saves loudly, never leave them waiting
         log.error("the store's writer failed", exc_info=True)
         for save in commit:
@@ -361,6 +367,10 @@ def _finish(commit: list[_Save]) -> None:
         else:  # more than one event loop used the store: tell each its own
             for save, outcome in zip(commit, outcomes, strict=True):
                 _resolve_soon(save.loop, [outcome])
+
+
+def _fsync_dir(path: str) -> None:
+    fsync_dir(Path(path))
 
 
 def _remove(tmp: str) -> None:
@@ -397,12 +407,63 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def finish_tmp_pairs(images_dir: Path, done: set[str] | frozenset[str] = frozenset()) -> int:
+    """Finish the renames of saves whose ``.tmp`` files are complete; how many were finished.
+
+    A ``kill -9`` after a save's files were written but before their renames leaves
+    ``<id>.<ext>.tmp`` with ``<id>.json.tmp`` (or ``<id>.json``, if only the sidecar was renamed).
+    The image was paid for: if the sidecar is a succeeded record naming that image and its
+    sha256 matches the image's bytes, the pair is whole, so it is made durable and renamed into
+    place (then adopted like any orphan) instead of being deleted and paid for again.
+    """
+    finished = 0
+    for entry in os.scandir(images_dir):
+        name = entry.name
+        if not name.endswith(".tmp") or name.endswith(".json.tmp"):
+            continue
+        image = entry.path[: -len(".tmp")]
+        job_id = os.path.splitext(os.path.basename(image))[0]
+        if job_id in done and os.path.exists(image):
+            continue  # recorded and on disk already: the tmp file is a leftover
+        sidecar = os.path.join(images_dir, job_id + ".json")
+        sidecar_tmp = sidecar + ".tmp"
+        sidecar_src = sidecar_tmp if os.path.exists(sidecar_tmp) else sidecar
+        try:
+            record = LedgerRecord.from_dict(orjson.loads(Path(sidecar_src).read_bytes()))
+            data = Path(entry.path).read_bytes()
+        except (OSError, orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+            continue
+        named = {os.path.basename(out) for out in record.outputs}
+        if (record.status is not JobStatus.SUCCEEDED or os.path.basename(image) not in named
+                or record.sha256 is None or sha256_hex(data) != record.sha256):
+            continue
+        try:
+            for path in (sidecar_src, entry.path):
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+                try:
+                    _fsync(fd)
+                finally:
+                    os.close(fd)
+            if sidecar_src == sidecar_tmp:
+                os.replace(sidecar_tmp, sidecar)
+            os.replace(entry.path, image)
+        except OSError as exc:
+            log.warning("could not finish the save of %s: %s", image, exc)
+            continue
+        log.warning("%s: its save was cut short before the rename; finished it", job_id)
+        finished += 1
+    if finished:
+        fsync_dir(images_dir)
+    return finished
+
+
 def adopt_orphans(run_dir: Path, done: set[str]) -> list[LedgerRecord]:
     """Images on disk with a sidecar but no succeeded ledger line: paid for, so keep them."""
     images_dir = run_dir / IMAGES_DIR
     adopted: list[LedgerRecord] = []
     if not images_dir.is_dir():
         return adopted
+    finish_tmp_pairs(images_dir, done)
     for entry in os.scandir(images_dir):
         if not entry.name.endswith(".json"):
             continue

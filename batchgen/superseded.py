@@ -205,25 +205,26 @@ def move_aside(run_dir: Path, found: Superseded) -> int:
     return moved
 
 
-def restore_superseded(run_dir: Path, on_restore: Callable[[str], None] | None = None) -> int:
-    """Files moved aside by ``prune`` whose job is current again (an edit undone) go back."""
+def restore_superseded(run_dir: Path) -> list[str]:
+    """Files moved aside by ``prune`` whose job is current again (an edit undone) go back;
+    returns the ids of those jobs."""
     aside = run_dir / SUPERSEDED_DIR
     if not aside.is_dir():
-        return 0
+        return []
     by_stem: dict[str, list[Path]] = {}
     for path in aside.rglob("*"):
         if path.is_file():
             by_stem.setdefault(path.stem, []).append(path)
     if not by_stem:
-        return 0
-    restored = 0
+        return []
+    restored: list[str] = []
     for d in iter_current(run_dir):
-        for path in by_stem.get(str(d["job_id"]), ()):
+        job_id = str(d["job_id"])
+        for path in by_stem.get(job_id, ()):
             dst = run_dir / path.relative_to(aside)
             with contextlib.suppress(OSError):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, dst)
-                restored += 1
-                if on_restore is not None:
-                    on_restore(str(dst))
+                if not restored or restored[-1] != job_id:
+                    restored.append(job_id)
     return restored

@@ -192,8 +192,14 @@ def test_wrong_key_stops_after_one_request(server: ThreadedFakeServer, tmp_path:
 
 def test_unknown_model_stops_the_run(server: ThreadedFakeServer, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", [f"prompt {i}" for i in range(10)])
+    # A model with no price is refused before anything is sent (test_hostile); priced, it is
+    # sent, and the 404 stops the run after one request.
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"gemini-9-imaginary": {"output_image_per_1m": 120, "output_text_per_1m":'
+                      ' 12, "input_per_1m": 2, "image_tokens": {"1K": 1120},'
+                      ' "input_image_tokens": 560}}')
     r = run_against(server, m, tmp_path / "run", "--model", "gemini-9-imaginary",
-                    "--concurrency", "16")
+                    "--concurrency", "16", "--prices", prices)
     assert r.code == 4, r.output
     assert server.stats.requests == 1
     assert "model_not_found" in r.stderr
@@ -220,7 +226,8 @@ def test_status_reads_folder_alone(server: ThreadedFakeServer, tmp_path: Path) -
     assert r.code == 0, r.output
     st = json.loads(r.stdout)
     cost = round(sum(float(x["cost_usd"]) for x in ledger_lines(out)), 4)  # type: ignore[arg-type]
-    assert st == {"jobs": 3, "succeeded": 2, "failed": 1, "pending": 0, "superseded": 0,
-                  "cost_usd": cost, "errors": {"blocked": 1}, "state": "finished"}
+    assert st == {"jobs": 3, "succeeded": 2, "missing": 0, "failed": 1, "pending": 0,
+                  "superseded": 0, "cost_usd": cost, "unsettled_usd": 0.0,
+                  "unsettled_requests": 0, "errors": {"blocked": 1}, "state": "finished"}
     human = cli("status", out)
     assert "succeeded  2" in human.stdout and "blocked" in human.stdout

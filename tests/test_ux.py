@@ -298,7 +298,7 @@ def test_an_unreachable_url_reference_is_named(server: ThreadedFakeServer,
     error = rec["error"]
     assert isinstance(error, dict)
     assert error["kind"] == "reference" and not error["retryable"]
-    assert "reference http://127.0.0.1:9/ref.png is unreachable" in error["message"]
+    assert error["message"].startswith("reference http://127.0.0.1:9/ref.png: ")
     assert server.stats.requests == 0
 
 
@@ -388,7 +388,7 @@ def test_unattended_runs_log_progress_lines_and_stops(tmp_path: Path) -> None:
     assert len(progress) >= 2, r.stderr
     assert re.search(r"progress: \d+/8 finished \(\d+ succeeded, 0 failed\), \d+ retrying, "
                      r"[\d.]+ img/min, spent this run \$[\d.]+ \(folder \$[\d.]+\), ETA ", progress[-1])
-    stop = [i for i, x in enumerate(lines) if "stopping (budget): the $0.70 budget" in x]
+    stop = [i for i, x in enumerate(lines) if "stopping (the $0.70 budget is reached)" in x]
     done = [i for i, x in enumerate(lines) if x.startswith("done:")]
     assert len(stop) == 1 and done and stop[0] < done[0]
     # --log-every 0: no lines.

@@ -59,22 +59,38 @@ def job_digest(
     seed: int | None,
     sample: int,
     user_id: str | None,
-) -> str:
-    """The hash part of a job id: the first 10 hex digits of the sha256 of its settings' JSON."""
+) -> tuple[str, int]:
+    """The hash part of a job id (the first 10 hex digits of the sha256 of its settings' JSON),
+    and its :func:`request_key`."""
     payload = job_payload(
         model, prompt, references, aspect_ratio, image_size, output_text, temperature, seed,
         sample, user_id,
     )  # fmt: skip
-    return sha256(orjson.dumps(payload)).hexdigest()[:10]
+    full = sha256(orjson.dumps(payload)).hexdigest()
+    return full[:10], request_key(full)
 
 
-def duplicate(name: str, line: int, other: int, job_id: str) -> Problem:
+def request_key(hexdigest: str) -> int:
+    """What the duplicate check keeps per job: 64 bits of the sha256 of what is sent, the sample
+    index and the user's ``id``; not the id's readable prefix, which differs between the row
+    ``a cat`` and the matrix row ``a {x}``, x: [cat], though both send the same request. Rows
+    with different ``id`` values are different jobs by intent (the id names their files).
+
+    A fixed ~100 bytes a job in a dict, whatever the prompt's length. At a million jobs the
+    chance that two different requests share a key is ~3e-8."""
+    return int(hexdigest[:16], 16)
+
+
+def duplicate(name: str, line: int, other: int, job_id: str, prompt: str) -> Problem:
+    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    where = "earlier on this row" if other == line else f"line {other}"
     return Problem(
         name,
         line,
         "",
-        f"duplicate job: same prompt and settings as line {other} "
-        f"(job id {job_id}); use count for more images of one prompt",
+        f"duplicate job: sends the same request as {where} (prompt {shown!r}, same settings "
+        f"and references; job id {job_id}); one request, one job: drop one, or use count for "
+        "more images of one prompt",
     )
 
 
@@ -146,10 +162,12 @@ new_job = _job_constructor()
 class State:
     """Per-pass bookkeeping: the duplicate-detection sets are the only state that grows."""
 
-    __slots__ = ("job_ids", "models_seen", "problems", "user_ids")
+    __slots__ = ("models_seen", "problems", "requests", "user_ids")
 
     def __init__(self, check_duplicates: bool) -> None:
-        self.job_ids: dict[str, int] | None = {} if check_duplicates else None
+        # request_key -> the line that first sent it. Keyed by the request, not the job id: the
+        # row `a cat` and the matrix row `a {x}` with x: [cat] get two ids for one request.
+        self.requests: dict[int, int] | None = {} if check_duplicates else None
         self.user_ids: dict[str, int] | None = {} if check_duplicates else None
         self.models_seen: set[str] = set()
         self.problems: list[Problem] = []

@@ -15,7 +15,14 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import fields as mf
-from batchgen.manifest.build import State, duplicate, job_digest, job_payload, new_job
+from batchgen.manifest.build import (
+    State,
+    duplicate,
+    job_digest,
+    job_payload,
+    new_job,
+    request_key,
+)
 from batchgen.manifest.hints import did_you_mean
 from batchgen.references import (
     ReferenceProblem,
@@ -155,14 +162,16 @@ class Expander:
         if model not in state.models_seen:
             self._first_use(out, model, line, state)
         head, tail = self._default_payload
-        digest = sha256(b"".join((head, orjson.dumps(prompt), tail))).hexdigest()[:10]
-        job_id = f"{mf.prompt_slug(prompt)}-{digest}"
-        job_ids = state.job_ids
-        if job_ids is not None:
-            other = job_ids.setdefault(job_id, line)
-            if other != line:
-                out.append(duplicate(self._name, line, other, job_id))
+        full = sha256(b"".join((head, orjson.dumps(prompt), tail))).hexdigest()
+        job_id = f"{mf.prompt_slug(prompt)}-{full[:10]}"
+        requests = state.requests
+        if requests is not None:
+            key = request_key(full)
+            other = requests.get(key)
+            if other is not None:
+                out.append(duplicate(self._name, line, other, job_id, prompt))
                 return out
+            requests[key] = line
         job = new_job(
             job_id, prompt, model, (), None, DEFAULT_IMAGE_SIZE, False, None, None, 0, None,
             self._name, line, (),
@@ -179,10 +188,11 @@ class Expander:
             return None
         big = [r for r in refs if r.size_bytes > budget]
         for ref in big:
-            if not self._resolver.decodable(ref):
+            why = self._resolver.decode_problem(ref)
+            if why is not None:
                 msg = (
                     f"{ref.source} ({ref.size_bytes / 2**20:.1f} MiB) makes the request too large "
-                    "and cannot be shrunk (Pillow cannot decode it); convert it to JPEG"
+                    f"and cannot be shrunk ({why}); convert it to a smaller JPEG"
                 )
                 state.problems.append(Problem(self._name, row.line_of("images"), "images", msg))
         return (
@@ -214,22 +224,23 @@ class Expander:
         seed: int | None = values.get("seed")
         identities = [r.sha256 or r.source for r in references] if references else []
         prefix = mf.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
-        job_ids = state.job_ids
+        requests = state.requests
         line = row.line
         source = self._name
         for sample in range(count):
-            digest = job_digest(
+            digest, key = job_digest(
                 model, prompt, identities, aspect_ratio, image_size, output_text, temperature,
                 seed, sample, user_id,
             )  # fmt: skip
             # Sample 0 keeps the bare prefix whatever the count, so raising `count: 1` to
             # `count: 2` keeps the id (and the image) of the job already made.
             job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
-            if job_ids is not None:
-                other = job_ids.setdefault(job_id, line)
-                if other != line:
-                    yield duplicate(source, line, other, job_id)
+            if requests is not None:
+                other = requests.get(key)
+                if other is not None:
+                    yield duplicate(source, line, other, job_id, prompt)
                     return
+                requests[key] = line
             yield new_job(
                 job_id, prompt, model, references, aspect_ratio, image_size, output_text,
                 temperature, seed, sample, user_id, source, line, (),
@@ -260,16 +271,17 @@ class Expander:
             prompt = template.format_map(dict(pairs))
             prefix = mf.job_prefix(id_prefix, combo, prompt)
             for sample in range(count):
-                digest = job_digest(
+                digest, key = job_digest(
                     model, prompt, identities, aspect_ratio, image_size, output_text,
                     temperature, seed, sample, user_id,
                 )  # fmt: skip
                 job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
-                if state.job_ids is not None:
-                    other = state.job_ids.setdefault(job_id, row.line)
-                    if other != row.line:
-                        yield duplicate(self._name, row.line, other, job_id)
+                if state.requests is not None:
+                    other = state.requests.get(key)
+                    if other is not None:
+                        yield duplicate(self._name, row.line, other, job_id, prompt)
                         return
+                    state.requests[key] = row.line
                 yield JobSpec(
                     job_id=job_id,
                     prompt=prompt,
