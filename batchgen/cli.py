@@ -7,7 +7,6 @@ daily quota, disk full); 130 interrupted.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -22,7 +21,7 @@ import click
 
 from .errors import BatchgenError, InputError
 from .plan import Selection
-from .pool import RunResult, StopReason
+from .pool import StopReason
 from .progress import Progress
 from .redact import install_log_redaction, redact
 
@@ -230,104 +229,9 @@ def run(manifest: Path, **o: Any) -> None:
                           redo_missing=o["redo_missing"])
     prep = prepare(req, selection=selection)
     adopt_orphans(prep)
-    sys.exit(_go(prep, req, o, cmd))
+    from .runflow import go
 
-
-def _go(prep: Any, req: Any, o: dict[str, Any], cmd: Any) -> int:
-    """From the plan to the summary: the checks and messages around :func:`run.execute`."""
-    from .messages import check_budget
-    from .run import Ending, execute
-
-    c = prep.counts
-    tally = prep.tally
-    # The budget first: a folder that already spent it must not print an estimate and a run.
-    spent = prep.spent_before_usd + prep.unsettled.usd  # what --budget counts
-    budget = check_budget(o["budget"], spent, c.estimate_usd, c.pending, cmd)
-    if budget.reached:
-        click.echo(budget.reached, err=True)
-        return EXIT_BUDGET
-    for warning in prep.summary.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    if prep.change:
-        click.echo(prep.change, err=True)
-    from .plan import describe_missing
-
-    missing = describe_missing(c, o["redo_missing"])
-    if missing:
-        click.echo(missing, err=True)
-    click.echo(
-        f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
-        f"estimated ${c.estimate_usd:.2f}",
-        err=True,
-    )
-    if c.pending == 0:
-        return _nothing_to_do(c, tally, o, cmd)
-    if budget.warning:
-        click.echo(f"warning: {budget.warning}", err=True)
-    ask = c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty()
-    if ask and not click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?"):
-        # Declining is a choice, not a failure: exit 0, as nothing went wrong.
-        click.echo("not started: nothing was sent", err=True)
-        return EXIT_OK
-    result = asyncio.run(execute(prep, req))
-    # A run that recorded nothing (a bad key, say) leaves the page as it was.
-    changed = result.succeeded + result.failed > 0
-    gallery = None if o["no_gallery"] or not changed else _refresh_gallery(prep.folder.path)
-    end = Ending(
-        cmd=cmd,
-        spent_before_usd=prep.spent_before_usd,
-        per_image_usd=c.estimate_usd / c.pending,
-        budget_usd=o["budget"],
-        wanted=tally.wanted if tally is not None else c.pending,
-        limited=o["limit"] is not None,
-    )
-    return summarize(result, prep.folder.path, gallery, end)
-
-
-def _nothing_to_do(c: Any, tally: Any, o: dict[str, Any], cmd: Any) -> int:
-    from .messages import plural
-
-    if o["only"] is not None:
-        pending = tally.open if tally is not None else 0
-        fail(f"--only {o['only']!r} matched no pending job "
-             f"({plural(pending, 'job')} pending without it)", EXIT_INPUT)
-    if c.failed_skipped:
-        click.echo(
-            f"nothing to do: {c.done} done, {plural(c.failed_skipped, 'permanent failure')} "
-            "skipped; to retry them: " + cmd.render(set={"retry_failed": "all"}, drop=("limit",)),
-            err=True,
-        )
-        return EXIT_FAILED
-    click.echo("nothing to do: every job is done", err=True)
-    return EXIT_OK if c.missing == 0 else EXIT_FAILED
-
-
-def _refresh_gallery(out: Path) -> Path | None:
-    """Rebuild DIR/gallery.html at the end of ``run``, unless the folder is too big for that.
-
-    Above ``REFRESH_MAX_RECORDS`` ledger records the page takes a while to build, so ``run``
-    prints how to build it (``batchgen gallery DIR``, any size) instead of making everyone wait.
-    """
-    from .gallery import build_gallery, gallery_hint, too_big_to_refresh
-
-    if too_big_to_refresh(out):
-        click.echo(gallery_hint(out), err=True)
-        return None
-    try:
-        return build_gallery(out).path
-    except BatchgenError as exc:
-        click.echo(f"warning: no gallery: {exc}", err=True)
-        return None
-
-
-def summarize(result: RunResult, out: Path, gallery: Path | None = None, end: Any = None) -> int:
-    from .run import summary_lines
-
-    for line in summary_lines(result, out, gallery, end):
-        click.echo(line, err=True)
-    if result.stop_reason is StopReason.COMPLETED:
-        return EXIT_FAILED if result.failed else EXIT_OK
-    return STOP_EXIT[result.stop_reason]
+    sys.exit(go(prep, req, o, cmd))
 
 
 @main.command()
@@ -494,32 +398,10 @@ def gallery(run_dir: Path, out: Path | None) -> None:
 @guarded
 def prune(run_dir: Path, yes: bool) -> None:
     """Move the images of edited or removed rows (superseded jobs) to DIR/superseded/."""
-    from .messages import plural
-    from .plan import RunFolder
-    from .report import read_meta
-    from .superseded import SUPERSEDED_DIR, find_superseded, move_aside
+    from .superseded import prune_folder
 
     setup_logging(0)
-    read_meta(run_dir)  # InputError when this is no run folder
-    lock = RunFolder(run_dir).lock()  # never under a run that is writing images
-    try:
-        found = find_superseded(run_dir)
-        if not found.jobs:
-            click.echo(f"{run_dir}: nothing superseded; every image belongs to a current job")
-            return
-        what = (f"{plural(len(found.jobs), 'superseded job')} ({len(found.files)} files, "
-                f"{found.bytes / 1e6:.1f} MB) to {run_dir / SUPERSEDED_DIR}")
-        if not yes:
-            if not sys.stdin.isatty():
-                fail(f"would move {what}; add --yes to do it without a terminal")
-            if not click.confirm(f"Move {what}?"):
-                click.echo("nothing moved", err=True)
-                return
-        moved = move_aside(run_dir, found)
-        click.echo(f"moved {plural(moved, 'file')} of {what.split(' (')[0]} to "
-                   f"{run_dir / SUPERSEDED_DIR}; the ledger keeps their records")
-    finally:
-        os.close(lock)
+    prune_folder(run_dir, yes=yes, interactive=sys.stdin.isatty())
 
 
 @main.command()

@@ -228,3 +228,35 @@ def restore_superseded(run_dir: Path) -> list[str]:
                 if not restored or restored[-1] != job_id:
                     restored.append(job_id)
     return restored
+
+
+def prune_folder(run_dir: Path, *, yes: bool, interactive: bool) -> None:
+    """``batchgen prune``: under the folder's lock (never under a run that is writing images),
+    find the superseded images, ask (or require ``--yes`` without a terminal), move them."""
+    import click
+
+    from .messages import plural
+    from .plan import RunFolder
+    from .report import read_meta
+
+    read_meta(run_dir)  # InputError when this is no run folder
+    lock = RunFolder(run_dir).lock()
+    try:
+        found = find_superseded(run_dir)
+        if not found.jobs:
+            click.echo(f"{run_dir}: nothing superseded; every image belongs to a current job")
+            return
+        jobs = plural(len(found.jobs), "superseded job")
+        what = (f"{jobs} ({len(found.files)} files, {found.bytes / 1e6:.1f} MB) "
+                f"to {run_dir / SUPERSEDED_DIR}")
+        if not yes:
+            if not interactive:
+                raise InputError(f"would move {what}; add --yes to do it without a terminal")
+            if not click.confirm(f"Move {what}?"):
+                click.echo("nothing moved", err=True)
+                return
+        moved = move_aside(run_dir, found)
+        click.echo(f"moved {plural(moved, 'file')} of {jobs} to {run_dir / SUPERSEDED_DIR}; "
+                   "the ledger keeps their records")
+    finally:
+        os.close(lock)
