@@ -298,7 +298,8 @@ def test_an_unreachable_url_reference_is_named(server: ThreadedFakeServer,
     error = rec["error"]
     assert isinstance(error, dict)
     assert error["kind"] == "reference" and not error["retryable"]
-    assert error["message"].startswith("reference http://127.0.0.1:9/ref.png: ")
+    # Named as the reference, where the manifest gives it, not as an API connection error.
+    assert "images: reference http://127.0.0.1:9/ref.png: " in error["message"]
     assert server.stats.requests == 0
 
 
