@@ -97,8 +97,9 @@ def _shard(value: str | None) -> tuple[int, int] | None:
 
 
 # The kinds a job can be left failed with for good: what --retry-failed can name. Transient
-# kinds (rate_limited, server_error, ...) run again anyway; fatal ones stop the run unrecorded.
-RETRY_KINDS = ("blocked", "no_image", "invalid_request", "reference")
+# kinds (rate_limited, server_error, ...) run again anyway; fatal ones stop the run unrecorded;
+# bad_response is permanent only for an answer over its size cap (README, "Retries").
+RETRY_KINDS = ("blocked", "no_image", "invalid_request", "reference", "bad_response")
 RETRY_HELP = ("Re-run permanent failures too; optionally only these comma-separated kinds: "
               + ", ".join(RETRY_KINDS) + ".")
 

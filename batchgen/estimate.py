@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .current import owner_problem
 from .errors import InputError
 from .messages import plural
+from .ownership import owner_problem
 from .plan import LedgerIndex, Plan, RunFolder, Selection, read_index
 from .pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from .spec import JobSpec

@@ -1,8 +1,9 @@
 """``batchgen gallery``: one static, self-contained HTML page to look through a run folder.
 
-Thumbnails are made once into ``DIR/thumbs/`` and reused while newer than their image, so a
-second gallery of a 10,000-image run costs seconds. The page embeds every record as one JSON blob
-and renders cards in chunks as the user scrolls; nothing is fetched from the network.
+Thumbnails are made once into ``DIR/thumbs/<xx>/`` (:mod:`batchgen.layout`) and reused while newer
+than their image, so a second gallery of a 10,000-image run costs seconds. The page embeds every
+record as one JSON blob and renders cards in chunks as the user scrolls; nothing is fetched from
+the network.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .current import current_ids, iter_current
 from .errors import StorageError
+from .layout import thumb_relpath
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .messages import plural
 from .report import make_status, read_meta
@@ -145,7 +147,7 @@ def _card_head(r: LedgerRecord) -> bytes:
         "t": r.finished_at,
     }
     if r.references:
-        d["r"] = list(r.references)
+        d["r"] = [ref.get("path") for ref in r.references]
     if r.text:
         d["x"] = r.text
     if r.width and r.height:
@@ -234,10 +236,11 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
         if image is None or not os.path.isfile(image):
             missing += 1
             continue
-        stem = os.path.splitext(os.path.basename(image))[0]
-        images[job_id] = (image, os.path.join(thumbs, f"{stem}.jpg"))
+        images[job_id] = (image, os.path.join(root, thumb_relpath(image)))
     try:
         os.makedirs(thumbs, exist_ok=True)
+        for folder in {os.path.dirname(thumb) for _, thumb in images.values()}:
+            os.makedirs(folder, exist_ok=True)
         # Once per image: two jobs naming one file would race to write one thumbnail.
         todo = list(dict.fromkeys(images.values()))
         made, reused, broken = _thumbnail_all(todo, workers or min(8, os.cpu_count() or 2))

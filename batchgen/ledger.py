@@ -60,7 +60,9 @@ class LedgerRecord:
     model: str = ""
     image_size: str = ""
     aspect_ratio: str | None = None
-    references: tuple[str, ...] = ()
+    # Each reference as {"path": as the manifest named it, "sha256": of what was sent}; a line
+    # from before provenance names only the path (sha256 None).
+    references: tuple[dict[str, str | None], ...] = ()
     seed: int | None = None
     width: int | None = None
     height: int | None = None
@@ -69,6 +71,12 @@ class LedgerRecord:
     started_at: str = ""
     adopted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Provenance (see batchgen.current): the user's id and metadata, where the job was written,
+    # and the one generation setting not above. Lines from before them read as None / {} / "".
+    name: str | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -80,6 +88,9 @@ class LedgerRecord:
         d: dict[str, Any] = {
             "job_id": self.job_id,
             "status": self.status.value,
+            "name": self.name,
+            "source": self.source,
+            "meta": self.meta,
             "prompt": self.prompt,
             "attempts": self.attempts,
             "outputs": list(self.outputs),
@@ -99,6 +110,7 @@ class LedgerRecord:
             "aspect_ratio": self.aspect_ratio,
             "references": list(self.references),
             "seed": self.seed,
+            "temperature": self.temperature,
             "width": self.width,
             "height": self.height,
             "mime_type": self.mime_type,
@@ -132,7 +144,7 @@ class LedgerRecord:
             model=str(d.get("model", "")),
             image_size=str(d.get("image_size", "")),
             aspect_ratio=d.get("aspect_ratio"),
-            references=tuple(d.get("references") or ()),
+            references=tuple(_reference(r) for r in d.get("references") or ()),
             seed=d.get("seed"),
             width=d.get("width"),
             height=d.get("height"),
@@ -141,7 +153,18 @@ class LedgerRecord:
             started_at=str(d.get("started_at", "")),
             adopted=bool(d.get("adopted", False)),
             extra=dict(d.get("extra") or {}),
+            name=d.get("name"),
+            source=str(d.get("source") or ""),
+            meta=dict(d.get("meta") or {}),
+            temperature=d.get("temperature"),
         )
+
+
+def _reference(ref: Any) -> dict[str, str | None]:
+    """A ledger reference: ``{"path", "sha256"}``, or a plain path as lines before them held."""
+    if isinstance(ref, dict):
+        return {"path": str(ref.get("path", "")), "sha256": ref.get("sha256")}
+    return {"path": str(ref), "sha256": None}
 
 
 class BadAmount(ValueError):

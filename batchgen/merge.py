@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from .current import merge_current
 from .errors import InputError, StorageError
 from .intents import INTENTS_NAME, Intent, read_unsettled
 from .ledger import LEDGER_NAME, LedgerRecord, fsync_dir, iter_records
@@ -250,6 +251,7 @@ def _merge(sources: list[Path], out: Path) -> MergeResult:
         tmp_winners.unlink(missing_ok=True)
         tmp_history.unlink(missing_ok=True)
 
+    merge_current(readers, out)  # the jobs each input's manifest held, with their metadata
     jobs = _sum_jobs(metas, per_source_jobs[: len(sources)], len(best))
     if own_meta.get("state") not in (None, "merging"):
         # Runs made in the merged folder may know of jobs (a grown manifest) the inputs do not.

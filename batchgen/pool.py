@@ -22,6 +22,7 @@ from . import errors as e
 from .budget import Budget
 from .client import GeminiClient, GeneratedImage
 from .config import RunSettings
+from .current import references_of
 from .intents import Intent, IntentJournal
 from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
 from .plan import now_iso
@@ -37,7 +38,7 @@ from .retrying import (
     is_retryable,
     should_retry,
 )
-from .spec import JobSpec, nearest_aspect_ratio
+from .spec import DEFAULT_ASPECT_RATIO, JobSpec, nearest_aspect_ratio
 from .store import ImageStore, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,9 @@ class Runner:
             return f"the {message} budget is reached"
         if reason is StopReason.INTERRUPTED:
             return "interrupted"
-        return f"{reason.value}: {redact(message)}"
+        # The first line: the whole message comes again in the summary at the end.
+        first = redact(message).strip().splitlines()
+        return f"{reason.value}: {first[0] if first else ''}"
 
     def _waiting(self, grace: str = "") -> str:
         n = self._sent
@@ -448,8 +451,13 @@ class Runner:
     def _base_record(
         self, spec: JobSpec, state: _JobState, started: str, latency: float
     ) -> dict[str, Any]:
+        # Provenance on every line and sidecar: who the job is to the user, where it was written,
+        # and every setting it was generated with (batchgen.current has the same keys).
         return {
             "job_id": spec.job_id,
+            "name": spec.user_id,
+            "source": spec.source,
+            "meta": dict(spec.meta),
             "prompt": spec.prompt,
             "attempts": state.attempts,
             "usage": state.usage,
@@ -459,18 +467,20 @@ class Runner:
             "started_at": started,
             "model": spec.model,
             "image_size": spec.image_size,
-            "aspect_ratio": spec.aspect_ratio,
-            "references": tuple(r.source for r in spec.references),
+            # Left out, the output follows the first reference, else 1:1 (shared/gemini-api.md).
+            "aspect_ratio": spec.aspect_ratio
+            or ("from_reference" if spec.references else DEFAULT_ASPECT_RATIO),
+            "references": tuple(references_of(spec)),
             "seed": spec.seed,
+            "temperature": spec.temperature,
         }
 
     async def _record_success(
         self, spec: JobSpec, state: _JobState, image: GeneratedImage, started: str, latency: float
     ) -> None:
         base = self._base_record(spec, state, started, latency)
-        if not spec.aspect_ratio:
-            # Left out, the model follows the first reference's shape: record the ratio made.
-            base["aspect_ratio"] = nearest_aspect_ratio(image.width, image.height)
+        if spec.aspect_ratio is None and image.width and image.height:
+            base["aspect_ratio"] = nearest_aspect_ratio(image.width, image.height)  # as made
         record = LedgerRecord(
             status=JobStatus.SUCCEEDED,
             outputs=(self.store.relpath(spec.job_id, image.mime_type),),

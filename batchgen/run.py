@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, resolve_key
-from .current import CurrentWriter, manifest_key, owner_problem
+from .current import CurrentWriter
 from .errors import BatchgenError, InputError, StorageError
 from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
+from .ownership import manifest_key, owner_problem
 from .plan import (
     LOCK_FILE,
     MISSING,
@@ -150,7 +151,9 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
     if owner is not None and lock_error is None:
         lock_error = InputError(owner)
     new_sha = manifest_sha256(req.manifest)
-    current = CurrentWriter()
+    # The current-jobs file is written in the same pass (straight into the folder if it is ours).
+    current = CurrentWriter(folder.path if lock is not None and lock_error is None else None)
+    in_scope = selection.in_scope
     try:
         if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)
@@ -186,7 +189,11 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 plan.index = index
                 plan.count(price)
                 tally.untouched = 0
-        current.commit(folder.path)
+        # The jobs the manifest holds now, with their metadata, for exports and reports: written
+        # even when nothing is left to run, since an edited label re-runs nothing.
+        current.commit(
+            folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
+        )
         restored = restore_superseded(folder.path)
         if restored:
             # Images `prune` had moved aside whose jobs are current again (an edit undone): the

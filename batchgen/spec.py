@@ -7,13 +7,17 @@ read them from here so the two can never disagree about what the service accepts
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 DEFAULT_MODEL = "gemini-3-pro-image"
 KNOWN_MODELS = ("gemini-3-pro-image", "gemini-3-pro-image-preview", "gemini-2.5-flash-image")
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+# The output's ratio when the request names none and has no reference image.
+DEFAULT_ASPECT_RATIO = "1:1"
 IMAGE_SIZES = ("1K", "2K", "4K")
 DEFAULT_IMAGE_SIZE = "1K"
 MAX_REFERENCE_IMAGES = 14
@@ -41,17 +45,17 @@ def output_pixels(aspect_ratio: str, image_size: str) -> tuple[int, int]:
     return w * s, h * s
 
 
-def nearest_aspect_ratio(width: int, height: int) -> str | None:
-    """The allowed ratio closest to ``width:height`` (by log ratio), or None without a size."""
-    if not (width and height):
-        return None
-    import math
+def nearest_aspect_ratio(width: int, height: int) -> str:
+    """The supported aspect ratio closest to ``width`` x ``height`` (compared on a log scale)."""
+    if width <= 0 or height <= 0:
+        return "1:1"
+    target = math.log(width / height)
 
-    shape = math.log(width / height)
-    # By the pixel sizes the model makes, which is also how the fake server picks its ratio.
-    return min(
-        ASPECT_RATIOS, key=lambda r: abs(math.log(BASE_PIXELS[r][0] / BASE_PIXELS[r][1]) - shape)
-    )
+    def error(ratio: str) -> float:
+        w, h = BASE_PIXELS[ratio]
+        return abs(math.log(w / h) - target)
+
+    return min(ASPECT_RATIOS, key=error)
 
 
 class Provider(str, enum.Enum):
@@ -75,6 +79,10 @@ class Reference:
     size_bytes: int = 0
 
 
+# A metadata value: the user's own label for a job, carried to every output, never sent.
+MetaValue: TypeAlias = str | int | float | bool | None
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One request to the model: one job, one image, one ledger line."""
@@ -94,3 +102,16 @@ class JobSpec:
     source_file: str = ""
     source_line: int = 0
     vars: tuple[tuple[str, str], ...] = field(default=())
+    # The user's metadata (``meta:``), in manifest order. Not sent and not in the job id: editing
+    # a label re-runs nothing. Pairs, not a dict, so the spec stays hashable.
+    meta: tuple[tuple[str, MetaValue], ...] = ()
+
+    @property
+    def name(self) -> str | None:
+        """The user's ``id`` for the job, as written (the job id only starts with it)."""
+        return self.user_id
+
+    @property
+    def source(self) -> str:
+        """Where the job was written: ``manifest-path:line``."""
+        return f"{self.source_file}:{self.source_line}" if self.source_line else self.source_file

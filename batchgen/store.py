@@ -1,15 +1,15 @@
 """The store: puts a paid image on disk durably before anything counts it as done.
 
-For each image: the sidecar ``images/<id>.json`` (the record the ledger will get) and the image
-``images/<id>.<ext>`` are written to ``.tmp`` names and fsync'd; then the sidecar is renamed into
-place, then the image, then the directory is fsync'd once per commit so the renames survive a
-power cut. Only then does the pool append the ledger line. So a file gets its final name only
-once its bytes are on disk, and an image only after its sidecar has. A crash before the renames
-leaves ``.tmp`` files: a complete pair (the sidecar's sha256 matches the image's bytes) is
-finished and adopted by :func:`adopt_orphans`, anything else is removed by
-:meth:`ImageStore.prepare`; a crash between the image's rename and the ledger line leaves an
-image with a sidecar and no ledger line, which :func:`adopt_orphans` adds to the ledger on the
-next run so it is not paid for again.
+For each image: the sidecar ``images/<xx>/<id>.json`` (the record the ledger will get) and the
+image ``images/<xx>/<id>.<ext>`` (:mod:`batchgen.layout`) are written to ``.tmp`` names and
+fsync'd; then the sidecar is renamed into place, then the image, then the directory is fsync'd
+once per commit so the renames survive a power cut. Only then does the pool append the ledger
+line. So a file gets its final name only once its bytes are on disk, and an image only after its
+sidecar has. A crash before the renames leaves ``.tmp`` files: a complete pair (the sidecar's
+sha256 matches the image's bytes) is finished and adopted by :func:`adopt_orphans`, anything else
+is removed by :meth:`ImageStore.prepare`; a crash between the image's rename and the ledger line
+leaves an image with a sidecar and no ledger line, which :func:`adopt_orphans` adds to the ledger
+on the next run so it is not paid for again.
 
 The writes happen on one dedicated writer thread (:class:`_Writer`). ``save`` queues the job and
 awaits a future; the thread writes each save's files as soon as it sees them, then commits
@@ -40,11 +40,12 @@ from typing import Any
 import orjson
 
 from .errors import StorageError
+from .layout import IMAGES_DIR as IMAGES_DIR
+from .layout import image_dirs, sidecars, subdir
 from .ledger import JobStatus, LedgerRecord, fsync_dir
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = "images"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 # Module level so the benchmark's diagnostic run can stub it out (bench/timed_batchgen.py).
@@ -71,6 +72,7 @@ class ImageStore:
         self.images_dir = run_dir / IMAGES_DIR
         self._images = str(self.images_dir)  # save() builds its paths as plain strings: cheaper
         self._writer: _Writer | None = None
+        self._subdirs: set[str] = set()  # the subfolders known to exist
 
     def prepare(self) -> None:
         try:
@@ -78,14 +80,31 @@ class ImageStore:
         except OSError as exc:
             raise _storage_error("create", self.images_dir, exc) from exc
         # A leftover .tmp is an image whose write never finished: it was never counted.
-        for tmp in self.images_dir.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for folder in image_dirs(self.images_dir):
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def path_for(self, job_id: str, mime_type: str) -> Path:
-        return self.images_dir / _image_name(job_id, mime_type)
+        return self.images_dir / subdir(job_id) / _image_name(job_id, mime_type)
 
     def relpath(self, job_id: str, mime_type: str) -> str:
-        return f"{IMAGES_DIR}/{_image_name(job_id, mime_type)}"
+        return f"{IMAGES_DIR}/{subdir(job_id)}/{_image_name(job_id, mime_type)}"
+
+    def _folder(self, job_id: str) -> str:
+        """The job's subfolder, made on first use (and its entry in images/ made durable)."""
+        sub = subdir(job_id)
+        folder = os.path.join(self._images, sub)
+        if sub not in self._subdirs:
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _storage_error("create", folder, exc) from exc
+            else:
+                _fsync_dir(self._images)
+            self._subdirs.add(sub)
+        return folder
 
     async def save(self, job_id: str, data: bytes, mime_type: str, *, sidecar: bytes) -> None:
         """Make the sidecar (the ledger line to come) and then the image durable.
@@ -97,8 +116,9 @@ class ImageStore:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        image = os.path.join(self._images, _image_name(job_id, mime_type))
-        sidecar_path = os.path.join(self._images, f"{job_id}.json")
+        folder = self._folder(job_id)
+        image = os.path.join(folder, _image_name(job_id, mime_type))
+        sidecar_path = os.path.join(folder, f"{job_id}.json")
         save = _Save(sidecar_path, sidecar, image, data, loop, future)
         del data, sidecar  # the writer drops them once written, before the fsyncs
         while self._writer is None or not self._writer.submit(save):
@@ -459,14 +479,11 @@ def finish_tmp_pairs(images_dir: Path, done: set[str] | frozenset[str] = frozens
 
 def adopt_orphans(run_dir: Path, done: set[str]) -> list[LedgerRecord]:
     """Images on disk with a sidecar but no succeeded ledger line: paid for, so keep them."""
-    images_dir = run_dir / IMAGES_DIR
     adopted: list[LedgerRecord] = []
-    if not images_dir.is_dir():
-        return adopted
-    finish_tmp_pairs(images_dir, done)
-    for entry in os.scandir(images_dir):
-        if not entry.name.endswith(".json"):
-            continue
+    images_dir = run_dir / IMAGES_DIR
+    for folder in image_dirs(images_dir):
+        finish_tmp_pairs(folder, done)
+    for entry in sidecars(images_dir):
         job_id = entry.name[: -len(".json")]
         if job_id in done:
             continue

@@ -68,7 +68,7 @@ class Tally:
             # the current jobs are recorded. It runs once per job: two calls and no more.
             def record(job: JobSpec) -> None:
                 count_job(job)
-                add(job.job_id)
+                add(job)
 
             return record
         if self._fast:
@@ -76,7 +76,7 @@ class Tally:
             def record_shard(job: JobSpec) -> None:
                 count_job(job)
                 if in_scope(job.job_id):
-                    add(job.job_id)
+                    add(job)
 
             return record_shard
 
@@ -85,7 +85,7 @@ class Tally:
             job_id = job.job_id
             if shard is not None and not in_scope(job_id):
                 return
-            add(job_id)
+            add(job)
             state = states.get(job_id)
             if state == SUCCEEDED:
                 return

@@ -379,6 +379,43 @@ def test_an_endless_or_inflating_answer_is_capped(
     assert peak < ANSWER_CAP + 250 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
 
 
+def test_an_endless_url_output_is_capped(hostile: Hostile, tmp_path: Path) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            await request.read()
+            return web.json_response({
+                "candidates": [{"content": {"parts": [{"fileData": {
+                    "mimeType": "image/png", "fileUri": f"{hostile.url}/out/img.png"}}]},
+                    "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 1120,
+                                  "candidatesTokensDetails": [{"modality": "IMAGE",
+                                                               "tokenCount": 1120}]}})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "image/png"})
+        await resp.prepare(request)
+        await resp.write(b"\x89PNG\r\n\x1a\n")
+        try:
+            while True:
+                await resp.write(b"\0" * MiB)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return resp
+
+    hostile.handler = handler
+    m = write_manifest(tmp_path / "m.yaml", ["a cat"])
+    out = tmp_path / "run"
+    r = cli("run", m, "--out", out, "--base-url", hostile.url, "--no-progress",
+            "--backoff", "0.01", env=clean_env(BATCHGEN_API_KEY=SECRET), timeout=60)
+    assert r.code == 1, r.output
+    (rec,) = ledger_lines(out)
+    err = rec["error"]
+    assert isinstance(err, dict) and err["kind"] == "bad_response"
+    assert str(err["message"]).startswith(
+        f"the image at {hostile.url}/out/img.png is larger than the 64 MiB cap"), err
+    assert err["retryable"] is False and rec["attempts"] == 1
+    assert [s["method"] for s in hostile.seen] == ["POST", "GET"]  # neither retried
+    assert float(rec["cost_usd"]) == pytest.approx(1120 * 120 / 1e6 + 10 * 2 / 1e6)  # its usage
+
+
 def test_an_endless_url_reference_is_capped(
     server: ThreadedFakeServer, hostile: Hostile, tmp_path: Path
 ) -> None:

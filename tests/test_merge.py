@@ -68,8 +68,9 @@ def test_shards_cover_every_job_once_and_merge(server: ThreadedFakeServer, tmp_p
             assert (img.width, img.height) == (rec["width"], rec["height"])
         assert image.with_suffix(".json").is_file()
     # Same filesystem: hard links, not copies.
-    some = next(iter(sorted((merged / "images").glob("*.png"))))
-    origin = next(s / "images" / some.name for s in shards if (s / "images" / some.name).exists())
+    some = next(iter(sorted((merged / "images").rglob("*.png"))))
+    rel = some.relative_to(merged)
+    origin = next(s / rel for s in shards if (s / rel).exists())
     assert os.stat(some).st_ino == os.stat(origin).st_ino
 
     # No ledger line is lost, so spend and attempts stay true; each job's winner is its last.

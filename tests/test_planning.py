@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from batchgen.gallery import REFRESH_MAX_RECORDS, build_gallery
+from batchgen.layout import subdir
 from batchgen.manifest import Manifest
 from batchgen.plan import RETRYABLE, SUCCEEDED, LedgerIndex, Plan, PlanCounts, Selection
 from batchgen.pricing import PriceTable
@@ -213,7 +214,7 @@ def test_gallery_shows_only_images_inside_the_run_folder(tmp_path: Path) -> None
     blob = html.split('<script type="application/json" id="data">', 1)[1].split("</script>")[0]
     cards = {c["id"]: c for c in json.loads(blob)}
     assert cards["inside"]["im"] == "images/inside.png" == cards["dotted"]["im"]
-    assert cards["inside"]["th"] == "thumbs/inside.jpg"
+    assert cards["inside"]["th"] == f"thumbs/{subdir('inside')}/inside.jpg"
     assert cards["outside"].get("miss") and "im" not in cards["outside"]
     assert cards["absolute"].get("miss") and "im" not in cards["absolute"]
 

@@ -13,7 +13,13 @@ import pytest
 
 from batchgen import store as store_mod
 from batchgen.errors import StorageError
+from batchgen.layout import subdir
 from batchgen.store import ImageStore
+
+
+def _files(store: ImageStore) -> list[str]:
+    """The names of every file under images/, in its subfolders too."""
+    return sorted(p.name for p in store.images_dir.rglob("*") if p.is_file())
 
 
 def _store(tmp_path: Path) -> ImageStore:
@@ -36,11 +42,16 @@ def test_saves_land_whole_with_their_sidecars(tmp_path: Path) -> None:
         assert asyncio.run(_save_many(store, 40)) == [None] * 40
     finally:
         store.close()
-    names = sorted(os.listdir(store.images_dir))
+    names = _files(store)
     assert len(names) == 80 and not [n for n in names if n.endswith(".tmp")]
-    assert (store.images_dir / "job-7.png").read_bytes() == b"img7"
-    assert (store.images_dir / "job-7.json").read_bytes() == b'{"job": 7}\n'
-    assert store.relpath("job-7", "image/png") == "images/job-7.png"
+    folder = store.images_dir / subdir("job-7")
+    assert (folder / "job-7.png").read_bytes() == b"img7"
+    assert (folder / "job-7.json").read_bytes() == b'{"job": 7}\n'
+    assert store.relpath("job-7", "image/png") == f"images/{subdir('job-7')}/job-7.png"
+    assert store.path_for("job-7", "image/png") == folder / "job-7.png"
+    # 40 jobs over 256 folders: spread, not in one.
+    assert not [p for p in store.images_dir.iterdir() if p.is_file()]
+    assert len(list(store.images_dir.iterdir())) > 20
 
 
 @pytest.mark.parametrize("slow_fsync_s", [0.0, 10.0], ids=["spread-over-threads", "inline"])
@@ -107,7 +118,7 @@ def test_a_full_disk_is_a_storage_error_and_leaves_no_tmp(
         store.close()
     assert all(isinstance(r, StorageError) for r in results)
     assert "disk is full" in str(results[0])
-    assert os.listdir(store.images_dir) == []
+    assert _files(store) == []
 
 
 def test_one_failed_save_does_not_fail_the_rest_of_its_batch(
@@ -129,7 +140,7 @@ def test_one_failed_save_does_not_fail_the_rest_of_its_batch(
     assert isinstance(results[3], StorageError)
     assert "not writable" in str(results[3])
     assert [r for i, r in enumerate(results) if i != 3] == [None] * 7
-    names = set(os.listdir(store.images_dir))
+    names = set(_files(store))
     assert "job-3.png" not in names and "job-3.json" not in names
     assert not [n for n in names if n.endswith(".tmp")]
 
@@ -146,7 +157,7 @@ def test_close_finishes_queued_saves_and_stops_the_thread(tmp_path: Path) -> Non
         store.close()
 
     asyncio.run(main())
-    assert (store.images_dir / "again.png").read_bytes() == b"x"
+    assert store.path_for("again", "image/png").read_bytes() == b"x"
     assert not [t for t in threading.enumerate() if t.name == "batchgen-store"]
 
 
@@ -168,4 +179,4 @@ def test_a_bug_in_the_writer_fails_the_saves_instead_of_hanging_them(
         monkeypatch.undo()
         store.close()
     assert all(isinstance(r, StorageError) and "boom" in str(r) for r in results)
-    assert not [n for n in os.listdir(store.images_dir) if n.endswith(".tmp")]
+    assert not [n for n in _files(store) if n.endswith(".tmp")]

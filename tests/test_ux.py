@@ -203,10 +203,10 @@ def test_retry_failed_kinds_are_validated(server: ThreadedFakeServer, tmp_path: 
     r = run_against(server, m, tmp_path / "run", "--retry-failed", "blokced")
     assert r.code == 2
     assert "'blokced' is not a kind of permanent failure (did you mean blocked?)" in r.stderr
-    assert "blocked, no_image, invalid_request, reference" in r.stderr
+    assert "blocked, no_image, invalid_request, reference, bad_response" in r.stderr
     assert server.stats.requests == 0
     helptext = " ".join(cli("run", "--help").stdout.split())
-    assert "blocked, no_image, invalid_request, reference" in helptext
+    assert "blocked, no_image, invalid_request, reference, bad_response" in helptext
     assert cli("estimate", m, "--retry-failed", "no-image").code == 2
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from batchgen.errors import Problem
-from batchgen.spec import JobSpec, Reference
+from batchgen.spec import JobSpec, MetaValue, Reference
 
 
 def job_payload(
@@ -96,7 +96,7 @@ def duplicate(name: str, line: int, other: int, job_id: str, prompt: str) -> Pro
 
 _JOB_FIELDS = (
     "job_id", "prompt", "model", "references", "aspect_ratio", "image_size", "output_text",
-    "temperature", "seed", "sample", "user_id", "source_file", "source_line", "vars",
+    "temperature", "seed", "sample", "user_id", "source_file", "source_line", "vars", "meta",
 )  # fmt: skip
 
 
@@ -135,6 +135,7 @@ def _job_constructor() -> Callable[..., JobSpec]:
         source_file: str,
         source_line: int,
         vars: tuple[tuple[str, str], ...],
+        meta: tuple[tuple[str, MetaValue], ...],
     ) -> JobSpec:
         job: JobSpec = new(JobSpec)
         s[0](job, job_id)
@@ -151,6 +152,7 @@ def _job_constructor() -> Callable[..., JobSpec]:
         s[11](job, source_file)
         s[12](job, source_line)
         s[13](job, vars)
+        s[14](job, meta)
         return job
 
     return make

@@ -16,7 +16,7 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES
+from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue
 
 JOB_FIELDS = (
     "id",
@@ -30,6 +30,7 @@ JOB_FIELDS = (
     "seed",
     "model",
     "vars",
+    "meta",
 )
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
 MAX_ID_LENGTH = 100
@@ -40,10 +41,23 @@ MAX_COUNT = 100_000
 MAX_ROW_JOBS = 1_000_000
 # The API's `seed` is an int32.
 SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
+# CSV columns named `meta.<key>` carry the user's metadata (a `meta:` mapping in YAML and JSONL).
+META_PREFIX = "meta."
+# Metadata is written as JSON (ledger, sidecars, exports): integers must fit in 64 bits.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+MAX_META_KEY = 100
 
 
 class Bad(ValueError):
     """A field value that breaks a rule; the message reads after 'file:line: field: '."""
+
+
+class BadMeta(Bad):
+    """A problem with one ``meta`` key: reported as field ``meta.<key>``, on the key's line."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class Row:
@@ -276,6 +290,37 @@ def parse_vars(value: object, text: bool) -> tuple[tuple[str, tuple[str, ...]], 
     return tuple(out)
 
 
+def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
+    """The user's metadata: a flat mapping of names to strings, numbers, booleans or null.
+
+    Flat because every output format has a column per key (a nested value has no column).
+    CSV cells are kept as text, stripped: a SKU of ``00123`` stays ``00123``.
+    """
+    if not isinstance(value, dict):
+        raise Bad(f"must be a mapping of names to values, not {_kind(value)}")
+    out: list[tuple[str, MetaValue]] = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip():
+            raise Bad("has an empty name")
+        if len(key) > MAX_META_KEY or any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise BadMeta(key, f"names must be at most {MAX_META_KEY} printable characters")
+        if text and isinstance(item, str):
+            item = item.strip()
+        elif item is None or isinstance(item, (str, bool)):
+            pass
+        elif isinstance(item, int):
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                raise BadMeta(key, f"{_shown(item)} does not fit in 64 bits; quote it as text")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise BadMeta(key, f"must be a finite number, not {item!r}")
+        else:
+            msg = f"must be a string, number, true/false or null, not {_kind(item)}"
+            raise BadMeta(key, msg)
+        out.append((key, item))
+    return tuple(out)
+
+
 def row_jobs(matrix: tuple[tuple[str, tuple[str, ...]], ...], count: int) -> int:
     """How many jobs a row expands to: the product of the vars' lengths, times count."""
     return math.prod(len(v) for _, v in matrix) * count
@@ -293,6 +338,7 @@ PARSERS: dict[str, Callable[[object, bool], Any]] = {
     "seed": parse_seed,
     "model": parse_model,
     "vars": parse_vars,
+    "meta": parse_meta,
 }
 
 
@@ -300,8 +346,8 @@ def unknown_field(key: str) -> str:
     """The message for a field that is none of the job fields, with its likely meaning."""
     meant = hints.close_match(key, JOB_FIELDS)
     if meant:
-        return f"unknown field; did you mean {meant}? (known: {', '.join(JOB_FIELDS)})"
-    return f"unknown field (known: {', '.join(JOB_FIELDS)})"
+        return f"unknown field; did you mean {meant}? ({unknown_field_message()[14:]}"
+    return unknown_field_message()
 
 
 def parse_row(row: Row, fmt: str, name: str, problems: list[Problem]) -> dict[str, Any]:
@@ -322,11 +368,20 @@ def parse_row(row: Row, fmt: str, name: str, problems: list[Problem]) -> dict[st
             continue  # YAML `seed:` or JSON null: not set, like an empty CSV cell
         try:
             values[key] = parser(raw, row.text)
+        except BadMeta as exc:
+            # A YAML mapping knows the line of each of its keys: point at the bad one.
+            key_lines: Mapping[str, int] = getattr(raw, "key_lines", {})
+            line = key_lines.get(exc.key, row.line_of(key))
+            problems.append(Problem(name, line, f"meta.{exc.key}", str(exc)))
         except Bad as exc:
             problems.append(Problem(name, row.line_of(key), key, str(exc)))
     if row.fields.get("prompt") is None:
         problems.append(Problem(name, row.line, "prompt", "required"))
     return values
+
+
+def unknown_field_message() -> str:
+    return f"unknown field (known: {', '.join(JOB_FIELDS)}); your own fields go under meta:"
 
 
 # -- matrix templates and ids -------------------------------------------------------------------

@@ -30,7 +30,7 @@ from batchgen.references import (
     reference_budget,
     request_bytes,
 )
-from batchgen.spec import DEFAULT_IMAGE_SIZE, KNOWN_MODELS, JobSpec, Reference
+from batchgen.spec import DEFAULT_IMAGE_SIZE, KNOWN_MODELS, JobSpec, MetaValue, Reference
 
 _DEPRECATED_MODELS = {"gemini-3-pro-image-preview": "shut down on 2026-06-25"}
 # A row's jobs are built into a list up to this many; a bigger row (count, vars) streams.
@@ -174,7 +174,7 @@ class Expander:
             requests[key] = line
         job = new_job(
             job_id, prompt, model, (), None, DEFAULT_IMAGE_SIZE, False, None, None, 0, None,
-            self._name, line, (),
+            self._name, line, (), (),
         )  # fmt: skip
         if out:
             out.append(job)
@@ -222,6 +222,7 @@ class Expander:
         output_text: bool = values.get("output_text", False)
         temperature: float | None = values.get("temperature")
         seed: int | None = values.get("seed")
+        meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
         identities = [r.sha256 or r.source for r in references] if references else []
         prefix = mf.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
         requests = state.requests
@@ -243,7 +244,7 @@ class Expander:
                 requests[key] = line
             yield new_job(
                 job_id, prompt, model, references, aspect_ratio, image_size, output_text,
-                temperature, seed, sample, user_id, source, line, (),
+                temperature, seed, sample, user_id, source, line, (), meta,
             )  # fmt: skip
 
     def _build_matrix(
@@ -263,6 +264,7 @@ class Expander:
         output_text: bool = values.get("output_text", False)
         temperature: float | None = values.get("temperature")
         seed: int | None = values.get("seed")
+        meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
         identities = [r.sha256 or r.source for r in references]
         id_prefix = mf.sanitise_id(user_id) if user_id is not None else ""
         names = [n for n, _ in matrix]
@@ -297,4 +299,5 @@ class Expander:
                     source_file=self._name,
                     source_line=row.line,
                     vars=pairs,
+                    meta=meta,
                 )

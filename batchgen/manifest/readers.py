@@ -16,7 +16,7 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.manifest.fields import JOB_FIELDS, PARSERS, Bad, Row
+from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Bad, Row
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
@@ -47,9 +47,23 @@ def yaml_rows(doc: YamlMap | None, name: str, *, cli_model: bool) -> Iterator[Ro
             yield Problem(name, dup_line, key, "set twice in this job")
         fields: dict[str, Any] = {k: v for k, v, _ in inherited}
         lines = {k: ln for k, _, ln in inherited}
+        default_meta = fields.get("meta")
         fields.update(job)
         lines.update(job.key_lines)
+        own_meta = job.get("meta")
+        if isinstance(default_meta, YamlMap) and isinstance(own_meta, YamlMap):
+            fields["meta"] = _merge_meta(default_meta, own_meta)
         yield Row(job.line, fields, lines, False)
+
+
+def _merge_meta(default: YamlMap, own: YamlMap) -> YamlMap:
+    """The defaults' metadata with the job's own keys over it, each key keeping its line."""
+    merged = YamlMap(default)
+    merged.update(own)
+    merged.line = own.line
+    merged.key_lines = {**default.key_lines, **own.key_lines}
+    merged.dup_keys = own.dup_keys
+    return merged
 
 
 def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
@@ -94,7 +108,7 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             )
             yield Problem(name, 1, "", msg)
             return
-        columns, header_problems, guessed, unnamed = _columns(header, name)
+        columns, meta_columns, header_problems, guessed, unnamed = _columns(header, name)
         yield from header_problems
         if "prompt" not in columns.values():
             return  # every row would fail the same way; the header problem says it all
@@ -141,7 +155,14 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                         PARSERS[meant](cells[i], True)
                     except Bad as exc:
                         yield Problem(name, start, raw_col, str(exc))
-            fields = {col: cells[i] for i, col in columns.items() if cells[i].strip()}
+            fields: dict[str, Any] = {
+                col: cells[i] for i, col in columns.items() if cells[i].strip()
+            }
+            if meta_columns:
+                # An empty cell is no value, as for every other column.
+                meta = {key: cells[i] for i, key in meta_columns.items() if cells[i].strip()}
+                if meta:
+                    fields["meta"] = meta
             if prev > start:
                 swallowed = _swallowed_row(fields, columns, ncols)
                 if swallowed:
@@ -156,16 +177,32 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
 
 def _columns(
     header: list[str], name: str
-) -> tuple[dict[int, str], list[Problem], dict[int, tuple[str, str]], list[int]]:
-    """Column index -> field for the known columns, the header's problems, the misspelt
-    columns (index -> (header, the field it probably names)), and the unnamed columns."""
+) -> tuple[
+    dict[int, str], dict[int, str], list[Problem], dict[int, tuple[str, str]], list[int]
+]:
+    """Column index -> field for the known columns, index -> key for the ``meta.<key>``
+    columns, the header's problems, the misspelt columns (index -> (header, the field it
+    probably names)), and the unnamed columns."""
     columns: dict[int, str] = {}
+    meta: dict[int, str] = {}
     problems: list[Problem] = []
     guessed: dict[int, tuple[str, str]] = {}
     unnamed: list[int] = []
     for index, raw in enumerate(header):
         col = raw.strip().lower()
-        if col in columns.values():
+        if col.startswith(META_PREFIX):
+            key = raw.strip()[len(META_PREFIX) :].strip()
+            if not key:
+                msg = f"a metadata column needs a name after {META_PREFIX!r}, e.g. meta.sku"
+                problems.append(Problem(name, 1, raw.strip(), msg))
+            elif key in meta.values():
+                problems.append(Problem(name, 1, f"{META_PREFIX}{key}", "column appears twice"))
+            else:
+                meta[index] = key
+        elif col == "meta":
+            msg = "CSV metadata goes in columns named meta.<name>, e.g. meta.sku"
+            problems.append(Problem(name, 1, col, msg))
+        elif col in columns.values():
             problems.append(Problem(name, 1, col, "column appears twice"))
         elif col in PARSERS:
             columns[index] = col
@@ -174,21 +211,17 @@ def _columns(
             unnamed.append(index)
         else:
             meant = hints.close_match(col, JOB_FIELDS)
-            if meant is not None and meant not in ("prompt", "id"):
+            if meant is not None and meant not in ("prompt", "id", "meta"):
                 guessed[index] = (raw.strip(), meant)
-            problems.append(Problem(name, 1, raw.strip(), "unknown column"
-                                    + unknown_column_hint(col)))
+            known = ", ".join(f for f in JOB_FIELDS if f != "meta")
+            hint = f"; did you mean {meant}?" if meant and meant != "meta" else ""
+            msg = f"unknown column{hint} (known: {known}); your own columns are named meta.<name>"
+            problems.append(Problem(name, 1, raw.strip(), msg))
     # A misspelt prompt column already says "did you mean prompt?".
     misspelt = any(hints.close_match(c, JOB_FIELDS) == "prompt" for c in header)
     if "prompt" not in columns.values() and not misspelt:
         problems.append(Problem(name, 1, "prompt", "required column missing"))
-    return columns, problems, guessed, unnamed
-
-
-def unknown_column_hint(col: str) -> str:
-    meant = hints.close_match(col, JOB_FIELDS)
-    known = f"known: {', '.join(JOB_FIELDS)}"
-    return f"; did you mean {meant}? ({known})" if meant else f" ({known})"
+    return columns, meta, problems, guessed, unnamed
 
 
 def _swallowed_row(
