@@ -81,7 +81,8 @@ def test_an_edited_row_is_superseded_in_status_report_gallery_and_prune(
     write_manifest(m, rows)
     out = tmp_path / "run"
     assert run_against(server, m, out).code == 0
-    old_id = next(str(x["job_id"]) for x in ledger_lines(out) if x["prompt"] == "a robin")
+    old = next(x for x in ledger_lines(out) if x["prompt"] == "a robin")
+    old_id, rel = str(old["job_id"]), str(old["outputs"][0])  # type: ignore[index]
     write_manifest(m, ["a blue jay", *rows[1:]])
     r = run_against(server, m, out)
     assert r.code == 0, r.output
@@ -100,16 +101,18 @@ def test_an_edited_row_is_superseded_in_status_report_gallery_and_prune(
     assert [x["p"] for x in records] == ["a blue jay", *rows[1:], "a robin"]
     assert "1 superseded (edited or removed rows)" in page.read_text()
     # prune: asks first; without a terminal it needs --yes and moves nothing.
-    image = out / "images" / f"{old_id}.png"
-    assert image.exists()
+    image = out / rel
+    sidecar = image.with_name(f"{old_id}.json")
+    assert image.exists() and sidecar.exists()
     r = cli("prune", out)
     assert r.code == 2 and "--yes" in r.stderr
     assert image.exists()
     r = cli("prune", out, "--yes")
     assert r.code == 0, r.output
-    assert not image.exists() and not (out / "images" / f"{old_id}.json").exists()
-    assert (out / "superseded" / "images" / f"{old_id}.png").exists()
-    assert len([p for p in (out / "images").glob("*.png")]) == 5
+    assert not image.exists() and not sidecar.exists()
+    assert (out / "superseded" / rel).exists()
+    assert (out / "superseded" / rel).with_name(f"{old_id}.json").exists()
+    assert len(list((out / "images").rglob("*.png"))) == 5
     assert cli("prune", out, "--yes").stdout.startswith(f"{out}: nothing superseded")
     # The ledger keeps the record; the gallery finds the image where prune put it.
     assert cli("gallery", out).code == 0
@@ -121,8 +124,10 @@ def test_an_edited_row_is_superseded_in_status_report_gallery_and_prune(
     r = run_against(server, m, out)
     assert r.code == 0, r.output
     assert server.stats.requests == requests
-    assert image.exists()
-    assert status_json(out)["superseded"] == 1  # now the blue jay
+    assert image.exists() and sidecar.exists()
+    assert "missing" not in r.stderr  # restored before the plan's counts were final
+    st = status_json(out)
+    assert (st["succeeded"], st["missing"], st["superseded"]) == (5, 0, 1)  # now the blue jay
 
 
 def test_current_jobs_are_recorded_at_planning(server: ThreadedFakeServer, tmp_path: Path) -> None:
