@@ -423,9 +423,11 @@ def summary_lines(
     # Jobs this run would have sent without --limit that are still not settled.
     left = max(end.wanted - result.succeeded - result.failed_permanent, 0)
     if reason is StopReason.COMPLETED:
-        if end.limited and left > result.failed - result.failed_permanent:
+        transient = result.failed - result.failed_permanent
+        if end.limited and left:
+            why = " (--limit stopped there)" if left > transient else ""
             lines.append(
-                f"{plural(left, 'job')} still pending (--limit stopped there); "
+                f"{plural(left, 'job')} still pending{why}; "
                 f"to run them: {cmd.render(drop=('limit',))}"
             )
         if result.failed_permanent:
@@ -433,7 +435,7 @@ def summary_lines(
                 "to retry the permanent failures: "
                 + cmd.render(set={"retry_failed": "all"}, drop=("limit",))
             )
-        if result.failed > result.failed_permanent and not end.limited:
+        if transient and not (end.limited and left):
             lines.append(f"to retry the jobs that ran out of attempts: {cmd.render()}")
     elif reason is StopReason.INTERRUPTED:
         lines.append(f"interrupted; to resume: {cmd.render()}")

@@ -450,10 +450,11 @@ def test_spreadsheet_mistakes_get_hints(tmp_path: Path) -> None:
         f.write_text(f"prompt,aspect_ratio\nx,{typed}\n")
         assert "did you mean 16:9?" in cli("validate", f).stderr
     promt = tmp_path / "promt.csv"
-    promt.write_text("promt\nx\n")
+    promt.write_text("promt,aspect_raito\nx,16x9\n")
     r = cli("validate", promt)
     assert r.code == 2 and "promt: unknown column; did you mean prompt?" in r.stderr
     assert "required column missing" not in r.stderr
+    assert f"{promt}:2: aspect_raito: '16x9' is not one of" in r.stderr
 
 
 def test_semicolons_encodings_and_yaml_get_the_same_hints(tmp_path: Path) -> None:

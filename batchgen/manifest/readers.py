@@ -110,8 +110,11 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             return
         columns, meta_columns, header_problems, guessed, unnamed = _columns(header, name)
         yield from header_problems
-        if "prompt" not in columns.values():
-            return  # every row would fail the same way; the header problem says it all
+        # Without a prompt column every row would fail the same way and the header problem says
+        # it all; only the values under misspelt headers are still worth checking.
+        headless = "prompt" not in columns.values()
+        if headless and not guessed:
+            return
         ncols = len(header)
         prev = reader.line_num
         while True:
@@ -155,6 +158,8 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                         PARSERS[meant](cells[i], True)
                     except Bad as exc:
                         yield Problem(name, start, raw_col, str(exc))
+            if headless:
+                continue
             fields: dict[str, Any] = {
                 col: cells[i] for i, col in columns.items() if cells[i].strip()
             }
