@@ -30,6 +30,7 @@ class Budget:
         self.spent_usd = spent_usd
         self.unsettled_usd = unsettled_usd
         self.reserved_usd = 0.0
+        self.reservations = 0  # counted apart: float sums of reservations never quite return to 0
 
     @property
     def committed_usd(self) -> float:
@@ -43,11 +44,13 @@ class Budget:
         if limit is not None and self.committed_usd + self.reserved_usd + reserve > limit:
             return None
         self.reserved_usd += reserve
+        self.reservations += 1
         return reserve
 
     def release(self, reserve: float) -> None:
         """The request has settled: its charge (if any) replaces the reservation."""
-        self.reserved_usd = max(self.reserved_usd - reserve, 0.0)
+        self.reservations -= 1
+        self.reserved_usd = max(self.reserved_usd - reserve, 0.0) if self.reservations else 0.0
 
     def charge(
         self, spec: JobSpec, usage: dict[str, object] | None, *, billed: bool

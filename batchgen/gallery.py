@@ -148,6 +148,12 @@ def _card_head(r: LedgerRecord) -> bytes:
     }
     if r.references:
         d["r"] = [ref.get("path") for ref in r.references]
+    if r.name is not None:
+        d["nm"] = r.name
+    if r.source:
+        d["o"] = r.source
+    if r.meta:
+        d["mt"] = r.meta
     if r.text:
         d["x"] = r.text
     if r.width and r.height:

@@ -34,6 +34,7 @@ ANSWER_MAX_BYTES = 256 * MiB
 OUTPUT_MAX_BYTES = 64 * MiB
 REFERENCE_MAX_BYTES = 100 * MiB
 CHUNK_BYTES = 256 * 1024
+INFLATE_STEP_BYTES = MiB
 # Sent on every request: the encodings read_capped can inflate under its cap.
 ACCEPT_ENCODING = "gzip, deflate"
 
@@ -73,8 +74,9 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> byte
         data: bytes = chunk
         while data:
             try:
-                # At most one byte past the cap comes out, however much the chunk inflates to.
-                buf += inflater.decompress(data, cap - len(buf) + 1)
+                # At most one byte past the cap comes out, however much the chunk inflates to,
+                # and a megabyte at a time, so no inflated copy of the body sits beside it.
+                buf += inflater.decompress(data, min(cap - len(buf) + 1, INFLATE_STEP_BYTES))
             except zlib.error as exc:
                 raise BadResponseError(f"{what} does not inflate ({encoding}): {exc}") from exc
             if len(buf) > cap:

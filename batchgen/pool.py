@@ -162,13 +162,14 @@ class Runner:
             return
         self._user_stop = True
         grace = f"up to {self.settings.grace_s:.0f}s "
+        again = "Ctrl-C" if signame == "SIGINT" else signame
         if self.stopping:
             _say(f"{signame}: already stopping ({self._why()}); {self._waiting(grace)}; "
-                 f"{signame} again to abandon them")
+                 f"{again} again to abandon them")
         else:
             self.stop(StopReason.INTERRUPTED, "interrupted")
             _say(f"stopping ({signame}): {self._waiting(grace)}"
-                 + ("; Ctrl-C again to abandon them" if self._sent else ""))
+                 + (f"; {again} again to abandon them" if self._sent else ""))
         asyncio.get_running_loop().call_later(self.settings.grace_s, self.cancel)
 
     def _why(self) -> str:
@@ -383,7 +384,7 @@ class Runner:
             reserve = self.budget.reserve(spec)
             if reserve is not None:
                 return reserve
-            if self.budget.reserved_usd <= 0:
+            if not self.budget.reservations:
                 self.stop(StopReason.BUDGET, f"${self.budget.limit_usd or 0.0:.2f}")
                 raise _Abandoned
             await self._budget_freed.wait()

@@ -14,10 +14,11 @@ from typing import Any
 from .current import current_ids
 from .errors import InputError
 from .intents import read_unsettled
+from .layout import IMAGES_DIR
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .liveness import describe_state
 from .messages import plural
-from .plan import RunFolder
+from .plan import RunFolder, count_images
 
 
 @dataclass(slots=True)
@@ -98,13 +99,14 @@ def load_status(run_dir: Path) -> Status:
     succeeded = missing = superseded = 0
     counted = 0
     errors: dict[str, int] = {}
+    check = _some_missing(run_dir, len(outputs))
     for job_id, outcome in latest.items():
         if current is not None and job_id not in current:
             superseded += outcome is True
             continue
         counted += 1
         if outcome is True:
-            if _is_missing(run_dir, outputs.get(job_id, ())):
+            if check and _is_missing(run_dir, outputs.get(job_id, ())):
                 missing += 1
             else:
                 succeeded += 1
@@ -114,6 +116,12 @@ def load_status(run_dir: Path) -> Status:
                      current=current, superseded=superseded)
     st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
     return st
+
+
+def _some_missing(run_dir: Path, succeeded: int) -> bool:
+    """Whether any image can be missing: fewer image files than succeeded jobs (one listing,
+    instead of a stat per job for a folder that is whole)."""
+    return succeeded > 0 and count_images(run_dir / IMAGES_DIR) < succeeded
 
 
 def _is_missing(run_dir: Path, outputs: tuple[str, ...]) -> bool:
@@ -153,8 +161,11 @@ def _status(
         latest = {k: r for k, r in latest.items() if k in current}
     else:
         superseded = 0
-    missing = sum(1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs))
-    succeeded = sum(1 for r in latest.values() if r.succeeded) - missing
+    done = sum(1 for r in latest.values() if r.succeeded)
+    missing = sum(
+        1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs)
+    ) if _some_missing(run_dir, done + superseded) else 0
+    succeeded = done - missing
     errors: dict[str, int] = {}
     for r in latest.values():
         if not r.succeeded and r.error is not None:

@@ -13,6 +13,8 @@ figures are written to ``$BENCH_RESULT`` at exit, whatever the exit code.
 
 ``BENCH_NO_FSYNC=1`` replaces the store's fsync with a no-op: a diagnostic only, to show what the
 durable writes cost. It is never used for a figure that is compared against a target.
+``BENCH_NO_PROMISE_SYNCS=1`` (diagnostic, bench/promises.py) turns off what issue 10 added: the
+intents' group fsync before each send, the ledger's fsync per batch and the directory fsyncs.
 """
 
 from __future__ import annotations
@@ -82,9 +84,27 @@ def _no_fsync() -> None:
     store._fsync = fsync
 
 
+def _no_promise_syncs() -> None:
+    import batchgen.intents as intents
+    import batchgen.ledger as ledger
+    import batchgen.store as store
+
+    async def no_sync(self: ledger.GroupSync) -> None:
+        self._synced = self._written  # as if on disk at once
+        self._task = None
+
+    def no_dir_sync(path: object) -> None:
+        return None
+
+    ledger.GroupSync._run = no_sync  # type: ignore[method-assign]
+    store.fsync_dir = intents.fsync_dir = no_dir_sync
+
+
 if __name__ == "__main__":
     if os.environ.get("BENCH_NO_FSYNC") == "1":
         _no_fsync()
+    if os.environ.get("BENCH_NO_PROMISE_SYNCS") == "1":
+        _no_promise_syncs()
     run_mod.prepare = _timed("prepare", run_mod.prepare)
     run_mod.execute = _timed_async("run", run_mod.execute)
     # After run_mod is patched: runflow binds prepare's and execute's names when imported.

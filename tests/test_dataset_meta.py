@@ -140,6 +140,14 @@ def test_new_images_sidecars_and_thumbnails_go_in_hash_subfolders(
     # Nothing but the subfolders at the top of images/ and thumbs/.
     for top in ("images", "thumbs"):
         assert all(p.is_dir() and len(p.name) == 2 for p in (out / top).iterdir())
+    # The gallery shows each card's name, metadata and source, and finds cards by metadata.
+    html = (out / "gallery.html").read_text()
+    blob = html.split('<script type="application/json" id="data">', 1)[1].split("</script>")[0]
+    cards = {c["id"]: c for c in json.loads(blob)}
+    for rec in lines:
+        card = cards[rec["job_id"]]
+        assert (card["nm"], card["mt"], card["o"]) == (rec["name"], rec["meta"], rec["source"])
+        assert card["th"] == f"thumbs/{_shard(str(rec['job_id']))}/{rec['job_id']}.jpg"
 
 
 def test_editing_meta_reruns_nothing_and_the_current_file_has_the_new_value(
@@ -177,6 +185,7 @@ def test_csv_meta_columns(server: ThreadedFakeServer, tmp_path: Path) -> None:
         "id,prompt,meta.sku,Meta.Label,meta.empty\n"
         "a,a red mug,00123,mug, \n"
         'b,"a blue bowl, glazed",00456,bowl,x\n'
+        'c,"a green vase,\non a shelf",00789,"vase\nsmall",\n'
     )
     out = tmp_path / "run"
     r = run_against(server, csv, out)
@@ -186,6 +195,9 @@ def test_csv_meta_columns(server: ThreadedFakeServer, tmp_path: Path) -> None:
     assert by_name["a"]["meta"] == {"sku": "00123", "Label": "mug"}
     assert by_name["b"]["meta"] == {"sku": "00456", "Label": "bowl", "empty": "x"}
     assert by_name["b"]["source"] == f"{csv}:3"
+    # Multi-line cells are fine, in metadata too.
+    assert by_name["c"]["meta"] == {"sku": "00789", "Label": "vase\nsmall"}
+    assert by_name["c"]["prompt"] == "a green vase,\non a shelf"
 
 
 @pytest.mark.parametrize(
@@ -195,6 +207,11 @@ def test_csv_meta_columns(server: ThreadedFakeServer, tmp_path: Path) -> None:
         ("m.csv", "prompt,meta\nx,{}\n", "m.csv:1: meta: CSV metadata goes in columns"),
         ("m.csv", "prompt,meta.\nx,1\n", "m.csv:1: meta.: "),
         ("m.csv", "prompt,meta.a,meta.a\nx,1,2\n", "m.csv:1: meta.a: column appears twice"),
+        (
+            "m.csv",
+            'prompt,meta.sku,image_size\na,"x2\nnext row,x4,2K\n",1K\n',
+            "m.csv:2: meta.sku: the cell spans lines 2-4 and contains what looks like a CSV row",
+        ),
         ("m.yaml", "jobs:\n  - prompt: x\n    lable: cat\n", "m.yaml:3: lable: unknown field"),
         ("m.jsonl", '{"prompt": "x"}\n{"prompt": "y", "metta": {}}\n', "m.jsonl:2: metta: unknown"),
         (
@@ -208,6 +225,11 @@ def test_csv_meta_columns(server: ThreadedFakeServer, tmp_path: Path) -> None:
             "m.yaml:2: meta.tags: must be a string, number, true/false or null, not a list",
         ),
         ("m.jsonl", '{"prompt": "x", "meta": {"a": [1]}}\n', "m.jsonl:1: meta.a: must be"),
+        (
+            "m.yaml",
+            "jobs:\n  - prompt: x\n    meta:\n      shot: 2024-01-31\n",
+            "m.yaml:4: meta.shot: must be a string, number, true/false or null, not date; quote",
+        ),
         ("m.jsonl", '{"prompt": "x", "meta": "cat"}\n', "m.jsonl:1: meta: must be a mapping"),
         ("m.jsonl", '{"prompt": "x", "meta": {"": 1}}\n', "m.jsonl:1: meta: has an empty name"),
     ],

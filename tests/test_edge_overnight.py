@@ -92,7 +92,7 @@ def test_fatal_error_with_rpm_exits_promptly(server: ThreadedFakeServer, tmp_pat
             "--no-progress", "--rpm", "1", "--concurrency", "2"]
     # One request, a 400 API_KEY_INVALID, then the second worker waits 60 s for an --rpm slot
     # it will never use (concurrency 32 at --rpm 1: half an hour).
-    r = _cli(args, clean_env(BATCHGEN_API_KEY="wrong-key"), timeout=4)
+    r = _cli(args, clean_env(BATCHGEN_API_KEY="wrong-key"), timeout=20)  # the --rpm slot it must not wait for is 60 s away
     assert r.returncode == 4
     assert server.stats.requests == 1
 

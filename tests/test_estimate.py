@@ -140,6 +140,7 @@ def test_a_partly_done_run_folder_counts_only_what_is_left(
     default = tmp_path / "jobs" / "mixed"
     default.mkdir(parents=True)
     shutil.copy(out / "ledger.jsonl", default / "ledger.jsonl")
+    shutil.copytree(out / "images", default / "images")  # a recorded image must be on disk
     r = cli("estimate", manifest, "--json", cwd=tmp_path)
     assert r.code == 0, r.output
     assert json.loads(r.stdout)["done"] == 3

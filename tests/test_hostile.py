@@ -266,8 +266,9 @@ def test_url_references_follow_redirects_without_the_key(
         r = run_against(server, m, out, provider=provider)
         assert r.code == 0, r.output
         (out / "ledger.jsonl").unlink()
-        for sidecar in (out / "images").iterdir():
-            sidecar.unlink()
+        for made in (out / "images").rglob("*"):
+            if made.is_file():
+                made.unlink()
     assert [s["path"] for s in hostile2.seen] == ["/real.png", "/real.png"]
     assert hostile.keys_seen() == [] and hostile2.keys_seen() == []
     assert server.stats.billed_images == 2
@@ -339,7 +340,7 @@ def endless(gzip: bool) -> Handler:
             headers["Content-Encoding"] = "gzip"
         resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
-        packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         block = b"0" * MiB
         head = b'{"candidates": ['
         await resp.write(packer.compress(head) if gzip else head)
@@ -376,7 +377,7 @@ def test_an_endless_or_inflating_answer_is_capped(
     assert float(rec["cost_usd"]) > 0  # type: ignore[arg-type]
     # The process's own peak: the interpreter (~100 MB) plus at most the cap, never gigabytes.
     print(f"peak RSS {peak / MiB:.0f} MiB")
-    assert peak < ANSWER_CAP + 250 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
+    assert peak < ANSWER_CAP + 150 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
 
 
 def test_an_endless_url_output_is_capped(hostile: Hostile, tmp_path: Path) -> None:

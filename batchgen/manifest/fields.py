@@ -316,6 +316,8 @@ def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
                 raise BadMeta(key, f"must be a finite number, not {item!r}")
         else:
             msg = f"must be a string, number, true/false or null, not {_kind(item)}"
+            if not isinstance(item, (list, tuple, dict)):
+                msg += "; quote it to keep it as text"  # YAML reads 2024-01-31 as a date
             raise BadMeta(key, msg)
         out.append((key, item))
     return tuple(out)

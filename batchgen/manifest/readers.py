@@ -163,13 +163,11 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             fields: dict[str, Any] = {
                 col: cells[i] for i, col in columns.items() if cells[i].strip()
             }
-            if meta_columns:
-                # An empty cell is no value, as for every other column.
-                meta = {key: cells[i] for i, key in meta_columns.items() if cells[i].strip()}
-                if meta:
-                    fields["meta"] = meta
+            # An empty cell is no value, as for every other column.
+            meta = {key: cells[i] for i, key in meta_columns.items() if cells[i].strip()}
             if prev > start:
-                swallowed = _swallowed_row(fields, columns, ncols)
+                cells_by_column = {**fields, **{META_PREFIX + k: v for k, v in meta.items()}}
+                swallowed = _swallowed_row(cells_by_column, columns, ncols)
                 if swallowed:
                     msg = (
                         f"the cell spans lines {start}-{prev} and contains what looks like "
@@ -177,6 +175,8 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                     )
                     yield Problem(name, start, swallowed[0], msg)
                     continue
+            if meta:
+                fields["meta"] = meta
             yield Row(start, fields, _NO_LINES, True)
 
 
