@@ -55,7 +55,6 @@ class Status:
             "unsettled_usd": round(self.unsettled_usd, 4),
             "unsettled_requests": self.unsettled_requests,
             "errors": dict(sorted(self.errors.items())),
-            "state": self.state,
         }
 
 

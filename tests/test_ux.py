@@ -160,8 +160,8 @@ def test_status_tells_a_killed_run_from_a_running_one(tmp_path: Path) -> None:
     text = cli("status", out).stdout
     assert "running)" not in text
     assert "ended without finishing" in text
-    assert status_json(out)["state"] == "ended without finishing (killed or crashed); " \
-        "run it again to resume"
+    rep = json.loads(cli("report", out, "--json").stdout)
+    assert rep["state"] == "ended without finishing (killed or crashed); run it again to resume"
 
 
 # -- 4, 5, 6. --only, spend, --limit -----------------------------------------------------------
