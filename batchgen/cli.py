@@ -3,6 +3,10 @@
 Exit codes: 0 every job succeeded; 1 the run finished and some jobs failed; 2 bad input or usage,
 nothing sent; 3 the budget was reached; 4 a fatal error stopped the run (bad key, unknown model,
 daily quota, disk full); 130 interrupted.
+
+Only click and batchgen's light modules are imported up front: aiohttp, Pillow, tenacity, tqdm
+and the pipeline are imported inside the commands that use them, so ``--help``, ``--version``
+and ``status`` start fast (tests/test_pacing.py checks ``import batchgen.cli`` pulls none in).
 """
 
 from __future__ import annotations
@@ -15,24 +19,26 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+from . import __version__
 from .errors import BatchgenError, InputError
-from .plan import Selection
-from .pool import StopReason
-from .progress import Progress
 from .redact import install_log_redaction, redact
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("batchgen")
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+# By StopReason value (pool.StopReason is a str Enum; pool is imported only by ``run``).
 STOP_EXIT = {
-    StopReason.INTERRUPTED: EXIT_INTERRUPTED,
-    StopReason.BUDGET: EXIT_BUDGET,
-    StopReason.FATAL: EXIT_FATAL,
-    StopReason.STORAGE: EXIT_FATAL,
+    "interrupted": EXIT_INTERRUPTED,
+    "budget": EXIT_BUDGET,
+    "fatal": EXIT_FATAL,
+    "storage": EXIT_FATAL,
 }
 
 P = ParamSpec("P")
@@ -41,6 +47,8 @@ R = TypeVar("R")
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
+        from .progress import Progress
+
         try:
             Progress.write(redact(self.format(record)))
         except Exception:  # logging must never take the run down
@@ -144,7 +152,7 @@ class RunDir(click.Path):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="batchgen")
+@click.version_option(__version__, prog_name="batchgen")
 def main() -> None:
     """Generate images in bulk with Gemini 3 Pro Image: resumable, rate-limited, budgeted."""
 
@@ -169,6 +177,8 @@ def main() -> None:
 @click.option("--ipm", type=click.FloatRange(min=1), help="Images per minute, at most.")
 @click.option("--rate-window", type=click.FloatRange(min=0.1), default=60.0, hidden=True,
               help="The window --rpm/--ipm count over, in seconds (for tests).")
+@click.option("--burst", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Requests that may leave at once under --rpm/--ipm after an idle spell.")
 @click.option("--retry-blocked", type=click.IntRange(0, 20), default=0, show_default=True,
               help="Extra tries for safety blocks and no-image answers.")
 @click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
@@ -193,6 +203,7 @@ def main() -> None:
 def run(manifest: Path, **o: Any) -> None:
     """Generate every job in MANIFEST that the run folder does not have yet."""
     from .messages import CommandLine
+    from .plan import Selection
     from .run import RunRequest, adopt_orphans, prepare
 
     cmd = CommandLine.from_context(click.get_current_context())
@@ -219,6 +230,7 @@ def run(manifest: Path, **o: Any) -> None:
             "rpm": o["rpm"],
             "ipm": o["ipm"],
             "rate_window_s": o["rate_window"],
+            "burst": o["burst"],
             "retry_blocked": o["retry_blocked"],
             "budget_usd": o["budget"],
             "grace_s": o["timeout"],
@@ -283,12 +295,21 @@ def status(run_dir: Path, as_json: bool) -> None:
 @click.option("--full-size", is_flag=True, help="Real pixel sizes instead of small images.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
               help="e.g. --fault 429=0.1 --fault 503=0.05 (repeatable).")
-@click.option("--rpm", type=int, help="Sliding-window requests per minute.")
+@click.option("--rpm", type=int, help="Requests allowed per --rate-window (a quota limiter).")
+@click.option("--ipm", type=int, help="Images allowed per --rate-window.")
+@click.option("--rate-window", type=click.FloatRange(min=0.001, min_open=True), default=60.0,
+              show_default=True, help="Seconds the limiter counts over (1, 10, 60...).")
+@click.option("--rate-window-kind", type=click.Choice(["sliding", "fixed"]), default="sliding",
+              show_default=True, help="Count over the last N seconds, or per fixed N-second slot.")
+@click.option("--rate-limit-style", type=click.Choice(["quota", "capacity"]), default="quota",
+              show_default=True,
+              help="Refuse with a quota 429 and RetryInfo, or an overload 429 with no delay.")
 @click.option(
     "--url-output", type=click.Choice(["file_data", "text", "markdown", "escaped", "data"])
 )
 def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
-                faults: tuple[str, ...], rpm: int | None, url_output: str | None) -> None:
+                faults: tuple[str, ...], rpm: int | None, ipm: int | None, rate_window: float,
+                rate_window_kind: str, rate_limit_style: str, url_output: str | None) -> None:
     """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
     from .fake import FAULT_NAMES, FakeConfig, run_forever
 
@@ -303,8 +324,13 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             fail(f"--fault {item!r}: unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
         if not 0.0 <= rates[name] <= 1.0:
             fail(f"--fault {item!r}: the rate is a probability from 0 to 1, e.g. {name}=0.1")
-    config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
-                        rpm_limit=rpm, url_output=url_output)
+    try:
+        config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
+                            rpm_limit=rpm, ipm_limit=ipm, rate_window_s=rate_window,
+                            rate_window_kind=rate_window_kind, rate_limit_style=rate_limit_style,
+                            url_output=url_output)
+    except ValueError as exc:
+        fail(str(exc))
     run_forever(config, host, port)
 
 
@@ -332,6 +358,7 @@ def estimate(manifest: Path, **o: Any) -> None:
     """What running MANIFEST would cost and take, before anything is spent."""
     from .estimate import EstimateRequest, format_estimate
     from .estimate import estimate as make_estimate
+    from .plan import Selection
 
     setup_logging(0)
     selection = Selection(retry_failed=_retry_kinds(o["retry_failed"]), only=o["only"],
@@ -424,6 +451,39 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
         f"{res.copied} copied, {res.kept} already there"
         + (f"; {res.missing} missing (not merged)" if res.missing else "")
     )
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset", "parquet"]),
+              required=True)
+@click.option("--out", required=True, help="A folder, or an fsspec URL such as s3://bucket/prefix.")
+@click.option("--split", metavar="NAME=FRACTION,...",
+              help="e.g. train=0.9,test=0.1: by a hash of the job id, the same on every export.")
+@click.option("--rows-per-file", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Rows per Parquet file, samples per WebDataset shard.")
+@click.option("--shard-size", default="500MB", show_default=True,
+              help="Bytes per Parquet file or WebDataset shard, at most (about, for Parquet).")
+@click.option("--include-failed", is_flag=True,
+              help="Failed jobs too, without an image (parquet and webdataset).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@guarded
+def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_file: int,
+               shard_size: str, include_failed: bool, no_progress: bool) -> None:
+    """Write a run folder's images and metadata as a dataset (imagefolder, webdataset, parquet)."""
+    from .export import ExportFormat, ExportRequest, export, parse_size, summary
+
+    setup_logging(0)
+    try:
+        res = export(ExportRequest(
+            run_dir=run_dir, fmt=ExportFormat(fmt), out=out, split=split,
+            rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
+            include_failed=include_failed, progress=not no_progress,
+        ))
+    except KeyboardInterrupt:
+        fail(f"interrupted; {out} is as it was", EXIT_INTERRUPTED)
+    click.echo(summary(res), err=True)
+    click.echo(res.out)
 
 
 if __name__ == "__main__":

@@ -346,8 +346,10 @@ class GeminiClient:
                     data = await self._download_output(parsed.url)
             return _finish(data, parsed.text, usage)
         except e.TransientError as err:
-            # The image was made, so it was paid for, but it did not reach us intact.
-            err.http_status, err.maybe_billed = 200, True
+            # The image was made, so it was paid for, but it did not reach us intact; an empty
+            # answer made none.
+            err.http_status = 200
+            err.maybe_billed = not isinstance(err, e.EmptyAnswerError)
             err.usage = err.usage or usage
             raise
 

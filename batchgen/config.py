@@ -125,6 +125,7 @@ class RunSettings:
     rpm: float | None = None
     ipm: float | None = None
     rate_window_s: float = 60.0
+    burst: int = 1  # pacing.DEFAULT_BURST: requests that may leave at once after an idle spell
     retry_blocked: int = 0
     budget_usd: float | None = None
     shard: tuple[int, int] | None = None

@@ -14,7 +14,8 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
         │   ├── TimeoutError_          no answer within --timeout
         │   ├── ConnectionError_       refused, reset, dropped
         │   └── BadResponseError       truncated, HTML or non-JSON body
-        │       └── BodyTooLargeError      over the size cap (not retried: see retrying.py)
+        │       ├── BodyTooLargeError      over the size cap (not retried: see retrying.py)
+        │       └── EmptyAnswerError       HTTP 200 with no candidates and no block reason
         ├── PermanentError         recorded once, not retried
         │   ├── InvalidRequestError    400 INVALID_ARGUMENT / FAILED_PRECONDITION
         │   ├── BlockedError           promptFeedback.blockReason or a safety finishReason
@@ -146,6 +147,11 @@ class BadResponseError(TransientError):
 
 class BodyTooLargeError(BadResponseError):
     """A body over its cap (API answer, URL reference or URL output), counted after gzip."""
+
+
+class EmptyAnswerError(BadResponseError):
+    """HTTP 200 with no candidates and no block reason: a glitch, not a verdict. Nothing was
+    generated, so nothing is billed for the image; the attempt is retried."""
 
 
 class PermanentError(APIError):

@@ -35,6 +35,9 @@ from .ledger import GroupSync, fsync_dir
 log = logging.getLogger(__name__)
 
 INTENTS_NAME = "intents.jsonl"
+# Lines after which the journal is rewritten with only what is unsettled, so that a run of a
+# million requests neither grows it without end nor leaves a huge file for the next start to read.
+COMPACT_EVERY = 10_000
 
 Key = tuple[str, str]  # (job_id, started_at)
 
@@ -141,18 +144,33 @@ class IntentJournal:
         self.open_intents = Unsettled()  # this run's: sent, outcome not yet in the ledger
         self._run = uuid.uuid4().hex[:12]
         self._seq = 0
+        self._lines = 0  # appended since the last rewrite
         self._sync = GroupSync(str(self.path))
 
     def open(self) -> None:
         """Rewrite the file with only what is still unsettled, then append to it."""
         self._rewrite(list(self.carried))
+        self._reopen()
+
+    def _reopen(self) -> None:
         try:
             self._sync.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StorageError(f"cannot open {self.path}: {exc.strerror}") from exc
+        self._lines = 0
+
+    def _compact(self) -> None:
+        """Rewrite (fsync'd) with only what is unsettled, while no fsync is using the old file."""
+        old = self._sync.fd
+        self._rewrite([*self.carried, *self.open_intents])
+        self._sync.mark_synced()  # the rewritten file holds every open intent, durably
+        self._reopen()
+        os.close(old)
 
     def record(self, job_id: str, started_at: str, usd: float) -> tuple[Intent, int]:
         """Write the intent of one request; (intent, the write to wait for with :meth:`durable`)."""
+        if self._lines >= COMPACT_EVERY and not self._sync.busy:
+            self._compact()
         self._seq += 1
         intent = Intent(f"{self._run}-{self._seq}", job_id, started_at, usd)
         self._write(intent.to_line())
@@ -187,6 +205,7 @@ class IntentJournal:
     def _write(self, line: bytes) -> None:
         if self._sync.fd < 0:
             raise StorageError(f"{self.path} is not open")
+        self._lines += 1
         try:
             os.write(self._sync.fd, line)
         except OSError as exc:

@@ -11,7 +11,6 @@ While a run writes, the ledger is fsync'd in the background once per batch of li
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import errno
 import logging
@@ -20,11 +19,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import InputError, StorageError
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +287,18 @@ class GroupSync:
     def dirty(self) -> bool:
         return self._synced < self._written
 
+    @property
+    def busy(self) -> bool:
+        """An fsync is running on :attr:`fd`: it must not be closed now."""
+        return self._task is not None
+
+    def mark_synced(self) -> None:
+        """Everything written so far is on disk by other means (the file was rewritten)."""
+        self._synced = self._written
+
     async def sync(self, upto: int | None = None) -> None:
+        import asyncio  # here, not at the top: `status` and `report` never need it
+
         target = self._written if upto is None else upto
         while self._synced < target:
             if self.error is not None:
@@ -296,10 +309,14 @@ class GroupSync:
 
     def sync_soon(self) -> None:
         """Start a background fsync now if none is running (one per batch of writes)."""
+        import asyncio
+
         if self._task is None and self.dirty and self.error is None:
             self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
+        import asyncio
+
         target, fd = self._written, self.fd
         try:
             if fd >= 0:

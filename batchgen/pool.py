@@ -23,12 +23,13 @@ from .budget import Budget
 from .client import GeminiClient, GeneratedImage
 from .config import RunSettings
 from .current import references_of
+from .gate import FirstAnswerGate
 from .intents import Intent, IntentJournal
 from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
+from .pacing import ConcurrencyCap, Pacing, Stopped, wait_event
 from .plan import now_iso
 from .pricing import PriceTable
 from .progress import Progress, one_line
-from .ratelimit import AdaptiveLimit, FirstAnswerGate, SlidingWindow, Stopped, wait_event
 from .redact import redact
 from .retrying import (
     STOCHASTIC_KINDS,
@@ -109,11 +110,11 @@ class Runner:
             backoff_initial_s=settings.backoff_initial_s,
             backoff_max_s=settings.backoff_max_s,
         )
-        adaptive = settings.rpm is None and settings.ipm is None
-        self.concurrency = AdaptiveLimit(settings.concurrency, adaptive=adaptive)
-        self.windows = [
-            SlidingWindow(n, settings.rate_window_s) for n in (settings.rpm, settings.ipm) if n
-        ]
+        # The concurrency is the hard cap; the pacer decides when each request may leave.
+        self.concurrency = ConcurrencyCap(settings.concurrency)
+        self.pacer = Pacing.for_limits(
+            settings.rpm, settings.ipm, window_s=settings.rate_window_s, burst=settings.burst
+        )
         self.intents = intents
         carried = intents.carried if intents is not None else None
         self.budget = Budget(
@@ -198,7 +199,7 @@ class Runner:
     async def run(self, jobs: Iterable[JobSpec]) -> RunResult:
         start = time.monotonic()
         # More workers than requests in flight: a worker busy saving its image must not leave
-        # a request slot idle. AdaptiveLimit is what caps the requests.
+        # a request slot idle. ConcurrencyCap is what caps the requests.
         n = self.settings.concurrency + max(2, self.settings.concurrency // 2)
         # Bounded, so a million-row manifest never sits in memory as a million queued jobs.
         queue: asyncio.Queue[JobSpec | None] = asyncio.Queue(maxsize=n * 2)
@@ -323,7 +324,7 @@ class Runner:
             raise
         finally:
             if probe:
-                await self._gate.leave(answered=answered)
+                self._gate.leave(answered=answered)
 
     async def _send(self, spec: JobSpec, state: _JobState) -> GeneratedImage:
         # References are loaded and encoded before the request takes a slot: a slow or hanging
@@ -337,18 +338,18 @@ class Runner:
                 raise _Abandoned
             reserve = await self._reserve(spec)
             intent = await self._intend(spec, state, reserve)
-            # The rate-limit stamp is taken right before the request leaves, after the intent's
+            # The pacer's stamp is taken right before the request leaves, after the intent's
             # fsync: a varying wait between stamp and send would let the server count more
-            # requests in its window than ours did.
+            # requests in its window than the pacer did.
             try:
-                for window in self.windows:
-                    await window.acquire(self._stop)
+                sent_at = await self.pacer.acquire(self._stop)
                 if self.stopping:
                     raise _Abandoned
             except BaseException:  # not sent
                 self._release(reserve)
                 self._void(intent)
                 raise
+            self._gate.sent()
             state.attempts += 1
             self._sent += 1
             try:
@@ -361,7 +362,9 @@ class Runner:
                 if not self._charge(spec, state, exc.usage, billed=exc.maybe_billed):
                     self._void(intent)
                 if isinstance(exc, e.RateLimitError):
-                    self.concurrency.on_rate_limited(exc.retry_after)
+                    self.pacer.on_rate_limited(sent_at, exc.retry_after)
+                elif exc.answered:
+                    self.pacer.on_answer(sent_at)
                 if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
                 raise
@@ -370,7 +373,7 @@ class Runner:
                 self._release(reserve)
                 del body
             self._charge(spec, state, image.usage, billed=True)
-        self.concurrency.on_success()
+        self.pacer.on_answer(sent_at)
         log.debug("%s: attempt %d: ok", spec.job_id, state.attempts)
         return image
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadResponseError, BlockedError, NoImageError
+from .errors import BadResponseError, BlockedError, EmptyAnswerError, NoImageError
 
 SAFETY_FINISH = frozenset(
     {
@@ -88,7 +88,8 @@ def parse_answer(obj: Any) -> Parsed:
             reason = _get(feedback, "blockReason", "block_reason")
         if reason:
             raise BlockedError(f"prompt blocked: {reason}", usage=usage)
-        raise NoImageError("the answer has no candidates", usage=usage)
+        # No candidates and no reason: a glitch of the service, worth another attempt.
+        raise EmptyAnswerError("the answer has no candidates and no block reason", usage=usage)
     cand = candidates[0] if isinstance(candidates[0], dict) else {}
     finish = str(_get(cand, "finishReason", "finish_reason") or "")
     content = cand.get("content") or {}

@@ -107,4 +107,4 @@ def summarize(result: RunResult, out: Path, gallery: Path | None = None, end: An
         click.echo(line, err=True)
     if result.stop_reason is StopReason.COMPLETED:
         return EXIT_FAILED if result.failed else EXIT_OK
-    return STOP_EXIT[result.stop_reason]
+    return STOP_EXIT[result.stop_reason.value]

@@ -22,7 +22,6 @@ and a disk serves several at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import hashlib
@@ -35,7 +34,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +42,9 @@ from .errors import StorageError
 from .layout import IMAGES_DIR as IMAGES_DIR
 from .layout import image_dirs, sidecars, subdir
 from .ledger import JobStatus, LedgerRecord, fsync_dir
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,6 @@ class ImageStore:
         self.images_dir = run_dir / IMAGES_DIR
         self._images = str(self.images_dir)  # save() builds its paths as plain strings: cheaper
         self._writer: _Writer | None = None
-        self._subdirs: set[str] = set()  # the subfolders known to exist
 
     def prepare(self) -> None:
         try:
@@ -90,22 +91,6 @@ class ImageStore:
     def relpath(self, job_id: str, mime_type: str) -> str:
         return f"{IMAGES_DIR}/{subdir(job_id)}/{_image_name(job_id, mime_type)}"
 
-    def _folder(self, job_id: str) -> str:
-        """The job's subfolder, made on first use (and its entry in images/ made durable)."""
-        sub = subdir(job_id)
-        folder = os.path.join(self._images, sub)
-        if sub not in self._subdirs:
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise _storage_error("create", folder, exc) from exc
-            else:
-                _fsync_dir(self._images)
-            self._subdirs.add(sub)
-        return folder
-
     async def save(self, job_id: str, data: bytes, mime_type: str, *, sidecar: bytes) -> None:
         """Make the sidecar (the ledger line to come) and then the image durable.
 
@@ -114,9 +99,11 @@ class ImageStore:
         that keeps no reference to ``data`` while it waits lets a big image be freed as soon as
         it is in the page cache.
         """
+        import asyncio  # here, not at the top: `status` and `report` never need it
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        folder = self._folder(job_id)
+        folder = os.path.join(self._images, subdir(job_id))  # made by the writer if need be
         image = os.path.join(folder, _image_name(job_id, mime_type))
         sidecar_path = os.path.join(folder, f"{job_id}.json")
         save = _Save(sidecar_path, sidecar, image, data, loop, future)
@@ -316,8 +303,17 @@ def _write_tmp_files(save: _Save) -> None:
 def _write_tmp(path: str, data: bytes) -> int:
     tmp = path + ".tmp"
     fd = -1
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            # The first file of its subfolder (batchgen.layout): make the folder, and its entry
+            # in images/ durable, here on the writer thread rather than on the event loop.
+            folder = os.path.dirname(tmp)
+            os.makedirs(folder, exist_ok=True)
+            fsync_dir(Path(os.path.dirname(folder)))
+            fd = os.open(tmp, flags, 0o644)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

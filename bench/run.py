@@ -42,6 +42,8 @@ SHM = Path("/dev/shm")
 # The brief's numbers; each scenario takes seconds on a 2-core machine.
 THROUGHPUT_JOBS, THROUGHPUT_CONCURRENCY = 600, 32
 LATENCY_JOBS, LATENCY_CONCURRENCY, LATENCY_S = 200, 20, 0.5
+# Generation-like latency: 20 rounds of 2 s, where the first-answer gate's release time shows.
+LONG_LATENCY_JOBS, LONG_LATENCY_S = 400, 2.0
 MEMORY_JOBS, MEMORY_CONCURRENCY, MEMORY_IMAGE_BYTES = (40, 160), 8, 4_000_000
 PLAN_ROWS = 1_000_000
 
@@ -53,7 +55,7 @@ MAX_MEMORY_GROWTH = 0.10
 PER_JOB_FOOTPRINT = 4 / 3 + 1
 MAX_PLAN_S, MAX_PLAN_RSS = 10.0, 1_000 * MB
 
-SCENARIOS = ("throughput", "latency", "memory", "planning")
+SCENARIOS = ("throughput", "latency", "memory", "planning", "latency_long", "pacing")
 
 
 # -- results -------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # extra tables, e.g. the pacing table
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         row = Row(*args, **kwargs)
@@ -475,6 +478,60 @@ def scenario_latency(server: Server, report: Report, reps: int) -> None:
     )
 
 
+def scenario_latency_long(server: Server, report: Report) -> None:
+    jobs, conc, lat = LONG_LATENCY_JOBS, LATENCY_CONCURRENCY, LONG_LATENCY_S
+    ideal = jobs / conc * lat
+    print(f"\n[5] long latency: {jobs} jobs, concurrency {conc}, server latency {lat} s")
+    server.configure(latency_s=lat)
+    manifest = write_manifest("latency-long", jobs)
+    m = run_batchgen(server, manifest, jobs, conc)
+    bare = run_reference("bare", server, manifest, jobs, conc)
+    server.configure()
+    clean()
+    over = m.run_s / ideal - 1
+    report.add(
+        "5 long latency",
+        f"batchgen run phase vs ideal {jobs}/{conc} x {lat} s = {ideal:.0f} s",
+        f"{m.run_s:.2f} s ({over:+.1%})",
+        f"<= +{MAX_LATENCY_OVERHEAD:.0%}",
+        over <= MAX_LATENCY_OVERHEAD,
+    )
+    report.add(
+        "5 long latency",
+        "bare loop under the same load, for scale (no gate, no ledger)",
+        f"{bare.run_s:.2f} s ({bare.run_s / ideal - 1:+.1%})",
+    )
+
+
+def scenario_pacing(server: Server, report: Report) -> None:
+    import pacing  # bench/pacing.py
+
+    print("\n[6] pacing against the fake's quota limiter")
+    report.note(
+        "pacing: limit, limiter window, latency, mode -> share of the limit reached and of "
+        "requests refused; `rpm` judged over the whole run (target >= "
+        f"{pacing.RPM_MIN_REACHED:.2f}, <= {pacing.RPM_MAX_REFUSED:.0%} refused), `adaptive` "
+        f"after the first window (>= {pacing.ADAPTIVE_MIN_REACHED:.2f}, <= "
+        f"{pacing.ADAPTIVE_MAX_REFUSED:.0%}); concurrency 32"
+    )
+    rows = [pacing.TABLE_HEAD]
+    for case in pacing.TABLE:
+        outcome = pacing.run_case(server, case, WORK / "pacing")
+        line = pacing.row(outcome)
+        print(line, flush=True)
+        rows.append(line)
+        report.add(
+            "6 pacing",
+            case.label,
+            f"{outcome.reached:.2f} of the limit, {outcome.refused_share:.1%} refused",
+            ">= 0.95, <= 1%" if case.mode == "rpm" else ">= 0.90, <= 10%",
+            outcome.ok,
+        )
+    report.tables.append("\n".join(rows))
+    server.configure()
+    clean()
+
+
 def scenario_memory(server: Server, report: Report) -> None:
     conc, size = MEMORY_CONCURRENCY, MEMORY_IMAGE_BYTES
     small, large = MEMORY_JOBS
@@ -633,6 +690,7 @@ def write_results(
         "",
         report.table(),
         "",
+        *[t + "\n" for t in report.tables],
         "Details:",
         "",
         *[f"- {d}" for d in report.details],
@@ -670,6 +728,10 @@ def main() -> int:
             scenario_memory(server, report)
         if "planning" in chosen:
             scenario_planning(server, report)
+        if "latency_long" in chosen:
+            scenario_latency_long(server, report)
+        if "pacing" in chosen:
+            scenario_pacing(server, report)
     finally:
         server.stop()
         clean()

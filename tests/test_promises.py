@@ -604,3 +604,33 @@ def test_the_ledger_and_intents_are_fsynced_in_batches_and_renames_are_durable(
         journal.close()
     # The journal keeps only what is unsettled: nothing, here.
     assert not read_unsettled(run)
+
+
+def test_the_intent_journal_stays_small_during_a_long_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import batchgen.intents as intents_mod
+    from batchgen.intents import IntentJournal, Unsettled, read_unsettled
+
+    monkeypatch.setattr(intents_mod, "COMPACT_EVERY", 10)
+    journal = IntentJournal(tmp_path, Unsettled())
+    journal.open()
+
+    async def main() -> None:
+        for i in range(100):
+            _, write = journal.record(f"job-{i}", "t", 0.25)
+            await journal.durable(write)
+            if i % 10:  # nine of ten settle; one in ten stays in flight
+                journal.settle(f"job-{i}", "t")
+
+    asyncio.run(main())
+    # Rewritten as it went: a few lines more than the ten still open, not a line per request.
+    lines = (tmp_path / "intents.jsonl").read_text().splitlines()
+    assert len(lines) <= 10 + 12
+    open_now = read_unsettled(tmp_path)
+    assert {i.job_id for i in open_now} >= {f"job-{i}" for i in range(0, 100, 10)}
+    journal.close()
+    assert {i.job_id for i in read_unsettled(tmp_path)} == {f"job-{i}" for i in range(0, 100, 10)}
+    assert read_unsettled(tmp_path).usd == pytest.approx(2.5)

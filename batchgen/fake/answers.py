@@ -106,6 +106,22 @@ def blocked(model: str, req: ParsedRequest) -> bytes:
     )
 
 
+def empty_answer(model: str, req: ParsedRequest) -> bytes:
+    """HTTP 200 with no candidates and no block reason: a glitch the service sometimes serves."""
+    return orjson.dumps(
+        {
+            "usageMetadata": usage(req, model, thinking=False),
+            "modelVersion": model,
+            "responseId": secrets.token_urlsafe(16),
+        }
+    )
+
+
+def capacity_exhausted() -> ApiError:
+    """The service is overloaded: a 429 that names no quota and carries no RetryInfo."""
+    return ApiError(429, "RESOURCE_EXHAUSTED", "Resource exhausted, please try again later.")
+
+
 def retry_delay(seconds: float) -> str:
     """A protobuf Duration the way Google writes it: up to 9 decimals, trailing zeros dropped."""
     text = f"{max(0.0, seconds):.9f}".rstrip("0").rstrip(".")
@@ -238,6 +254,8 @@ def fault_error(fault: str, model: str, cfg: FakeConfig) -> ApiError:
             "Resource has been exhausted (e.g. check quota).",
             headers=headers,
         )
+    if fault == "429_capacity":
+        return capacity_exhausted()
     if fault == "429_daily":
         return rate_limited(
             model,

@@ -25,7 +25,9 @@ from .answers import (
     answer,
     bad_key,
     blocked,
+    capacity_exhausted,
     caption,
+    empty_answer,
     fault_error,
     image_price,
     image_tokens,
@@ -37,7 +39,7 @@ from .answers import (
     too_large,
     usage,
 )
-from .faults import FAULT_NAMES, FakeConfig, FaultChooser, SlidingWindow, apply_config_json
+from .faults import FAULT_NAMES, FakeConfig, FaultChooser, RateWindow, apply_config_json
 from .images import EncodedImage, ImageCache, colour_bucket
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request
@@ -80,8 +82,8 @@ class FakeServer:
         self.stats = FakeStats()
         self.images = ImageCache()
         self._chooser = FaultChooser(self.config.seed)
-        self._rpm = SlidingWindow()
-        self._ipm = SlidingWindow()
+        self._rpm = RateWindow()
+        self._ipm = RateWindow()
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._runner: web.AppRunner | None = None
 
@@ -91,6 +93,7 @@ class FakeServer:
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
         app.router.add_post("/{version:v1beta|v1}/models/{rest}", self._handle_generate)
         app.router.add_get("/_fake/stats", self._handle_stats)
+        app.router.add_get("/_fake/timeline", self._handle_timeline)
         app.router.add_get("/_fake/config", self._handle_get_config)
         app.router.add_post("/_fake/config", self._handle_config)
         app.router.add_post("/_fake/reset", self._handle_reset)
@@ -146,7 +149,7 @@ class FakeServer:
                     f"Method {method or '(none)'} is not supported by the fake server.",
                 )
             )
-        self.stats.begin()
+        arrived = self.stats.begin()
         status = 0
         try:
             try:
@@ -162,7 +165,7 @@ class FakeServer:
                 status = 0
             return resp
         finally:
-            self.stats.end(status)
+            self.stats.end(status, arrived)
 
     async def _generate(self, request: web.Request, model: str) -> tuple[web.StreamResponse, int]:
         cfg = self.config
@@ -187,6 +190,7 @@ class FakeServer:
         self, request: web.Request, model: str, cfg: FakeConfig
     ) -> tuple[ParsedRequest, str]:
         """Everything the service checks on arrival: the request, the quota, then the fault."""
+        now = time.monotonic()  # the limiter counts a request when it arrives
         # The service's order: who is calling, then which model, then the body.
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
@@ -203,11 +207,10 @@ class FakeServer:
         req = parse_request(body, model)
         self.stats.record_prompt(req.prompt)
 
-        now = time.monotonic()
         self._check_quota(cfg, model, req, now)
         fault = self._chooser.choose(cfg, req.prompt)
         if cfg.rpm_limit is not None:
-            self._rpm.add(now)
+            self._rpm.add(now, cfg)
         self.stats.record_fault(fault)
         if fault != "ok":
             logger.debug("fault %s for prompt %.40r", fault, req.prompt)
@@ -216,9 +219,11 @@ class FakeServer:
     def _check_quota(self, cfg: FakeConfig, model: str, req: ParsedRequest, now: float) -> None:
         # Check both before recording either: a request turned away does not use up quota.
         if cfg.rpm_limit is not None:
-            wait = self._rpm.wait(now, cfg.rpm_limit, cfg.rate_window_s)
+            wait = self._rpm.wait(now, cfg.rpm_limit, cfg)
             if wait > 0:
                 self.stats.record_fault("rate_limit_rpm")
+                if cfg.rate_limit_style == "capacity":
+                    raise capacity_exhausted()
                 raise rate_limited(
                     model,
                     wait,
@@ -227,9 +232,11 @@ class FakeServer:
                     limit=cfg.rpm_limit,
                 )
         if cfg.ipm_limit is not None and req.want_image:
-            wait = self._ipm.wait(now, cfg.ipm_limit, cfg.rate_window_s)
+            wait = self._ipm.wait(now, cfg.ipm_limit, cfg)
             if wait > 0:
                 self.stats.record_fault("rate_limit_ipm")
+                if cfg.rate_limit_style == "capacity":
+                    raise capacity_exhausted()
                 raise rate_limited(
                     model,
                     wait,
@@ -255,6 +262,8 @@ class FakeServer:
             return await self._truncate(request, self._deliver(request, model, req, cfg)), 200
         if fault == "block":
             return _json(blocked(model, req)), 200
+        if fault == "empty":
+            return _json(empty_answer(model, req)), 200
         if fault == "image_safety":
             return _json(answer(model, [], "IMAGE_SAFETY", usage(req, model))), 200
         if fault == "text_only":
@@ -313,7 +322,7 @@ class FakeServer:
 
         self.stats.record_billed(req.prompt, image_price(model, size))
         if cfg.ipm_limit is not None:
-            self._ipm.add(time.monotonic())
+            self._ipm.add(time.monotonic(), cfg)
         use = usage(req, model, image=image_tokens(model, size), text=text, thinking=thinking)
         body = answer(model, parts, "STOP", use)
         if parts[-1].get("inlineData", {}).get("data") is _SPLICE:
@@ -349,6 +358,9 @@ class FakeServer:
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
         return _json(orjson.dumps(self.stats.snapshot()))
+
+    async def _handle_timeline(self, request: web.Request) -> web.Response:
+        return _json(orjson.dumps({"timeline": self.stats.timeline}))
 
     async def _handle_get_config(self, request: web.Request) -> web.Response:
         return _json(orjson.dumps(self.config.to_json()))

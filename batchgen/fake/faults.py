@@ -22,6 +22,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "429_retry_after",
     "429_bare",
     "429_daily",
+    "429_capacity",
     "500",
     "503",
     "504",
@@ -35,8 +36,13 @@ FAULT_NAMES: tuple[str, ...] = (
     "image_safety",
     "text_only",
     "400",
+    "empty",
 )
 URL_OUTPUT_MODES: tuple[str, ...] = ("file_data", "text", "markdown", "escaped", "data")
+# How the quota limiter counts: over the last ``rate_window_s`` seconds, or per fixed window.
+WINDOW_KINDS: tuple[str, ...] = ("sliding", "fixed")
+# What its refusals look like: a quota 429 with RetryInfo, or an overload 429 with no delay.
+LIMIT_STYLES: tuple[str, ...] = ("quota", "capacity")
 
 
 @dataclass
@@ -69,6 +75,8 @@ class FakeConfig:
     rpm_limit: int | None = None
     ipm_limit: int | None = None
     rate_window_s: float = 60.0
+    rate_window_kind: str = "sliding"
+    rate_limit_style: str = "quota"
     faults: dict[str, float] = field(default_factory=dict)
     script: list[str] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
@@ -83,6 +91,12 @@ class FakeConfig:
             check_fault(name)
         if self.url_output is not None and self.url_output not in URL_OUTPUT_MODES:
             raise ValueError(f"url_output must be one of {URL_OUTPUT_MODES} or None")
+        if self.rate_window_kind not in WINDOW_KINDS:
+            raise ValueError(f"rate_window_kind must be one of {WINDOW_KINDS}")
+        if self.rate_limit_style not in LIMIT_STYLES:
+            raise ValueError(f"rate_limit_style must be one of {LIMIT_STYLES}")
+        if not self.rate_window_s > 0:
+            raise ValueError("rate_window_s must be positive")
         if not 0 <= self.thought_images <= 2:
             raise ValueError("thought_images must be 0, 1 or 2")
         self.models = tuple(self.models)
@@ -188,7 +202,7 @@ class FaultChooser:
 
 
 class SlidingWindow:
-    """Counts events over the last ``window`` seconds.
+    """Counts events over the last ``window`` seconds (a rolling window).
 
     A deque of (time, weight) pairs; old entries are dropped lazily on each call, so the cost is
     amortised O(1) per event no matter how high the rate.
@@ -228,3 +242,62 @@ class SlidingWindow:
     @property
     def total(self) -> int:
         return self._total
+
+
+class FixedWindow:
+    """Counts events per fixed window: ``[k * window, (k + 1) * window)`` of the monotonic clock.
+
+    The count starts over at each boundary, so a sender may get ``2 * limit`` through in a short
+    span across one; a refusal is told to wait for the next boundary.
+    """
+
+    def __init__(self) -> None:
+        self._index: int | None = None
+        self._total = 0
+
+    def clear(self) -> None:
+        self._index = None
+        self._total = 0
+
+    def _roll(self, now: float, window: float) -> None:
+        index = int(now // window)
+        if index != self._index:
+            self._index, self._total = index, 0
+
+    def wait(self, now: float, limit: int, window: float) -> float:
+        self._roll(now, window)
+        if self._total < limit:
+            return 0.0
+        assert self._index is not None
+        return max(0.0, (self._index + 1) * window - now)
+
+    def add(self, now: float, window: float, weight: int = 1) -> None:
+        self._roll(now, window)
+        self._total += weight
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+
+class RateWindow:
+    """The limiter the config asks for: sliding or fixed, switched live when the config changes."""
+
+    def __init__(self) -> None:
+        self._sliding = SlidingWindow()
+        self._fixed = FixedWindow()
+
+    def clear(self) -> None:
+        self._sliding.clear()
+        self._fixed.clear()
+
+    def wait(self, now: float, limit: int, cfg: FakeConfig) -> float:
+        if cfg.rate_window_kind == "fixed":
+            return self._fixed.wait(now, limit, cfg.rate_window_s)
+        return self._sliding.wait(now, limit, cfg.rate_window_s)
+
+    def add(self, now: float, cfg: FakeConfig) -> None:
+        if cfg.rate_window_kind == "fixed":
+            self._fixed.add(now, cfg.rate_window_s)
+        else:
+            self._sliding.add(now)

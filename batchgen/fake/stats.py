@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Any
+
+# Arrivals kept for the timeline (when each request came in, and how it was answered).
+TIMELINE_MAX = 200_000
 
 
 class FakeStats:
@@ -29,23 +33,31 @@ class FakeStats:
         self._prompts: collections.Counter[str] = collections.Counter()
         self._billed_prompts: collections.Counter[str] = collections.Counter()
         self._faults: collections.Counter[str] = collections.Counter()
+        self._timeline: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=TIMELINE_MAX
+        )
         # A reset mid-run should not forget requests still being handled.
         self._max_in_flight = self._in_flight
 
     # -- updates (server side) -------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self) -> float:
+        """Count a request in; returns its arrival time (``time.monotonic()``) for :meth:`end`."""
+        now = time.monotonic()
         with self._lock:
             self._requests += 1
             self._in_flight += 1
             if self._in_flight > self._max_in_flight:
                 self._max_in_flight = self._in_flight
+        return now
 
-    def end(self, status: int) -> None:
+    def end(self, status: int, arrived: float | None = None) -> None:
         """``status`` 0 means no HTTP answer was sent (the connection was dropped)."""
         with self._lock:
             self._in_flight -= 1
             self._by_status[status] = self._by_status.get(status, 0) + 1
+            if arrived is not None:
+                self._timeline.append((arrived, status))
 
     def record_prompt(self, prompt: str) -> None:
         with self._lock:
@@ -106,6 +118,12 @@ class FakeStats:
     def faults(self) -> collections.Counter[str]:
         with self._lock:
             return collections.Counter(self._faults)
+
+    @property
+    def timeline(self) -> list[tuple[float, int]]:
+        """(arrival time on the server's monotonic clock, HTTP status) per request, by arrival."""
+        with self._lock:
+            return sorted(self._timeline)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything at one instant, JSON-able (status codes become string keys in JSON)."""

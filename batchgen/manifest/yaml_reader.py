@@ -94,13 +94,36 @@ _LineLoader.yaml_implicit_resolvers = {
 }
 
 
+# Constructs that open on one line and close on another. When one is never closed, PyYAML's
+# problem mark is wherever parsing gave up (often the end of the file); its context mark is where
+# the construct opened, which is the line to fix. (For other errors the context is a whole block
+# mapping or sequence, whose start says nothing: there the problem mark is the better line.)
+_OPENERS = {
+    "while parsing a flow sequence": "a '[' list",
+    "while parsing a flow mapping": "a '{' mapping",
+    "while scanning a quoted scalar": "a quoted string",
+    "while parsing a flow node": "a '[' or '{'",
+}
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
+    problem = exc.problem or str(exc)
+    at = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
+    opened = _OPENERS.get(exc.context or "")
+    if opened and exc.context_mark is not None:
+        start = exc.context_mark.line + 1
+        if start != at:
+            return YamlSyntaxError(
+                f"{opened} opened here is never closed ({problem}, line {at})", start
+            )
+    return YamlSyntaxError(problem, at)
+
+
 def load_yaml(data: bytes) -> object:
     try:
         return yaml.load(data, Loader=_LineLoader)  # a SafeLoader subclass: no object tags
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        raise YamlSyntaxError(f"{exc.problem or exc}", line) from exc
+        raise _syntax_error(exc) from exc
     except yaml.reader.ReaderError as exc:
         line = data.count(b"\n", 0, exc.position) + 1
         raise YamlSyntaxError(

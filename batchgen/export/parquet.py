@@ -1,0 +1,121 @@
+"""``--format parquet``: ``[SPLIT/]part-000000.parquet``, at most ``--rows-per-file`` rows each.
+
+The image is a column shaped like Hugging Face's ``Image`` feature, ``struct<bytes: binary,
+path: string>``, and the schema carries the ``huggingface`` features metadata, so
+``load_dataset("parquet", ...)`` decodes it to a PIL image while pyarrow, pandas, DuckDB or Spark
+see plain bytes. Rows are buffered a row group at a time (at most 100 rows or 64 MB, Hugging
+Face's own row group size for image datasets), so memory stays flat; a file is also closed once
+it passes ``--shard-size`` bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .fs import Target, require
+from .source import Row
+from .writer import Writer, read_image
+
+ROW_GROUP_ROWS = 100
+ROW_GROUP_BYTES = 64 << 20
+
+_HF_DTYPE = {"string": "string", "int": "int64", "float": "float64", "bool": "bool"}
+
+
+def check_available() -> None:
+    require("pyarrow.parquet", "parquet")
+
+
+def arrow_schema(types: dict[str, str], *, image: str | None = "image",
+                 file_name: bool = False) -> Any:
+    """The columns' Arrow schema, with Hugging Face's features in its metadata.
+
+    ``image``: the name of the image column (None: none); ``file_name``: a leading ``file_name``
+    column, for an imagefolder's ``metadata.parquet``.
+    """
+    pa = require("pyarrow", "parquet")
+    arrow = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
+             "bool": pa.bool_(),
+             "references": pa.list_(pa.struct([("path", pa.string()),
+                                               ("sha256", pa.string())]))}
+    fields = []
+    features: dict[str, Any] = {}
+    if image is not None:
+        fields.append(pa.field(image, pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+        features[image] = {"_type": "Image"}
+    if file_name:
+        fields.append(pa.field("file_name", pa.string()))
+        features["file_name"] = {"dtype": "string", "_type": "Value"}
+    fields += [pa.field(name, arrow[kind]) for name, kind in types.items()]
+    for name, kind in types.items():
+        if kind == "references":
+            # A plain list is how every version of datasets writes a list feature.
+            value = {"dtype": "string", "_type": "Value"}
+            features[name] = [{"path": value, "sha256": value}]
+        else:
+            features[name] = {"dtype": _HF_DTYPE[kind], "_type": "Value"}
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+class ParquetWriter(Writer):
+    def __init__(self, target: Target, prefix: str, types: dict[str, str], *,
+                 max_rows: int, max_bytes: int) -> None:
+        super().__init__(target, prefix, list(types))
+        self._pa = require("pyarrow", "parquet")
+        self._pq = require("pyarrow.parquet", "parquet")
+        self.schema = arrow_schema(types)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._buf: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self._buf_rows = 0
+        self._buf_bytes = 0
+        self._fh: Any = None
+        self._writer: Any = None
+        self._file_rows = 0
+        self._file_bytes = 0
+
+    def add(self, row: Row) -> None:
+        data = read_image(row)
+        image = None if data is None else {"bytes": data, "path": f"{row.job_id}.{row.ext}"}
+        self._buf["image"].append(image)
+        for name in self.columns:
+            self._buf[name].append(row.columns[name])
+        self._buf_rows += 1
+        self._buf_bytes += len(data or b"") + len(row.columns.get("prompt") or "")
+        self.rows += 1
+        if self._file_rows + self._buf_rows >= self.max_rows:
+            self._flush()
+            self._close_file()
+        elif self._buf_rows >= ROW_GROUP_ROWS or self._buf_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+            if self._file_bytes >= self.max_bytes:
+                self._close_file()
+
+    def _flush(self) -> None:
+        if not self._buf_rows:
+            return
+        if self._writer is None:
+            self._fh = self.target.open(f"{self.prefix}part-{self.files:06d}.parquet")
+            self._writer = self._pq.ParquetWriter(self._fh, self.schema)
+            self.files += 1
+        table = self._pa.Table.from_pydict(self._buf, schema=self.schema)
+        self._writer.write_table(table, row_group_size=self._buf_rows)
+        self._file_rows += self._buf_rows
+        self._file_bytes += self._buf_bytes
+        self._buf = {name: [] for name in self.schema.names}
+        self._buf_rows = self._buf_bytes = 0
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._file_rows = self._file_bytes = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._close_file()

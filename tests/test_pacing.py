@@ -1,0 +1,419 @@
+"""Pacing against the fake's quota limiter, the first-answer gate, empty answers, fast start.
+
+The HTTP tests run the real CLI against the fake server and judge from the server's timeline of
+arrivals (when each request came in, and what it got). They are kept to a few seconds each with
+small windows and high limits; bench/pacing.py runs the full table (windows of 1 to 60 s) and
+bench/RESULTS.md has its figures. Thresholds here have some slack for a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from batchgen.fake import FakeConfig, FakeServer, ThreadedFakeServer
+from batchgen.fake.faults import FixedWindow, SlidingWindow
+from batchgen.gate import FirstAnswerGate
+from batchgen.pacing import BETA, Gcra, Pacing, Stopped
+
+from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def figures(
+    timeline: list[tuple[float, int]], limit: int, window_s: float, *, judge_from: float
+) -> tuple[float, int, int]:
+    """(share of the limit reached, requests judged, refused among them), from ``judge_from``
+    seconds after the first arrival."""
+    t0 = timeline[0][0]
+    judged = [(t, s) for t, s in timeline if t >= t0 + judge_from]
+    admitted = [t for t, s in judged if s != 429]
+    refused = sum(1 for _, s in judged if s == 429)
+    assert len(admitted) >= 2, timeline
+    if judge_from > 0:
+        rate = len(admitted) / (admitted[-1] - (t0 + judge_from))
+    else:
+        rate = (len(admitted) - 1) / (admitted[-1] - admitted[0])
+    return rate / (limit / window_s), len(judged), refused
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the pacer alone, on a fake clock ------------------------------------------------------
+
+
+def test_gcra_spaces_requests_evenly_and_starts_without_a_burst() -> None:
+    g = Gcra(0.5, burst=3, now=0.0)
+    sent = []
+    now = 0.0
+    for _ in range(6):
+        now += g.delay(now)
+        g.take(now)
+        sent.append(now)
+    # No credit at the start: one every 0.5 s from the first, not three at once.
+    assert sent == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+
+
+def test_gcra_burst_is_earned_by_idle_time_only() -> None:
+    g = Gcra(1.0, burst=3, now=0.0)
+    g.take(0.0)
+    # After 10 s idle, three may leave at once, then one a second again.
+    now = 10.0
+    leaves = []
+    for _ in range(5):
+        now += g.delay(now)
+        g.take(now)
+        leaves.append(now)
+    assert leaves == pytest.approx([10.0, 10.0, 10.0, 11.0, 12.0])
+
+
+def test_fixed_limit_paces_a_hair_under_the_limit() -> None:
+    clock = FakeClock()
+    p = Pacing.for_limits(360, None, window_s=60.0, burst=1)
+    p.clock = clock
+    assert p.rate_per_s is not None
+    assert 0.97 * 6 < p.rate_per_s < 6  # margin for arrival jitter, no more
+
+
+def test_adaptive_cut_is_one_signal_per_refused_window_then_grows_back() -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    assert p.rate_per_s is None  # unpaced until the first 429
+    # 20 requests a second for 2 s, of which the server let 10 a second through.
+    for i in range(40):
+        clock.now = 1000.0 + i * 0.05
+        p.sends.add(clock.now)
+        if i % 2 == 0:
+            p.on_answer(clock.now - 0.01)
+    sent_before_cut = clock.now - 0.01
+    p.on_rate_limited(sent_before_cut, 1.0)
+    assert p.cuts == 1
+    rate = p.rate_per_s
+    assert rate is not None and rate == pytest.approx(BETA * 10.0, rel=0.1)
+    # The rest of that window's 429s were sent before the cut: no further cut, no hold.
+    for _ in range(10):
+        p.on_rate_limited(sent_before_cut, 0.9)
+    assert p.cuts == 1 and p.holds == 0 and p.rate_per_s == rate
+    # A request sent after the cut and refused inside the window the server named: hold until
+    # the time it named instead of cutting again.
+    clock.now += 0.1
+    p.on_rate_limited(clock.now - 0.05, 0.8)
+    assert p.cuts == 1 and p.holds == 1
+    assert p.gcra.delay(clock.now) == pytest.approx(0.8)
+    # Answers after the cut grow the rate back past where it was cut, CUBIC-style.
+    for _ in range(80):
+        clock.now += 0.05
+        p.sends.add(clock.now)
+        p.on_answer(clock.now - 0.01)
+    grown = p.rate_per_s
+    assert grown is not None and grown > 10.0
+
+
+def test_adaptive_never_grows_far_past_what_is_sent() -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    for i in range(20):
+        clock.now = 1000.0 + i * 0.1
+        p.sends.add(clock.now)
+        p.on_answer(clock.now)
+    p.on_rate_limited(clock.now, 0.1)
+    assert p.cubic is not None
+    w_max = p.cubic.w_max
+    # Then a latency-bound minute: 1 request a second, every one answered. CUBIC alone would
+    # be at thousands a second by now; the pacer stays where the server last said no.
+    for _ in range(60):
+        clock.now += 1.0
+        p.sends.add(clock.now)
+        p.on_answer(clock.now)
+    assert p.cubic.rate(clock.now) > 100 * w_max
+    assert p.rate_per_s is not None and p.rate_per_s <= w_max
+
+
+async def test_pacer_acquire_waits_its_turn_and_stops_promptly() -> None:
+    p = Pacing.for_limits(600, None, window_s=60.0)  # 10 a second
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+    stamps = [await p.acquire(stop) for _ in range(4)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    # One every 0.102 s (the limit's 0.1 plus the margin); a late one may be made up by up to
+    # 10 ms, never more, so the sum never runs ahead of the schedule.
+    assert all(g >= 0.09 for g in gaps), gaps
+    assert stamps[-1] - stamps[0] >= 3 * 0.102 - 0.011
+    assert time.monotonic() - t0 < 2.0
+    slow = Pacing.for_limits(1, None, window_s=60.0)  # one a minute
+    await slow.acquire(stop)
+    waiter = asyncio.create_task(slow.acquire(stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(waiter, timeout=1.0)
+
+
+# -- the gate alone ------------------------------------------------------------------------
+
+
+async def test_gate_opens_on_the_probes_answer() -> None:
+    gate = FirstAnswerGate(asyncio.Event(), release_after_s=10.0)
+    assert await gate.enter() is True
+    gate.sent()
+    follower = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0.05)
+    assert not follower.done()
+    gate.leave(answered=True)
+    assert await asyncio.wait_for(follower, 1.0) is False
+
+
+async def test_gate_opens_when_the_probe_is_out_too_long_without_an_answer() -> None:
+    gate = FirstAnswerGate(asyncio.Event(), release_after_s=0.3)
+    assert await gate.enter() is True
+    follower = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0.5)
+    assert not follower.done()  # the timer starts when the probe's request leaves, not before
+    gate.sent()
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(follower, 2.0) is False
+    assert 0.2 < time.monotonic() - t0 < 1.0
+    assert gate.released_early
+
+
+async def test_gate_hands_the_probe_on_when_it_got_no_answer() -> None:
+    stop = asyncio.Event()
+    gate = FirstAnswerGate(stop, release_after_s=10.0)
+    assert await gate.enter() is True
+    follower = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0.05)
+    gate.leave(answered=False)  # e.g. a reference that would not load
+    assert await asyncio.wait_for(follower, 1.0) is True
+    third = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0.05)
+    stop.set()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(third, 1.0)
+
+
+# -- the fake's limiter --------------------------------------------------------------------
+
+
+def test_fake_limiter_windows_sliding_and_fixed() -> None:
+    sliding, fixed = SlidingWindow(), FixedWindow()
+    for t in (10.1, 10.5):
+        assert sliding.wait(t, 2, 1.0) == 0.0
+        sliding.add(t)
+        assert fixed.wait(t, 2, 1.0) == 0.0
+        fixed.add(t, 1.0)
+    # Sliding: full until the oldest leaves the last second; fixed: until the next boundary.
+    assert sliding.wait(10.9, 2, 1.0) == pytest.approx(0.2)
+    assert fixed.wait(10.9, 2, 1.0) == pytest.approx(0.1)
+    assert fixed.wait(11.0, 2, 1.0) == 0.0
+    assert sliding.wait(11.0, 2, 1.0) == pytest.approx(0.1)
+
+
+async def test_fake_capacity_429s_carry_no_retry_info() -> None:
+    config = FakeConfig(rpm_limit=1, rate_window_s=3600, rate_window_kind="fixed",
+                        rate_limit_style="capacity", faults={})
+    async with FakeServer(config) as srv, aiohttp.ClientSession() as session:
+        url = f"{srv.url}/v1beta/models/gemini-3-pro-image:generateContent"
+        body = {"contents": [{"parts": [{"text": "a cube"}]}]}
+        headers = {"x-goog-api-key": "fake-key"}
+        codes = []
+        for _ in range(2):
+            async with session.post(url, json=body, headers=headers) as resp:
+                codes.append(resp.status)
+                data = await resp.json()
+        assert codes == [200, 429]
+        assert data["error"]["message"] == "Resource exhausted, please try again later."
+        assert not data["error"].get("details") and "Retry-After" not in resp.headers
+        srv.config.rpm_limit = None
+        srv.config.faults = {"429_capacity": 1.0}
+        async with session.post(url, json=body, headers=headers) as resp:
+            assert resp.status == 429
+            assert "RetryInfo" not in await resp.text()
+        assert [s for _, s in srv.stats.timeline] == [200, 429, 429]
+
+
+def test_fake_server_cli_takes_the_limiter_flags(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "fake-server", "--port", "0", "--rpm", "2",
+         "--rate-window", "10", "--rate-window-kind", "fixed", "--rate-limit-style", "capacity"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().rsplit(" ", 1)[1].strip()
+        with urllib.request.urlopen(url + "/_fake/config", timeout=10) as resp:
+            config = json.loads(resp.read())
+        assert (config["rpm_limit"], config["rate_window_s"], config["rate_window_kind"],
+                config["rate_limit_style"]) == (2, 10.0, "fixed", "capacity")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# -- pacing over HTTP ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "window"),
+    # 1 and 2 s windows fill up many times over; the 10 and 60 s ones are paced at the same
+    # 12 a second (a scaled-up limit, so the test stays short): evenly enough never to exceed.
+    [(12, 1.0), (24, 2.0), (120, 10.0), (720, 60.0)],
+)
+def test_rpm_at_the_limit_reaches_it_without_429s(
+    server: ThreadedFakeServer, tmp_path: Path, limit: int, window: float
+) -> None:
+    server.config.rpm_limit = limit
+    server.config.rate_window_s = window
+    server.config.latency_s = 0.05
+    jobs = 60
+    m = write_manifest(tmp_path / "m.yaml", [f"paced {i}" for i in range(jobs)])
+    rpm = limit * 60 / window  # the user gives the per-minute figure; the limiter's window differs
+    r = run_against(server, m, tmp_path / "run", "--rpm", f"{rpm:g}", "--concurrency", "32",
+                    "--max-attempts", "20")
+    assert r.code == 0, r.output
+    timeline = server.stats.timeline
+    reached, judged, refused = figures(timeline, limit, window, judge_from=0.0)
+    assert refused <= max(1, judged // 100), timeline
+    assert reached >= 0.93, reached
+    assert reached <= 1.02, reached
+
+
+@pytest.mark.parametrize(
+    ("latency", "limit", "window", "jobs"),
+    [(0.05, 12, 1.0, 130), (1.0, 12, 2.0, 80)],
+)
+def test_adaptive_rate_after_the_first_window(
+    server: ThreadedFakeServer, tmp_path: Path, latency: float, limit: int, window: float,
+    jobs: int,
+) -> None:
+    server.config.rpm_limit = limit
+    server.config.rate_window_s = window
+    server.config.latency_s = latency
+    m = write_manifest(tmp_path / "m.yaml", [f"adaptive {i}" for i in range(jobs)])
+    r = run_against(server, m, tmp_path / "run", "--concurrency", "32", "--max-attempts", "50",
+                    timeout=120)
+    assert r.code == 0, r.output
+    timeline = server.stats.timeline
+    # The first window starts when the gate lets everyone go (the probe went alone) and the
+    # client hears how it went a latency later.
+    judge_from = timeline[1][0] - timeline[0][0] + window + latency
+    reached, judged, refused = figures(timeline, limit, window, judge_from=judge_from)
+    assert refused <= 0.12 * judged, (refused, judged)
+    assert reached >= 0.85, reached
+
+
+def test_adaptive_rate_with_capacity_429s_without_retry_info(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    server.config.rpm_limit = 12
+    server.config.rate_window_s = 1.0
+    server.config.rate_limit_style = "capacity"
+    server.config.latency_s = 0.05
+    m = write_manifest(tmp_path / "m.yaml", [f"busy {i}" for i in range(120)])
+    r = run_against(server, m, tmp_path / "run", "--concurrency", "32", "--max-attempts", "50")
+    assert r.code == 0, r.output
+    timeline = server.stats.timeline
+    judge_from = timeline[1][0] - timeline[0][0] + 1.05
+    reached, judged, refused = figures(timeline, 12, 1.0, judge_from=judge_from)
+    assert refused <= 0.15 * judged, (refused, judged)
+    assert reached >= 0.8, reached
+
+
+# -- the first-answer gate over HTTP -------------------------------------------------------
+
+
+def test_wrong_key_at_concurrency_64_costs_at_most_two_requests(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    server.config.latency_s = 0.3
+    m = write_manifest(tmp_path / "m.yaml", [f"p {i}" for i in range(200)])
+    r = cli("run", m, "--out", tmp_path / "run", "--base-url", server.url, "--no-progress",
+            "--concurrency", "64", env=clean_env(BATCHGEN_API_KEY="wrong-key"))
+    assert r.code == 4, r.output
+    assert server.stats.requests <= 2
+
+
+def test_the_gate_lets_the_others_go_before_a_slow_probe_answers(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    server.config.latency_s = 3.0
+    m = write_manifest(tmp_path / "m.yaml", [f"slow {i}" for i in range(6)])
+    r = run_against(server, m, tmp_path / "run", "--concurrency", "6")
+    assert r.code == 0, r.output
+    arrivals = [t for t, _ in server.stats.timeline]
+    gap = arrivals[1] - arrivals[0]
+    # About 1 s (the release time), not the probe's whole 3-s generation.
+    assert 0.8 < gap < 2.2, gap
+    assert arrivals[-1] - arrivals[0] < 2.5
+
+
+# -- empty answers -------------------------------------------------------------------------
+
+
+def test_an_empty_answer_is_retried_and_billed_once(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    server.config.script = ["empty"]
+    m = write_manifest(tmp_path / "m.yaml", ["a lighthouse"])
+    out = tmp_path / "run"
+    r = run_against(server, m, out)
+    assert r.code == 0, r.output
+    (record,) = ledger_lines(out)
+    assert record["status"] == "succeeded" and record["attempts"] == 2
+    assert server.stats.requests == 2
+    assert server.stats.billed_images == 1
+    # The ledger's spend is one image plus the empty answer's few input tokens, not two images.
+    assert float(str(record["cost_usd"])) < 0.2
+
+
+# -- start-up ------------------------------------------------------------------------------
+
+
+def test_importing_the_cli_pulls_in_no_heavy_dependency() -> None:
+    code = (
+        "import sys, batchgen.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'aiohttp', 'PIL', 'tenacity', 'tqdm', 'yaml', 'asyncio', 'pyarrow'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=clean_env())
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_status_help_and_version_do_not_import_the_pipeline(tmp_path: Path) -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['batchgen', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('batchgen', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'aiohttp', 'PIL', 'tenacity', 'tqdm', 'yaml', 'asyncio'}), file=sys.stderr)"
+    )
+    (tmp_path / "ledger.jsonl").write_text("")
+    for args in (["--version"], ["--help"], ["status", str(tmp_path)]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                             text=True, env=clean_env())
+        assert out.stderr.strip().splitlines()[-1] == "[]", (args, out.stderr)
+
+
+def test_key_is_never_in_the_timeline_endpoint(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["one"])
+    assert run_against(server, m, tmp_path / "run").code == 0
+    with urllib.request.urlopen(server.url + "/_fake/timeline", timeout=10) as resp:
+        body = resp.read().decode()
+    assert SECRET not in body
+    assert len(json.loads(body)["timeline"]) == 1
