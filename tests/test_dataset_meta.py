@@ -360,3 +360,20 @@ def test_the_current_file_is_replaced_whole_and_only_by_good_input(
     assert current_ids(out) == shard_ids
     assert all(e["meta"] == {"batch": 2} for e in iter_current(out))
     assert not list(out.glob("*.tmp"))
+
+
+def test_a_flat_folder_from_before_exports(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    pytest.importorskip("batchgen.export")  # `batchgen export` comes with issue 9's other half
+    manifest = write_manifest(tmp_path / "m.yaml", [f"flat export {i}" for i in range(3)])
+    out = tmp_path / "run"
+    assert run_against(server, manifest, out).code == 0
+    _make_flat(out)  # no jobs.jsonl, no provenance in the ledger, every file in images/
+    dataset = tmp_path / "ds"
+    r = cli("export", out, "--format", "imagefolder", "--out", dataset, "--no-progress")
+    assert r.code == 0, r.output
+    rows = [json.loads(x) for x in next(dataset.rglob("metadata.jsonl")).read_text().splitlines()]
+    assert sorted(row["prompt"] for row in rows) == [f"flat export {i}" for i in range(3)]
+    for row in rows:
+        image = next(dataset.rglob("metadata.jsonl")).parent / row["file_name"]
+        with Image.open(image) as img:
+            img.load()

@@ -84,13 +84,6 @@ def succeeded(run: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in last.items() if v["status"] == "succeeded"}
 
 
-def meta_supported(tmp: Path) -> bool:
-    """Whether this batchgen's manifests take ``meta:`` (issue 9, another part of it)."""
-    probe = tmp / "probe.yaml"
-    probe.write_text(yaml.safe_dump({"jobs": [{"prompt": "p", "meta": {"sku": "x"}}]}))
-    return cli("validate", probe).code == 0
-
-
 @pytest.fixture(scope="module")
 def fake() -> Iterator[ThreadedFakeServer]:
     with ThreadedFakeServer(FakeConfig(api_key=SECRET)) as srv:
@@ -101,9 +94,8 @@ def fake() -> Iterator[ThreadedFakeServer]:
 def run(tmp_path_factory: pytest.TempPathFactory, fake: ThreadedFakeServer) -> Path:
     tmp = tmp_path_factory.mktemp("run")
     job: dict[str, Any] = {"id": "pet", "prompt": "a {animal} in {style} style",
-                           "vars": {"animal": ["cat", "dog", "owl"], "style": ["oil", "ink"]}}
-    if meta_supported(tmp):
-        job["meta"] = {"sku": "SKU-1", "label": 3, "seed": "not the seed"}
+                           "vars": {"animal": ["cat", "dog", "owl"], "style": ["oil", "ink"]},
+                           "meta": {"sku": "SKU-1", "label": 3, "seed": "not the seed"}}
     manifest = tmp / "pets.yaml"
     manifest.write_text(yaml.safe_dump({"defaults": {"image_size": "1K"}, "jobs": [job]}))
     out = tmp / "run"
@@ -165,8 +157,6 @@ def _png_bytes(out: Path, split: str, job_id: str) -> bytes:
 
 
 def test_meta_columns_when_the_manifest_has_meta(run: Path, hf: Any, tmp_path: Path) -> None:
-    if "meta" not in ledger_lines(run)[0]:
-        pytest.skip("this branch's manifests take no meta: yet (another part of issue 9)")
     out = tmp_path / "ds"
     assert export(run, "imagefolder", out).code == 0
     ds = load(hf, "imagefolder", tmp_path, data_dir=str(out))["train"]
@@ -178,8 +168,6 @@ def test_meta_columns_when_the_manifest_has_meta(run: Path, hf: Any, tmp_path: P
 
 def test_edited_meta_reruns_nothing_and_shows_in_the_next_export(
         fake: ThreadedFakeServer, tmp_path: Path) -> None:
-    if not meta_supported(tmp_path):
-        pytest.skip("this branch's manifests take no meta: yet (another part of issue 9)")
     manifest = tmp_path / "m.yaml"
     run = tmp_path / "run"
 

@@ -15,6 +15,7 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import fields as mf
+from batchgen.manifest import ids
 from batchgen.manifest.build import (
     State,
     duplicate,
@@ -85,7 +86,7 @@ class Expander:
                 problems.append(Problem(name, row.line_of("images"), "images", str(exc)))
         matrix: tuple[tuple[str, tuple[str, ...]], ...] = values.get("vars", ())
         if matrix and prompt is not None:
-            for message in mf.check_template(prompt, [n for n, _ in matrix]):
+            for message in ids.check_template(prompt, [n for n, _ in matrix]):
                 problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
         count: int = values.get("count", 1)
         n_jobs = mf.row_jobs(matrix, count) if matrix else count
@@ -163,7 +164,7 @@ class Expander:
             self._first_use(out, model, line, state)
         head, tail = self._default_payload
         full = sha256(b"".join((head, orjson.dumps(prompt), tail))).hexdigest()
-        job_id = f"{mf.prompt_slug(prompt)}-{full[:10]}"
+        job_id = f"{ids.prompt_slug(prompt)}-{full[:10]}"
         requests = state.requests
         if requests is not None:
             key = request_key(full)
@@ -224,7 +225,7 @@ class Expander:
         seed: int | None = values.get("seed")
         meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
         identities = [r.sha256 or r.source for r in references] if references else []
-        prefix = mf.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
+        prefix = ids.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
         requests = state.requests
         line = row.line
         source = self._name
@@ -271,7 +272,7 @@ class Expander:
         for combo in itertools.product(*(v for _, v in matrix)):
             pairs = tuple(zip(names, combo, strict=True))
             prompt = template.format_map(dict(pairs))
-            prefix = mf.job_prefix(id_prefix, combo, prompt)
+            prefix = ids.job_prefix(id_prefix, combo, prompt)
             for sample in range(count):
                 digest, key = job_digest(
                     model, prompt, identities, aspect_ratio, image_size, output_text,
