@@ -12,6 +12,8 @@ Three amounts count against ``--budget``:
 
 from __future__ import annotations
 
+import asyncio
+
 from .pricing import PriceTable
 from .spec import JobSpec
 
@@ -31,6 +33,7 @@ class Budget:
         self.unsettled_usd = unsettled_usd
         self.reserved_usd = 0.0
         self.reservations = 0  # counted apart: float sums of reservations never quite return to 0
+        self._freed = asyncio.Event()  # set (and replaced) when a reservation ends
 
     @property
     def committed_usd(self) -> float:
@@ -47,10 +50,28 @@ class Budget:
         self.reservations += 1
         return reserve
 
+    async def wait_reserve(self, spec: JobSpec, stop: asyncio.Event) -> float | None:
+        """Reserve, waiting while only other requests' reservations keep this one from fitting
+        (they usually cost less than reserved). None when the spend alone leaves no room, or the
+        run stops meanwhile."""
+        while True:
+            reserve = self.reserve(spec)
+            if reserve is not None:
+                return reserve
+            if not self.reservations or stop.is_set():
+                return None
+            await self._freed.wait()
+
     def release(self, reserve: float) -> None:
         """The request has settled: its charge (if any) replaces the reservation."""
         self.reservations -= 1
         self.reserved_usd = max(self.reserved_usd - reserve, 0.0) if self.reservations else 0.0
+        self.wake()
+
+    def wake(self) -> None:
+        """Let every waiting reservation look again (a reservation ended, or the run stops)."""
+        self._freed.set()
+        self._freed = asyncio.Event()
 
     def charge(
         self, spec: JobSpec, usage: dict[str, object] | None, *, billed: bool

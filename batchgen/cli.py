@@ -199,6 +199,15 @@ def main() -> None:
               metavar="SECONDS",
               help="When stderr is not a terminal, a progress line this often (0: none).")
 @click.option("-v", "--verbose", count=True, help="Log every attempt (debug).")
+@click.option("--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="batch: the Gemini Batch API, half price, results within 24 h (google only).")
+@click.option("--wait", is_flag=True, help="Batch mode: poll until every batch is collected.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Batch mode: jobs per batch at most.")
+@click.option("--poll-interval", type=click.FloatRange(0.01), default=30.0, show_default=True,
+              help="Batch mode with --wait: seconds between polls, at least.")
+@click.option("--max-file-bytes", type=click.IntRange(1024), default=None, hidden=True,
+              help="Batch mode: request file size cap (for tests; the service's is 2 GB).")
 @guarded
 def run(manifest: Path, **o: Any) -> None:
     """Generate every job in MANIFEST that the run folder does not have yet."""
@@ -240,6 +249,10 @@ def run(manifest: Path, **o: Any) -> None:
     )
     selection = Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"],
                           redo_missing=o["redo_missing"])
+    if o["mode"] == "batch":
+        from .batch.command import run_command
+
+        sys.exit(run_command(req, selection, o))
     prep = prepare(req, selection=selection)
     adopt_orphans(prep)
     from .runflow import go
@@ -276,15 +289,32 @@ def validate(manifest: Path, model: str | None, provider: str | None) -> None:
 @guarded
 def status(run_dir: Path, as_json: bool) -> None:
     """Counts and spend of a run folder (needs no manifest and no key)."""
+    from .batch.status import batch_rows, format_batches
     from .report import format_status, load_status
 
     st = load_status(run_dir)
+    batches = batch_rows(run_dir)
     if as_json:
         import orjson
 
-        click.echo(orjson.dumps(st.to_json()).decode())
+        extra = {"batches": batches} if batches else {}  # only a folder batch mode used
+        click.echo(orjson.dumps({**st.to_json(), **extra}).decode())
     else:
-        click.echo(format_status(st))
+        click.echo(format_status(st) + ("\n" + format_batches(batches) if batches else ""))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (for scripts).")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), help="[from run.json]")
+@click.option("--base-url", help="[from run.json]")
+@guarded
+def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None) -> None:
+    """Cancel the run folder's running batches; their jobs go back to pending."""
+    from .batch.command import cancel_command
+
+    setup_logging(0)
+    sys.exit(cancel_command(run_dir, yes, provider, base_url))
 
 
 @main.command("fake-server")
@@ -307,9 +337,15 @@ def status(run_dir: Path, as_json: bool) -> None:
 @click.option(
     "--url-output", type=click.Choice(["file_data", "text", "markdown", "escaped", "data"])
 )
+@click.option("--batch-seconds", type=click.FloatRange(0.0), default=2.0, show_default=True,
+              help="Seconds a batch takes from create to done.")
+@click.option("--batch-fault", "batch_faults", multiple=True, metavar="NAME=VALUE",
+              help="duplicate_rate=0.1, line_error_rate=0.1, create_503=1, expire=1, fail=1, "
+                   "output_lag=2.")
 def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
                 faults: tuple[str, ...], rpm: int | None, ipm: int | None, rate_window: float,
-                rate_window_kind: str, rate_limit_style: str, url_output: str | None) -> None:
+                rate_window_kind: str, rate_limit_style: str, url_output: str | None,
+                batch_seconds: float, batch_faults: tuple[str, ...]) -> None:
     """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
     from .fake import FAULT_NAMES, FakeConfig, run_forever
 
@@ -324,11 +360,22 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             fail(f"--fault {item!r}: unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
         if not 0.0 <= rates[name] <= 1.0:
             fail(f"--fault {item!r}: the rate is a probability from 0 to 1, e.g. {name}=0.1")
+    batch: dict[str, Any] = {}
+    kinds = {"duplicate_rate": float, "line_error_rate": float, "create_503": int,
+             "expire": bool, "fail": bool, "output_lag": int}
+    for item in batch_faults:
+        name, _, value = item.partition("=")
+        if name not in kinds:
+            fail(f"--batch-fault {item!r}: NAME is one of {', '.join(kinds)}")
+        try:
+            batch[f"batch_{name}"] = kinds[name](float(value))
+        except ValueError:
+            fail(f"--batch-fault {item!r}: expected NAME=NUMBER, e.g. duplicate_rate=0.1")
     try:
         config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
                             rpm_limit=rpm, ipm_limit=ipm, rate_window_s=rate_window,
                             rate_window_kind=rate_window_kind, rate_limit_style=rate_limit_style,
-                            url_output=url_output)
+                            url_output=url_output, batch_seconds=batch_seconds, **batch)
     except ValueError as exc:
         fail(str(exc))
     run_forever(config, host, port)
@@ -353,6 +400,8 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
 @click.option("--redo-missing", is_flag=True,
               help="Count the succeeded jobs whose image file is gone, as run --redo-missing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="batch: show live and batch cost side by side.")
 @guarded
 def estimate(manifest: Path, **o: Any) -> None:
     """What running MANIFEST would cost and take, before anything is spent."""
@@ -371,12 +420,17 @@ def estimate(manifest: Path, **o: Any) -> None:
     ))
     for warning in est.warnings:
         click.echo(f"warning: {warning}", err=True)
+    side, extra = "", dict[str, Any]()
+    if o["mode"] == "batch":
+        from .batch.command import estimate_side_by_side
+
+        side, extra = estimate_side_by_side(est, o["prices"])
     if o["as_json"]:
         import orjson
 
-        click.echo(orjson.dumps(est.to_json()).decode())
+        click.echo(orjson.dumps({**est.to_json(), **extra}).decode())
     else:
-        click.echo(format_estimate(est))
+        click.echo(format_estimate(est) + side)
 
 
 @main.command()

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import InputError
 from .messages import plural
 from .ownership import owner_problem
-from .plan import LedgerIndex, Plan, RunFolder, Selection, read_index
+from .plan import LedgerIndex, Plan, RunFolder, Selection, mark_in_batch, read_index
 from .pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from .spec import JobSpec
 
@@ -181,6 +181,8 @@ def estimate(req: EstimateRequest) -> Estimate:
     # The ledger first, so the plan is counted in the same pass that validates the manifest.
     owner = owner_problem(RunFolder(run_dir).read_meta(), req.manifest, run_dir)
     index = read_index(RunFolder(run_dir).ledger_path) if owner is None else LedgerIndex()
+    if owner is None:
+        mark_in_batch(run_dir, index)
     breakdown = _Breakdown(prices)
     plan = Plan(manifest.iter_jobs, index, req.selection, breakdown)
     summary = manifest.validate(visit=plan.count_job)

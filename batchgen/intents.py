@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,14 @@ def read_unsettled(run_dir: Path) -> Unsettled:
 class IntentJournal:
     """Writes this run's intents; keeps the earlier runs' unsettled ones (``carried``)."""
 
-    def __init__(self, run_dir: Path, carried: Unsettled) -> None:
+    def __init__(
+        self, run_dir: Path, carried: Unsettled, *, sync_ledger: Callable[[], None] | None = None
+    ) -> None:
         self.path = run_dir / INTENTS_NAME
         self.carried = carried
+        # Called before a rewrite drops settled intents: the ledger lines that settled them must
+        # be on disk first, or a power cut could lose both.
+        self._sync_ledger = sync_ledger
         self.open_intents = Unsettled()  # this run's: sent, outcome not yet in the ledger
         self._run = uuid.uuid4().hex[:12]
         self._seq = 0
@@ -162,6 +168,8 @@ class IntentJournal:
     def _compact(self) -> None:
         """Rewrite (fsync'd) with only what is unsettled, while no fsync is using the old file."""
         old = self._sync.fd
+        if self._sync_ledger is not None:
+            self._sync_ledger()
         self._rewrite([*self.carried, *self.open_intents])
         self._sync.mark_synced()  # the rewritten file holds every open intent, durably
         self._reopen()

@@ -73,6 +73,10 @@ class LedgerRecord:
     started_at: str = ""
     adopted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the job was made: "live" (generateContent) or "batch" (the Batch API, then ``batch``
+    # names the batch, ``batches/...``).
+    mode: str = "live"
+    batch: str | None = None
     # Provenance (see batchgen.current): the user's id and metadata, where the job was written,
     # and the one generation setting not above. Lines from before them read as None / {} / "".
     name: str | None = None
@@ -118,7 +122,10 @@ class LedgerRecord:
             "mime_type": self.mime_type,
             "sha256": self.sha256,
             "started_at": self.started_at,
+            "mode": self.mode,
         }
+        if self.batch is not None:
+            d["batch"] = self.batch
         if self.adopted:
             d["adopted"] = True
         if self.extra:
@@ -155,6 +162,8 @@ class LedgerRecord:
             started_at=str(d.get("started_at", "")),
             adopted=bool(d.get("adopted", False)),
             extra=dict(d.get("extra") or {}),
+            mode=str(d.get("mode") or "live"),
+            batch=d.get("batch"),
             name=d.get("name"),
             source=str(d.get("source") or ""),
             meta=dict(d.get("meta") or {}),

@@ -34,6 +34,8 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 SUCCEEDED = "succeeded"
 RETRYABLE = "retryable"
+# Sits in a batch that may still run (batch mode): neither sent live nor put in another batch.
+IN_BATCH = "in_batch"
 # Succeeded, but the image file is gone (deleted by hand): not done, and not re-run (and paid
 # for again) unless the user asks with --redo-missing.
 MISSING = "missing"
@@ -103,6 +105,19 @@ def read_index(ledger: Path) -> LedgerIndex:
     index.cost_usd = cost
     _find_missing(ledger, states)
     return index
+
+
+def mark_in_batch(run_dir: Path, index: LedgerIndex) -> None:
+    """Mark the jobs that sit in one of the folder's open batches (batch mode) as IN_BATCH, so
+    that no plan, live or batch, sends them again while the batch may still deliver them."""
+    from .batch.journal import JOURNAL_NAME, Journal
+
+    if not (run_dir / JOURNAL_NAME).exists():
+        return
+    states = index.states
+    for job_id in Journal(run_dir).open_job_ids():
+        if states.get(job_id) != SUCCEEDED:
+            states[job_id] = IN_BATCH
 
 
 def _find_missing(ledger: Path, states: dict[str, str]) -> None:
@@ -184,6 +199,7 @@ class PlanCounts:
     failed_skipped: int = 0
     pending: int = 0
     new: int = 0
+    in_batch: int = 0
     missing: int = 0  # recorded as succeeded, image file gone
     by_size: dict[str, int] = field(default_factory=dict)
     estimate_usd: float = 0.0
@@ -218,7 +234,7 @@ class Plan:
 
     def _wants(self, job_id: str, state: str | None) -> bool:
         """``wants`` for a job already known to be in scope, with its ledger state."""
-        if state == SUCCEEDED or not self.selection.picked(job_id):
+        if state in (SUCCEEDED, IN_BATCH) or not self.selection.picked(job_id):
             return False
         if state is None or state == RETRYABLE:
             return True
@@ -241,6 +257,9 @@ class Plan:
             wanted = sel.only is None or sel.picked(job_id)
         elif state == SUCCEEDED:
             c.done += 1
+            return
+        elif state == IN_BATCH:
+            c.in_batch += 1
             return
         elif state == MISSING:
             c.missing += 1

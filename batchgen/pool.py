@@ -131,7 +131,6 @@ class Runner:
         self._sent = 0  # requests that have left and not yet settled: what a stop waits for
         self._user_stop = False  # a stop signal from the user has come (the next one drops)
         self._stop = asyncio.Event()
-        self._budget_freed = asyncio.Event()  # set (and replaced) when a reservation ends
         self._gate = FirstAnswerGate(self._stop)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -147,7 +146,7 @@ class Runner:
             self.result.stop_reason = reason
             self.result.stop_message = message
             self._stop.set()
-            self._wake_reservers()
+            self.budget.wake()
             if reason is not StopReason.INTERRUPTED:
                 # Said at once: with 30-60 s answers a silent stop looks hung.
                 _say(f"stopping ({self._why()}): {self._waiting()}")
@@ -346,7 +345,7 @@ class Runner:
                 if self.stopping:
                     raise _Abandoned
             except BaseException:  # not sent
-                self._release(reserve)
+                self.budget.release(reserve)
                 self._void(intent)
                 raise
             self._gate.sent()
@@ -370,7 +369,7 @@ class Runner:
                 raise
             finally:
                 self._sent -= 1
-                self._release(reserve)
+                self.budget.release(reserve)
                 del body
             self._charge(spec, state, image.usage, billed=True)
         self.pacer.on_answer(sent_at)
@@ -380,27 +379,13 @@ class Runner:
     # -- money ------------------------------------------------------------------------------
 
     async def _reserve(self, spec: JobSpec) -> float:
-        """Reserve the request's worst-case price. If only other requests' reservations keep it
-        from fitting, wait for them to settle (they usually cost less); if the spend alone
-        leaves no room, stop for the budget."""
-        while True:
-            reserve = self.budget.reserve(spec)
-            if reserve is not None:
-                return reserve
-            if not self.budget.reservations:
+        """The request's worst-case price, reserved; a budget stop if the spend leaves no room."""
+        reserve = await self.budget.wait_reserve(spec, self._stop)
+        if reserve is None:
+            if not self.stopping:
                 self.stop(StopReason.BUDGET, f"${self.budget.limit_usd or 0.0:.2f}")
-                raise _Abandoned
-            await self._budget_freed.wait()
-            if self.stopping:
-                raise _Abandoned
-
-    def _release(self, reserve: float) -> None:
-        self.budget.release(reserve)
-        self._wake_reservers()
-
-    def _wake_reservers(self) -> None:
-        self._budget_freed.set()
-        self._budget_freed = asyncio.Event()
+            raise _Abandoned
+        return reserve
 
     async def _intend(self, spec: JobSpec, state: _JobState, reserve: float) -> Intent | None:
         """Record, durably, that this request may be billed: before it leaves, so that a
@@ -414,7 +399,7 @@ class Runner:
             if self.stopping:  # the fsync was an await: nothing leaves once the run is stopping
                 raise _Abandoned
         except BaseException as exc:  # not sent: neither reserved nor possibly billed
-            self._release(reserve)
+            self.budget.release(reserve)
             self._void(intent)
             if isinstance(exc, e.StorageError):
                 self.stop(StopReason.STORAGE, str(exc))

@@ -37,6 +37,7 @@ from .plan import (
     RunFolder,
     Selection,
     manifest_sha256,
+    mark_in_batch,
     now_iso,
     read_index,
 )
@@ -158,6 +159,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)
             orphans = folder.orphans(index)
+            mark_in_batch(folder.path, index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
         tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
@@ -186,6 +188,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 # Another run made the folder while this one validated: plan against its ledger.
                 index = read_index(folder.ledger_path)
                 orphans = folder.orphans(index)
+                mark_in_batch(folder.path, index)
                 plan.index = index
                 plan.count(price)
                 tally.untouched = 0
@@ -275,7 +278,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()
-    intents = IntentJournal(folder.path, prep.unsettled)
+    intents = IntentJournal(folder.path, prep.unsettled, sync_ledger=ledger.sync)
     intents.open()
     meta = folder.read_meta()
     folder.update_meta(

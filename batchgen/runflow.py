@@ -41,6 +41,9 @@ def go(prep: Prepared, req: RunRequest, o: dict[str, Any], cmd: CommandLine) -> 
     missing = describe_missing(c, o["redo_missing"])
     if missing:
         click.echo(missing, err=True)
+    if c.in_batch:
+        click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
+                   "them)", err=True)
     click.echo(
         f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
         f"estimated ${c.estimate_usd:.2f}",

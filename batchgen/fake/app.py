@@ -12,6 +12,7 @@ import collections
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -39,7 +40,10 @@ from .answers import (
     too_large,
     usage,
 )
+from .batch_api import BatchService
 from .faults import FAULT_NAMES, FakeConfig, FaultChooser, RateWindow, apply_config_json
+from .file_store import FileStore
+from .files_api import FilesApi
 from .images import EncodedImage, ImageCache, colour_bucket
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request
@@ -68,6 +72,16 @@ def _error(err: ApiError) -> web.Response:
     return _json(err.body(), err.code, err.headers)
 
 
+# Builds the final image's part from the image and its thoughtSignature (if any).
+FinalPart = Callable[[EncodedImage, dict[str, Any]], dict[str, Any]]
+
+
+def _inline_part(final: EncodedImage, sig: dict[str, Any]) -> dict[str, Any]:
+    # Always labelled PNG: with mislabelling on, the bytes may be JPEG.
+    data = _SPLICE if len(final.b64) > _SPLICE_OVER else final.b64
+    return {"inlineData": {"mimeType": "image/png", "data": data}, **sig}
+
+
 class FakeServer:
     """The fake on the caller's event loop: ``async with FakeServer(cfg) as srv: srv.url``."""
 
@@ -86,6 +100,10 @@ class FakeServer:
         self._ipm = RateWindow()
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._runner: web.AppRunner | None = None
+        # Files and Batch API: uploads live in a temp dir made on first use.
+        self.file_store = FileStore(self.stats)
+        self.batches = BatchService(self, self.file_store)
+        self._files_api = FilesApi(self.file_store, lambda: self.config)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,6 +116,8 @@ class FakeServer:
         app.router.add_post("/_fake/config", self._handle_config)
         app.router.add_post("/_fake/reset", self._handle_reset)
         app.router.add_get("/_fake/files/{name}", self._handle_file)
+        self._files_api.add_routes(app)
+        self.batches.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -122,6 +142,8 @@ class FakeServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self.batches.close()
+        self.file_store.close()
 
     async def __aenter__(self) -> FakeServer:
         await self.start()
@@ -136,11 +158,19 @@ class FakeServer:
         self._chooser.reset(self.config)
         self._rpm.clear()
         self._ipm.clear()
+        self.batches.reset()
+
+    def choose_fault(self, cfg: FakeConfig, prompt: str) -> str:
+        """The fault for one generation (batch lines take theirs from the same rules)."""
+        return self._chooser.choose(cfg, prompt)
 
     # -- generateContent -------------------------------------------------------------------
 
     async def _handle_generate(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["rest"].partition(":")
+        if method == "batchGenerateContent":
+            # Not counted in the live stats: those must show only generateContent traffic.
+            return await self.batches.handle_create(request, model)
         if method != "generateContent":
             return _error(
                 ApiError(
@@ -204,7 +234,7 @@ class FakeServer:
         body = await request.read()
         if len(body) > cfg.max_request_bytes:
             raise too_large(cfg.max_request_bytes)
-        req = parse_request(body, model)
+        req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
 
         self._check_quota(cfg, model, req, now)
@@ -294,10 +324,31 @@ class FakeServer:
         self, request: web.Request, model: str, req: ParsedRequest, cfg: FakeConfig
     ) -> bytes:
         """A successful generation: the body, billed and counted against the image quota."""
+        body, price = self.render(
+            model, req, cfg, lambda final, sig: self._final_part(request, final, cfg, sig)
+        )
+        if price is not None:
+            self.stats.record_billed(req.prompt, price)
+            if cfg.ipm_limit is not None:
+                self._ipm.add(time.monotonic(), cfg)
+        return body
+
+    def render(
+        self,
+        model: str,
+        req: ParsedRequest,
+        cfg: FakeConfig,
+        final_part: FinalPart | None = None,
+    ) -> tuple[bytes, float | None]:
+        """The body of a successful generation and the live price of its image (None: no image).
+
+        Billing is the caller's: live answers bill at list price, batch lines at half.
+        ``final_part`` shapes the image part (URL modes); by default it is inline base64.
+        """
         if not req.want_image:
             # Asked for TEXT only: an image model then answers in words, billed by tokens.
             text = caption(req.prompt)
-            return answer(model, [{"text": text}], "STOP", usage(req, model, text=text))
+            return answer(model, [{"text": text}], "STOP", usage(req, model, text=text)), None
         thinking = not is_flash(model)  # 2.5 flash image does not think
         size = "1K" if is_flash(model) else req.size
         bucket = colour_bucket(req.prompt)
@@ -318,26 +369,21 @@ class FakeServer:
         if req.want_text:
             text = caption(req.prompt)
             parts.append({"text": text, **sig})
-        parts.append(self._final_part(request, final, cfg, sig))
+        parts.append(final_part(final, sig) if final_part else _inline_part(final, sig))
 
-        self.stats.record_billed(req.prompt, image_price(model, size))
-        if cfg.ipm_limit is not None:
-            self._ipm.add(time.monotonic(), cfg)
         use = usage(req, model, image=image_tokens(model, size), text=text, thinking=thinking)
         body = answer(model, parts, "STOP", use)
         if parts[-1].get("inlineData", {}).get("data") is _SPLICE:
             # Base64 never needs JSON escaping, so it can go into the encoded body as-is.
             body = body.replace(_SPLICE_BYTES, final.b64_bytes, 1)
-        return body
+        return body, image_price(model, size)
 
     def _final_part(
         self, request: web.Request, final: EncodedImage, cfg: FakeConfig, sig: dict[str, Any]
     ) -> dict[str, Any]:
         mode = cfg.url_output
         if mode is None:
-            # Always labelled PNG: with mislabelling on, the bytes may be JPEG.
-            data = _SPLICE if len(final.b64) > _SPLICE_OVER else final.b64
-            return {"inlineData": {"mimeType": "image/png", "data": data}, **sig}
+            return _inline_part(final, sig)
         if mode == "data":
             return {"text": f"![image](data:image/png;base64,{final.b64})"}
         name = f"{secrets.token_hex(8)}.png"

@@ -84,6 +84,16 @@ class FakeConfig:
     slow_s: float = 30.0
     max_request_bytes: int = 100 * 1024 * 1024
     seed: int = 0
+    # Batch API. Each knob is read when a batch is created and kept with it, so a test can
+    # change the config between batches; prompt rules and faults apply per line when it runs.
+    batch_seconds: float = 2.0  # PENDING, then RUNNING after a quarter, done after all of it
+    batch_duplicate_rate: float = 0.0  # share of result lines written twice, each billed
+    batch_expire: bool = False  # end in BATCH_STATE_EXPIRED with no results
+    batch_fail: bool = False  # end in BATCH_STATE_FAILED with no results
+    batch_create_503: int = 0  # the first N creates make the batch but answer 503
+    batch_line_error_rate: float = 0.0  # share of lines that come back as retryable errors
+    batch_output_lag: int = 0  # reads of a succeeded batch that show it without its output
+    batch_inline_max_bytes: int = 20 * 1024 * 1024  # a create with inline requests, at most
 
     def __post_init__(self) -> None:
         # Catch typos at construction: a misspelt fault would otherwise silently mean "ok".
@@ -99,6 +109,11 @@ class FakeConfig:
             raise ValueError("rate_window_s must be positive")
         if not 0 <= self.thought_images <= 2:
             raise ValueError("thought_images must be 0, 1 or 2")
+        for rate in ("batch_duplicate_rate", "batch_line_error_rate"):
+            if not 0.0 <= getattr(self, rate) <= 1.0:
+                raise ValueError(f"{rate} must be between 0 and 1")
+        if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag) < 0:
+            raise ValueError("batch_seconds, batch_create_503 and batch_output_lag must be >= 0")
         self.models = tuple(self.models)
 
     def to_json(self) -> dict[str, Any]:

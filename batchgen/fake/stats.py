@@ -33,6 +33,18 @@ class FakeStats:
         self._prompts: collections.Counter[str] = collections.Counter()
         self._billed_prompts: collections.Counter[str] = collections.Counter()
         self._faults: collections.Counter[str] = collections.Counter()
+        # Batch and Files API: kept apart from the live counters above, so a test can prove an
+        # image was billed once across both modes.
+        self._batch_billed_images = 0
+        self._batch_billed_usd = 0.0
+        self._batch_billed_prompts: collections.Counter[str] = collections.Counter()
+        self._batches_created = 0
+        self._batches_by_name: collections.Counter[str] = collections.Counter()
+        self._batch_line_errors = 0
+        self._batch_duplicate_lines = 0
+        self._files_uploaded = 0
+        self._bytes_uploaded = 0
+        self._files_deleted = 0
         self._timeline: collections.deque[tuple[float, int]] = collections.deque(
             maxlen=TIMELINE_MAX
         )
@@ -72,6 +84,31 @@ class FakeStats:
             self._billed_images += 1
             self._billed_usd += usd
             self._billed_prompts[prompt] += 1
+
+    def record_batch_billed(self, prompt: str, usd: float) -> None:
+        with self._lock:
+            self._batch_billed_images += 1
+            self._batch_billed_usd += usd
+            self._batch_billed_prompts[prompt] += 1
+
+    def record_batch_created(self, display_name: str) -> None:
+        with self._lock:
+            self._batches_created += 1
+            self._batches_by_name[display_name] += 1
+
+    def record_batch_line(self, *, error: bool = False, duplicate: bool = False) -> None:
+        with self._lock:
+            self._batch_line_errors += error
+            self._batch_duplicate_lines += duplicate
+
+    def record_upload(self, size: int) -> None:
+        with self._lock:
+            self._files_uploaded += 1
+            self._bytes_uploaded += size
+
+    def record_file_deleted(self) -> None:
+        with self._lock:
+            self._files_deleted += 1
 
     def reset(self) -> None:
         with self._lock:
@@ -120,6 +157,48 @@ class FakeStats:
             return collections.Counter(self._faults)
 
     @property
+    def batch_billed_images(self) -> int:
+        return self._batch_billed_images
+
+    @property
+    def batch_billed_usd(self) -> float:
+        return round(self._batch_billed_usd, 6)
+
+    @property
+    def batch_billed_by_prompt(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._batch_billed_prompts)
+
+    @property
+    def batches_created(self) -> int:
+        return self._batches_created
+
+    @property
+    def batches_created_by_display_name(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._batches_by_name)
+
+    @property
+    def batch_line_errors(self) -> int:
+        return self._batch_line_errors
+
+    @property
+    def batch_duplicate_lines(self) -> int:
+        return self._batch_duplicate_lines
+
+    @property
+    def files_uploaded(self) -> int:
+        return self._files_uploaded
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self._bytes_uploaded
+
+    @property
+    def files_deleted(self) -> int:
+        return self._files_deleted
+
+    @property
     def timeline(self) -> list[tuple[float, int]]:
         """(arrival time on the server's monotonic clock, HTTP status) per request, by arrival."""
         with self._lock:
@@ -138,6 +217,16 @@ class FakeStats:
                 "faults": dict(self._faults),
                 "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
+                "batch_billed_images": self._batch_billed_images,
+                "batch_billed_usd": round(self._batch_billed_usd, 6),
+                "batch_billed_by_prompt": dict(self._batch_billed_prompts),
+                "batches_created": self._batches_created,
+                "batches_created_by_display_name": dict(self._batches_by_name),
+                "batch_line_errors": self._batch_line_errors,
+                "batch_duplicate_lines": self._batch_duplicate_lines,
+                "files_uploaded": self._files_uploaded,
+                "bytes_uploaded": self._bytes_uploaded,
+                "files_deleted": self._files_deleted,
             }
 
     def __repr__(self) -> str:

@@ -1,0 +1,359 @@
+"""``batchgen run --mode batch`` from top to bottom, and ``batchgen cancel``.
+
+One pass: finish what an earlier run left unnamed (look up, then create), poll the folder's
+batches and collect every finished one, then submit what still needs doing (new jobs, jobs of
+expired / failed / cancelled batches, retryable lines). Without ``--wait`` it then exits 5 while
+batches run; with it, it sleeps and goes round again until every job is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+import click
+from tqdm import tqdm
+
+from .. import errors as e
+from ..client import GeminiClient
+from ..config import ClientSettings
+from ..ledger import LedgerWriter
+from ..pacing import wait_event
+from ..plan import IN_BATCH, Plan, Selection
+from ..pricing import PriceTable
+from ..progress import Progress
+from ..redact import redact
+from ..run import Prepared, RunRequest, _endpoint, _install_signals, _settings_meta, command_line
+from ..spec import JobSpec, Provider
+from ..store import ImageStore
+from .collect import Collector, Recorder, Tally
+from .journal import BatchRecord, Journal, Phase
+from .submit import BatchSettings, Submitted, Submitter
+from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_RUNNING, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
+MAX_POLL_FACTOR = 10.0  # --wait backs off to at most this many --poll-interval between polls
+
+
+def check_provider(provider: Provider) -> None:
+    if provider is not Provider.GOOGLE:
+        raise e.InputError(
+            f"--mode batch needs a provider with the Batch API (google), not {provider.value}; "
+            "use --provider google, or --mode live"
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    code: int
+    finished: bool  # every job settled: refresh the gallery
+
+
+class _Bar:
+    """Batches and jobs collected, on a terminal only (tqdm, on stderr)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: tqdm[NoReturn] | None = None
+
+    def show(self, journal: Journal, tally: Tally) -> None:
+        if not self.enabled:
+            return
+        recs = [r for r in journal.all_records() if r.jobs]
+        if self.bar is None:
+            size = shutil.get_terminal_size((120, 24))
+            self.bar = tqdm(total=0, file=sys.stderr, unit="job", ncols=size.columns,
+                            nrows=size.lines)
+        bar = self.bar
+        bar.total = sum(r.jobs for r in recs)
+        bar.n = sum(r.jobs for r in recs if not r.phase.open)
+        done = sum(1 for r in recs if not r.phase.open)
+        bar.set_description_str(f"batches {done}/{len(recs)}", refresh=False)
+        bar.set_postfix_str(f"ok={tally.succeeded} failed={tally.failed} "
+                            f"${tally.spent_usd:.2f}", refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class BatchRun:
+    def __init__(self, prep: Prepared, req: RunRequest, settings: BatchSettings) -> None:
+        self.prep = prep
+        self.req = req
+        self.settings = settings
+        self.journal = Journal(prep.folder.path)
+        self.prices = PriceTable.load(req.prices, batch=True)
+        self.tally = Tally()
+        self.stop = asyncio.Event()
+        self.interrupted = False
+        self.submitted = Submitted()
+        self.new_jobs = 0
+        self.exhausted: set[str] = set()  # retryable, but out of attempts in this invocation
+        self.budget_cut = False
+        self.bar = _Bar(False)
+
+    def _interrupt(self, signame: str = "SIGINT") -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.stop.set()
+        Progress.write("stopping: the batches keep running on the service; Ctrl-C again to quit "
+                       "at once")
+
+    async def run(self) -> Outcome:
+        prep = self.prep
+        folder = prep.folder
+        store = ImageStore(folder.path)
+        store.prepare()
+        # A request file still being written when a run died: no intent names it, so no
+        # batch was made from it (its jobs are planned again).
+        for tmp in self.journal.dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        ledger = LedgerWriter(folder.ledger_path)
+        ledger.open()
+        meta = folder.read_meta()
+        folder.update_meta(
+            manifest=str(self.req.manifest), jobs=prep.counts.total,
+            model=prep.manifest.header.model, provider=prep.client.provider.value,
+            base_url=redact(self.req.base_url or prep.client.base_url),
+            settings=_settings_meta(prep.settings), state="running", mode="batch",
+            runs=int(meta.get("runs", 0)) + 1, command=command_line(),
+        )
+        recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally)
+        bar = self.bar = _Bar(prep.settings.progress and sys.stderr.isatty())
+        loop = asyncio.get_running_loop()
+        restore = _install_signals(loop, self._interrupt)
+        try:
+            async with _endpoint(prep, self.req.fake) as cs, BatchAPI(cs) as api:
+                return await self._loop(api, cs, recorder, bar)
+        finally:
+            restore()
+            bar.close()
+            store.close()
+            with contextlib.suppress(e.StorageError):
+                ledger.close()
+
+    async def _loop(self, api: BatchAPI, cs: ClientSettings, recorder: Recorder,
+                    bar: _Bar) -> Outcome:
+        collector = Collector(api, self.journal, recorder, self.stop)
+        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.settings,
+                              self.stop)
+        interval = self.settings.poll_interval_s
+        delay = interval
+        first = True
+        while True:
+            await submitter.resolve_unnamed()
+            changed = await self._poll(api, collector)
+            if self.stop.is_set():
+                return self._finish(False)
+            if first or changed:
+                sub = await submitter.submit(self._jobs())
+                self._add(sub)
+                if sub.batches and self.settings.wait:
+                    click.echo(
+                        f"submitted {sub.jobs} jobs in {sub.batches} "
+                        f"batch{'es' if sub.batches != 1 else ''}; estimated "
+                        f"${sub.estimate_usd:.2f} at batch prices", err=True)
+            first = False
+            bar.show(self.journal, self.tally)
+            if not self.journal.open_records() or not self.settings.wait:
+                return self._finish(True)
+            delay = interval if changed else min(delay * 1.5, interval * MAX_POLL_FACTOR)
+            if await wait_event(self.stop, delay):
+                return self._finish(False)
+
+    def _add(self, sub: Submitted) -> None:
+        self.submitted.jobs += sub.jobs
+        self.submitted.batches += sub.batches
+        self.submitted.estimate_usd += sub.estimate_usd
+        self.budget_cut = sub.budget_cut
+
+    def _jobs(self) -> Iterator[JobSpec]:
+        """What still needs doing, as live mode would plan it; --limit counts distinct jobs of
+        this invocation, and a job is submitted at most --max-attempts times in it (only jobs
+        that came back are remembered for that, so memory does not grow with the manifest)."""
+        sel: Selection = self.prep.plan.selection
+        plan = Plan(self.prep.manifest.iter_jobs, self.prep.plan.index, replace(sel, limit=None))
+        cap = self.prep.settings.max_attempts
+        comebacks = self.tally.comebacks
+        for job in plan:
+            n = comebacks.get(job.job_id, 0)
+            if n >= cap:
+                self.exhausted.add(job.job_id)
+                continue
+            if n == 0:
+                if sel.limit is not None and self.new_jobs >= sel.limit:
+                    continue
+                self.new_jobs += 1
+            yield job
+
+    async def _poll(self, api: BatchAPI, collector: Collector) -> int:
+        """Poll every created batch; collect or close each finished one. How many finished."""
+        finished = 0
+        for rec in [r for r in self.journal.open_records() if r.name is not None]:
+            assert rec.name is not None
+            try:
+                op = await api.get(rec.name)
+            except e.ModelNotFoundError:  # 404: deleted on the service; nothing to collect
+                self._close(rec, "deleted")
+                finished += 1
+                continue
+            state = str(batch_info(op).get("state") or "")
+            if state != rec.state:
+                self.journal.update(rec.display_name, state=state, counts=stats_of(op))
+            if state not in FINAL_STATES:
+                continue
+            if output_of(op) is not None:
+                if not await collector.collect(rec, op):
+                    return finished  # stopped part-way
+                finished += 1
+            elif state == "BATCH_STATE_SUCCEEDED":
+                continue  # succeeded a moment before its output shows: poll again
+            else:
+                self._close(rec, state)
+                with contextlib.suppress(e.APIError):
+                    if rec.input_file:
+                        await api.delete_file(rec.input_file)
+                finished += 1
+        return finished
+
+    def _close(self, rec: BatchRecord, state: str) -> None:
+        """A batch over with no results: its jobs are pending again and get submitted anew."""
+        states = self.prep.plan.index.states
+        comebacks = self.tally.comebacks
+        for d in self.journal.iter_jobs(rec.display_name):
+            job_id = str(d["k"])
+            if states.get(job_id) == IN_BATCH:
+                del states[job_id]
+                comebacks[job_id] = comebacks.get(job_id, 0) + 1
+        self.journal.update(rec.display_name, phase=Phase.CLOSED, state=state,
+                            returned=rec.jobs)
+        log.warning("%s (%s) ended %s: its %d jobs are submitted again", rec.name,
+                    rec.display_name, state, rec.jobs)
+        self.journal.jobs_path(rec.display_name).unlink(missing_ok=True)
+
+    def _finish(self, settled_pass: bool) -> Outcome:
+        self.bar.close()  # before the summary lines
+        t = self.tally
+        if t.succeeded or t.failed or t.duplicates:
+            errs = ", ".join(f"{k} {v}" for k, v in sorted(t.errors.items()))
+            click.echo(
+                f"collected: {t.succeeded} succeeded, {t.failed} failed"
+                + (f" ({errs})" if errs else "")
+                + (f", {t.duplicates} duplicate results billed" if t.duplicates else "")
+                + f"; ${t.spent_usd:.2f} at batch prices", err=True)
+        open_recs = self.journal.open_records()
+        cmd = command_line()
+        if not settled_pass:
+            click.echo(f"stopped waiting; {len(open_recs)} batches keep running on the service; "
+                       f"to collect them: {cmd}", err=True)
+            return Outcome(EXIT_INTERRUPTED, False)
+        if open_recs:
+            jobs = sum(r.jobs for r in open_recs)
+            if self.budget_cut:
+                click.echo("budget: the remaining jobs do not fit in --budget next to the "
+                           "running batches' worst case", err=True)
+            sub = self.submitted
+            if sub.batches:
+                click.echo(f"submitted {sub.jobs} jobs in {_batches(sub.batches)}, estimated "
+                           f"${sub.estimate_usd:.2f} at batch prices", err=True)
+            click.echo(f"{jobs} jobs in {_batches(len(open_recs))} running; re-run this "
+                       f"command to collect: {cmd}", err=True)
+            return Outcome(EXIT_RUNNING, False)
+        counts = self.prep.plan.count()
+        if self.budget_cut and counts.pending:
+            spent = self.prep.plan.index.cost_usd
+            click.echo(f"budget reached: spent ${spent:.2f} of the "
+                       f"${self.settings.budget_usd:.2f} budget; {counts.pending} jobs not "
+                       f"submitted; to continue, raise --budget: {cmd}", err=True)
+            return Outcome(EXIT_BUDGET, True)
+        failed = counts.failed_skipped + len(self.exhausted)
+        click.echo(f"done: {counts.done} of {counts.total} succeeded, {failed} failed; "
+                   f"spent ${self.prep.plan.index.cost_usd:.2f}; images in "
+                   f"{self.prep.folder.path / 'images'}", err=True)
+        if counts.failed_skipped:
+            click.echo(f"to retry the permanent failures: {cmd} --retry-failed", err=True)
+        return Outcome(EXIT_FAILED if failed else EXIT_OK, True)
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch{'es' if n != 1 else ''}"
+
+
+def run_batch(prep: Prepared, req: RunRequest, settings: BatchSettings) -> Outcome:
+    check_provider(prep.client.provider)
+    runner = BatchRun(prep, req, settings)
+    state = "finished"
+    try:
+        outcome = asyncio.run(runner.run())
+        state = {EXIT_RUNNING: "batches running", EXIT_INTERRUPTED: "interrupted",
+                 EXIT_BUDGET: "budget"}.get(outcome.code, "finished")
+        return outcome
+    except (e.FatalError, e.PermanentError, e.TransientError) as exc:
+        state = "fatal"
+        click.echo(redact(f"batchgen: stopped: {exc}"), err=True)
+        click.echo(f"fix the cause, then resume with: {command_line()}", err=True)
+        return Outcome(EXIT_FATAL, False)
+    except KeyboardInterrupt:
+        state = "interrupted"
+        click.echo(f"interrupted; the batches keep running; to collect: {command_line()}",
+                   err=True)
+        return Outcome(EXIT_INTERRUPTED, False)
+    finally:
+        with contextlib.suppress(e.StorageError):
+            prep.folder.update_meta(state=state)
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
+                         confirm: Callable[[list[BatchRecord]], bool]) -> tuple[int, int]:
+    """Cancel the folder's open batches; their jobs go back to pending. (cancelled, jobs)."""
+    async with BatchAPI(run_dir_settings) as api:
+        unnamed = [r for r in journal.open_records() if r.name is None]
+        if unnamed:
+            found = await api.find({r.display_name for r in unnamed})
+            for rec in unnamed:
+                op = found.get(rec.display_name)
+                if op is None:  # never created: nothing runs, nothing to cancel
+                    journal.update(rec.display_name, phase=Phase.CLOSED, note="never created")
+                    journal.jobs_path(rec.display_name).unlink(missing_ok=True)
+                else:
+                    journal.update(rec.display_name, phase=Phase.CREATED, name=op.get("name"),
+                                   state=batch_info(op).get("state") or "")
+        targets = [r for r in journal.open_records() if r.name is not None]
+        if not targets or not confirm(targets):
+            return 0, 0
+        jobs = 0
+        for rec in targets:
+            assert rec.name is not None
+            op = await api.get(rec.name)
+            state = str(batch_info(op).get("state") or "")
+            if state not in FINAL_STATES:
+                await api.cancel(rec.name)
+                op = await api.get(rec.name)
+                state = str(batch_info(op).get("state") or "BATCH_STATE_CANCELLED")
+            if output_of(op) is not None:
+                # Finished (or cancelled with results): the next run collects it, nothing lost.
+                journal.update(rec.display_name, state=state, counts=stats_of(op))
+                continue
+            journal.update(rec.display_name, phase=Phase.CLOSED, state=state, returned=rec.jobs,
+                           note="cancelled")
+            journal.jobs_path(rec.display_name).unlink(missing_ok=True)
+            if rec.input_file:
+                with contextlib.suppress(e.APIError):
+                    await api.delete_file(rec.input_file)
+            jobs += rec.jobs
+        return len(targets), jobs
