@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import traceback
@@ -27,7 +28,7 @@ from .errors import BatchgenError, InputError
 from .redact import install_log_redaction, redact
 
 if TYPE_CHECKING:
-    from .pool import RunResult
+    pass
 
 log = logging.getLogger("batchgen")
 
@@ -103,12 +104,51 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+# The kinds a job can be left failed with for good: what --retry-failed can name. Transient
+# kinds (rate_limited, server_error, ...) run again anyway; fatal ones stop the run unrecorded;
+# bad_response is permanent only for an answer over its size cap (README, "Retries").
+RETRY_KINDS = ("blocked", "no_image", "invalid_request", "reference", "bad_response")
+RETRY_HELP = ("Re-run permanent failures too; optionally only these comma-separated kinds: "
+              + ", ".join(RETRY_KINDS) + ".")
+
+
 def _retry_kinds(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     if value == "all":
         return ()
-    return tuple(k.strip() for k in value.split(",") if k.strip())
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    for kind in kinds:
+        if kind not in RETRY_KINDS:
+            import difflib
+
+            close = difflib.get_close_matches(kind, RETRY_KINDS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise click.BadParameter(
+                f"{kind!r} is not a kind of permanent failure{hint}; the kinds are "
+                + ", ".join(RETRY_KINDS) + ", or none for all of them",
+                param_hint="--retry-failed",
+            )
+    return kinds
+
+
+class RunDir(click.Path):
+    """A run folder; a manifest given in its place is pointed at its run folder."""
+
+    name = "run_dir"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(os.fsdecode(super().convert(value, param, ctx)))
+        if path.is_file():
+            from .run import default_out
+
+            self.fail(
+                f"{value} is a file (a manifest?), not a run folder; its run folder is "
+                f"{default_out(path)} unless --out named another",
+                param,
+                ctx,
+            )
+        return path
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,7 +161,8 @@ def main() -> None:
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder [jobs/<manifest stem>].")
 @click.option("--fake", is_flag=True, help="Use the built-in fake Gemini server (no key, no cost).")
-@click.option("--provider", type=click.Choice(["anyfast", "google"]), help="[anyfast]")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), envvar="BATCHGEN_PROVIDER",
+              help="Overrides the manifest's provider (CSV and JSONL have none) [anyfast].")
 @click.option("--base-url", help="Point the provider at another host.")
 @click.option("--model", help="Model id for every job [gemini-3-pro-image].")
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
@@ -141,7 +182,7 @@ def main() -> None:
 @click.option("--retry-blocked", type=click.IntRange(0, 20), default=0, show_default=True,
               help="Extra tries for safety blocks and no-image answers.")
 @click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
-              help="Re-run permanent failures; optionally only these comma-separated kinds.")
+              help=RETRY_HELP)
 @click.option("--budget", type=click.FloatRange(0.0), help="Hard spending cap in USD.")
 @click.option("--confirm-above", type=click.FloatRange(0.0), default=20.0, show_default=True,
               help="Ask before a run estimated above this many USD (when stdin is a terminal).")
@@ -154,6 +195,9 @@ def main() -> None:
 @click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end.")
+@click.option("--log-every", type=click.FloatRange(0.0), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help="When stderr is not a terminal, a progress line this often (0: none).")
 @click.option("-v", "--verbose", count=True, help="Log every attempt (debug).")
 @click.option("--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
               help="batch: the Gemini Batch API, half price, results within 24 h (google only).")
@@ -167,9 +211,11 @@ def main() -> None:
 @guarded
 def run(manifest: Path, **o: Any) -> None:
     """Generate every job in MANIFEST that the run folder does not have yet."""
+    from .messages import CommandLine
     from .plan import Selection
-    from .run import RunRequest, adopt_orphans, execute, prepare
+    from .run import RunRequest, adopt_orphans, prepare
 
+    cmd = CommandLine.from_context(click.get_current_context())
     setup_logging(o["verbose"])
     shard = _shard(o["shard"])
     retry_failed = _retry_kinds(o["retry_failed"])
@@ -185,6 +231,7 @@ def run(manifest: Path, **o: Any) -> None:
         prices=o["prices"],
         yes=o["yes"],
         confirm_above_usd=o["confirm_above"],
+        log_every_s=o["log_every"],
         settings={
             "concurrency": o["concurrency"],
             "max_attempts": o["max_attempts"],
@@ -208,72 +255,20 @@ def run(manifest: Path, **o: Any) -> None:
         sys.exit(run_command(req, selection, o))
     prep = prepare(req, selection=selection)
     adopt_orphans(prep)
-    for warning in prep.summary.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    c = prep.counts
-    if prep.change:
-        click.echo(prep.change, err=True)
-    from .plan import describe_missing
+    from .runflow import go
 
-    missing = describe_missing(c, o["redo_missing"])
-    if missing:
-        click.echo(missing, err=True)
-    if c.in_batch:
-        click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
-                   "them)", err=True)
-    click.echo(
-        f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
-        f"estimated ${c.estimate_usd:.2f}",
-        err=True,
-    )
-    if c.pending == 0:
-        click.echo("nothing to do: every job is done", err=True)
-        sys.exit(EXIT_OK if c.failed_skipped == 0 and c.missing == 0 else EXIT_FAILED)
-    if c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty():
-        click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?", abort=True)
-    import asyncio
-
-    result = asyncio.run(execute(prep, req))
-    gallery = None if o["no_gallery"] else _refresh_gallery(prep.folder.path)
-    sys.exit(summarize(result, prep.folder.path, gallery))
-
-
-def _refresh_gallery(out: Path) -> Path | None:
-    """Rebuild DIR/gallery.html at the end of ``run``, unless the folder is too big for that.
-
-    Above ``REFRESH_MAX_RECORDS`` ledger records the page takes a while to build, so ``run``
-    prints how to build it (``batchgen gallery DIR``, any size) instead of making everyone wait.
-    """
-    from .gallery import build_gallery, gallery_hint, too_big_to_refresh
-
-    if too_big_to_refresh(out):
-        click.echo(gallery_hint(out), err=True)
-        return None
-    try:
-        return build_gallery(out).path
-    except BatchgenError as exc:
-        click.echo(f"warning: no gallery: {exc}", err=True)
-        return None
-
-
-def summarize(result: RunResult, out: Path, gallery: Path | None = None) -> int:
-    from .pool import StopReason
-    from .run import summary_lines
-
-    for line in summary_lines(result, out, gallery):
-        click.echo(line, err=True)
-    if result.stop_reason is StopReason.COMPLETED:
-        return EXIT_FAILED if result.failed else EXIT_OK
-    return STOP_EXIT[result.stop_reason.value]
+    sys.exit(go(prep, req, o, cmd))
 
 
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--model", help="Model id for every job.")
-@click.option("--provider", type=click.Choice(["anyfast", "google"]))
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), envvar="BATCHGEN_PROVIDER",
+              help="Overrides the manifest's provider [anyfast].")
 @guarded
 def validate(manifest: Path, model: str | None, provider: str | None) -> None:
     """Check MANIFEST without sending anything, and print the plan."""
+    from .messages import plural
     from .run import open_manifest
 
     setup_logging(0)
@@ -283,12 +278,13 @@ def validate(manifest: Path, model: str | None, provider: str | None) -> None:
         click.echo(f"warning: {warning}", err=True)
     sizes = ", ".join(f"{n} x {size}" for size, n in sorted(summary.by_size.items()))
     models = ", ".join(f"{n} x {name}" for name, n in sorted(summary.by_model.items()))
-    click.echo(f"{manifest}: ok: {summary.jobs} jobs, {summary.jobs} images ({sizes})")
+    click.echo(f"{manifest}: ok: {plural(summary.jobs, 'job')}, {plural(summary.jobs, 'image')} "
+               f"({sizes})")
     click.echo(f"models: {models}; reference images sent: {summary.references}")
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @guarded
 def status(run_dir: Path, as_json: bool) -> None:
@@ -351,7 +347,7 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
                 rate_window_kind: str, rate_limit_style: str, url_output: str | None,
                 batch_seconds: float, batch_faults: tuple[str, ...]) -> None:
     """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
-    from .fake import FakeConfig, run_forever
+    from .fake import FAULT_NAMES, FakeConfig, run_forever
 
     rates: dict[str, float] = {}
     for item in faults:
@@ -360,6 +356,10 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             rates[name] = float(rate)
         except ValueError:
             fail(f"--fault {item!r}: expected NAME=RATE, e.g. 503=0.1")
+        if name not in FAULT_NAMES:
+            fail(f"--fault {item!r}: unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
+        if not 0.0 <= rates[name] <= 1.0:
+            fail(f"--fault {item!r}: the rate is a probability from 0 to 1, e.g. {name}=0.1")
     batch: dict[str, Any] = {}
     kinds = {"duplicate_rate": float, "line_error_rate": float, "create_503": int,
              "expire": bool, "fail": bool, "output_lag": int}
@@ -390,9 +390,10 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
               help="Assumed seconds per image.")
 @click.option("--prices", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--model", help="Model id for every job.")
-@click.option("--provider", type=click.Choice(["anyfast", "google"]))
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), envvar="BATCHGEN_PROVIDER",
+              help="Overrides the manifest's provider [anyfast].")
 @click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[KINDS]",
-              help="Count permanent failures too, as run --retry-failed would.")
+              help="Count permanent failures too, as run does. " + RETRY_HELP)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N pending jobs.")
 @click.option("--only", metavar="ID_GLOB", help="Only jobs whose id matches.")
 @click.option("--shard", metavar="K/N", help="Only this machine's share of the jobs.")
@@ -433,7 +434,7 @@ def estimate(manifest: Path, **o: Any) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @guarded
 def report(run_dir: Path, as_json: bool) -> None:
@@ -451,23 +452,38 @@ def report(run_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="The page to write [DIR/gallery.html].")
 @guarded
 def gallery(run_dir: Path, out: Path | None) -> None:
     """A static HTML page of a run folder's images and failures (thumbnails in DIR/thumbs)."""
     from .gallery import build_gallery
+    from .messages import plural
 
     setup_logging(0)
     res = build_gallery(run_dir, out)
     click.echo(
-        f"{res.succeeded} images, {res.failed} failed; thumbnails: {res.thumbs_made} made, "
+        f"{plural(res.succeeded, 'image')}, {res.failed} failed"
+        + (f", {res.superseded} superseded" if res.superseded else "")
+        + f"; thumbnails: {res.thumbs_made} made, "
         f"{res.thumbs_reused} reused; {res.elapsed_s:.1f}s"
-        + (f"; {res.missing} images missing on disk" if res.missing else ""),
+        + (f"; {plural(res.missing, 'image')} missing on disk" if res.missing else ""),
         err=True,
     )
     click.echo(str(res.path))
+
+
+@main.command()
+@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@guarded
+def prune(run_dir: Path, yes: bool) -> None:
+    """Move the images of edited or removed rows (superseded jobs) to DIR/superseded/."""
+    from .superseded import prune_folder
+
+    setup_logging(0)
+    prune_folder(run_dir, yes=yes, interactive=sys.stdin.isatty())
 
 
 @main.command()
@@ -479,11 +495,12 @@ def gallery(run_dir: Path, out: Path | None) -> None:
 def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     """Combine the run folders of several shards into one."""
     from .merge import merge as merge_folders
+    from .messages import plural
 
     setup_logging(0)
     res = merge_folders(list(run_dirs), out)
     click.echo(
-        f"merged {res.inputs} run folders into {res.out}: {res.jobs} jobs, "
+        f"merged {plural(res.inputs, 'run folder')} into {res.out}: {plural(res.jobs, 'job')}, "
         f"{res.succeeded} succeeded, {res.failed} failed; files: {res.linked} linked, "
         f"{res.copied} copied, {res.kept} already there"
         + (f"; {res.missing} missing (not merged)" if res.missing else "")

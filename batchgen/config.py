@@ -45,10 +45,20 @@ def resolve_key(provider: Provider, env: dict[str, str] | None = None) -> str:
         value = env.get(name, "").strip()
         if value:
             return value
+    hint = ""
+    for other, info in PROVIDERS.items():
+        found = [name for name in info.key_env if env.get(name, "").strip()]
+        if other is not provider and found:
+            # The key is there, for the other provider: say so, and how to use it.
+            hint = (
+                f"; {found[0]} is set, which is a key for provider {other.value}: "
+                f"to use it, add --provider {other.value}"
+            )
+            break
     raise InputError(
         f"no API key for provider {provider.value}: set "
         + " or ".join(key_sources(provider))
-        + " (or use --fake to run against the built-in fake server)"
+        + (hint or " (or use --fake to run against the built-in fake server)")
     )
 
 

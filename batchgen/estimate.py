@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .plan import Plan, RunFolder, Selection, mark_in_batch, read_index
+from .messages import plural
+from .ownership import owner_problem
+from .plan import LedgerIndex, Plan, RunFolder, Selection, mark_in_batch, read_index
 from .pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from .spec import JobSpec
 
@@ -85,6 +87,7 @@ class Estimate:
     rpm: float | None
     latency_s: float
     warnings: tuple[str, ...] = ()
+    retry_kinds: tuple[str, ...] | None = None  # what --retry-failed named (() for all)
 
     @property
     def images(self) -> int:
@@ -176,11 +179,15 @@ def estimate(req: EstimateRequest) -> Estimate:
         manifest.validate()  # the manifest's problems come first, as they always have
         raise
     # The ledger first, so the plan is counted in the same pass that validates the manifest.
-    index = read_index(RunFolder(run_dir).ledger_path)
-    mark_in_batch(run_dir, index)
+    owner = owner_problem(RunFolder(run_dir).read_meta(), req.manifest, run_dir)
+    index = read_index(RunFolder(run_dir).ledger_path) if owner is None else LedgerIndex()
+    if owner is None:
+        mark_in_batch(run_dir, index)
     breakdown = _Breakdown(prices)
     plan = Plan(manifest.iter_jobs, index, req.selection, breakdown)
     summary = manifest.validate(visit=plan.count_job)
+    if owner is not None:
+        raise InputError(owner)  # after the manifest's own problems, as run reports them
     price_warnings = prices.check_covered()  # a size with no price: exit 2 naming the file
     counts = plan.counts
     rows = breakdown.rows()
@@ -201,6 +208,7 @@ def estimate(req: EstimateRequest) -> Estimate:
         rpm=req.rpm,
         latency_s=req.latency_s,
         warnings=(*summary.warnings, *price_warnings),
+        retry_kinds=req.selection.retry_failed,
     )
 
 
@@ -224,8 +232,13 @@ def format_estimate(e: Estimate) -> str:
     lines = [f"{e.manifest} -> {e.run_dir}"]
     already = f"{e.done} already done"
     if e.failed_skipped:
-        already += f", {e.failed_skipped} failed and skipped (--retry-failed to include)"
-    lines.append(f"  {e.jobs} jobs, {e.images} images to run of {e.total} ({already})")
+        hint = "--retry-failed to include"
+        if e.retry_kinds:
+            hint = "other kinds than --retry-failed names"
+        already += f", {e.failed_skipped} failed and skipped ({hint})"
+    lines.append(
+        f"  {plural(e.jobs, 'job')}, {plural(e.images, 'image')} to run of {e.total} ({already})"
+    )
     if not e.jobs:
         lines.append("  nothing to run")
     else:

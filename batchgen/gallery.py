@@ -22,10 +22,13 @@ from urllib.parse import quote
 import orjson
 from PIL import Image, UnidentifiedImageError
 
+from .current import current_ids, iter_current
 from .errors import StorageError
 from .layout import thumb_relpath
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from .messages import plural
 from .report import make_status, read_meta
+from .superseded import SUPERSEDED_DIR
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class GalleryResult:
     thumbs_reused: int
     missing: int
     elapsed_s: float
+    superseded: int = 0
 
 
 def gallery_hint(run_dir: Path) -> str:
@@ -215,16 +219,26 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     meta = read_meta(run_dir)  # raises InputError when this is no run folder
     page = out or run_dir / GALLERY_NAME
     cards, cost = _read_cards(run_dir / LEDGER_NAME)
+    current = current_ids(run_dir)
+    if current is not None:
+        cards = _manifest_order(cards, run_dir)
     root = os.path.realpath(run_dir)
     thumbs = os.path.join(root, THUMBS_DIR)
     # job id -> (image, thumbnail) for the succeeded jobs whose image is there to show.
     images: dict[str, tuple[str, str]] = {}
-    succeeded = missing = 0
+    succeeded = missing = superseded = 0
     for job_id, card in cards.items():
         if not card.succeeded:
             continue
-        succeeded += 1
+        old = current is not None and job_id not in current
         image = _inside(root, card.output) if card.output is not None else None
+        if old:
+            superseded += 1
+            if image is not None and not os.path.isfile(image):
+                # `batchgen prune` moved it aside, keeping its path under superseded/.
+                image = _inside(root, os.path.join(SUPERSEDED_DIR, card.output or ""))
+        else:
+            succeeded += 1
         if image is None or not os.path.isfile(image):
             missing += 1
             continue
@@ -238,11 +252,14 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
         made, reused, broken = _thumbnail_all(todo, workers or min(8, os.cpu_count() or 2))
     except OSError as exc:
         raise StorageError(f"cannot write thumbnails in {run_dir / THUMBS_DIR}: {exc}") from exc
-    status = make_status(run_dir, meta, len(cards), succeeded, cost)
+    counted = len(cards) if current is None else sum(1 for k in cards if k in current)
+    status = make_status(run_dir, meta, counted, succeeded, cost, None, current=current,
+                         superseded=superseded)
     title = f"batchgen: {run_dir.resolve().name}"
     summary = (
-        f"{status.succeeded} images, {status.failed} failed, {status.pending} pending; "
-        f"spent ${status.cost_usd:.2f}"
+        f"{plural(status.succeeded, 'image')}, {status.failed} failed, {status.pending} pending; "
+        + (f"{superseded} superseded (edited or removed rows); " if superseded else "")
+        + f"spent ${status.cost_usd:.2f}"
     )
     template = resources.files("batchgen").joinpath(_TEMPLATE).read_text("utf-8")
     before, _, after = (
@@ -263,7 +280,8 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
             for job_id, card in cards.items():
                 fh.write(sep)
                 sep = b","
-                fh.write(_escape(_card_json(card, images.get(job_id), base, broken)))
+                old = current is not None and job_id not in current
+                fh.write(_escape(_card_json(card, images.get(job_id), base, broken, old)))
             fh.write(b"]")
             fh.write(after.encode("utf-8"))
         os.replace(tmp, page)
@@ -273,7 +291,8 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
         path=page,
         cards=len(cards),
         succeeded=succeeded,
-        failed=len(cards) - succeeded,
+        failed=status.failed,
+        superseded=superseded,
         thumbs_made=made,
         thumbs_reused=reused,
         missing=missing,
@@ -281,11 +300,27 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     )
 
 
+def _manifest_order(cards: dict[str, _Card], run_dir: Path) -> dict[str, _Card]:
+    """The cards in manifest order (samples of a row side by side, as the manifest lists them,
+    not in the order they happened to finish), then the superseded ones."""
+    ordered: dict[str, _Card] = {}
+    for d in iter_current(run_dir):
+        card = cards.get(str(d["job_id"]))
+        if card is not None:
+            ordered[str(d["job_id"])] = card
+    for job_id, card in cards.items():
+        ordered.setdefault(job_id, card)
+    return ordered
+
+
 def _card_json(
-    card: _Card, image: tuple[str, str] | None, base: str, broken: set[str]
+    card: _Card, image: tuple[str, str] | None, base: str, broken: set[str],
+    superseded: bool = False,
 ) -> bytes:
     """The card's JSON object: head, then the image fields, then the error fields."""
     parts = [card.head]
+    if superseded:
+        parts.append(b',"old":true')
     if image is not None:
         extra: dict[str, Any] = {"im": _href(image[0], base)}
         if image[0] not in broken:

@@ -29,7 +29,7 @@ from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
 from .pacing import ConcurrencyCap, Pacing, Stopped, wait_event
 from .plan import now_iso
 from .pricing import PriceTable
-from .progress import Progress
+from .progress import Progress, one_line
 from .redact import redact
 from .retrying import (
     STOCHASTIC_KINDS,
@@ -283,13 +283,18 @@ class Runner:
             )
             if ok:
                 self.progress.retrying(+1)
+            elif isinstance(exc, e.APIError):
+                log.debug("%s: attempt %d: %s; not retried", spec.job_id, state.attempts,
+                          one_line(exc))
             return ok
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
             delay = backoff_delay(exc or Exception(), attempt=rs.attempt_number, policy=self.policy)
-            log.debug("%s: attempt %d failed (%s); retrying in %.2fs", spec.job_id,
-                      rs.attempt_number, exc, delay)
+            # One line per attempt (-v): the outcome and what happens next, the server's
+            # message on one line (a 429 body spans several).
+            log.debug("%s: attempt %d: %s; retrying in %.2fs", spec.job_id, state.attempts,
+                      one_line(exc), delay)
             return delay
 
         async def sleep(seconds: float) -> None:
@@ -361,7 +366,6 @@ class Runner:
                     self.pacer.on_answer(sent_at)
                 if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
-                log.debug("%s: attempt %d: %s", spec.job_id, state.attempts, exc)
                 raise
             finally:
                 self._sent -= 1

@@ -1,11 +1,15 @@
 """The progress bar: done, failed, retrying, images per minute, spend and ETA, on stderr.
 
-Off with ``--no-progress`` or when stderr is not a terminal. The key never reaches it: it shows
-counts and money only.
+Off with ``--no-progress`` or when stderr is not a terminal. When stderr is not a terminal (nohup,
+cron, a scheduler) a progress *line* goes to stderr every ``--log-every`` seconds instead, and a
+stop is logged the moment it happens: an unattended log otherwise held only the first line until
+the end. The key never reaches either: they show counts and money only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import shutil
 import sys
 import time
@@ -13,14 +17,29 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
+ONE_LINE_MAX = 200
+
+
+def one_line(value: object, width: int = ONE_LINE_MAX) -> str:
+    """A message on one line, cut to ``width``: a server's 429 body spans several."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
 
 class Progress:
-    def __init__(self, total: int, *, enabled: bool, spent_usd: float = 0.0) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+    def __init__(
+        self, total: int, *, enabled: bool, spent_usd: float = 0.0, log_every_s: float = 0.0
+    ) -> None:
+        tty = sys.stderr.isatty()
+        self.enabled = enabled and tty
+        self.total = total
         self.done = 0
         self.failed = 0
         self.retries = 0
         self.spent_usd = spent_usd
+        self.spent_before_usd = spent_usd
+        # Progress lines instead of a bar when nobody watches a terminal; 0 turns them off.
+        self.log_every_s = log_every_s if not tty and log_every_s > 0 else 0.0
         self._t0 = time.monotonic()
         self._bar: tqdm[NoReturn] | None = None
         if self.enabled:
@@ -69,7 +88,42 @@ class Progress:
             self._bar.close()
             self._bar = None
 
+    def status_line(self) -> str:
+        """done, failed, retrying, rate, spend and ETA, for an unattended log."""
+        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        per_min = self.done / elapsed * 60
+        finished = self.done + self.failed
+        left = max(self.total - finished, 0)
+        eta = _duration(left / (finished / elapsed)) if finished else "unknown"
+        return (
+            f"progress: {finished}/{self.total} finished ({self.done} succeeded, "
+            f"{self.failed} failed), {self.retries} retrying, {per_min:.1f} img/min, "
+            f"spent this run ${self.spent_usd - self.spent_before_usd:.2f} "
+            f"(folder ${self.spent_usd:.2f}), ETA {eta}"
+        )
+
+    async def heartbeat(self) -> None:
+        """Every ``log_every_s`` seconds a :meth:`status_line`, until cancelled."""
+        if not self.log_every_s:
+            return
+        while True:
+            await asyncio.sleep(self.log_every_s)
+            self.write(f"{_stamp()} {self.status_line()}")
+
     @staticmethod
     def write(message: str) -> None:
         """Print a line without tearing the bar."""
         tqdm.write(message, file=sys.stderr)
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

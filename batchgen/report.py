@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .current import current_ids
 from .errors import InputError
 from .intents import read_unsettled
 from .layout import IMAGES_DIR
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from .liveness import describe_state
+from .messages import plural
 from .plan import RunFolder, count_images
 
 
@@ -32,6 +35,9 @@ class Status:
     # at their reserved price: they may have been billed.
     unsettled_usd: float = 0.0
     unsettled_requests: int = 0
+    # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
+    # until `batchgen prune`, and they are not counted as succeeded.
+    superseded: int = 0
 
     @property
     def pending(self) -> int:
@@ -44,6 +50,7 @@ class Status:
             "missing": self.missing,
             "failed": self.failed,
             "pending": self.pending,
+            "superseded": self.superseded,
             "cost_usd": round(self.cost_usd, 4),
             "unsettled_usd": round(self.unsettled_usd, 4),
             "unsettled_requests": self.unsettled_requests,
@@ -73,6 +80,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
 def load_status(run_dir: Path) -> Status:
     """One pass over the ledger, keeping per job only what the counts need, not its record."""
     meta = read_meta(run_dir)
+    current = current_ids(run_dir)
     unsettled = read_unsettled(run_dir)
     # job id -> True if its last record succeeded, else its error kind (None: no error given)
     latest: dict[str, bool | str | None] = {}
@@ -87,10 +95,15 @@ def load_status(run_dir: Path) -> Status:
         cost += rec.cost_usd
         if unsettled:
             unsettled.settle(rec.job_id, rec.started_at)
-    succeeded = missing = 0
+    succeeded = missing = superseded = 0
+    counted = 0
     errors: dict[str, int] = {}
     check = _some_missing(run_dir, len(outputs))
     for job_id, outcome in latest.items():
+        if current is not None and job_id not in current:
+            superseded += outcome is True
+            continue
+        counted += 1
         if outcome is True:
             if check and _is_missing(run_dir, outputs.get(job_id, ())):
                 missing += 1
@@ -98,7 +111,8 @@ def load_status(run_dir: Path) -> Status:
                 succeeded += 1
         elif isinstance(outcome, str):
             errors[outcome] = errors.get(outcome, 0) + 1
-    st = make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing)
+    st = make_status(run_dir, meta, counted, succeeded, cost, errors, missing=missing,
+                     current=current, superseded=superseded)
     st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
     return st
 
@@ -122,34 +136,47 @@ def make_status(
     errors: dict[str, int] | None = None,
     *,
     missing: int = 0,
+    current: set[str] | None = None,
+    superseded: int = 0,
 ) -> Status:
-    """The status of a folder whose ledger has ``latest`` jobs, ``succeeded`` of them done and
-    ``missing`` more recorded as done whose image is gone."""
-    jobs = max(int(meta.get("jobs") or 0), latest)
-    return Status(
+    """The status of a folder whose ledger has ``latest`` current jobs, ``succeeded`` of them
+    done and ``missing`` more recorded as done whose image is gone. With ``current`` (the
+    manifest's jobs at the last planning) the job count is exact."""
+    jobs = len(current) if current is not None else max(int(meta.get("jobs") or 0), latest)
+    st = Status(
         run_dir, jobs, succeeded, latest - succeeded - missing, cost, errors or {},
-        str(meta.get("state", "")), missing,
+        describe_state(run_dir, str(meta.get("state", ""))), missing,
     )
+    st.superseded = superseded
+    return st
 
 
 def _status(
-    run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float
+    run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float,
+    current: set[str] | None = None,
 ) -> Status:
+    if current is not None:
+        superseded = sum(1 for k, r in latest.items() if k not in current and r.succeeded)
+        latest = {k: r for k, r in latest.items() if k in current}
+    else:
+        superseded = 0
     done = sum(1 for r in latest.values() if r.succeeded)
     missing = sum(
         1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs)
-    ) if _some_missing(run_dir, done) else 0
+    ) if _some_missing(run_dir, done + superseded) else 0
     succeeded = done - missing
     errors: dict[str, int] = {}
     for r in latest.values():
         if not r.succeeded and r.error is not None:
             errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
-    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing)
+    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing,
+                       current=current, superseded=superseded)
 
 
 def format_status(st: Status) -> str:
     lines = [
-        f"{st.run_dir}: {st.jobs} jobs" + (f" (last run: {st.state})" if st.state else ""),
+        f"{st.run_dir}: {plural(st.jobs, 'job')}"
+        + (f" (last run: {st.state})" if st.state else ""),
         f"  succeeded  {st.succeeded}",
         f"  failed     {st.failed}",
     ]
@@ -158,7 +185,13 @@ def format_status(st: Status) -> str:
     if st.missing:
         lines.append(f"  missing    {st.missing}  (recorded, image file gone; "
                      "run --redo-missing makes them again)")
-    lines += [f"  pending    {st.pending}", f"  spent      ${st.cost_usd:.2f}"]
+    lines.append(f"  pending    {st.pending}")
+    if st.superseded:
+        lines.append(
+            f"  superseded {st.superseded}  (images of edited or removed rows, not counted above;"
+            f" batchgen prune {st.run_dir} moves them aside)"
+        )
+    lines.append(f"  spent      ${st.cost_usd:.2f}")
     if st.unsettled_requests:
         lines.append(
             f"  reserved   ${st.unsettled_usd:.2f} for {st.unsettled_requests} request(s) sent "
@@ -312,8 +345,11 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
         requests_per_job[rec.job_id] = requests_per_job.get(rec.job_id, 0) + rec.attempts
         if unsettled:
             unsettled.settle(rec.job_id, rec.started_at)
-    status = _status(run_dir, meta, latest, cost)
+    current = current_ids(run_dir)
+    status = _status(run_dir, meta, latest, cost, current)
     status.unsettled_usd, status.unsettled_requests = unsettled.usd, unsettled.count
+    if current is not None:
+        latest = {k: r for k, r in latest.items() if k in current}
     errors: dict[str, ErrorKindSummary] = {}
     latencies: list[float] = []
     times: list[float] = []
@@ -411,7 +447,9 @@ def format_report(rep: Report) -> str:
         rate = rep.images_per_min
         lines.append("")
         if rate is None:
-            lines.append(f"throughput: {st.succeeded} images, all finished within a second")
+            lines.append(
+                f"throughput: {plural(st.succeeded, 'image')}, all finished within a second"
+            )
         else:
             spark = _sparkline([b.images for b in rep.buckets])
             lines.append(

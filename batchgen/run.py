@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import GeminiClient
 from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, resolve_key
@@ -26,14 +26,16 @@ from .errors import BatchgenError, InputError, StorageError
 from .intents import IntentJournal, Unsettled
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
+from .ownership import manifest_key, owner_problem
 from .plan import (
     LOCK_FILE,
+    MISSING,
+    SUCCEEDED,
     LedgerIndex,
     Plan,
     PlanCounts,
     RunFolder,
     Selection,
-    describe_change,
     manifest_sha256,
     mark_in_batch,
     now_iso,
@@ -43,8 +45,14 @@ from .pool import Runner, RunResult, StopReason
 from .pricing import PriceTable
 from .progress import Progress
 from .redact import redact, register_secret
-from .spec import JobSpec, Provider
+from .spec import Provider
 from .store import ImageStore
+from .superseded import Tally as _Tally
+from .superseded import describe_resume, restore_superseded
+from .superseded import previous_ids as _previous_ids
+
+if TYPE_CHECKING:
+    from .messages import CommandLine
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ class RunRequest:
     prices: Path | None = None
     yes: bool = False
     confirm_above_usd: float = 20.0
+    log_every_s: float = 60.0  # progress lines when stderr is not a terminal; 0: none
     settings: dict[str, Any]
 
 
@@ -84,6 +93,7 @@ class Prepared:
     change: str | None
     orphans: list[LedgerRecord]
     lock_fd: int
+    tally: _Tally | None = None
 
 
 def default_out(manifest: Path) -> Path:
@@ -137,24 +147,23 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
             lock = folder.lock()
         except (InputError, StorageError) as exc:
             lock_error = exc
+    old_meta = folder.read_meta()
+    owner = owner_problem(old_meta, req.manifest, folder.path)
+    if owner is not None and lock_error is None:
+        lock_error = InputError(owner)
+    new_sha = manifest_sha256(req.manifest)
     # The current-jobs file is written in the same pass (straight into the folder if it is ours).
-    current = CurrentWriter(folder.path if lock is not None else None)
+    current = CurrentWriter(folder.path if lock is not None and lock_error is None else None)
     in_scope = selection.in_scope
     try:
-        if lock is not None:
+        if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)
             orphans = folder.orphans(index)
             mark_in_batch(folder.path, index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
-        count_job, add_current = plan.count_job, current.add
-
-        def visit(job: JobSpec) -> None:
-            count_job(job)
-            if in_scope(job.job_id):
-                add_current(job)
-
-        summary = manifest.validate(visit=None if lock_error else visit)
+        tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
+        summary = manifest.validate(visit=None if lock_error else tally.visit)
         provider = _provider(req.provider or manifest.header.provider, req.manifest)
         info = PROVIDERS[provider]
         base_url = req.base_url or manifest.header.base_url or info.base_url
@@ -182,13 +191,22 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
                 mark_in_batch(folder.path, index)
                 plan.index = index
                 plan.count(price)
-        counts = plan.counts
-        change = describe_change(folder.read_meta(), manifest_sha256(req.manifest), counts)
+                tally.untouched = 0
         # The jobs the manifest holds now, with their metadata, for exports and reports: written
         # even when nothing is left to run, since an edited label re-runs nothing.
         current.commit(
             folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
         )
+        restored = restore_superseded(folder.path)
+        if restored:
+            # Images `prune` had moved aside whose jobs are current again (an edit undone): the
+            # plan saw them missing; now they are back, and count as done.
+            for job_id in restored:
+                if index.states.get(job_id) == MISSING:
+                    index.states[job_id] = SUCCEEDED
+            plan.count(price)
+        counts = plan.counts
+        change = describe_resume(old_meta, new_sha, counts, tally.untouched, tally.previous)
     except BaseException:
         current.discard()
         if lock is not None:
@@ -217,6 +235,7 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         change=change,
         orphans=orphans,
         lock_fd=lock,
+        tally=tally,
     )
 
 
@@ -264,6 +283,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     meta = folder.read_meta()
     folder.update_meta(
         manifest=str(req.manifest),
+        manifest_path=manifest_key(req.manifest),
         manifest_sha256=manifest_sha256(req.manifest),
         jobs=prep.counts.total,
         model=prep.manifest.header.model,
@@ -275,7 +295,12 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
         runs=int(meta.get("runs", 0)) + 1,
         command=command_line(),
     )
-    progress = Progress(prep.counts.pending, enabled=settings.progress)
+    progress = Progress(
+        prep.counts.pending,
+        enabled=settings.progress,
+        spent_usd=prep.spent_before_usd,
+        log_every_s=req.log_every_s,
+    )
     loop = asyncio.get_running_loop()
     try:
         async with _endpoint(prep, req.fake) as client_settings, GeminiClient(
@@ -292,9 +317,11 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
                 intents=intents,
             )
             restore = _install_signals(loop, runner.interrupt)
+            beat = asyncio.create_task(progress.heartbeat())
             try:
                 result = await runner.run(prep.plan)
             finally:
+                beat.cancel()
                 restore()
     finally:
         store.close()  # finishes the saves still queued, then stops the writer
@@ -351,14 +378,44 @@ def command_line() -> str:
     return redact("batchgen " + shlex.join(args))
 
 
-def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[str]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ending:
+    """What the end of ``run`` needs beyond the pool's result, to say how to go on."""
+
+    cmd: CommandLine
+    spent_before_usd: float = 0.0
+    per_image_usd: float = 0.0  # the plan's estimate per job, for the budget to suggest
+    budget_usd: float | None = None
+    wanted: int = 0  # what this run would have sent without --limit
+    limited: bool = False
+
+
+# Not failures of a job but of the whole run (nothing is recorded for them): the stop line
+# names them, and "0 failed (auth 1)" said less than nothing.
+_RUN_STOPPERS = frozenset({"auth", "model_not_found", "daily_quota"})
+
+
+def summary_lines(
+    result: RunResult, out: Path, gallery: Path | None, end: Ending | None = None
+) -> list[str]:
     """What ``run`` says at its end: counts, spend, where to look, and how to go on."""
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items()))
-    lines = [
-        f"done: {result.succeeded} succeeded, {result.failed} failed"
-        + (f" ({errors})" if errors else "")
-        + f"; spent ${result.spent_usd:.2f} in {result.elapsed_s:.1f}s; images in {out / 'images'}"
-    ]
+    from .messages import CommandLine, plural, suggest_budget
+
+    end = end or Ending(cmd=CommandLine("run", tuple(sys.argv[2:3]), (), {}))
+    cmd = end.cmd
+    errors = ", ".join(
+        f"{k} {v}" for k, v in sorted(result.errors.items()) if k not in _RUN_STOPPERS
+    )
+    this_run = result.spent_usd - end.spent_before_usd
+    reason = result.stop_reason
+    lines: list[str] = []
+    if result.succeeded or result.failed or reason is not StopReason.FATAL:
+        lines.append(
+            f"done: {result.succeeded} succeeded, {result.failed} failed"
+            + (f" ({errors})" if errors else "")
+            + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
+            f"{result.elapsed_s:.1f}s; images in {out / 'images'}"
+        )
     if result.unsettled_requests:
         lines.append(
             f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
@@ -366,21 +423,35 @@ def summary_lines(result: RunResult, out: Path, gallery: Path | None) -> list[st
         )
     if gallery is not None:
         lines.append(f"gallery: {gallery}")
-    command, reason = command_line(), result.stop_reason
+    # Jobs this run would have sent without --limit that are still not settled.
+    left = max(end.wanted - result.succeeded - result.failed_permanent, 0)
     if reason is StopReason.COMPLETED:
+        transient = result.failed - result.failed_permanent
+        if end.limited and left:
+            why = " (--limit stopped there)" if left > transient else ""
+            lines.append(
+                f"{plural(left, 'job')} still pending{why}; "
+                f"to run them: {cmd.render(drop=('limit',))}"
+            )
         if result.failed_permanent:
-            lines.append(f"to retry the permanent failures: {command} --retry-failed")
-        if result.failed > result.failed_permanent:
-            lines.append(f"to retry the jobs that ran out of attempts: {command}")
+            lines.append(
+                "to retry the permanent failures: "
+                + cmd.render(set={"retry_failed": "all"}, drop=("limit",))
+            )
+        if transient and not (end.limited and left):
+            lines.append(f"to retry the jobs that ran out of attempts: {cmd.render()}")
     elif reason is StopReason.INTERRUPTED:
-        lines.append(f"interrupted; to resume: {command}")
+        lines.append(f"interrupted; to resume: {cmd.render()}")
     elif reason is StopReason.BUDGET:
+        budget = end.budget_usd
+        new = suggest_budget(result.spent_usd, left * end.per_image_usd, budget)
         lines.append(
-            f"budget reached: spent ${result.spent_usd + result.unsettled_usd:.2f} "
-            f"of the {result.stop_message} budget; "
-            f"to continue, raise --budget: {command}"
+            f"budget reached: the folder has spent ${result.spent_usd + result.unsettled_usd:.2f}"
+            f" of the {result.stop_message} budget; {plural(left, 'job')} left, estimated at "
+            f"${left * end.per_image_usd:.2f}; to continue, raise --budget: "
+            + cmd.render(set={"budget": new})
         )
     else:
         lines.append(f"stopped: {redact(result.stop_message)}")
-        lines.append(f"fix the cause, then resume with: {command}")
+        lines.append(f"fix the cause, then resume with: {cmd.render()}")
     return lines

@@ -107,6 +107,9 @@ if __name__ == "__main__":
         _no_promise_syncs()
     run_mod.prepare = _timed("prepare", run_mod.prepare)
     run_mod.execute = _timed_async("run", run_mod.execute)
-    cli_mod._refresh_gallery = _timed("gallery", cli_mod._refresh_gallery)
+    # After run_mod is patched: runflow binds prepare's and execute's names when imported.
+    import batchgen.runflow as flow_mod
+
+    flow_mod._refresh_gallery = _timed("gallery", flow_mod._refresh_gallery)
     atexit.register(_write)
     cli_mod.main(prog_name="batchgen")

@@ -24,8 +24,8 @@ from .submit import MAX_FILE_BYTES, BatchSettings
 
 def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
     """``batchgen run --mode batch``: the exit code."""
-    from ..cli import _refresh_gallery
     from ..run import _provider, adopt_orphans, open_manifest, prepare
+    from ..runflow import _refresh_gallery
 
     # Before anything is locked or made: a provider without the Batch API is bad usage.
     header = open_manifest(req.manifest, req.model, req.provider).header

@@ -92,6 +92,7 @@ class Manifest:
         self._expander = Expander(
             self._name, fmt, self._resolver, max_request_bytes, self._fallback_model
         )
+        self._expander.cli_model = model
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from batchgen.errors import Problem
+from batchgen.manifest import hints
 from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue
 
 JOB_FIELDS = (
@@ -158,18 +159,28 @@ def parse_images(value: object, text: bool) -> tuple[str, ...]:
 def parse_aspect_ratio(value: object, text: bool) -> str:
     ratio = _string(value).strip()
     if ratio not in ASPECT_RATIOS:
-        raise Bad(f"{ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+        meant = hints.ratio_meant(ratio)
+        hint = f"; did you mean {meant}?" if meant else ""
+        if meant and ratio.count(":") == 2:
+            hint += " (a spreadsheet read it as a time: format the column as text)"
+        raise Bad(f"{ratio!r} is not one of {', '.join(ASPECT_RATIOS)}{hint}")
     return ratio
 
 
 def parse_image_size(value: object, text: bool) -> str:
-    size = _string(value).strip().upper()  # the API rejects '1k'; users write it anyway
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # YAML `image_size: 1024`: the same message as the CSV cell gets
+    shown = _string(value).strip()
+    size = shown.upper()  # the API rejects '1k'; users write it anyway
     if size not in IMAGE_SIZES:
-        raise Bad(f"{value!r} is not one of {', '.join(IMAGE_SIZES)}")
+        meant = hints.size_meant(shown)
+        hint = f"; did you mean {meant}?" if meant else ""
+        raise Bad(f"{shown!r} is not one of {', '.join(IMAGE_SIZES)}{hint}")
     return size
 
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
+_FLOAT_INT_TEXT = re.compile(r"[+-]?\d+\.0*")
 
 
 # Longer than any limit below; Python refuses to convert past 4300 digits anyway.
@@ -177,6 +188,10 @@ _MAX_INT_DIGITS = 30
 
 
 def _integer(value: object, text: bool) -> int:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e30:
+        return int(value)  # `count: 2.0`, as spreadsheets and JSON writers produce
+    if text and isinstance(value, str) and _FLOAT_INT_TEXT.fullmatch(value.strip()):
+        value = value.strip().split(".")[0]
     if text and isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         if len(value.strip().lstrip("+-")) > _MAX_INT_DIGITS:
             raise Bad(f"{value.strip()[:12]}... has far too many digits")
@@ -327,6 +342,14 @@ PARSERS: dict[str, Callable[[object, bool], Any]] = {
 }
 
 
+def unknown_field(key: str) -> str:
+    """The message for a field that is none of the job fields, with its likely meaning."""
+    meant = hints.close_match(key, JOB_FIELDS)
+    if meant:
+        return f"unknown field; did you mean {meant}? ({unknown_field_message()[14:]}"
+    return unknown_field_message()
+
+
 def parse_row(row: Row, fmt: str, name: str, problems: list[Problem]) -> dict[str, Any]:
     """The row's fields parsed and normalised; every problem is appended, none raised."""
     values: dict[str, Any] = {}
@@ -338,7 +361,7 @@ def parse_row(row: Row, fmt: str, name: str, problems: list[Problem]) -> dict[st
             elif key in MANIFEST_KEYS:
                 msg = "is a manifest-level setting; put it at the top of the file"
             else:
-                msg = unknown_field_message()
+                msg = unknown_field(str(key))
             problems.append(Problem(name, row.line_of(str(key)), str(key), msg))
             continue
         if raw is None:

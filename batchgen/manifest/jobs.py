@@ -24,6 +24,7 @@ from batchgen.manifest.build import (
     new_job,
     request_key,
 )
+from batchgen.manifest.hints import did_you_mean
 from batchgen.references import (
     ReferenceProblem,
     ReferenceResolver,
@@ -53,6 +54,7 @@ class Expander:
         self._resolver = resolver
         self._max_request_bytes = max_request_bytes
         self._fallback_model = fallback_model
+        self.cli_model: str | None = None  # set by Manifest when --model was given
         # The hashed settings of a job with every default, split around its prompt: the JSON
         # :func:`job_digest` hashes is ``head + orjson.dumps(prompt) + tail``.
         marker = "prompt goes here"
@@ -114,7 +116,7 @@ class Expander:
             return out
         assert prompt is not None
         if model not in state.models_seen:
-            self._first_use(out, model, row.line, state)
+            self._first_use(out, model, row.line, state, own="model" in values)
         refs = tuple(references)
         if matrix:
             jobs = self._build_matrix(row, values, prompt, model, refs, matrix, state)
@@ -126,16 +128,29 @@ class Expander:
         return itertools.chain(out, jobs)  # a row of many jobs streams: memory stays flat
 
     def _first_use(
-        self, out: list[JobSpec | Problem | str], model: str, line: int, state: State
+        self,
+        out: list[JobSpec | Problem | str],
+        model: str,
+        line: int,
+        state: State,
+        *,
+        own: bool = False,
     ) -> None:
-        """The warning, if any, for the first job that uses ``model``."""
+        """The warning, if any, for the first job that uses ``model``.
+
+        A model the row does not set came from ``--model`` (when given): the warning names the
+        flag, not the manifest line where it happened to be used first.
+        """
         state.models_seen.add(model)
+        where = f"{self._name}:{line}: model"
+        if not own and self.cli_model is not None and model == self.cli_model:
+            where = "--model"
         if model in _DEPRECATED_MODELS:
             why = _DEPRECATED_MODELS[model]
-            out.append(f"{self._name}:{line}: model {model} is deprecated ({why})")
+            out.append(f"{where} {model} is deprecated ({why})")
         elif model not in KNOWN_MODELS:
-            msg = f"model {model!r} is not one batchgen knows; sent as is"
-            out.append(f"{self._name}:{line}: {msg}")
+            hint = did_you_mean(model, KNOWN_MODELS)
+            out.append(f"{where} {model!r} is not one batchgen knows{hint}; sent as is")
 
     def _prompt_only(self, line: int, prompt: str, state: State) -> list[JobSpec | Problem | str]:
         """A row that is a prompt and nothing else: one job with every default.

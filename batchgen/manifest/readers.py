@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from batchgen.errors import Problem
+from batchgen.manifest import hints
 from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Bad, Row
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
@@ -77,7 +78,8 @@ def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             try:
                 obj = loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield Problem(name, lineno, "", f"invalid JSON: {exc}")
+                hint = f"; {hints.SAVE_AS_UTF8}" if "UTF-8" in str(exc) else ""
+                yield Problem(name, lineno, "", f"invalid JSON: {exc}{hint}")
                 continue
             if type(obj) is not dict:
                 yield Problem(name, lineno, "", "each line must be a JSON object")
@@ -99,10 +101,20 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
         except _NotText as exc:
             yield Problem(name, exc.line, "", str(exc))
             return
-        columns, meta_columns, header_problems = _columns(header, name)
+        if hints.semicolon_header(header, PARSERS):
+            msg = (
+                "the columns are separated by ';', not ',' (a spreadsheet's CSV in some "
+                "languages): save as comma-separated CSV UTF-8, or pick ',' as the separator"
+            )
+            yield Problem(name, 1, "", msg)
+            return
+        columns, meta_columns, header_problems, guessed, unnamed = _columns(header, name)
         yield from header_problems
-        if "prompt" not in columns.values():
-            return  # every row would fail the same way; the header problem says it all
+        # Without a prompt column every row would fail the same way and the header problem says
+        # it all; only the values under misspelt headers are still worth checking.
+        headless = "prompt" not in columns.values()
+        if headless and not guessed:
+            return
         ncols = len(header)
         prev = reader.line_num
         while True:
@@ -126,11 +138,27 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             prev = reader.line_num
             if not any(cells):
                 continue  # blank lines, and spreadsheet rows of empty cells
+            if len(cells) > ncols and not any(c.strip() for c in cells[ncols:]):
+                cells = cells[:ncols]  # empty trailing cells a spreadsheet left behind
             if len(cells) != ncols:
                 msg = f"row has {len(cells)} cells but the header has {ncols}"
                 if prev > start:
                     msg += f"; a quoted cell runs from line {start} to {prev}: missing quote?"
                 yield Problem(name, start, "", msg)
+                continue
+            for i in unnamed:
+                if cells[i].strip():
+                    msg = f"column {i + 1} has no name in the header but holds {cells[i]!r}"
+                    yield Problem(name, start, "", msg)
+            for i, (raw_col, meant) in guessed.items():
+                # A misspelt header must not hide its column's bad values: check them as the
+                # field it probably names.
+                if cells[i].strip():
+                    try:
+                        PARSERS[meant](cells[i], True)
+                    except Bad as exc:
+                        yield Problem(name, start, raw_col, str(exc))
+            if headless:
                 continue
             fields: dict[str, Any] = {
                 col: cells[i] for i, col in columns.items() if cells[i].strip()
@@ -154,12 +182,17 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
 
 def _columns(
     header: list[str], name: str
-) -> tuple[dict[int, str], dict[int, str], list[Problem]]:
+) -> tuple[
+    dict[int, str], dict[int, str], list[Problem], dict[int, tuple[str, str]], list[int]
+]:
     """Column index -> field for the known columns, index -> key for the ``meta.<key>``
-    columns, and the header's problems."""
+    columns, the header's problems, the misspelt columns (index -> (header, the field it
+    probably names)), and the unnamed columns."""
     columns: dict[int, str] = {}
     meta: dict[int, str] = {}
     problems: list[Problem] = []
+    guessed: dict[int, tuple[str, str]] = {}
+    unnamed: list[int] = []
     for index, raw in enumerate(header):
         col = raw.strip().lower()
         if col.startswith(META_PREFIX):
@@ -179,14 +212,21 @@ def _columns(
         elif col in PARSERS:
             columns[index] = col
         elif not col:
-            problems.append(Problem(name, 1, "", f"column {index + 1} has no name"))
+            # Spreadsheets save empty trailing columns; only a value under one is a problem.
+            unnamed.append(index)
         else:
+            meant = hints.close_match(col, JOB_FIELDS)
+            if meant is not None and meant not in ("prompt", "id", "meta"):
+                guessed[index] = (raw.strip(), meant)
             known = ", ".join(f for f in JOB_FIELDS if f != "meta")
-            msg = f"unknown column (known: {known}); your own columns are named meta.<name>"
+            hint = f"; did you mean {meant}?" if meant and meant != "meta" else ""
+            msg = f"unknown column{hint} (known: {known}); your own columns are named meta.<name>"
             problems.append(Problem(name, 1, raw.strip(), msg))
-    if "prompt" not in columns.values():
+    # A misspelt prompt column already says "did you mean prompt?".
+    misspelt = any(hints.close_match(c, JOB_FIELDS) == "prompt" for c in header)
+    if "prompt" not in columns.values() and not misspelt:
         problems.append(Problem(name, 1, "prompt", "required column missing"))
-    return columns, meta, problems
+    return columns, meta, problems, guessed, unnamed
 
 
 def _swallowed_row(
@@ -223,7 +263,9 @@ def _valid(col: str, value: str) -> bool:
 class _NotText(ValueError):
     def __init__(self, line: int, exc: UnicodeDecodeError) -> None:
         bad = exc.object[exc.start]
-        super().__init__(f"not UTF-8 text: byte {bad:#04x} at column {exc.start + 1}")
+        super().__init__(
+            f"not UTF-8 text: byte {bad:#04x} at column {exc.start + 1}; {hints.SAVE_AS_UTF8}"
+        )
         self.line = line
 
 

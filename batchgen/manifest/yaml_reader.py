@@ -11,13 +11,8 @@ from typing import Any
 import yaml
 
 from batchgen.errors import Problem
-from batchgen.manifest.fields import (
-    MANIFEST_KEYS,
-    PARSERS,
-    Bad,
-    parse_model,
-    unknown_field_message,
-)
+from batchgen.manifest import hints
+from batchgen.manifest.fields import MANIFEST_KEYS, PARSERS, Bad, parse_model, unknown_field
 
 PROVIDERS = ("anyfast", "google")
 
@@ -132,7 +127,7 @@ def load_yaml(data: bytes) -> object:
     except yaml.reader.ReaderError as exc:
         line = data.count(b"\n", 0, exc.position) + 1
         raise YamlSyntaxError(
-            f"not valid {exc.encoding or 'UTF-8'} text: {exc.reason}", line
+            f"not valid {exc.encoding or 'UTF-8'} text: {exc.reason}; {hints.SAVE_AS_UTF8}", line
         ) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(str(exc), 0) from exc
@@ -179,8 +174,7 @@ def check_top(doc: YamlMap, name: str, top: dict[str, str | None]) -> list[Probl
             if key == "id":
                 problems.append(Problem(name, line, key, "cannot have a default: ids are per job"))
             elif key not in PARSERS:
-                msg = unknown_field_message()
-                problems.append(Problem(name, line, key, msg))
+                problems.append(Problem(name, line, key, unknown_field(key)))
     jobs = doc.get("jobs")
     if jobs is None:
         bad("jobs", "required: a list of jobs")
