@@ -19,13 +19,13 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
 from . import errors as e
+from . import records
 from .budget import Budget
 from .client import GeminiClient, GeneratedImage
 from .config import RunSettings
-from .current import references_of
 from .gate import FirstAnswerGate
 from .intents import Intent, IntentJournal
-from .ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter
+from .ledger import LedgerWriter
 from .pacing import ConcurrencyCap, Pacing, Stopped, wait_event
 from .plan import now_iso
 from .pricing import PriceTable
@@ -39,8 +39,8 @@ from .retrying import (
     is_retryable,
     should_retry,
 )
-from .spec import DEFAULT_ASPECT_RATIO, JobSpec, nearest_aspect_ratio
-from .store import ImageStore, sha256_hex
+from .spec import JobSpec
+from .store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -437,48 +437,30 @@ class Runner:
         kind = exc.kind.value
         self.result.errors[kind] = self.result.errors.get(kind, 0) + 1
 
-    def _base_record(
+    def _fields(
         self, spec: JobSpec, state: _JobState, started: str, latency: float
     ) -> dict[str, Any]:
-        # Provenance on every line and sidecar: who the job is to the user, where it was written,
-        # and every setting it was generated with (batchgen.current has the same keys).
-        return {
-            "job_id": spec.job_id,
-            "name": spec.user_id,
-            "source": spec.source,
-            "meta": dict(spec.meta),
-            "prompt": spec.prompt,
-            "attempts": state.attempts,
-            "usage": state.usage,
-            "cost_usd": round(state.cost_usd, 6),
-            "latency_s": round(latency, 3),
-            "finished_at": now_iso(),
-            "started_at": started,
-            "model": spec.model,
-            "image_size": spec.image_size,
-            # Left out, the output follows the first reference, else 1:1 (shared/gemini-api.md).
-            "aspect_ratio": spec.aspect_ratio
-            or ("from_reference" if spec.references else DEFAULT_ASPECT_RATIO),
-            "references": tuple(references_of(spec)),
-            "seed": spec.seed,
-            "temperature": spec.temperature,
-        }
+        return records.job_fields(
+            spec,
+            attempts=state.attempts,
+            usage=state.usage,
+            cost_usd=state.cost_usd,
+            latency_s=latency,
+            started_at=started,
+        )
 
     async def _record_success(
         self, spec: JobSpec, state: _JobState, image: GeneratedImage, started: str, latency: float
     ) -> None:
-        base = self._base_record(spec, state, started, latency)
-        if spec.aspect_ratio is None and image.width and image.height:
-            base["aspect_ratio"] = nearest_aspect_ratio(image.width, image.height)  # as made
-        record = LedgerRecord(
-            status=JobStatus.SUCCEEDED,
-            outputs=(self.store.relpath(spec.job_id, image.mime_type),),
-            text=image.text,
+        record = records.success_record(
+            spec,
+            self._fields(spec, state, started, latency),
+            output=self.store.relpath(spec.job_id, image.mime_type),
+            data=image.data,
+            mime_type=image.mime_type,
             width=image.width,
             height=image.height,
-            mime_type=image.mime_type,
-            sha256=sha256_hex(image.data),
-            **base,
+            text=image.text,
         )
         line = record.to_line()
         # Nothing here keeps the image bytes while the save waits for its fsyncs: the store
@@ -506,10 +488,8 @@ class Runner:
         retryable: bool | None = None,
     ) -> None:
         retry = is_retryable(exc) if retryable is None else retryable
-        record = LedgerRecord(
-            status=JobStatus.FAILED,
-            error=ErrorInfo(exc.kind.value, retry, exc.http_status, exc.message),
-            **self._base_record(spec, state, started, latency),
+        record = records.failure_record(
+            self._fields(spec, state, started, latency), exc, retryable=retry, message=exc.message
         )
         try:
             self.ledger.append_line(record.to_line())

@@ -31,15 +31,15 @@ import orjson
 from PIL import Image, UnidentifiedImageError
 
 from .. import errors as e
-from ..current import references_of
-from ..ledger import ErrorInfo, JobStatus, LedgerRecord, LedgerWriter, iter_ledger
+from ..ledger import LedgerRecord, LedgerWriter, iter_ledger
 from ..plan import RETRYABLE, SUCCEEDED, LedgerIndex, now_iso
 from ..pricing import PriceTable
+from ..records import failure_record, job_fields, success_record
 from ..references import sniff_image_type
 from ..response import data_url_bytes, parse_answer
 from ..retrying import is_retryable
-from ..spec import DEFAULT_ASPECT_RATIO, JobSpec, nearest_aspect_ratio
-from ..store import ImageStore, sha256_hex
+from ..spec import JobSpec
+from ..store import ImageStore
 from .journal import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from .wire import BatchAPI, line_error, output_of
 
@@ -98,30 +98,11 @@ class Recorder:
 
     def _fields(self, spec: JobSpec, *, batch: str | None, started: str, latency: float,
                 cost: float, usage: dict[str, Any] | None, line: int | None) -> dict[str, Any]:
-        # The same provenance and settings as the pool's lines (pool.Runner._base_record).
-        return {
-            "job_id": spec.job_id,
-            "name": spec.user_id,
-            "source": spec.source,
-            "meta": dict(spec.meta),
-            "prompt": spec.prompt,
-            "attempts": 1,
-            "usage": usage,
-            "cost_usd": round(cost, 6),
-            "latency_s": round(latency, 3),
-            "finished_at": now_iso(),
-            "started_at": started,
-            "model": spec.model,
-            "image_size": spec.image_size,
-            "aspect_ratio": spec.aspect_ratio
-            or ("from_reference" if spec.references else DEFAULT_ASPECT_RATIO),
-            "references": tuple(references_of(spec)),
-            "seed": spec.seed,
-            "temperature": spec.temperature,
-            "mode": "batch",
-            "batch": batch,
-            "extra": {} if line is None else {"batch_line": line},
-        }
+        fields = job_fields(spec, attempts=1, usage=usage, cost_usd=cost, latency_s=latency,
+                            started_at=started)
+        fields.update(mode="batch", batch=batch,
+                      extra={} if line is None else {"batch_line": line})
+        return fields
 
     def _charge(self, cost: float) -> None:
         self.tally.spent_usd += cost
@@ -129,14 +110,9 @@ class Recorder:
 
     def success_record(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
                        text: str | None, **kw: Any) -> LedgerRecord:
-        fields = self._fields(spec, **kw)
-        if spec.aspect_ratio is None:
-            fields["aspect_ratio"] = nearest_aspect_ratio(*size)  # as made
-        return LedgerRecord(
-            status=JobStatus.SUCCEEDED,
-            outputs=(self.store.relpath(spec.job_id, mime),),
-            text=text, width=size[0], height=size[1], mime_type=mime, sha256=sha256_hex(data),
-            **fields,
+        return success_record(
+            spec, self._fields(spec, **kw), output=self.store.relpath(spec.job_id, mime),
+            data=data, mime_type=mime, width=size[0], height=size[1], text=text,
         )
 
     async def save_success(self, record: LedgerRecord, data: bytes) -> None:
@@ -161,11 +137,8 @@ class Recorder:
 
     def failure(self, spec: JobSpec, exc: e.APIError, *, cost: float = 0.0, **kw: Any) -> None:
         retryable = is_retryable(exc) or isinstance(exc, e.DailyQuotaError)
-        record = LedgerRecord(
-            status=JobStatus.FAILED,
-            error=ErrorInfo(exc.kind.value, retryable, exc.http_status, e.APIError.__str__(exc)),
-            **self._fields(spec, cost=cost, usage=exc.usage, **kw),
-        )
+        record = failure_record(self._fields(spec, cost=cost, usage=exc.usage, **kw), exc,
+                                retryable=retryable, message=e.APIError.__str__(exc))
         self.ledger.append(record)
         self.ledger.sync_soon()
         self.index.states[spec.job_id] = RETRYABLE if retryable else exc.kind.value
