@@ -410,3 +410,22 @@ async def test_lookup_by_display_name_pages_through_the_list(tmp_path: Path) -> 
     assert set(found) == {"run-0", "run-6"}  # the oldest sits on the last page
     assert {dn: op["name"] for dn, op in found.items()} == {d: made[d] for d in ("run-0", "run-6")}
     assert batch_info(found["run-0"])["displayName"] == "run-0"
+
+
+def test_the_key_never_reaches_the_folder_or_the_output(bserver: ThreadedFakeServer,
+                                                       tmp_path: Path) -> None:
+    # Error paths too: a create answered 503, retryable lines, a blocked line, and -v logging.
+    bserver.config.batch_create_503 = 1
+    bserver.config.batch_line_error_rate = 0.3
+    bserver.config.rules = [Rule(match="lighthouse 2", fault="block")]
+    m = manifest(tmp_path, 6, refs=1)
+    out = tmp_path / "out"
+    res = brun(bserver, m, out, "--wait", "-v")
+    assert res.code in (0, 1), res.output
+    assert len(succeeded(out)) == 5
+    assert SECRET not in res.output
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    status = cli("status", out, "--json")
+    assert SECRET not in status.output
