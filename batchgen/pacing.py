@@ -7,12 +7,17 @@ Two modes, one interface (:class:`Pacing`):
   their quota over seconds, not a neat minute, so spreading the quota evenly is what keeps them
   from refusing it. The interval carries a small margin for the time a request takes to reach the
   server, and each refused window stretches it a little more (at most :data:`MAX_STRETCH`).
-- **No limit given**: the pacer starts open (only the concurrency cap applies). The first 429 cuts
-  the rate to :data:`BETA` of the rate measured over the last seconds; it then grows back
-  along a CUBIC curve, as the AWS SDKs' "adaptive" retry mode does. One refused window is one
-  signal: 429s for requests sent before the last cut say nothing new. A second 429 inside the
-  window the server named confirms the limiter is full, and sends are held until the time it
-  named, instead of being spent on refusals.
+- **No limit given**: the pacer starts open (only the concurrency cap applies). A 429 means the
+  limiter was full when the refused request arrived: over its window it had let through all it
+  allows. So the rate it allows is what it let through over the window before that request
+  (:meth:`Pacing.allowed_rate`; sent minus refused, by send time, from :class:`Admissions`). The
+  window is the longest delay the server has named (a sliding window's first refusal names about
+  the whole window); with no delay named it is guessed, starting at 1 s and doubling each time
+  the limiter stays shut all through the guess. The cut sets the rate to :data:`BETA` of that
+  allowed rate; it then grows back along a CUBIC curve over about one window, as the AWS SDKs'
+  "adaptive" retry mode does. One refused window is one signal: 429s for requests sent before
+  the last cut only refine its count. Sends are held until the time the server named, since
+  anything sent before then is a request spent on a refusal.
 
 Retries go through the same pacer as first attempts. The attempt that got a 429 still waits the
 delay the server asked for (tenacity's wait, in the pool); the others carry on at the new rate.
@@ -21,11 +26,12 @@ delay the server asked for (tenacity's wait, in the pool); the others carry on a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -54,14 +60,20 @@ STRETCH_STEP = 0.02
 MAX_STRETCH = 0.10
 
 # Adaptive mode (no limit given).
-BETA = 0.9  # a 429 cuts the rate to this share of the rate measured (AWS uses 0.7)
+# A 429 cuts the rate to this share of the allowed rate measured (AWS uses 0.7, from the rate it
+# sent, which overshoots the allowed one). Measured in bench/pacing_sim.py, 10 seeds of the
+# adaptive rows of the pacing table: 0.95 reached 0.93-1.00 of the limit at most 7% refused;
+# 0.9 reached 0.92-1.00; 0.7 loses a tenth of the limit after every cut.
+BETA = 0.95
+PROBE_GROWTH = 0.1
 CUBIC_K_S = 2.0  # seconds for the rate to grow back to where it was cut, at least
 MAX_CUBIC_K_S = 30.0
 MEASURE_S = 2.0  # the send rate is measured over this many seconds
 MIN_SPAN_S = 1.0  # ... but never over less: a burst let through in 50 ms is not a rate
+MAX_WINDOW_S = 120.0  # the longest limiter window that is learnt
+DEFAULT_WINDOW_S = 1.0  # the first guess when the server names no delay
+HOLD_MARGIN_S = 0.05
 MIN_RATE = 0.05  # requests a second: never slower than one every 20 s
-# Without a delay from the server, a refused window is assumed to last this long.
-DEFAULT_REFUSED_S = 1.0
 
 
 class Stopped(Exception):
@@ -155,23 +167,62 @@ class SendLog:
         if self._first is None:
             self._first = now
         self._sent.append(now)
-        self._prune(now)
-
-    def _prune(self, now: float) -> None:
         while self._sent and self._sent[0] <= now - self.horizon_s:
             self._sent.popleft()
 
-    def rate(self, now: float, held: Iterable[tuple[float, float]] = ()) -> float:
-        """Requests a second over the horizon (or since the first send, if that is shorter),
-        leaving out the ``held`` spells (start, end) when nothing was allowed to leave."""
-        self._prune(now)
+    def rate(self, now: float) -> float:
+        """Requests a second over the horizon (or since the first send, if that is shorter)."""
+        while self._sent and self._sent[0] <= now - self.horizon_s:
+            self._sent.popleft()
         if self._first is None:
             return 0.0
-        # Never over less than MIN_SPAN_S: limiter windows are a second or more, and a burst
-        # they let through in a few milliseconds is not a rate.
         span = min(self.horizon_s, max(now - self._first, MIN_SPAN_S))
-        idle = sum(max(0.0, min(end, now) - max(start, now - span)) for start, end in held)
-        return len(self._sent) / max(span - idle, MIN_SPAN_S)
+        return len(self._sent) / span
+
+
+class Admissions:
+    """Which requests the limiter let through, by send time, over the last :data:`MAX_WINDOW_S`.
+
+    A limiter answers a refused request at once, before any work is done, while an image takes
+    seconds: a request still out when later 429s have come back was let through. So what the
+    limiter admitted over a span is known long before the answers are: sent minus refused.
+    """
+
+    def __init__(self, horizon_s: float = MAX_WINDOW_S) -> None:
+        self.horizon_s = horizon_s
+        self._sent: collections.deque[float] = collections.deque()
+        self._refused: collections.deque[float] = collections.deque()
+        self.first: float | None = None
+
+    def sent(self, at: float) -> None:
+        if self.first is None:
+            self.first = at
+        self._sent.append(at)
+        self._prune(at)
+
+    def refused(self, sent_at: float) -> None:
+        # 429s come back nearly in send order; a late one is put in its place.
+        bisect.insort(self._refused, sent_at)
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self.horizon_s
+        for times in (self._sent, self._refused):
+            while times and times[0] <= cutoff:
+                times.popleft()
+
+    def admitted(self, after: float, until: float) -> int:
+        """Requests sent in ``(after, until]`` that were not refused."""
+        return _count(self._sent, after, until) - _count(self._refused, after, until)
+
+
+def _count(times: collections.deque[float], after: float, until: float) -> int:
+    n = 0
+    for t in reversed(times):  # recent spans are asked for: walk from the new end
+        if t <= after:
+            break
+        if t <= until:
+            n += 1
+    return n
 
 
 @dataclass(slots=True)
@@ -185,7 +236,10 @@ class Cubic:
 
     def rate(self, now: float) -> float:
         x = (now - self.cut_at) / self.k_s - 1.0
-        return self.w_max * (1.0 + (1.0 - self.beta) * x**3)
+        # Back up to w_max along the concave half; past it, the convex half probes at its own
+        # pace (CUBIC's C), not (1 - beta)'s: with beta near 1 that would take minutes to find
+        # a limit the last cut underestimated.
+        return self.w_max * (1.0 + (1.0 - self.beta if x < 0 else PROBE_GROWTH) * x**3)
 
 
 class Pacing:
@@ -207,17 +261,21 @@ class Pacing:
         catch_up = CATCH_UP_S if self.adaptive else FIXED_CATCH_UP_S
         self.gcra = Gcra(self._interval(), burst, now, catch_up_s=catch_up)
         self.sends = SendLog()
-        self.admitted = SendLog()  # answers that were not 429, by the time they came back
-        self._held: collections.deque[tuple[float, float]] = collections.deque(maxlen=8)
+        self.admissions = Admissions()
         self.cubic: Cubic | None = None
+        # The longest delay the server has named: its window is at least this long.
+        self.window_s: float | None = None
+        self.guessed_window_s = DEFAULT_WINDOW_S
+        self._named_s = 0.0  # the longest delay named, alone
+        # (send time, window, reopening) of a first refusal read as the longer of two windows.
+        self._provisional: tuple[float, float, float] | None = None
         self.cut_at = -math.inf  # 429s for requests sent before this say nothing new
+        self._cut_from = -math.inf  # the sent_at the last cut measured back from
+        self._cut_span = 0.0
+        self._cut_rate: float | None = None  # the rate that drew the last cut's 429
         self.refused_until = -math.inf
         self.cuts = 0
         self.holds = 0
-        self._first_cut = False
-        # Send times of answered (not 429) requests, for the first cut's estimate.
-        self._admitted_sent: collections.deque[float] = collections.deque(maxlen=100_000)
-        self._first_429: tuple[float, float] | None = None  # (sent_at, delay) of the first cut
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
 
@@ -267,10 +325,8 @@ class Pacing:
                 if stop.is_set():
                     raise Stopped
                 now = self.clock()
-                wait = self.gcra.delay(now)
+                wait = self.try_send(now)
                 if wait <= 0:
-                    self.gcra.take(now)
-                    self.sends.add(now)
                     return now
                 if wait > 1.0:
                     log.debug("pacing: next send in %.2fs (rate %s, held %.2fs)", wait,
@@ -278,26 +334,24 @@ class Pacing:
                 # Woken early by a change of rate; looks at the stop flag at least every 0.25 s.
                 await wait_event(self._changed, min(wait, 0.25))
 
+    def try_send(self, now: float) -> float:
+        """Take the turn at ``now`` if it has come (0.0); else the seconds until it comes."""
+        wait = self.gcra.delay(now)
+        if wait <= 0:
+            self.gcra.take(now)
+            self.sends.add(now)
+            if self.adaptive:
+                self.admissions.sent(now)
+            return 0.0
+        return wait
+
     # -- outcomes ---------------------------------------------------------------------------
 
     def on_answer(self, sent_at: float) -> None:
         """An answer that was not a 429: in adaptive mode the rate grows back."""
-        if not self.adaptive:
+        if not self.adaptive or self.cubic is None:
             return
         now = self.clock()
-        self.admitted.add(now)
-        if self.rate_per_s is None or self._first_cut:
-            self._admitted_sent.append(sent_at)
-        if self.cubic is None:
-            return
-        if self._first_cut and sent_at < self.cut_at:
-            # The unpaced start's answers are still coming in: the first cut was made on a
-            # partial count of what the server let through. Raise it as they arrive.
-            w_max = max(self.cubic.w_max, self._start_estimate(now))
-            if w_max > self.cubic.w_max:
-                self.cubic.w_max = w_max
-                self._set_rate(self.cubic.beta * w_max, now)
-            return
         # Never more than twice what is actually sent: a latency-bound run must not bank a rate
         # it has never tried.
         target = min(self.cubic.rate(now), 2.0 * max(self.sends.rate(now), MIN_RATE))
@@ -305,73 +359,139 @@ class Pacing:
         if target > current:
             self._set_rate(target, now)
 
-    def _start_estimate(self, now: float) -> float:
-        """What the server allows, judged from the unpaced start.
+    def allowed_rate(self, sent_at: float, span_s: float) -> float:
+        """What the limiter let through over ``span_s`` up to ``sent_at``, a second.
 
-        With a delay from the server: a limiter that refused a request sent at ``s``, asking to
-        wait ``d``, is full until ``s + d`` with what it let through since about ``s - d`` (an
-        unpaced start sends everything at once, so its window is about ``d`` long). That is a
-        rate of (requests let through that were sent in that span) / ``d``, whatever the
-        window's length. Without one: what was let through over the last seconds.
+        A limiter that refused a request sent at ``sent_at`` was full then: over its window it
+        had let through all it allows. Measured over that window (the longest delay the server
+        named is the best guess of it), the count is the limit itself; over a longer span in
+        which it was kept full, still the limit's rate.
         """
-        if self._first_429 is None:
-            return self.admitted.rate(now, self._held)
-        s, d = self._first_429
-        let_through = sum(1 for t in self._admitted_sent if s - d < t <= s)
-        return max(let_through, 1) / d
+        return max(self.admissions.admitted(sent_at - span_s, sent_at), 1) / span_s
+
+    def _span(self) -> float:
+        return max(self._window(), MIN_SPAN_S)
+
+    def _window(self) -> float:
+        """The limiter's window as far as it is known: the longest delay the server named, else
+        a guess that doubles each time the limiter stays shut for all of it."""
+        return self.window_s if self.window_s is not None else self.guessed_window_s
 
     def on_rate_limited(self, sent_at: float, delay_s: float | None) -> None:
-        """A 429 for a request that left at ``sent_at``, asking to wait ``delay_s`` (or not)."""
+        """A 429 for a request that left at ``sent_at``, asking to wait ``delay_s`` (or not).
+
+        Times are send times: the server named its delay when the request arrived, and its
+        answer may have taken as long as an image does.
+        """
         now = self.clock()
+        if self.adaptive:
+            self.admissions.refused(sent_at)
+            self._learn_window(sent_at, delay_s)
         if sent_at < self.cut_at:
-            return  # sent before the last cut: part of the window already answered for
-        if now < self.refused_until:
-            # Sent after the cut and still refused: the limiter is full until the time it named.
-            until = now + (delay_s if delay_s is not None else DEFAULT_REFUSED_S / 2)
-            if until > self.gcra.hold_until:
-                self._held.append((max(now, self.gcra.hold_until), until))
-                self.gcra.hold_until = until
-                self.holds += 1
-                log.debug("429 again inside the refused window: holding sends %.2fs", until - now)
-                self._wake()
+            # Sent before the last cut: part of the window already answered for.
+            if self.adaptive and sent_at > self._cut_from - self._cut_span:
+                self._refine(now)
             return
-        # Spells when sends were held are left out: over them the rates would read low.
-        sent, admitted = self.sends.rate(now, self._held), self.admitted.rate(now, self._held)
-        current = self.rate_per_s
-        if self.adaptive and current is None and admitted == 0:
+        if sent_at < self.refused_until:
+            # Sent after the cut and still refused: the limiter is full until the time it named.
+            self._hold(sent_at + (delay_s if delay_s is not None else self._window() / 2), now)
+            return
+        if self.adaptive and self.cubic is None and not self.admissions.admitted(-math.inf, now):
             # Nothing let through yet: no rate to cut from (one 429 on the first request is no
             # measure of anything). This attempt waits what it was told; the others go on.
             return
         self.cuts += 1
-        self._first_cut = current is None
         self.cut_at = now
-        self.refused_until = now + (delay_s if delay_s is not None else DEFAULT_REFUSED_S)
-        if not self.adaptive:
+        self.refused_until = sent_at + (delay_s if delay_s is not None else self._window())
+        if self.adaptive:
+            if delay_s is not None:
+                # The limiter has named when it next lets one through: a send before then is a
+                # request spent on a refusal.
+                self._hold(sent_at + delay_s, now)
+            self._cut(sent_at, now)
+        elif self.stretch < MAX_STRETCH:
             # A fixed limit that still draws a 429: arrival jitter, or a limiter slightly
             # stricter than the one given. Stretch the interval a little, up to MAX_STRETCH.
-            if self.stretch < MAX_STRETCH:
-                self.stretch = min(MAX_STRETCH, self.stretch + STRETCH_STEP)
-                self.gcra.set_interval(self._interval(), now)
-                log.debug("429 at the given limit: interval stretched by %.0f%%",
-                          100 * self.stretch)
+            self.stretch = min(MAX_STRETCH, self.stretch + STRETCH_STEP)
+            self.gcra.set_interval(self._interval(), now)
+            log.debug("429 at the given limit: interval stretched by %.0f%%", 100 * self.stretch)
+
+    def _learn_window(self, sent_at: float, delay_s: float | None) -> None:
+        if delay_s is None:
+            if sent_at >= self.refused_until and self.cuts and not self.admissions.admitted(
+                self._cut_from, sent_at
+            ):
+                # Nothing got through since the last cut, all through the window assumed: the
+                # limiter's window is longer than that.
+                self.guessed_window_s = min(2 * self.guessed_window_s, MAX_WINDOW_S)
             return
-        if current is None:
-            # The first 429 of an unpaced start: what was sent (refusals included) can be many
-            # times what the server allows; what it let through is the better guess.
-            self._first_429 = (sent_at, delay_s) if delay_s else None
-            w_max = self._start_estimate(now)
-        else:
-            # Paced: the rate that drew the 429, or what was really sent or let through lately
-            # if that was less; never less than half of it in one cut, as TCP.
-            measured = min(sent, admitted if admitted > 0 else sent)
-            w_max = max(min(current, measured), current / 2)
-        w_max = max(w_max, MIN_RATE)
-        # Grow back over about one limiter window (the first cut's delay tells its length): a
-        # long window reports an excess late, so a rate that grows faster overshoots far.
-        k_s = CUBIC_K_S
-        if self._first_429 is not None:
-            k_s = min(max(CUBIC_K_S, self._first_429[1]), MAX_CUBIC_K_S)
+        if self._provisional is not None and sent_at >= self.refused_until:
+            burst, longer, reopened = self._provisional
+            self._provisional = None
+            before = burst + 0.9 * longer
+            if (
+                sent_at + delay_s < before
+                or self.admissions.admitted(reopened, min(sent_at, before)) >= 2
+            ):
+                # The longer reading frees one slot (the probe's) when the limiter reopens,
+                # and the start's requests leave its window only a whole window after they
+                # went. More got through, or the server names an earlier time: the shorter
+                # reading was right.
+                self.window_s = self._named_s
+        window = delay_s
+        first = self.admissions.first
+        if not self.cuts and first is not None and sent_at + delay_s - first <= 2.5 * delay_s:
+            # The run's first refusal: the limiter frees a slot when the oldest request in its
+            # window leaves it, and the oldest may be ours from the start: the first-answer
+            # gate's probe goes up to a second ahead of the rest. Whether it is still in the
+            # window cannot be told from one refusal (12 per 2 s with the probe in, or 12 per
+            # 1 s with it just out, name the same delay), so the window learnt is the longer one
+            # (a count over a whole window) and the first cut counts over the shorter one (a
+            # limit overestimated costs one window of refusals; underestimated, a slow climb).
+            window = sent_at + delay_s - first
+            if window > delay_s * 1.1:
+                self._provisional = (sent_at, window, sent_at + delay_s)
+        self.window_s = min(max(self.window_s or 0.0, window), MAX_WINDOW_S)
+        self._named_s = min(max(self._named_s, delay_s), MAX_WINDOW_S)
+
+    def _cut(self, sent_at: float, now: float) -> None:
+        """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back."""
+        current = self.rate_per_s
+        span = self._span() if self.cubic is not None else max(self._named_s, MIN_SPAN_S)
+        if self.window_s is None:
+            span = self._span()
+        self._cut_from, self._cut_span, self._cut_rate = sent_at, span, current
+        w_max = self._bounded(self.allowed_rate(sent_at, self._cut_span))
+        # Grow back over about one limiter window: a long window reports an excess late, so a
+        # rate that grows faster overshoots far.
+        k_s = min(max(CUBIC_K_S, self.window_s or 0.0), MAX_CUBIC_K_S)
         self.cubic = Cubic(w_max=w_max, cut_at=now, k_s=k_s)
         self._set_rate(BETA * w_max, now)
-        log.debug("429: send rate cut to %.2f/s (admitted %.2f/s, sent %.2f/s)",
-                  BETA * w_max, admitted, sent)
+        log.debug("429: send rate cut to %.2f/s (allowed %.2f/s over %.1fs)",
+                  BETA * w_max, w_max, self._cut_span)
+
+    def _bounded(self, allowed: float) -> float:
+        current = self._cut_rate
+        if current is not None:
+            # Never more than the rate that drew the 429, never under half of it in one cut.
+            allowed = max(min(allowed, current), current / 2)
+        return max(allowed, MIN_RATE)
+
+    def _hold(self, until: float, now: float) -> None:
+        # The time named is from the refused request's arrival, a few milliseconds after its
+        # send; a send at that very time may arrive before the slot is free.
+        until += HOLD_MARGIN_S
+        if until > self.gcra.hold_until:
+            self.gcra.hold_until = until
+            self.holds += 1
+            log.debug("429: holding sends %.2fs", until - now)
+            self._wake()
+
+    def _refine(self, now: float) -> None:
+        """More 429s for the window the last cut measured: the count it made was partial."""
+        if self.cubic is None:
+            return
+        w_max = self._bounded(self.allowed_rate(self._cut_from, self._cut_span))
+        if w_max < self.cubic.w_max:
+            self.cubic.w_max = w_max
+            self._set_rate(BETA * w_max, now)

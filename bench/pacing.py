@@ -52,7 +52,7 @@ class Case:
     kind: str = "sliding"
     style: str = "quota"
     concurrency: int = 32
-    seconds: float = 8.0  # how long the run should last at the limit, roughly
+    seconds: float = 20.0  # how long the run should last at the limit, roughly
     burst: int | None = None
 
     @classmethod

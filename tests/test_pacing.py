@@ -1,14 +1,16 @@
 """Pacing against the fake's quota limiter, the first-answer gate, empty answers, fast start.
 
-The HTTP tests run the real CLI against the fake server and judge from the server's timeline of
-arrivals (when each request came in, and what it got). They are kept to a few seconds each with
-small windows and high limits; bench/pacing.py runs the full table (windows of 1 to 60 s) and
-bench/RESULTS.md has its figures. Thresholds here have some slack for a loaded 2-core machine.
+The pacer alone runs on a fake clock against the fake server's own limiter classes, over many
+windows. The HTTP tests run the real CLI against the fake server and judge from the server's
+timeline of arrivals (when each request came in, and what it got), with the issue's thresholds.
+They are kept to a few seconds each with small windows and high limits; bench/pacing.py runs
+the full table (windows of 1 to 60 s) and bench/RESULTS.md has its figures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import json
 import subprocess
@@ -23,7 +25,7 @@ import pytest
 from batchgen.fake import FakeConfig, FakeServer, ThreadedFakeServer
 from batchgen.fake.faults import FixedWindow, SlidingWindow
 from batchgen.gate import FirstAnswerGate
-from batchgen.pacing import BETA, Gcra, Pacing, Stopped
+from batchgen.pacing import BETA, Admissions, Gcra, Pacing, Stopped
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
 
@@ -91,38 +93,154 @@ def test_fixed_limit_paces_a_hair_under_the_limit() -> None:
     assert 0.96 * 6 < p.rate_per_s < 6  # margin for arrival jitter, no more
 
 
-def test_adaptive_cut_is_one_signal_per_refused_window_then_grows_back() -> None:
+def drive(
+    p: Pacing,
+    clock: FakeClock,
+    *,
+    limit: int,
+    window: float,
+    seconds: float,
+    kind: str = "sliding",
+    delays: bool = True,
+    latency: float = 0.0,
+    concurrency: int = 32,
+) -> list[tuple[float, int]]:
+    """The pacer alone against the fake server's own limiter, on a fake clock, with a request
+    always waiting: what arrived when, and whether it was let through (200) or refused (429).
+    Answers, 429s too, come back ``latency`` later, as the fake's do."""
+    limiter = FixedWindow() if kind == "fixed" else SlidingWindow()
+    answers: list[tuple[float, int, float, float | None]] = []  # (due, seq, sent_at, delay)
+    seq = itertools.count()
+    timeline: list[tuple[float, int]] = []
+    end = clock.now + seconds
+    while clock.now < end:
+        while answers and answers[0][0] <= clock.now:
+            _, _, sent_at, delay = heapq.heappop(answers)
+            if delay is None:
+                p.on_answer(sent_at)
+            else:
+                p.on_rate_limited(sent_at, delay if delays else None)
+        while len(answers) < concurrency and p.try_send(clock.now) == 0:
+            now = clock.now
+            wait = (limiter.wait(now, limit, window) if kind == "sliding"
+                    else limiter.wait(now, limit, window))  # type: ignore[call-arg]
+            if wait > 0:
+                timeline.append((now, 429))
+                heapq.heappush(answers, (now + latency, next(seq), now, wait))
+            else:
+                if kind == "sliding":
+                    limiter.add(now)  # type: ignore[call-arg]
+                else:
+                    limiter.add(now, window)  # type: ignore[call-arg]
+                timeline.append((now, 200))
+                heapq.heappush(answers, (now + latency, next(seq), now, None))
+        clock.now += 0.001
+    return timeline
+
+
+def test_admissions_count_what_was_sent_and_not_refused() -> None:
+    a = Admissions()
+    for t in (1.0, 1.1, 1.2, 1.3, 2.5):
+        a.sent(t)
+    a.refused(1.3)
+    a.refused(1.1)  # 429s may come back out of order
+    assert a.admitted(1.0, 1.3) == 1  # (1.0, 1.3]: 1.1 and 1.3 refused, 1.2 let through
+    assert a.admitted(0.0, 3.0) == 3
+    assert a.admitted(1.3, 2.0) == 0
+
+
+def test_the_first_refusal_names_the_window_and_the_cut_is_what_it_let_through() -> None:
     clock = FakeClock()
     p = Pacing(None, clock=clock)
     assert p.rate_per_s is None  # unpaced until the first 429
-    # 20 requests a second for 2 s, of which the server let 10 a second through.
-    for i in range(40):
-        clock.now = 1000.0 + i * 0.05
-        p.sends.add(clock.now)
-        if i % 2 == 0:
-            p.on_answer(clock.now - 0.01)
-    sent_before_cut = clock.now - 0.01
-    p.on_rate_limited(sent_before_cut, 1.0)
+    # The probe goes alone; a second later 31 requests go at once against 12 per 2 s.
+    p.try_send(clock.now)
+    probe = clock.now
+    clock.now += 1.0
+    for _ in range(31):
+        p.try_send(clock.now)
+    burst = clock.now
+    # The limiter let the probe and 11 of the burst through; the rest are told to wait until
+    # the probe leaves the window, 1 s from now.
+    clock.now += 0.05
+    for _ in range(20):
+        p.on_rate_limited(burst, probe + 2.0 - burst)
+    # 12 per 2 s with the probe in the window, or 12 per 1 s with it just out: the window
+    # learnt is the longer, the first cut counts over the shorter (11 let through in 1 s).
+    assert p.window_s == pytest.approx(2.0)
     assert p.cuts == 1
-    rate = p.rate_per_s
-    assert rate is not None and rate == pytest.approx(BETA * 10.0, rel=0.1)
-    # The rest of that window's 429s were sent before the cut: no further cut, no hold.
-    for _ in range(10):
-        p.on_rate_limited(sent_before_cut, 0.9)
-    assert p.cuts == 1 and p.holds == 0 and p.rate_per_s == rate
-    # A request sent after the cut and refused inside the window the server named: hold until
-    # the time it named instead of cutting again.
+    assert p.cubic is not None and p.cubic.w_max == pytest.approx(11.0, rel=0.01)
+    # Nothing leaves before the time the server named.
+    assert p.try_send(clock.now) == pytest.approx(burst + 1.0 - clock.now)
+    # Then the probe's slot is the only one free: the first send gets it, the next is told to
+    # wait for the burst to leave. That cut counts over the 2-s window: 12 in 2 s.
+    clock.now = burst + 1.0
+    assert p.try_send(clock.now) == 0
     clock.now += 0.1
-    p.on_rate_limited(clock.now - 0.05, 0.8)
-    assert p.cuts == 1 and p.holds == 1
-    assert p.gcra.delay(clock.now) == pytest.approx(0.8)
+    assert p.try_send(clock.now) == 0
+    second = clock.now
+    clock.now += 0.05
+    p.on_rate_limited(second, burst + 2.0 - second)
+    assert p.cuts == 2
+    assert p.cubic.w_max == pytest.approx(6.0, rel=0.01)
+    assert p.rate_per_s == pytest.approx(BETA * 6.0, rel=0.01)
+
+
+def test_one_refused_window_is_one_signal_and_the_rate_grows_back() -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    sends = []
+    for i in range(40):  # 20 a second for 2 s
+        clock.now = 1000.0 + i * 0.05
+        p.try_send(clock.now)
+        sends.append(clock.now)
+    # The limiter let the even ones through, and refused the odd ones until 1 s later; their
+    # 429s come back together. The first cuts; the rest refine the same count, no new cut.
+    clock.now += 0.01
+    refused = sends[1::2]
+    for sent_at in reversed(refused[-10:]):
+        p.on_rate_limited(sent_at, 1.0)
+    assert p.cuts == 1
+    assert p.rate_per_s == pytest.approx(BETA * 10.0, rel=0.01)  # 10 of 20 over the last 1 s
+    holds = p.holds
+    # One sent after the cut and refused inside the window named: a hold, not a cut.
+    cut_sent = refused[-1]
+    clock.now = cut_sent + 0.6
+    p.on_rate_limited(cut_sent + 0.5, 0.8)
+    assert p.cuts == 1 and p.holds == holds + 1
+    assert p.gcra.delay(clock.now) == pytest.approx(cut_sent + 1.3 - clock.now)
     # Answers after the cut grow the rate back past where it was cut, CUBIC-style.
-    for _ in range(80):
-        clock.now += 0.05
-        p.sends.add(clock.now)
-        p.on_answer(clock.now - 0.01)
+    for _ in range(200):
+        clock.now += 0.02
+        if p.try_send(clock.now) == 0:
+            p.on_answer(clock.now - 0.01)
     grown = p.rate_per_s
-    assert grown is not None and grown > 10.0
+    assert grown is not None and grown > 10.0 * 1.2
+
+
+def test_a_cut_never_goes_below_half_the_rate_that_drew_it() -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    p.try_send(clock.now)
+    p.on_rate_limited(clock.now, 0.1)  # a cut on one answer: 1 over 1 s
+    p._set_rate(10.0, clock.now)
+    clock.now += 5.0
+    for i in range(10):  # 10 a second for 1 s, and every one refused
+        p.try_send(clock.now + i * 0.1)
+        p.admissions.refused(clock.now + i * 0.1)
+    clock.now += 1.0
+    p.on_rate_limited(clock.now - 0.05, 0.1)
+    assert p.rate_per_s == pytest.approx(BETA * 5.0)
+
+
+def test_without_a_delay_the_window_guess_doubles_while_the_limiter_stays_shut() -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=40, window=10.0, seconds=40.0, delays=False)
+    assert p.window_s is None
+    assert p.guessed_window_s >= 8.0
+    judged = [s for t, s in timeline if t >= timeline[0][0] + 20.0]
+    assert judged.count(429) <= 0.10 * len(judged)
 
 
 def test_adaptive_never_grows_far_past_what_is_sent() -> None:
@@ -130,7 +248,7 @@ def test_adaptive_never_grows_far_past_what_is_sent() -> None:
     p = Pacing(None, clock=clock)
     for i in range(20):
         clock.now = 1000.0 + i * 0.1
-        p.sends.add(clock.now)
+        p.try_send(clock.now)
         p.on_answer(clock.now)
     p.on_rate_limited(clock.now, 0.1)
     assert p.cubic is not None
@@ -139,10 +257,40 @@ def test_adaptive_never_grows_far_past_what_is_sent() -> None:
     # be at thousands a second by now; the pacer stays where the server last said no.
     for _ in range(60):
         clock.now += 1.0
-        p.sends.add(clock.now)
+        p.try_send(clock.now)
         p.on_answer(clock.now)
     assert p.cubic.rate(clock.now) > 100 * w_max
     assert p.rate_per_s is not None and p.rate_per_s <= w_max
+
+
+@pytest.mark.parametrize(
+    ("limit", "window", "kind", "delays", "latency"),
+    [
+        (12, 1.0, "sliding", True, 0.05),
+        (12, 1.0, "sliding", True, 1.0),
+        (12, 2.0, "sliding", True, 0.05),
+        (12, 2.0, "fixed", True, 0.05),
+        (12, 2.0, "sliding", False, 0.05),
+        (40, 10.0, "sliding", True, 0.05),
+        (120, 60.0, "sliding", True, 1.0),
+    ],
+)
+def test_adaptive_pacer_alone_against_the_fake_limiter(
+    limit: int, window: float, kind: str, delays: bool, latency: float
+) -> None:
+    """The issue's targets, on a fake clock with endless demand: after the first two windows,
+    at most 10% refused and at least 0.9 of the limit let through."""
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    seconds = max(30.0, 6 * window)
+    timeline = drive(p, clock, limit=limit, window=window, seconds=seconds, kind=kind,
+                     delays=delays, latency=latency)
+    start = timeline[0][0] + 2 * window + latency
+    judged = [(t, s) for t, s in timeline if t >= start]
+    refused = sum(1 for _, s in judged if s == 429)
+    reached = (len(judged) - refused) / (clock.now - start) / (limit / window)
+    assert refused <= 0.10 * len(judged), (refused, len(judged))
+    assert 0.9 <= reached <= 1.05, reached
 
 
 async def test_pacer_acquire_waits_its_turn_and_stops_promptly() -> None:
@@ -289,13 +437,12 @@ def test_rpm_at_the_limit_reaches_it_without_429s(
     timeline = server.stats.timeline
     reached, judged, refused = figures(timeline, limit, window, judge_from=0.0)
     assert refused <= max(1, judged // 100), timeline
-    assert reached >= 0.93, reached
-    assert reached <= 1.02, reached
+    assert 0.95 <= reached <= 1.02, reached
 
 
 @pytest.mark.parametrize(
     ("latency", "limit", "window", "jobs"),
-    [(0.05, 12, 1.0, 130), (1.0, 12, 2.0, 80)],
+    [(0.05, 12, 1.0, 150), (1.0, 12, 1.0, 150), (1.0, 12, 2.0, 100)],
 )
 def test_adaptive_rate_after_the_first_window(
     server: ThreadedFakeServer, tmp_path: Path, latency: float, limit: int, window: float,
@@ -313,8 +460,8 @@ def test_adaptive_rate_after_the_first_window(
     # client hears how it went a latency later.
     judge_from = timeline[1][0] - timeline[0][0] + window + latency
     reached, judged, refused = figures(timeline, limit, window, judge_from=judge_from)
-    assert refused <= 0.12 * judged, (refused, judged)
-    assert reached >= 0.85, reached
+    assert refused <= 0.10 * judged, (refused, judged)
+    assert reached >= 0.9, reached
 
 
 def test_adaptive_rate_with_capacity_429s_without_retry_info(
@@ -324,14 +471,14 @@ def test_adaptive_rate_with_capacity_429s_without_retry_info(
     server.config.rate_window_s = 1.0
     server.config.rate_limit_style = "capacity"
     server.config.latency_s = 0.05
-    m = write_manifest(tmp_path / "m.yaml", [f"busy {i}" for i in range(120)])
+    m = write_manifest(tmp_path / "m.yaml", [f"busy {i}" for i in range(150)])
     r = run_against(server, m, tmp_path / "run", "--concurrency", "32", "--max-attempts", "50")
     assert r.code == 0, r.output
     timeline = server.stats.timeline
     judge_from = timeline[1][0] - timeline[0][0] + 1.05
     reached, judged, refused = figures(timeline, 12, 1.0, judge_from=judge_from)
-    assert refused <= 0.15 * judged, (refused, judged)
-    assert reached >= 0.8, reached
+    assert refused <= 0.10 * judged, (refused, judged)
+    assert reached >= 0.9, reached
 
 
 # -- the first-answer gate over HTTP -------------------------------------------------------
