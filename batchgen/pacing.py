@@ -26,13 +26,12 @@ delay the server asked for (tenacity's wait, in the pool); the others carry on a
 from __future__ import annotations
 
 import asyncio
-import bisect
-import collections
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from .rates import Admissions, Cubic, Gcra, SendLog
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,9 @@ MIN_SPAN_S = 1.0  # ... but never over less: a burst let through in 50 ms is not
 MAX_WINDOW_S = 120.0  # the longest limiter window that is learnt
 DEFAULT_WINDOW_S = 1.0  # the first guess when the server names no delay
 HOLD_MARGIN_S = 0.05
+# Sends are stamped here, arrivals there: a span counted from a time the server named reaches
+# this much further back, so the request at its edge is in.
+EDGE_S = 0.02
 MIN_RATE = 0.05  # requests a second: never slower than one every 20 s
 
 
@@ -107,141 +109,6 @@ class ConcurrencyCap:
         self._slots.release()
 
 
-class Gcra:
-    """The generic cell rate algorithm, on an injected clock (no I/O: testable alone).
-
-    ``tat`` is the theoretical arrival time of the next request. A request may leave when
-    ``tat - now <= (burst - 1) * interval``; leaving pushes ``tat`` one interval on. After an
-    idle spell up to ``burst`` requests may leave at once; at full speed, one per ``interval``.
-    """
-
-    def __init__(
-        self, interval_s: float | None, burst: int, now: float, *, catch_up_s: float = 0.0
-    ) -> None:
-        self.interval_s = interval_s
-        self.burst = max(int(burst), 1)
-        self.catch_up_s = catch_up_s
-        self.tat = self._no_credit(now)
-        self.hold_until = now
-
-    def _no_credit(self, now: float) -> float:
-        # The burst is earned by idle time only, never handed out at the start: a limiter whose
-        # window is as full as ours allows would refuse it.
-        return now + (self.burst - 1) * (self.interval_s or 0.0)
-
-    def delay(self, now: float) -> float:
-        """Seconds until one more request may leave (0.0: now)."""
-        held = self.hold_until - now
-        if self.interval_s is None:
-            return max(held, 0.0)
-        tolerance = (self.burst - 1) * self.interval_s
-        return max(self.tat - tolerance - now, held, 0.0)
-
-    def take(self, now: float) -> None:
-        if self.interval_s is not None:
-            # A request that left a little late (a busy event loop) does not push every later
-            # one back: up to catch_up_s of lateness is made up by the next.
-            slack = min(self.catch_up_s, self.interval_s / 2)
-            self.tat = max(self.tat, now - slack) + self.interval_s
-
-    def set_interval(self, interval_s: float | None, now: float) -> None:
-        if interval_s is not None and self.interval_s is None:
-            self.interval_s = interval_s
-            self.tat = self._no_credit(now)  # nothing saved up while unpaced
-        elif interval_s is not None and self.interval_s is not None:
-            # Requests already granted keep their places; the backlog beyond now is re-spaced.
-            backlog = max(self.tat - now, 0.0) / self.interval_s
-            self.tat = now + backlog * interval_s
-        self.interval_s = interval_s
-
-
-class SendLog:
-    """Send times over the last :data:`MEASURE_S` seconds, for the measured send rate."""
-
-    def __init__(self, horizon_s: float = MEASURE_S) -> None:
-        self.horizon_s = horizon_s
-        self._sent: collections.deque[float] = collections.deque()
-        self._first: float | None = None
-
-    def add(self, now: float) -> None:
-        if self._first is None:
-            self._first = now
-        self._sent.append(now)
-        while self._sent and self._sent[0] <= now - self.horizon_s:
-            self._sent.popleft()
-
-    def rate(self, now: float) -> float:
-        """Requests a second over the horizon (or since the first send, if that is shorter)."""
-        while self._sent and self._sent[0] <= now - self.horizon_s:
-            self._sent.popleft()
-        if self._first is None:
-            return 0.0
-        span = min(self.horizon_s, max(now - self._first, MIN_SPAN_S))
-        return len(self._sent) / span
-
-
-class Admissions:
-    """Which requests the limiter let through, by send time, over the last :data:`MAX_WINDOW_S`.
-
-    A limiter answers a refused request at once, before any work is done, while an image takes
-    seconds: a request still out when later 429s have come back was let through. So what the
-    limiter admitted over a span is known long before the answers are: sent minus refused.
-    """
-
-    def __init__(self, horizon_s: float = MAX_WINDOW_S) -> None:
-        self.horizon_s = horizon_s
-        self._sent: collections.deque[float] = collections.deque()
-        self._refused: collections.deque[float] = collections.deque()
-        self.first: float | None = None
-
-    def sent(self, at: float) -> None:
-        if self.first is None:
-            self.first = at
-        self._sent.append(at)
-        self._prune(at)
-
-    def refused(self, sent_at: float) -> None:
-        # 429s come back nearly in send order; a late one is put in its place.
-        bisect.insort(self._refused, sent_at)
-
-    def _prune(self, now: float) -> None:
-        cutoff = now - self.horizon_s
-        for times in (self._sent, self._refused):
-            while times and times[0] <= cutoff:
-                times.popleft()
-
-    def admitted(self, after: float, until: float) -> int:
-        """Requests sent in ``(after, until]`` that were not refused."""
-        return _count(self._sent, after, until) - _count(self._refused, after, until)
-
-
-def _count(times: collections.deque[float], after: float, until: float) -> int:
-    n = 0
-    for t in reversed(times):  # recent spans are asked for: walk from the new end
-        if t <= after:
-            break
-        if t <= until:
-            n += 1
-    return n
-
-
-@dataclass(slots=True)
-class Cubic:
-    """CUBIC growth after a cut: back to ``w_max`` in ``k_s`` seconds, then beyond, slowly."""
-
-    w_max: float
-    cut_at: float
-    beta: float = BETA
-    k_s: float = CUBIC_K_S
-
-    def rate(self, now: float) -> float:
-        x = (now - self.cut_at) / self.k_s - 1.0
-        # Back up to w_max along the concave half; past it, the convex half probes at its own
-        # pace (CUBIC's C), not (1 - beta)'s: with beta near 1 that would take minutes to find
-        # a limit the last cut underestimated.
-        return self.w_max * (1.0 + (1.0 - self.beta if x < 0 else PROBE_GROWTH) * x**3)
-
-
 class Pacing:
     """The pacer the pool talks to: ``acquire`` before a send, then report the outcome."""
 
@@ -260,8 +127,8 @@ class Pacing:
         self.stretch = 0.0
         catch_up = CATCH_UP_S if self.adaptive else FIXED_CATCH_UP_S
         self.gcra = Gcra(self._interval(), burst, now, catch_up_s=catch_up)
-        self.sends = SendLog()
-        self.admissions = Admissions()
+        self.sends = SendLog(MEASURE_S, min_span_s=MIN_SPAN_S)
+        self.admissions = Admissions(MAX_WINDOW_S)
         self.cubic: Cubic | None = None
         # The longest delay the server has named: its window is at least this long.
         self.window_s: float | None = None
@@ -273,6 +140,7 @@ class Pacing:
         self._cut_from = -math.inf  # the sent_at the last cut measured back from
         self._cut_span = 0.0
         self._cut_rate: float | None = None  # the rate that drew the last cut's 429
+        self._cut_delay: float | None = None  # and the delay it named
         self.refused_until = -math.inf
         self.cuts = 0
         self.holds = 0
@@ -359,15 +227,22 @@ class Pacing:
         if target > current:
             self._set_rate(target, now)
 
-    def allowed_rate(self, sent_at: float, span_s: float) -> float:
-        """What the limiter let through over ``span_s`` up to ``sent_at``, a second.
+    def allowed_rate(self, sent_at: float, span_s: float, delay_s: float | None = None) -> float:
+        """What the limiter allows, a second, judged from a 429 for a request sent at
+        ``sent_at``, with a window of ``span_s``.
 
-        A limiter that refused a request sent at ``sent_at`` was full then: over its window it
-        had let through all it allows. Measured over that window (the longest delay the server
-        named is the best guess of it), the count is the limit itself; over a longer span in
-        which it was kept full, still the limit's rate.
+        The limiter was full: over its window it had let through all it allows. With a delay
+        named, the oldest request in that window leaves it ``delay_s`` after the refused one
+        arrived, so it came ``span_s - delay_s`` before: the requests let through since then
+        are the whole limit, and the rate is that count over the window. (Counted from the
+        window's plain start instead, the oldest is missed as often as not: one request short
+        is 8% of a limit of 12.) Over a longer span in which the limiter was kept full, the
+        count still comes to the limit's rate.
         """
-        return max(self.admissions.admitted(sent_at - span_s, sent_at), 1) / span_s
+        start = sent_at - span_s
+        if delay_s is not None:
+            start += delay_s - EDGE_S
+        return max(self.admissions.admitted(start, sent_at), 1) / span_s
 
     def _span(self) -> float:
         return max(self._window(), MIN_SPAN_S)
@@ -408,7 +283,7 @@ class Pacing:
                 # The limiter has named when it next lets one through: a send before then is a
                 # request spent on a refusal.
                 self._hold(sent_at + delay_s, now)
-            self._cut(sent_at, now)
+            self._cut(sent_at, delay_s, now)
         elif self.stretch < MAX_STRETCH:
             # A fixed limit that still draws a 429: arrival jitter, or a limiter slightly
             # stricter than the one given. Stretch the interval a little, up to MAX_STRETCH.
@@ -454,18 +329,19 @@ class Pacing:
         self.window_s = min(max(self.window_s or 0.0, window), MAX_WINDOW_S)
         self._named_s = min(max(self._named_s, delay_s), MAX_WINDOW_S)
 
-    def _cut(self, sent_at: float, now: float) -> None:
+    def _cut(self, sent_at: float, delay_s: float | None, now: float) -> None:
         """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back."""
         current = self.rate_per_s
         span = self._span() if self.cubic is not None else max(self._named_s, MIN_SPAN_S)
         if self.window_s is None:
             span = self._span()
         self._cut_from, self._cut_span, self._cut_rate = sent_at, span, current
-        w_max = self._bounded(self.allowed_rate(sent_at, self._cut_span))
+        self._cut_delay = delay_s if delay_s is not None and delay_s < span else None
+        w_max = self._bounded(self.allowed_rate(sent_at, span, self._cut_delay))
         # Grow back over about one limiter window: a long window reports an excess late, so a
         # rate that grows faster overshoots far.
         k_s = min(max(CUBIC_K_S, self.window_s or 0.0), MAX_CUBIC_K_S)
-        self.cubic = Cubic(w_max=w_max, cut_at=now, k_s=k_s)
+        self.cubic = Cubic(w_max=w_max, cut_at=now, beta=BETA, k_s=k_s, probe_growth=PROBE_GROWTH)
         self._set_rate(BETA * w_max, now)
         log.debug("429: send rate cut to %.2f/s (allowed %.2f/s over %.1fs)",
                   BETA * w_max, w_max, self._cut_span)
@@ -491,7 +367,7 @@ class Pacing:
         """More 429s for the window the last cut measured: the count it made was partial."""
         if self.cubic is None:
             return
-        w_max = self._bounded(self.allowed_rate(self._cut_from, self._cut_span))
+        w_max = self._bounded(self.allowed_rate(self._cut_from, self._cut_span, self._cut_delay))
         if w_max < self.cubic.w_max:
             self.cubic.w_max = w_max
             self._set_rate(BETA * w_max, now)

@@ -6,9 +6,10 @@
 The real :class:`batchgen.pacing.Pacing` and the fake server's own limiter classes run on a
 virtual clock; the workers, the concurrency cap, the first-answer gate, the network and the
 retry waits are modelled after pool.py and the fake (arrivals 1-4 ms after the send, every
-answer, 429s too, after the configured latency, each wake-up up to 3 ms late). ``bench/pacing.py`` runs
-the same table over HTTP through the CLI, and its figures are the ones that count; this exists
-so that a change to the pacer can be judged on many seeds, and many windows, in a minute.
+answer, 429s too, after the configured latency, each wake-up up to 3 ms late).
+``bench/pacing.py`` runs the same table over HTTP through the CLI, and its figures are the ones
+that count; this exists so that a change to the pacer can be judged on many seeds, and many
+windows, in a minute.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ WIDE: tuple[Case, ...] = tuple(
     for kind, style in (("sliding", "quota"), ("fixed", "quota"), ("sliding", "capacity"))
 )
 BACKOFF_S = 0.5  # bench/pacing.py runs the CLI with --backoff 0.5
-LATE_S = 0.003
+LATE_S = 0.003  # wake-ups are up to this late
+NET_S = 0.004  # arrivals are 1 ms to this after the send
 
 
 @dataclass
@@ -80,10 +82,7 @@ def simulate(
 
     def arrive(job: int, sent_at: float) -> None:
         now = sim.now
-        if case.kind == "fixed":
-            wait = limiter.wait(now, case.limit, case.window_s)  # type: ignore[call-arg]
-        else:
-            wait = limiter.wait(now, case.limit, case.window_s)
+        wait = limiter.wait(now, case.limit, case.window_s)
         if wait > 0:
             sim.timeline.append((now, 429))
             delay = None if case.style == "capacity" else wait
@@ -156,7 +155,7 @@ def simulate(
 
     def queue_send(job: int) -> None:
         def send(t: float) -> None:
-            sim.at(t + rng.uniform(0.001, 0.004), lambda: arrive(job, t))
+            sim.at(t + rng.uniform(0.001, NET_S), lambda: arrive(job, t))
 
         waiting.append(send)
         pump()
@@ -196,12 +195,18 @@ def main() -> int:
     ap.add_argument("--case", action="append", default=[])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seconds", type=float)
+    ap.add_argument("--loaded", action="store_true",
+                    help="a busy machine: wake-ups up to 30 ms late, arrivals up to 20 ms")
     ap.add_argument("--wide", action="store_true",
                     help="adaptive mode over more limits, windows, latencies and kinds")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a constant of batchgen.pacing, to try a tuning")
     args = ap.parse_args()
     import batchgen.pacing as pacing_module
+
+    if args.loaded:
+        global LATE_S, NET_S
+        LATE_S, NET_S = 0.03, 0.02
 
     for item in args.set:
         name, value = item.split("=", 1)

@@ -1,0 +1,151 @@
+"""The pacer's arithmetic, on an injected clock and with no I/O, so each part is testable alone:
+:class:`Gcra` spaces requests, :class:`SendLog` and :class:`Admissions` measure what was sent and
+what the limiter let through, :class:`Cubic` is the curve the rate grows back along after a cut.
+:mod:`batchgen.pacing` puts them together and holds the constants that tune them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+from dataclasses import dataclass
+
+
+class Gcra:
+    """The generic cell rate algorithm, on an injected clock (no I/O: testable alone).
+
+    ``tat`` is the theoretical arrival time of the next request. A request may leave when
+    ``tat - now <= (burst - 1) * interval``; leaving pushes ``tat`` one interval on. After an
+    idle spell up to ``burst`` requests may leave at once; at full speed, one per ``interval``.
+    """
+
+    def __init__(
+        self, interval_s: float | None, burst: int, now: float, *, catch_up_s: float = 0.0
+    ) -> None:
+        self.interval_s = interval_s
+        self.burst = max(int(burst), 1)
+        self.catch_up_s = catch_up_s
+        self.tat = self._no_credit(now)
+        self.hold_until = now
+
+    def _no_credit(self, now: float) -> float:
+        # The burst is earned by idle time only, never handed out at the start: a limiter whose
+        # window is as full as ours allows would refuse it.
+        return now + (self.burst - 1) * (self.interval_s or 0.0)
+
+    def delay(self, now: float) -> float:
+        """Seconds until one more request may leave (0.0: now)."""
+        held = self.hold_until - now
+        if self.interval_s is None:
+            return max(held, 0.0)
+        tolerance = (self.burst - 1) * self.interval_s
+        return max(self.tat - tolerance - now, held, 0.0)
+
+    def take(self, now: float) -> None:
+        if self.interval_s is not None:
+            # A request that left a little late (a busy event loop) does not push every later
+            # one back: up to catch_up_s of lateness is made up by the next.
+            slack = min(self.catch_up_s, self.interval_s / 2)
+            self.tat = max(self.tat, now - slack) + self.interval_s
+
+    def set_interval(self, interval_s: float | None, now: float) -> None:
+        if interval_s is not None and self.interval_s is None:
+            self.interval_s = interval_s
+            self.tat = self._no_credit(now)  # nothing saved up while unpaced
+        elif interval_s is not None and self.interval_s is not None:
+            # Requests already granted keep their places; the backlog beyond now is re-spaced.
+            backlog = max(self.tat - now, 0.0) / self.interval_s
+            self.tat = now + backlog * interval_s
+        self.interval_s = interval_s
+
+
+class SendLog:
+    """Send times over the last ``horizon_s`` seconds, for the measured send rate."""
+
+    def __init__(self, horizon_s: float, *, min_span_s: float) -> None:
+        self.horizon_s = horizon_s
+        self.min_span_s = min_span_s
+        self._sent: collections.deque[float] = collections.deque()
+        self._first: float | None = None
+
+    def add(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._sent.append(now)
+        while self._sent and self._sent[0] <= now - self.horizon_s:
+            self._sent.popleft()
+
+    def rate(self, now: float) -> float:
+        """Requests a second over the horizon (or since the first send, if that is shorter)."""
+        while self._sent and self._sent[0] <= now - self.horizon_s:
+            self._sent.popleft()
+        if self._first is None:
+            return 0.0
+        span = min(self.horizon_s, max(now - self._first, self.min_span_s))
+        return len(self._sent) / span
+
+
+class Admissions:
+    """Which requests the limiter let through, by send time, over the last ``horizon_s``.
+
+    Counted as sent minus refused: a request not (yet) refused counts as let through. When a 429
+    comes back for a request sent at ``s``, the answers to those sent before ``s`` are mostly in
+    (each takes about as long), and the 429s still to come for them lower the count as they
+    arrive (:meth:`batchgen.pacing.Pacing.on_rate_limited` refines its cut with them).
+    """
+
+    def __init__(self, horizon_s: float) -> None:
+        self.horizon_s = horizon_s
+        self._sent: collections.deque[float] = collections.deque()
+        self._refused: collections.deque[float] = collections.deque()
+        self.first: float | None = None
+
+    def sent(self, at: float) -> None:
+        if self.first is None:
+            self.first = at
+        self._sent.append(at)
+        self._prune(at)
+
+    def refused(self, sent_at: float) -> None:
+        # 429s come back nearly in send order; a late one is put in its place.
+        bisect.insort(self._refused, sent_at)
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self.horizon_s
+        for times in (self._sent, self._refused):
+            while times and times[0] <= cutoff:
+                times.popleft()
+
+    def admitted(self, after: float, until: float) -> int:
+        """Requests sent in ``(after, until]`` that were not refused."""
+        return _count(self._sent, after, until) - _count(self._refused, after, until)
+
+
+def _count(times: collections.deque[float], after: float, until: float) -> int:
+    n = 0
+    for t in reversed(times):  # recent spans are asked for: walk from the new end
+        if t <= after:
+            break
+        if t <= until:
+            n += 1
+    return n
+
+
+@dataclass(slots=True)
+class Cubic:
+    """CUBIC growth after a cut to ``beta * w_max``: back to ``w_max`` in ``k_s`` seconds along
+    the concave half, then beyond it along the convex half, ``probe_growth`` above it one
+    ``k_s`` later."""
+
+    w_max: float
+    cut_at: float
+    beta: float
+    k_s: float
+    probe_growth: float
+
+    def rate(self, now: float) -> float:
+        x = (now - self.cut_at) / self.k_s - 1.0
+        # Back up to w_max along the concave half; past it, the convex half probes at its own
+        # pace (CUBIC's C), not (1 - beta)'s: with beta near 1 that would take minutes to find
+        # a limit the last cut underestimated.
+        return self.w_max * (1.0 + (1.0 - self.beta if x < 0 else self.probe_growth) * x**3)
