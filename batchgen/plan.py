@@ -110,7 +110,8 @@ def read_index(ledger: Path) -> LedgerIndex:
 def mark_in_batch(run_dir: Path, index: LedgerIndex) -> None:
     """Mark the jobs that sit in one of the folder's open batches (batch mode) as IN_BATCH, so
     that no plan, live or batch, sends them again while the batch may still deliver them."""
-    from .batch.journal import JOURNAL_NAME, Journal
+    from .batch import JOURNAL_NAME
+    from .batch.journal import Journal
 
     if not (run_dir / JOURNAL_NAME).exists():
         return

@@ -17,8 +17,9 @@ from ..plan import RunFolder, Selection
 from ..pricing import PriceTable
 from ..redact import register_secret
 from ..spec import DEFAULT_MODEL, Provider
+from . import JOURNAL_NAME
 from .driver import EXIT_OK, cancel_batches, check_provider, run_batch
-from .journal import JOURNAL_NAME, BatchRecord, Journal
+from .journal import BatchRecord, Journal
 from .submit import MAX_FILE_BYTES, BatchSettings
 
 

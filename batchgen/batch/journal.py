@@ -40,10 +40,10 @@ from ..errors import StorageError
 from ..ledger import _repair_tail
 from ..plan import now_iso
 from ..spec import JobSpec, Reference
+from . import JOURNAL_NAME
 
 log = logging.getLogger(__name__)
 
-JOURNAL_NAME = "batches.jsonl"
 BATCH_DIR = "batches"
 
 

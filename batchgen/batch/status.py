@@ -6,16 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .journal import JOURNAL_NAME, Journal, seconds_since
+from . import JOURNAL_NAME
 
 
 def batch_rows(run_dir: Path) -> list[dict[str, Any]]:
     if not (run_dir / JOURNAL_NAME).exists():
-        return []
+        return []  # a live-mode folder: the journal's imports (the plan, the store) not loaded
+    from .journal import Journal
+
     return [r.to_json() for r in Journal(run_dir).all_records()]
 
 
 def age(iso: str) -> str:
+    from .journal import seconds_since
+
     s = seconds_since(iso)
     if s == float("inf"):
         return "?"
