@@ -163,13 +163,29 @@ def _where(spec: JobSpec) -> str:
     return f"{spec.source_file}{line}: images: "
 
 
-class GeminiClient:
-    """Async client for ``models/{model}:generateContent``. Use as an async context manager."""
+class SessionOwner:
+    """What the two API clients share: the key registered for redaction before anything can
+    print it, and one aiohttp session, opened by the subclass's ``__aenter__``."""
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         register_secret(settings.api_key)
         self._session: aiohttp.ClientSession | None = None
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"{type(self).__name__} used outside 'async with'")
+        return self._session
+
+
+class GeminiClient(SessionOwner):
+    """Async client for ``models/{model}:generateContent``. Use as an async context manager."""
 
     async def __aenter__(self) -> GeminiClient:
         connector = aiohttp.TCPConnector(
@@ -181,17 +197,6 @@ class GeminiClient:
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("GeminiClient used outside 'async with'")
-        return self._session
 
     def endpoint(self, model: str) -> tuple[str, dict[str, str], dict[str, str]]:
         url = f"{self.settings.base_url.rstrip('/')}/v1beta/models/{model}:generateContent"

@@ -22,10 +22,10 @@ import aiohttp
 import orjson
 
 from .. import errors as e
-from ..client import ERROR_BODY_MAX_BYTES, error_from_http, translate
+from ..client import ERROR_BODY_MAX_BYTES, SessionOwner, error_from_http, translate
 from ..config import ClientSettings
 from ..http_body import ANSWER_MAX_BYTES, read_capped
-from ..redact import redact, register_secret
+from ..redact import redact
 from ..retrying import RetryPolicy, backoff_delay, should_retry
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,12 @@ def stats_of(op: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-class BatchAPI:
+class BatchAPI(SessionOwner):
     """One aiohttp session for the Files and Batch APIs. Use as an async context manager."""
 
     def __init__(self, settings: ClientSettings, policy: RetryPolicy | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.policy = policy or RetryPolicy(max_attempts=6, backoff_max_s=30.0)
-        register_secret(settings.api_key)
-        self._session: aiohttp.ClientSession | None = None
         self.bytes_uploaded = 0
 
     async def __aenter__(self) -> BatchAPI:
@@ -106,17 +104,6 @@ class BatchAPI:
             ),
         )
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("BatchAPI used outside 'async with'")
-        return self._session
 
     # -- plumbing ---------------------------------------------------------------------------
 
