@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from pacing import TABLE, Case, figures  # bench/pacing.py
 
-from batchgen.fake.faults import FixedWindow, SlidingWindow
+from batchgen.fake.faults import FakeConfig, RateWindow
 from batchgen.gate import RELEASE_AFTER_S
 from batchgen.pacing import Pacing
 
@@ -70,9 +70,8 @@ def simulate(
     rpm = case.limit * 60 / case.window_s if case.mode == "rpm" else None
     pacer = Pacing(None if rpm is None else rpm / 60, burst=case.burst or 1,
                    clock=lambda: sim.now)
-    limiter: SlidingWindow | FixedWindow = (
-        FixedWindow() if case.kind == "fixed" else SlidingWindow()
-    )
+    limiter = RateWindow()  # the fake server's own, as its config picks it
+    cfg = FakeConfig(rate_window_s=case.window_s, rate_window_kind=case.kind)
     pending = list(range(case.jobs))
     slots = case.concurrency
     waiting: list[Callable[[float], None]] = []  # FIFO of sends waiting for the pacer
@@ -82,7 +81,7 @@ def simulate(
 
     def arrive(job: int, sent_at: float) -> None:
         now = sim.now
-        wait = limiter.wait(now, case.limit, case.window_s)
+        wait = limiter.wait(now, case.limit, cfg)
         if wait > 0:
             sim.timeline.append((now, 429))
             delay = None if case.style == "capacity" else wait
@@ -90,10 +89,7 @@ def simulate(
             sim.at(now + case.latency_s * rng.uniform(0.97, 1.03),
                    lambda: refused(job, sent_at, delay))
             return
-        if case.kind == "fixed":
-            limiter.add(now, case.window_s)  # type: ignore[call-arg]
-        else:
-            limiter.add(now)  # type: ignore[call-arg]
+        limiter.add(now, cfg)
         sim.timeline.append((now, 200))
         lat = case.latency_s * rng.uniform(0.97, 1.03)
         sim.at(now + lat, lambda: answered(job, sent_at))

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from batchgen.fake import FakeConfig, FakeServer, ThreadedFakeServer
-from batchgen.fake.faults import FixedWindow, SlidingWindow
+from batchgen.fake.faults import FixedWindow, RateWindow, SlidingWindow
 from batchgen.gate import FirstAnswerGate
 from batchgen.pacing import BETA, HOLD_MARGIN_S, Pacing, Stopped
 from batchgen.rates import Admissions, Gcra
@@ -119,7 +119,8 @@ def drive(
     """The pacer alone against the fake server's own limiter, on a fake clock, with a request
     always waiting: what arrived when, and whether it was let through (200) or refused (429).
     Answers, 429s too, come back ``latency`` later, as the fake's do."""
-    limiter = FixedWindow() if kind == "fixed" else SlidingWindow()
+    limiter = RateWindow()  # the fake server's own, as its config picks it
+    cfg = FakeConfig(rate_window_s=window, rate_window_kind=kind)
     answers: list[tuple[float, int, float, float | None]] = []  # (due, seq, sent_at, delay)
     seq = itertools.count()
     timeline: list[tuple[float, int]] = []
@@ -133,15 +134,12 @@ def drive(
                 p.on_rate_limited(sent_at, delay if delays else None)
         while len(answers) < concurrency and p.try_send(clock.now) == 0:
             now = clock.now
-            wait = limiter.wait(now, limit, window)
+            wait = limiter.wait(now, limit, cfg)
             if wait > 0:
                 timeline.append((now, 429))
                 heapq.heappush(answers, (now + latency, next(seq), now, wait))
             else:
-                if kind == "sliding":
-                    limiter.add(now)  # type: ignore[call-arg]
-                else:
-                    limiter.add(now, window)  # type: ignore[call-arg]
+                limiter.add(now, cfg)
                 timeline.append((now, 200))
                 heapq.heappush(answers, (now + latency, next(seq), now, None))
         clock.now += 0.001
