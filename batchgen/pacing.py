@@ -342,9 +342,9 @@ class Pacing:
     def _cut(self, sent_at: float, delay_s: float | None, now: float) -> None:
         """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back."""
         current = self.rate_per_s
+        # The first cut counts over the longest delay named, the shorter reading of an ambiguous
+        # first refusal (see _learn_window); later cuts over the window learnt.
         span = self._span() if self.cubic is not None else max(self._named_s, MIN_SPAN_S)
-        if self.window_s is None:
-            span = self._span()
         self._cut_from, self._cut_span, self._cut_rate = sent_at, span, current
         self._cut_delay = delay_s if delay_s is not None and delay_s < span else None
         w_max = self._bounded(self.allowed_rate(sent_at, span, self._cut_delay))
