@@ -82,6 +82,17 @@ HOLD_MARGIN_S = 0.05
 # Sends are stamped here, arrivals there: a span counted from a time the server named reaches
 # this much further back, so the request at its edge is in.
 EDGE_S = 0.02
+# A 429 with no delay named is read as a full limiter (Pacing._looks_full) after a run of
+# refusals that chance makes less often than RUN_CHANCE at the share refused (MAX_RUN in a row
+# always is), or with at least FULL_SHARE of the rate last found allowed let through.
+RUN_CHANCE = 0.001
+MAX_RUN = 8
+FULL_SHARE = 0.9
+# ... and only while the share refused is over NOISE_FACTOR times the share refused at a rate
+# under the limit (overload 429s), measured once MIN_QUIET_SENDS requests have gone at it.
+NOISE_FACTOR = 2.0
+MIN_QUIET_SENDS = 10
+QUIET_KEPT = 3
 MIN_RATE = 0.05  # requests a second: never slower than one every 20 s
 
 
@@ -140,6 +151,7 @@ class Pacing:
         # The longest delay the server has named: its window is at least this long.
         self.window_s: float | None = None
         self.guessed_window_s = DEFAULT_WINDOW_S
+        self._doubled_for = 0  # the cut after which the guess last doubled
         self._named_s = 0.0  # the longest delay named, alone
         # (send time, window, reopening) of a first refusal read as the longer of two windows.
         self._provisional: tuple[float, float, float] | None = None
@@ -148,6 +160,10 @@ class Pacing:
         self._cut_span = 0.0
         self._cut_rate: float | None = None  # the rate that drew the last cut's 429
         self._cut_delay: float | None = None  # and the delay it named
+        self._cut_kind = ""  # what the last cut's 429 was read as (see _looks_full)
+        self._kept = False  # the last cut kept the limit it was cut from (see _cut)
+        # (sent, refused) while under the limit, after each of the last cuts
+        self._quiet: tuple[tuple[int, int], ...] = ()
         self.refused_until = -math.inf
         self.cuts = 0
         self.holds = 0
@@ -274,12 +290,18 @@ class Pacing:
             self._learn_window(sent_at, delay_s)
         if sent_at < self.cut_at:
             # Sent before the last cut: part of the window already answered for.
-            if self.adaptive and sent_at > self._cut_from - self._cut_span:
+            if self.adaptive and sent_at > self._cut_from - self._cut_span and not self._kept:
                 self._refine(now)
             return
+        full = "named" if delay_s is not None or not self.adaptive else self._looks_full(sent_at)
+        if not full and not (sent_at < self.refused_until and self._cut_kind == "shut"):
+            # Overload, as far as can be told: this attempt backs off, the others go on.
+            return
         if sent_at < self.refused_until:
-            # Sent after the cut and still refused: the limiter is full until the time it named.
-            self._hold(sent_at + (delay_s if delay_s is not None else self._window() / 2), now)
+            # Sent after the cut and still refused: the limiter is full until the time it named
+            # (with none named, when the cut was for a limiter seen shut).
+            if full != "at the limit" or self._cut_kind == "shut":
+                self._hold(sent_at + (delay_s if delay_s is not None else self._window() / 2), now)
             return
         if self.adaptive and self.cubic is None and not self.admissions.admitted(-math.inf, now):
             # Nothing let through yet: no rate to cut from (one 429 on the first request is no
@@ -293,7 +315,8 @@ class Pacing:
                 # The limiter has named when it next lets one through: a send before then is a
                 # request spent on a refusal.
                 self._hold(sent_at + delay_s, now)
-            self._cut(sent_at, delay_s, now)
+            log.debug("429 read as a full limiter: %s", full)
+            self._cut(sent_at, delay_s, now, full)
         elif self.stretch < MAX_STRETCH:
             # A fixed limit that still draws a 429: arrival jitter, or a limiter slightly
             # stricter than the one given. Stretch the interval a little, up to MAX_STRETCH.
@@ -303,11 +326,14 @@ class Pacing:
 
     def _learn_window(self, sent_at: float, delay_s: float | None) -> None:
         if delay_s is None:
-            if sent_at >= self.refused_until and self.cuts and not self.admissions.admitted(
-                self._cut_from, sent_at
+            if (
+                sent_at >= self.refused_until
+                and self._doubled_for < self.cuts
+                and not self.admissions.admitted(self._cut_from, sent_at)
             ):
                 # Nothing got through since the last cut, all through the window assumed: the
-                # limiter's window is longer than that.
+                # limiter's window is longer than that. Once a cut: the next cut measures it.
+                self._doubled_for = self.cuts
                 self.guessed_window_s = min(2 * self.guessed_window_s, MAX_WINDOW_S)
             return
         if self._provisional is not None and sent_at >= self.refused_until:
@@ -339,15 +365,33 @@ class Pacing:
         self.window_s = min(max(self.window_s or 0.0, window), MAX_WINDOW_S)
         self._named_s = min(max(self._named_s, delay_s), MAX_WINDOW_S)
 
-    def _cut(self, sent_at: float, delay_s: float | None, now: float) -> None:
-        """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back."""
+    def _cut(self, sent_at: float, delay_s: float | None, now: float, kind: str) -> None:
+        """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back.
+
+        ``kind`` is what the 429 was read as (:meth:`_looks_full`). One with no delay, judged
+        a limiter's only by as much let through as when it was last found full ("at the
+        limit"), never lowers that limit: overload 429s, at random, come just as often past
+        it, and each cut down from one would ratchet the rate lower.
+        """
+        if self._cut_kind == "at the limit":
+            # Only after such a cut is the time under the limit clean of a limiter's refusals:
+            # after one for a limiter seen shut, its window may still hold what drew the cut.
+            self._quiet = (*self._quiet[-(QUIET_KEPT - 1):], self._quiet_counts(sent_at))
+        self._cut_kind = kind
+        keep_limit = kind == "at the limit"
         current = self.rate_per_s
         # The first cut counts over the longest delay named, the shorter reading of an ambiguous
         # first refusal (see _learn_window); later cuts over the window learnt.
         span = self._span() if self.cubic is not None else max(self._named_s, MIN_SPAN_S)
         self._cut_from, self._cut_span, self._cut_rate = sent_at, span, current
         self._cut_delay = delay_s if delay_s is not None and delay_s < span else None
-        w_max = self._bounded(self.allowed_rate(sent_at, span, self._cut_delay))
+        allowed = self.allowed_rate(sent_at, span, self._cut_delay)
+        w_max = self._bounded(allowed)
+        self._kept = keep_limit and self.cubic is not None
+        if self._kept and self.cubic is not None:
+            # ... and no later 429 refines it down. Counted at the limit, the count is the
+            # limit: no floor at half the rate that drew it.
+            w_max = min(max(allowed, self.cubic.w_max), current or math.inf)
         # Grow back over about one limiter window: a long window reports an excess late, so a
         # rate that grows faster overshoots far.
         k_s = min(max(CUBIC_K_S, self.window_s or 0.0), MAX_CUBIC_K_S)
@@ -355,6 +399,51 @@ class Pacing:
         self._set_rate(BETA * w_max, now)
         log.debug("429: send rate cut to %.2f/s (allowed %.2f/s over %.1fs)",
                   BETA * w_max, w_max, self._cut_span)
+
+    def _looks_full(self, sent_at: float) -> str:
+        """Whether a 429 with no delay named comes from a full limiter, not an overload.
+
+        Overload 429s come at random, at the same share whatever the rate; read as a full
+        limiter, each would cut the rate again until it collapsed (at 20% of requests refused,
+        a run took 8 times as long). A limiter refuses for the rate, in one of two ways: shut
+        for the rest of its window, it refuses every request in a row, longer than chance
+        makes a run at the share refused; or, just past its limit, it refuses with as many let
+        through over its window as when it was last found full.
+        """
+        sent, refused = self.admissions.counts(sent_at - self._span(), sent_at)
+        share = refused / max(sent, 1)
+        # The shortest run that chance alone makes less often than RUN_CHANCE at this share:
+        # this refusal and the n - 1 before it.
+        chance = math.log(RUN_CHANCE) / math.log(min(max(share, 1e-9), 0.99))
+        if self.admissions.refused_run(sent_at) >= min(1 + math.ceil(chance), MAX_RUN):
+            return "shut"
+        if self.cubic is not None and not self.admissions.admitted(self._cut_from, sent_at):
+            return "shut"  # since the last cut, as _learn_window reads it
+        if (
+            self.cubic is not None
+            and sent - refused >= FULL_SHARE * self.cubic.w_max * self._span()
+            and share > NOISE_FACTOR * self._background_share(sent_at)
+        ):
+            return "at the limit"
+        return ""
+
+    def _background_share(self, until: float) -> float:
+        """The share refused while the rate was under the limit last found: after a cut, for
+        one growth time. A limiter refuses none of those; overload 429s come there as often as
+        anywhere."""
+        now = (self._quiet_counts(until),) if self._cut_kind == "at the limit" else ()
+        shares = [r / n for n, r in (*self._quiet, *now) if n >= MIN_QUIET_SENDS]
+        # The lowest: a limiter's window that still held what drew a cut refuses some of the
+        # requests after it; overload 429s come in every such time.
+        return min(shares, default=0.0)
+
+    def _quiet_counts(self, until: float) -> tuple[int, int]:
+        """(sent, refused) since the last cut while the rate was under the limit, from when
+        the limiter's window has let go of what drew the cut."""
+        if self.cubic is None:
+            return 0, 0
+        start = max(self.cubic.cut_at, self._cut_from + self._window())
+        return self.admissions.counts(start, min(self.cubic.cut_at + self.cubic.k_s, until))
 
     def _bounded(self, allowed: float) -> float:
         current = self._cut_rate
@@ -379,5 +468,6 @@ class Pacing:
             return
         w_max = self._bounded(self.allowed_rate(self._cut_from, self._cut_span, self._cut_delay))
         if w_max < self.cubic.w_max:
+            log.debug("429 in the last cut's window: limit refined to %.2f/s", w_max)
             self.cubic.w_max = w_max
             self._set_rate(BETA * w_max, now)

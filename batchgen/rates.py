@@ -110,6 +110,22 @@ class Admissions:
         # 429s come back nearly in send order; a late one is put in its place.
         bisect.insort(self._refused, sent_at)
 
+    def refused_run(self, until: float) -> int:
+        """How many requests in a row, the last sent at ``until``, were refused.
+
+        A request still unanswered ends the run, as one let through does: answers come back
+        nearly, not exactly, in send order, and a run is evidence only where it is known whole.
+        """
+        sent, refused = self._sent, self._refused
+        i = bisect.bisect_right(refused, until) - 1
+        k = bisect.bisect_right(sent, until) - 1
+        run = 0
+        while k >= 0 and i >= 0 and sent[k] == refused[i]:
+            run += 1
+            i -= 1
+            k -= 1
+        return run
+
     def _prune(self, now: float) -> None:
         cutoff = now - self.horizon_s
         for times in (self._sent, self._refused):
@@ -119,6 +135,10 @@ class Admissions:
     def admitted(self, after: float, until: float) -> int:
         """Requests sent in ``(after, until]`` that were not refused."""
         return _count(self._sent, after, until) - _count(self._refused, after, until)
+
+    def counts(self, after: float, until: float) -> tuple[int, int]:
+        """(sent, refused) among requests sent in ``(after, until]``."""
+        return _count(self._sent, after, until), _count(self._refused, after, until)
 
 
 def _count(times: collections.deque[float], after: float, until: float) -> int:

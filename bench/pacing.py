@@ -8,7 +8,10 @@ A case is ``mode:limit:window:latency[:kind[:style]]``: ``mode`` ``rpm`` runs ``
 --rpm`` set exactly at the limit (limit x 60 / window requests a minute, paced over the default
 60-s window, so the client knows nothing of the limiter's window); ``adaptive`` gives no limit.
 ``kind`` is ``sliding`` (default) or ``fixed``; ``style`` ``quota`` (429 with RetryInfo, default)
-or ``capacity`` (429 with no delay at all).
+or ``capacity`` (429 with no delay at all), or ``overloadP``: no limiter at all, but a share ``P``
+of requests refused at random with a capacity 429 (the fake's ``429_capacity`` fault), as when the
+service is overloaded. There ``limit`` per ``window`` should be what the concurrency allows
+(concurrency / latency): the figure is the share of it reached, at best ``1 - P``.
 
 Figures come from the server's timeline of arrivals. ``rpm`` is judged over the whole run;
 ``adaptive`` after the first window (the first window is where it learns the limit).
@@ -35,6 +38,9 @@ KEY = "fake-key"
 # Targets (issue 8).
 RPM_MIN_REACHED, RPM_MAX_REFUSED = 0.95, 0.01
 ADAPTIVE_MIN_REACHED, ADAPTIVE_MAX_REFUSED = 0.90, 0.10
+# With random overload 429s and no limiter: at least this share of what the concurrency allows,
+# times the share not refused.
+OVERLOAD_MIN_REACHED = 0.85
 
 
 class ServerLike(Protocol):
@@ -55,6 +61,20 @@ class Case:
     seconds: float = 20.0  # how long the run should last at the limit, roughly
     burst: int | None = None
 
+    @property
+    def overload(self) -> float:
+        """The share refused at random, for an ``overloadP`` style (no limiter then)."""
+        return float(self.style[len("overload"):]) if self.style.startswith("overload") else 0.0
+
+    @property
+    def limited(self) -> bool:
+        return not self.style.startswith("overload")
+
+    @property
+    def judged_share(self) -> float:
+        """With random 429s, the run is judged until 90% of it is done (see figures)."""
+        return 1.0 if self.limited else 0.9
+
     @classmethod
     def parse(cls, text: str) -> Case:
         parts = text.split(":")
@@ -71,6 +91,9 @@ class Case:
 
     @property
     def label(self) -> str:
+        if not self.limited:
+            return (f"{self.mode} no limiter, {self.overload:.0%} overload 429s, "
+                    f"{self.concurrency} at {self.latency_s}s")
         style = "" if self.style == "quota" else ", no RetryInfo"
         return f"{self.mode} {self.limit}/{self.window_s:g}s {self.kind}{style}, {self.latency_s}s"
 
@@ -94,6 +117,9 @@ class Outcome:
     def ok(self) -> bool:
         if self.case.mode == "rpm":
             return self.reached >= RPM_MIN_REACHED and self.refused_share <= RPM_MAX_REFUSED
+        if not self.case.limited:
+            # Random refusals cannot be avoided by pacing; slowing down for them is the miss.
+            return self.reached >= OVERLOAD_MIN_REACHED * (1 - self.case.overload)
         return self.reached >= ADAPTIVE_MIN_REACHED and self.refused_share <= ADAPTIVE_MAX_REFUSED
 
 
@@ -104,6 +130,7 @@ def figures(
     *,
     skip_first_window: bool,
     latency_s: float = 0.0,
+    until_share: float = 1.0,
 ) -> tuple[float, int, int]:
     """(share of the limit reached, requests judged, of which refused) from a server timeline.
 
@@ -111,13 +138,21 @@ def figures(
     first window. That window starts when the first-answer gate lets the workers go (the second
     arrival: the probe goes alone), and the client hears how it went one latency later, so it
     ends ``window_s + latency_s`` after that. Reached: admitted requests a second over the
-    judged span, over the limit's.
+    judged span, over the limit's. ``until_share`` ends the span where that share of all
+    admissions is in.
     """
     if len(timeline) < 2:
         return 0.0, len(timeline), 0
     # The probe goes alone (the first-answer gate, at most 1 s, measured on its own in the
     # long-latency scenario): the rate counts from the second arrival.
     start = timeline[1][0] + window_s + latency_s if skip_first_window else timeline[1][0]
+    if until_share < 1.0:
+        # Up to the time this share of all admissions is in: the rest is the tail of retries,
+        # whose backoff, not the pacing, sets how long the last job takes.
+        times = [t for t, s in timeline if s != 429]
+        if times:
+            end = times[min(int(until_share * len(times)), len(times) - 1)]
+            timeline = [(t, s) for t, s in timeline if t <= end]
     judged = [(t, s) for t, s in timeline if t >= start]
     admitted = [t for t, s in judged if s != 429]
     if not skip_first_window:
@@ -144,11 +179,11 @@ def run_case(server: ServerLike, case: Case, work: Path) -> Outcome:
         "/_fake/config",
         {
             "latency_s": case.latency_s,
-            "rpm_limit": case.limit,
+            "rpm_limit": case.limit if case.limited else None,
             "rate_window_s": case.window_s,
             "rate_window_kind": case.kind,
-            "rate_limit_style": case.style,
-            "faults": {},
+            "rate_limit_style": case.style if case.limited else "quota",
+            "faults": {} if case.limited else {"429_capacity": case.overload},
             "image_bytes": None,
             "full_size": False,
         },
@@ -179,6 +214,7 @@ def run_case(server: ServerLike, case: Case, work: Path) -> Outcome:
         case.window_s,
         skip_first_window=case.mode == "adaptive",
         latency_s=case.latency_s,
+        until_share=case.judged_share,
     )
     refused = sum(1 for _, s in timeline if s == 429)
     if proc.returncode != 0:
@@ -204,6 +240,9 @@ TABLE: tuple[Case, ...] = (
     Case("adaptive", 12, 2, 1.0),
     Case("adaptive", 40, 10, 0.05, seconds=30),
     Case("adaptive", 120, 60, 0.05, seconds=120),
+    # No limiter: overload 429s at random; 16 in flight at 1 s allow 16 a second.
+    Case("adaptive", 16, 1, 1.0, style="overload0.05", concurrency=16),
+    Case("adaptive", 16, 1, 1.0, style="overload0.2", concurrency=16),
 )
 
 
@@ -211,9 +250,14 @@ def row(o: Outcome) -> str:
     c = o.case
     verdict = "PASS" if o.ok else "MISS"
     judged = "whole run" if c.mode == "rpm" else "after the first window"
+    if c.limited:
+        limiter = f"{c.limit} per {c.window_s:g} s {c.kind}"
+        limiter += " (no RetryInfo)" if c.style == "capacity" else ""
+    else:
+        limiter = (f"none: {c.overload:.0%} overload 429s; {c.concurrency} in flight allow "
+                   f"{c.limit} per {c.window_s:g} s")
     return (
-        f"| {c.mode} | {c.limit} per {c.window_s:g} s {c.kind}"
-        f"{' (no RetryInfo)' if c.style == 'capacity' else ''} | {c.latency_s:g} s | "
+        f"| {c.mode} | {limiter} | {c.latency_s:g} s | "
         f"{o.reached:.2f} | {o.refused_share:.1%} ({o.judged_refused}/{o.judged}, {judged}) | "
         f"{o.requests} requests, {o.refused} refused in all, {o.elapsed_s:.0f} s | {verdict} |"
     )

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pacing import TABLE, Case, figures  # bench/pacing.py
+from pacing import OVERLOAD_MIN_REACHED, TABLE, Case, figures  # bench/pacing.py
 
 from batchgen.fake.faults import FakeConfig, RateWindow
 from batchgen.gate import RELEASE_AFTER_S
@@ -34,6 +34,10 @@ WIDE: tuple[Case, ...] = tuple(
     for limit, window in ((3, 1), (12, 1), (40, 1), (12, 2), (12, 5), (40, 10), (30, 30))
     for latency in (0.05, 0.5, 2.0)
     for kind, style in (("sliding", "quota"), ("fixed", "quota"), ("sliding", "capacity"))
+) + tuple(
+    Case("adaptive", 16, latency, latency, style=f"overload{p}", concurrency=16, seconds=20)
+    for latency in (0.05, 1.0)
+    for p in (0.05, 0.2, 0.4)
 )
 BACKOFF_S = 0.5  # bench/pacing.py runs the CLI with --backoff 0.5
 LATE_S = 0.003  # wake-ups are up to this late
@@ -81,10 +85,12 @@ def simulate(
 
     def arrive(job: int, sent_at: float) -> None:
         now = sim.now
-        wait = limiter.wait(now, case.limit, cfg)
+        wait = limiter.wait(now, case.limit, cfg) if case.limited else 0.0
+        if wait <= 0 and case.overload and rng.random() < case.overload:
+            wait = 1.0  # an overload 429: no limiter, no delay named (style below)
         if wait > 0:
             sim.timeline.append((now, 429))
-            delay = None if case.style == "capacity" else wait
+            delay = wait if case.style == "quota" else None
             # The fake answers errors after its latency too (fake/app.py, _generate).
             sim.at(now + case.latency_s * rng.uniform(0.97, 1.03),
                    lambda: refused(job, sent_at, delay))
@@ -182,6 +188,7 @@ def simulate(
     reached, judged, refused_n = figures(
         timeline, case.limit, case.window_s,
         skip_first_window=case.mode == "adaptive", latency_s=case.latency_s,
+        until_share=case.judged_share,
     )
     return reached, judged, refused_n, len(timeline)
 
@@ -219,6 +226,8 @@ def main() -> int:
         reached = [r[0] for r in runs]
         shares = [r[2] / r[1] if r[1] else 0.0 for r in runs]
         lo_r, lo_s = (0.95, 0.01) if case.mode == "rpm" else (0.90, 0.10)
+        if not case.limited:
+            lo_r, lo_s = OVERLOAD_MIN_REACHED * (1 - case.overload), 1.0
         # What the concurrency allows is the most any pacing can reach.
         lo_r *= min(1.0, case.concurrency / case.latency_s / (case.limit / case.window_s))
         misses = sum(1 for r, s in zip(reached, shares, strict=True) if r < lo_r or s > lo_s)

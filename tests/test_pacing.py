@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import itertools
 import json
+import random
 import subprocess
 import sys
 import time
@@ -115,33 +116,38 @@ def drive(
     delays: bool = True,
     latency: float = 0.0,
     concurrency: int = 32,
+    overload: float = 0.0,
 ) -> list[tuple[float, int]]:
     """The pacer alone against the fake server's own limiter, on a fake clock, with a request
     always waiting: what arrived when, and whether it was let through (200) or refused (429).
-    Answers, 429s too, come back ``latency`` later, as the fake's do."""
+    Answers, 429s too, come back ``latency`` later, as the fake's do. ``limit`` 0 is no
+    limiter; ``overload`` refuses that share of the rest at random with no delay named, as the
+    fake's ``429_capacity`` fault does (seeded: the same every run)."""
+    rng = random.Random(8)
     limiter = RateWindow()  # the fake server's own, as its config picks it
     cfg = FakeConfig(rate_window_s=window, rate_window_kind=kind)
-    answers: list[tuple[float, int, float, float | None]] = []  # (due, seq, sent_at, delay)
+    # (due, seq, sent_at, status, delay named)
+    answers: list[tuple[float, int, float, int, float | None]] = []
     seq = itertools.count()
     timeline: list[tuple[float, int]] = []
     end = clock.now + seconds
     while clock.now < end:
         while answers and answers[0][0] <= clock.now:
-            _, _, sent_at, delay = heapq.heappop(answers)
-            if delay is None:
+            _, _, sent_at, status, delay = heapq.heappop(answers)
+            if status == 200:
                 p.on_answer(sent_at)
             else:
                 p.on_rate_limited(sent_at, delay if delays else None)
         while len(answers) < concurrency and p.try_send(clock.now) == 0:
             now = clock.now
-            wait = limiter.wait(now, limit, cfg)
-            if wait > 0:
-                timeline.append((now, 429))
-                heapq.heappush(answers, (now + latency, next(seq), now, wait))
-            else:
+            wait = limiter.wait(now, limit, cfg) if limit else 0.0
+            status, delay = (429, wait) if wait > 0 else (200, None)
+            if status == 200 and limit:
                 limiter.add(now, cfg)
-                timeline.append((now, 200))
-                heapq.heappush(answers, (now + latency, next(seq), now, None))
+            if status == 200 and overload and rng.random() < overload:
+                status = 429  # counted by the limiter all the same, as in the fake
+            timeline.append((now, status))
+            heapq.heappush(answers, (now + latency, next(seq), now, status, delay))
         clock.now += 0.001
     return timeline
 
@@ -155,6 +161,44 @@ def test_admissions_count_what_was_sent_and_not_refused() -> None:
     assert a.admitted(1.0, 1.3) == 1  # (1.0, 1.3]: 1.1 and 1.3 refused, 1.2 let through
     assert a.admitted(0.0, 3.0) == 3
     assert a.admitted(1.3, 2.0) == 0
+
+
+def test_a_run_of_refusals_is_counted_only_where_it_is_known_whole() -> None:
+    a = Admissions(horizon_s=120.0)
+    for t in (1.0, 1.1, 1.2, 1.3, 1.4):
+        a.sent(t)
+    for t in (1.4, 1.1, 1.2):  # 1.3 let through, or not answered yet
+        a.refused(t)
+    assert a.refused_run(1.4) == 1
+    assert a.refused_run(1.2) == 2
+    a.refused(1.3)
+    assert a.refused_run(1.4) == 4
+
+
+@pytest.mark.parametrize(("share", "latency"), [(0.05, 0.5), (0.2, 0.5), (0.2, 0.05)])
+def test_random_overload_429s_do_not_slow_the_sends(share: float, latency: float) -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=0, window=1.0, seconds=30.0, delays=False,
+                     latency=latency, concurrency=16, overload=share)
+    # 16 in flight allow 16 / latency a second; a refusal at random is the attempt's to retry,
+    # not a full limiter to slow down for (read as one, each cut the rate lower: 0.1 of it).
+    t0 = timeline[0][0]
+    rate = sum(1 for t, _ in timeline if t >= t0 + 10.0) / 20.0
+    assert rate >= 0.85 * 16 / latency, (rate, p.cuts, p.rate_per_s)
+
+
+def test_a_limiter_with_random_429s_on_top_is_still_found() -> None:
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=12, window=1.0, seconds=30.0, delays=False, latency=0.05,
+                     overload=0.1)
+    t0 = timeline[0][0]
+    late = [s for t, s in timeline if t >= t0 + 10.0]
+    # At most the limit goes through (12 a second, less the 10% refused at random), and the
+    # limiter's own refusals stay few: the share refused is not far over the random 10%.
+    assert late.count(429) <= 0.25 * len(late), (late.count(429), len(late))
+    assert late.count(200) >= 0.8 * 0.9 * 12 * 20, late.count(200)
 
 
 def test_the_first_refusal_names_the_window_and_the_cut_is_what_it_let_through() -> None:
@@ -491,6 +535,29 @@ def test_adaptive_rate_with_capacity_429s_without_retry_info(
     reached, judged, refused = figures(timeline, 12, 1.0, judge_from=judge_from)
     assert refused <= 0.10 * judged, (refused, judged)
     assert reached >= 0.9, reached
+
+
+def test_overload_429s_at_random_do_not_slow_the_run(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    # No limiter: a fifth of all requests refused at random, with no delay named.
+    server.config.faults = {"429_capacity": 0.2}
+    server.config.latency_s = 0.3
+    jobs, concurrency = 240, 16
+    m = write_manifest(tmp_path / "m.yaml", [f"overload {i}" for i in range(jobs)])
+    r = run_against(server, m, tmp_path / "run", "--concurrency", str(concurrency),
+                    "--max-attempts", "50", "--backoff", "0.3", "-v", timeout=120)
+    assert r.code == 0, r.output
+    timeline = server.stats.timeline
+    admitted = [t for t, s in timeline if s != 429]
+    assert len(admitted) == jobs
+    # From when the gate lets everyone go to when 90% is in (the rest is the tail of retries,
+    # set by the backoff): 16 in flight allow 16 / 0.3 s, of which a fifth is refused. Read as
+    # a full limiter, each of those 429s cut the rate, and the run took 8 times as long.
+    t0, t90 = timeline[1][0], admitted[int(0.9 * jobs)]
+    rate = sum(1 for t in admitted if t0 <= t <= t90) / (t90 - t0)
+    why = (per_second(timeline), [line for line in r.stderr.splitlines() if "pacing" in line])
+    assert rate >= 0.7 * 0.8 * concurrency / 0.3, (rate, why)
 
 
 # -- the first-answer gate over HTTP -------------------------------------------------------
