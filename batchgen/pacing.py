@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 
 from .rates import Admissions, Cubic, Gcra, SendLog
+from .refusals import LastCut, ReaderSettings, Reading, RefusalReader
+from .window import WindowEstimate
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ HOLD_MARGIN_S = 0.05
 # Sends are stamped here, arrivals there: a span counted from a time the server named reaches
 # this much further back, so the request at its edge is in.
 EDGE_S = 0.02
-# A 429 with no delay named is read as a full limiter (Pacing._looks_full) after a run of
+# A 429 with no delay named is read as a full limiter (refusals.py) after a run of
 # refusals that chance makes less often than RUN_CHANCE at the share refused (MAX_RUN in a row
 # always is), or with at least FULL_SHARE of the rate last found allowed let through.
 RUN_CHANCE = 0.001
@@ -148,22 +150,19 @@ class Pacing:
         self.sends = SendLog(MEASURE_S, min_span_s=MIN_SPAN_S)
         self.admissions = Admissions(MAX_WINDOW_S)
         self.cubic: Cubic | None = None
-        # The longest delay the server has named: its window is at least this long.
-        self.window_s: float | None = None
-        self.guessed_window_s = DEFAULT_WINDOW_S
-        self._doubled_for = 0  # the cut after which the guess last doubled
-        self._named_s = 0.0  # the longest delay named, alone
-        # (send time, window, reopening) of a first refusal read as the longer of two windows.
-        self._provisional: tuple[float, float, float] | None = None
+        self.window = WindowEstimate(self.admissions, guess_s=DEFAULT_WINDOW_S,
+                                     max_s=MAX_WINDOW_S)
         self.cut_at = -math.inf  # 429s for requests sent before this say nothing new
         self._cut_from = -math.inf  # the sent_at the last cut measured back from
         self._cut_span = 0.0
         self._cut_rate: float | None = None  # the rate that drew the last cut's 429
         self._cut_delay: float | None = None  # and the delay it named
-        self._cut_kind = ""  # what the last cut's 429 was read as (see _looks_full)
+        self._cut_kind = Reading.OVERLOAD  # what the last cut's 429 was read as (no cut yet)
         self._kept = False  # the last cut kept the limit it was cut from (see _cut)
-        # (sent, refused) while under the limit, after each of the last cuts
-        self._quiet: tuple[tuple[int, int], ...] = ()
+        self.reader = RefusalReader(self.admissions, ReaderSettings(
+            run_chance=RUN_CHANCE, max_run=MAX_RUN, full_share=FULL_SHARE,
+            noise_factor=NOISE_FACTOR, min_quiet_sends=MIN_QUIET_SENDS, quiet_kept=QUIET_KEPT,
+        ))
         self.refused_until = -math.inf
         self.cuts = 0
         self.holds = 0
@@ -274,9 +273,16 @@ class Pacing:
         return max(self._window(), MIN_SPAN_S)
 
     def _window(self) -> float:
-        """The limiter's window as far as it is known: the longest delay the server named, else
-        a guess that doubles each time the limiter stays shut for all of it."""
-        return self.window_s if self.window_s is not None else self.guessed_window_s
+        return self.window.seconds
+
+    @property
+    def window_s(self) -> float | None:
+        """The limiter's window learnt from the delays it named (None: none named yet)."""
+        return self.window.learnt_s
+
+    @property
+    def guessed_window_s(self) -> float:
+        return self.window.guessed_s
 
     def on_rate_limited(self, sent_at: float, delay_s: float | None) -> None:
         """A 429 for a request that left at ``sent_at``, asking to wait ``delay_s`` (or not).
@@ -293,14 +299,19 @@ class Pacing:
             if self.adaptive and sent_at > self._cut_from - self._cut_span and not self._kept:
                 self._refine(now)
             return
-        full = "named" if delay_s is not None or not self.adaptive else self._looks_full(sent_at)
-        if not full and not (sent_at < self.refused_until and self._cut_kind == "shut"):
+        full = (
+            Reading.NAMED if delay_s is not None or not self.adaptive
+            else self.reader.read(sent_at, self._span(), self._last_cut())
+        )
+        if full is Reading.OVERLOAD and not (
+            sent_at < self.refused_until and self._cut_kind is Reading.SHUT
+        ):
             # Overload, as far as can be told: this attempt backs off, the others go on.
             return
         if sent_at < self.refused_until:
             # Sent after the cut and still refused: the limiter is full until the time it named
             # (with none named, when the cut was for a limiter seen shut).
-            if full != "at the limit" or self._cut_kind == "shut":
+            if full is not Reading.AT_LIMIT or self._cut_kind is Reading.SHUT:
                 self._hold(sent_at + (delay_s if delay_s is not None else self._window() / 2), now)
             return
         if self.adaptive and self.cubic is None and not self.admissions.admitted(-math.inf, now):
@@ -315,7 +326,7 @@ class Pacing:
                 # The limiter has named when it next lets one through: a send before then is a
                 # request spent on a refusal.
                 self._hold(sent_at + delay_s, now)
-            log.debug("429 read as a full limiter: %s", full)
+            log.debug("429 read as a full limiter: %s", full.value)
             self._cut(sent_at, delay_s, now, full)
         elif self.stretch < MAX_STRETCH:
             # A fixed limit that still draws a 429: arrival jitter, or a limiter slightly
@@ -325,64 +336,27 @@ class Pacing:
             log.debug("429 at the given limit: interval stretched by %.0f%%", 100 * self.stretch)
 
     def _learn_window(self, sent_at: float, delay_s: float | None) -> None:
+        over = sent_at >= self.refused_until
         if delay_s is None:
-            if (
-                sent_at >= self.refused_until
-                and self._doubled_for < self.cuts
-                and not self.admissions.admitted(self._cut_from, sent_at)
-            ):
-                # Nothing got through since the last cut, all through the window assumed: the
-                # limiter's window is longer than that. Once a cut: the next cut measures it.
-                self._doubled_for = self.cuts
-                self.guessed_window_s = min(2 * self.guessed_window_s, MAX_WINDOW_S)
-            return
-        if self._provisional is not None and sent_at >= self.refused_until:
-            burst, longer, reopened = self._provisional
-            self._provisional = None
-            before = burst + 0.9 * longer
-            if (
-                sent_at + delay_s < before
-                or self.admissions.admitted(reopened, min(sent_at, before)) >= 2
-            ):
-                # The longer reading frees one slot (the probe's) when the limiter reopens,
-                # and the start's requests leave its window only a whole window after they
-                # went. More got through, or the server names an earlier time: the shorter
-                # reading was right.
-                self.window_s = self._named_s
-        window = delay_s
-        first = self.admissions.first
-        if not self.cuts and first is not None and sent_at + delay_s - first <= 2.5 * delay_s:
-            # The run's first refusal: the limiter frees a slot when the oldest request in its
-            # window leaves it, and the oldest may be ours from the start: the first-answer
-            # gate's probe goes up to a second ahead of the rest. Whether it is still in the
-            # window cannot be told from one refusal (12 per 2 s with the probe in, or 12 per
-            # 1 s with it just out, name the same delay), so the window learnt is the longer one
-            # (a count over a whole window) and the first cut counts over the shorter one (a
-            # limit overestimated costs one window of refusals; underestimated, a slow climb).
-            window = sent_at + delay_s - first
-            if window > delay_s * 1.1:
-                self._provisional = (sent_at, window, sent_at + delay_s)
-        self.window_s = min(max(self.window_s or 0.0, window), MAX_WINDOW_S)
-        self._named_s = min(max(self._named_s, delay_s), MAX_WINDOW_S)
+            self.window.unnamed(sent_at, cuts=self.cuts, cut_from=self._cut_from, window_over=over)
+        else:
+            self.window.named(sent_at, delay_s, cuts=self.cuts, window_over=over)
 
-    def _cut(self, sent_at: float, delay_s: float | None, now: float, kind: str) -> None:
+    def _cut(self, sent_at: float, delay_s: float | None, now: float, kind: Reading) -> None:
         """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back.
 
-        ``kind`` is what the 429 was read as (:meth:`_looks_full`). One with no delay, judged
-        a limiter's only by as much let through as when it was last found full ("at the
-        limit"), never lowers that limit: overload 429s, at random, come just as often past
+        ``kind`` is what the 429 was read as (:mod:`batchgen.refusals`). One with no delay,
+        judged a limiter's only by as much let through as when it was last found full (at the
+        limit), never lowers that limit: overload 429s, at random, come just as often past
         it, and each cut down from one would ratchet the rate lower.
         """
-        if self._cut_kind == "at the limit":
-            # Only after such a cut is the time under the limit clean of a limiter's refusals:
-            # after one for a limiter seen shut, its window may still hold what drew the cut.
-            self._quiet = (*self._quiet[-(QUIET_KEPT - 1):], self._quiet_counts(sent_at))
+        self.reader.cut(sent_at, self._last_cut())
         self._cut_kind = kind
-        keep_limit = kind == "at the limit"
+        keep_limit = kind is Reading.AT_LIMIT
         current = self.rate_per_s
         # The first cut counts over the longest delay named, the shorter reading of an ambiguous
         # first refusal (see _learn_window); later cuts over the window learnt.
-        span = self._span() if self.cubic is not None else max(self._named_s, MIN_SPAN_S)
+        span = self._span() if self.cubic is not None else max(self.window.named_s, MIN_SPAN_S)
         self._cut_from, self._cut_span, self._cut_rate = sent_at, span, current
         self._cut_delay = delay_s if delay_s is not None and delay_s < span else None
         allowed = self.allowed_rate(sent_at, span, self._cut_delay)
@@ -400,50 +374,8 @@ class Pacing:
         log.debug("429: send rate cut to %.2f/s (allowed %.2f/s over %.1fs)",
                   BETA * w_max, w_max, self._cut_span)
 
-    def _looks_full(self, sent_at: float) -> str:
-        """Whether a 429 with no delay named comes from a full limiter, not an overload.
-
-        Overload 429s come at random, at the same share whatever the rate; read as a full
-        limiter, each would cut the rate again until it collapsed (at 20% of requests refused,
-        a run took 8 times as long). A limiter refuses for the rate, in one of two ways: shut
-        for the rest of its window, it refuses every request in a row, longer than chance
-        makes a run at the share refused; or, just past its limit, it refuses with as many let
-        through over its window as when it was last found full.
-        """
-        sent, refused = self.admissions.counts(sent_at - self._span(), sent_at)
-        share = refused / max(sent, 1)
-        # The shortest run that chance alone makes less often than RUN_CHANCE at this share:
-        # this refusal and the n - 1 before it.
-        chance = math.log(RUN_CHANCE) / math.log(min(max(share, 1e-9), 0.99))
-        if self.admissions.refused_run(sent_at) >= min(1 + math.ceil(chance), MAX_RUN):
-            return "shut"
-        if self.cubic is not None and not self.admissions.admitted(self._cut_from, sent_at):
-            return "shut"  # since the last cut, as _learn_window reads it
-        if (
-            self.cubic is not None
-            and sent - refused >= FULL_SHARE * self.cubic.w_max * self._span()
-            and share > NOISE_FACTOR * self._background_share(sent_at)
-        ):
-            return "at the limit"
-        return ""
-
-    def _background_share(self, until: float) -> float:
-        """The share refused while the rate was under the limit last found: after a cut, for
-        one growth time. A limiter refuses none of those; overload 429s come there as often as
-        anywhere."""
-        now = (self._quiet_counts(until),) if self._cut_kind == "at the limit" else ()
-        shares = [r / n for n, r in (*self._quiet, *now) if n >= MIN_QUIET_SENDS]
-        # The lowest: a limiter's window that still held what drew a cut refuses some of the
-        # requests after it; overload 429s come in every such time.
-        return min(shares, default=0.0)
-
-    def _quiet_counts(self, until: float) -> tuple[int, int]:
-        """(sent, refused) since the last cut while the rate was under the limit, from when
-        the limiter's window has let go of what drew the cut."""
-        if self.cubic is None:
-            return 0, 0
-        start = max(self.cubic.cut_at, self._cut_from + self._window())
-        return self.admissions.counts(start, min(self.cubic.cut_at + self.cubic.k_s, until))
+    def _last_cut(self) -> LastCut:
+        return LastCut(self.cubic, self._cut_from, self._window(), self._cut_kind)
 
     def _bounded(self, allowed: float) -> float:
         current = self._cut_rate

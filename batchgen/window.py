@@ -1,0 +1,70 @@
+"""The limiter's window, as far as its 429s tell (adaptive pacing, :mod:`batchgen.pacing`).
+
+A sliding window's first refusal names about all of itself, so the window is the longest delay
+the server has named. With no delay named it is guessed, and the guess doubles each time the
+limiter stays shut all through it. Like :mod:`batchgen.rates`, no I/O and no clock of its own.
+"""
+
+from __future__ import annotations
+
+from .rates import Admissions
+
+
+class WindowEstimate:
+    """What the pacer knows of the limiter's window. Times are send times."""
+
+    def __init__(self, admissions: Admissions, *, guess_s: float, max_s: float) -> None:
+        self.admissions = admissions
+        self.max_s = max_s
+        self.learnt_s: float | None = None  # from the delays named
+        self.guessed_s = guess_s  # with none named
+        self.named_s = 0.0  # the longest delay named, alone
+        self._doubled_for = 0  # the cut after which the guess last doubled
+        # (send time, window, reopening) of a first refusal read as the longer of two windows.
+        self._provisional: tuple[float, float, float] | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.learnt_s if self.learnt_s is not None else self.guessed_s
+
+    def unnamed(self, sent_at: float, *, cuts: int, cut_from: float, window_over: bool) -> None:
+        """A 429 with no delay, for a request sent at ``sent_at``; ``window_over``: a whole
+        window (as assumed) after the request the last cut measured back from."""
+        if window_over and self._doubled_for < cuts and not self.admissions.admitted(
+            cut_from, sent_at
+        ):
+            # Nothing got through since the last cut, all through the window assumed: the
+            # limiter's window is longer than that. Once a cut: the next cut measures it.
+            self._doubled_for = cuts
+            self.guessed_s = min(2 * self.guessed_s, self.max_s)
+
+    def named(self, sent_at: float, delay_s: float, *, cuts: int, window_over: bool) -> None:
+        """A 429 naming ``delay_s``, for a request sent at ``sent_at``."""
+        if self._provisional is not None and window_over:
+            burst, longer, reopened = self._provisional
+            self._provisional = None
+            before = burst + 0.9 * longer
+            if (
+                sent_at + delay_s < before
+                or self.admissions.admitted(reopened, min(sent_at, before)) >= 2
+            ):
+                # The longer reading frees one slot (the probe's) when the limiter reopens,
+                # and the start's requests leave its window only a whole window after they
+                # went. More got through, or the server names an earlier time: the shorter
+                # reading was right.
+                self.learnt_s = self.named_s
+        window = delay_s
+        first = self.admissions.first
+        if not cuts and first is not None and sent_at + delay_s - first <= 2.5 * delay_s:
+            # The run's first refusal: the limiter frees a slot when the oldest request in its
+            # window leaves it, and the oldest may be ours from the start: the first-answer
+            # gate's probe goes up to a second ahead of the rest. Whether it is still in the
+            # window cannot be told from one refusal (12 per 2 s with the probe in, or 12 per
+            # 1 s with it just out, name the same delay), so the window learnt is the longer one
+            # (a count over a whole window) and the first cut counts over the shorter one (a
+            # limit overestimated costs one window of refusals; underestimated, a slow climb).
+            window = sent_at + delay_s - first
+            if window > delay_s * 1.1:
+                self._provisional = (sent_at, window, sent_at + delay_s)
+        self.learnt_s = min(max(self.learnt_s or 0.0, window), self.max_s)
+        self.named_s = min(max(self.named_s, delay_s), self.max_s)
