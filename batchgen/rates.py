@@ -110,8 +110,9 @@ class Admissions:
         # 429s come back nearly in send order; a late one is put in its place.
         bisect.insort(self._refused, sent_at)
 
-    def refused_run(self, until: float) -> int:
-        """How many requests in a row, the last sent at ``until``, were refused.
+    def refused_run(self, until: float, most: int) -> int:
+        """How many requests in a row, the last sent at ``until``, were refused (counted up to
+        ``most``).
 
         A request still unanswered ends the run, as one let through does: answers come back
         nearly, not exactly, in send order, and a run is evidence only where it is known whole.
@@ -120,7 +121,7 @@ class Admissions:
         i = bisect.bisect_right(refused, until) - 1
         k = bisect.bisect_right(sent, until) - 1
         run = 0
-        while k >= 0 and i >= 0 and sent[k] == refused[i]:
+        while run < most and k >= 0 and i >= 0 and sent[k] == refused[i]:
             run += 1
             i -= 1
             k -= 1
@@ -142,13 +143,8 @@ class Admissions:
 
 
 def _count(times: collections.deque[float], after: float, until: float) -> int:
-    n = 0
-    for t in reversed(times):  # recent spans are asked for: walk from the new end
-        if t <= after:
-            break
-        if t <= until:
-            n += 1
-    return n
+    # Both ends by bisection: a walk would be as long as the span at a high rate, once per 429.
+    return max(bisect.bisect_right(times, until) - bisect.bisect_right(times, after), 0)
 
 
 @dataclass(slots=True)

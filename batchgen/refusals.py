@@ -63,7 +63,7 @@ class RefusalReader:
         # The shortest run that chance alone makes less often than run_chance at this share:
         # this refusal and the n - 1 before it.
         chance = math.log(s.run_chance) / math.log(min(max(share, 1e-9), 0.99))
-        if self.admissions.refused_run(sent_at) >= min(1 + math.ceil(chance), s.max_run):
+        if self.admissions.refused_run(sent_at, s.max_run) >= min(1 + math.ceil(chance), s.max_run):
             return Reading.SHUT
         cubic = last.cubic
         if cubic is None:

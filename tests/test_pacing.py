@@ -171,10 +171,11 @@ def test_a_run_of_refusals_is_counted_only_where_it_is_known_whole() -> None:
         a.sent(t)
     for t in (1.4, 1.1, 1.2):  # 1.3 let through, or not answered yet
         a.refused(t)
-    assert a.refused_run(1.4) == 1
-    assert a.refused_run(1.2) == 2
+    assert a.refused_run(1.4, 8) == 1
+    assert a.refused_run(1.2, 8) == 2
     a.refused(1.3)
-    assert a.refused_run(1.4) == 4
+    assert a.refused_run(1.4, 8) == 4
+    assert a.refused_run(1.4, 3) == 3
 
 
 def _reader(a: Admissions) -> RefusalReader:
