@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -124,6 +122,8 @@ class CurrentWriter:
             if self._tmp is not None:
                 self._fh = open(self._tmp, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
             else:
+                import tempfile  # here, not at the top: `status` starts without it
+
                 self._fh = tempfile.TemporaryFile(buffering=_WRITE_BUFFER)  # noqa: SIM115
         except OSError as exc:
             log.debug("cannot spool %s: %s", CURRENT_NAME, exc)
@@ -150,6 +150,8 @@ class CurrentWriter:
         tmp = path.with_name(CURRENT_NAME + ".tmp")
         try:
             if self._tmp is None:  # spooled aside: copy it into the folder
+                import shutil  # here, not at the top: `status` starts without it
+
                 fh.seek(0)
                 with open(tmp, "wb") as out:
                     shutil.copyfileobj(fh, out, _WRITE_BUFFER)

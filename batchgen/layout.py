@@ -16,7 +16,6 @@ subfolders (:func:`image_dirs`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,8 @@ def subdir(job_id: str) -> str:
     sha256, not the blake2b of ``--shard``: with the same hash, ``--shard K/256`` would put all of
     a shard's images into one folder.
     """
+    import hashlib  # here, not at the top: `status` starts without it (~5 ms)
+
     return hashlib.sha256(job_id.encode()).hexdigest()[:2]
 
 
