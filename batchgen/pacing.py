@@ -17,7 +17,9 @@ Two modes, one interface (:class:`Pacing`):
   allowed rate; it then grows back along a CUBIC curve over about one window, as the AWS SDKs'
   "adaptive" retry mode does. One refused window is one signal: 429s for requests sent before
   the last cut only refine its count. Sends are held until the time the server named, since
-  anything sent before then is a request spent on a refusal.
+  anything sent before then is a request spent on a refusal. A 429 that names no delay may be
+  the service's overload, refused at random whatever the rate: it cuts only when it reads as a
+  full limiter's (:mod:`batchgen.refusals`).
 
 Retries go through the same pacer as first attempts. The attempt that got a 429 still waits the
 delay the server asked for (tenacity's wait, in the pool); the others carry on at the new rate.
@@ -299,11 +301,11 @@ class Pacing:
             if self.adaptive and sent_at > self._cut_from - self._cut_span and not self._kept:
                 self._refine(now)
             return
-        full = (
+        reading = (
             Reading.NAMED if delay_s is not None or not self.adaptive
             else self.reader.read(sent_at, self._span(), self._last_cut())
         )
-        if full is Reading.OVERLOAD and not (
+        if reading is Reading.OVERLOAD and not (
             sent_at < self.refused_until and self._cut_kind is Reading.SHUT
         ):
             # Overload, as far as can be told: this attempt backs off, the others go on.
@@ -311,7 +313,7 @@ class Pacing:
         if sent_at < self.refused_until:
             # Sent after the cut and still refused: the limiter is full until the time it named
             # (with none named, when the cut was for a limiter seen shut).
-            if full is not Reading.AT_LIMIT or self._cut_kind is Reading.SHUT:
+            if reading is not Reading.AT_LIMIT or self._cut_kind is Reading.SHUT:
                 self._hold(sent_at + (delay_s if delay_s is not None else self._window() / 2), now)
             return
         if self.adaptive and self.cubic is None and not self.admissions.admitted(-math.inf, now):
@@ -326,8 +328,8 @@ class Pacing:
                 # The limiter has named when it next lets one through: a send before then is a
                 # request spent on a refusal.
                 self._hold(sent_at + delay_s, now)
-            log.debug("429 read as a full limiter: %s", full.value)
-            self._cut(sent_at, delay_s, now, full)
+            log.debug("429 read as a full limiter: %s", reading.value)
+            self._cut(sent_at, delay_s, now, reading)
         elif self.stretch < MAX_STRETCH:
             # A fixed limit that still draws a 429: arrival jitter, or a limiter slightly
             # stricter than the one given. Stretch the interval a little, up to MAX_STRETCH.
