@@ -60,11 +60,16 @@ class Gcra:
 
 
 class SendLog:
-    """Send times over the last ``horizon_s`` seconds, for the measured send rate."""
+    """Send times, for the measured send rate: over the last ``horizon_s`` seconds, or over the
+    last ``min_sends`` sends when fewer went in that time (kept for up to ``keep_s``)."""
 
-    def __init__(self, horizon_s: float, *, min_span_s: float) -> None:
+    def __init__(
+        self, horizon_s: float, *, min_span_s: float, min_sends: int = 4, keep_s: float = 300.0
+    ) -> None:
         self.horizon_s = horizon_s
         self.min_span_s = min_span_s
+        self.min_sends = min_sends
+        self.keep_s = keep_s
         self._sent: collections.deque[float] = collections.deque()
         self._first: float | None = None
 
@@ -72,17 +77,25 @@ class SendLog:
         if self._first is None:
             self._first = now
         self._sent.append(now)
-        while self._sent and self._sent[0] <= now - self.horizon_s:
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._sent and self._sent[0] <= now - self.keep_s:
             self._sent.popleft()
 
     def rate(self, now: float) -> float:
         """Requests a second over the horizon (or since the first send, if that is shorter)."""
-        while self._sent and self._sent[0] <= now - self.horizon_s:
-            self._sent.popleft()
-        if self._first is None:
+        self._prune(now)
+        if self._first is None or not self._sent:
             return 0.0
-        span = min(self.horizon_s, max(now - self._first, self.min_span_s))
-        return len(self._sent) / span
+        recent = _count(self._sent, now - self.horizon_s, now)
+        if recent >= self.min_sends:
+            return recent / min(self.horizon_s, max(now - self._first, self.min_span_s))
+        # A slow sender, one every few seconds: a horizon of 2 s holds none of its sends as
+        # often as not, and a rate of 0 would cap its growth for good (a run at 20 requests a
+        # minute and 20 s an answer stayed at 8 a minute).
+        n = min(len(self._sent), self.min_sends)
+        return n / max(now - self._sent[-n], self.min_span_s)
 
 
 class Admissions:

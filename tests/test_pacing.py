@@ -28,7 +28,7 @@ from batchgen.fake import FakeConfig, FakeServer, ThreadedFakeServer
 from batchgen.fake.faults import FixedWindow, RateWindow, SlidingWindow
 from batchgen.gate import FirstAnswerGate
 from batchgen.pacing import BETA, HOLD_MARGIN_S, Pacing, Stopped
-from batchgen.rates import Admissions, Cubic, Gcra
+from batchgen.rates import Admissions, Cubic, Gcra, SendLog
 from batchgen.refusals import LastCut, ReaderSettings, Reading, RefusalReader
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
@@ -163,6 +163,31 @@ def test_admissions_count_what_was_sent_and_not_refused() -> None:
     assert a.admitted(1.0, 1.3) == 1  # (1.0, 1.3]: 1.1 and 1.3 refused, 1.2 let through
     assert a.admitted(0.0, 3.0) == 3
     assert a.admitted(1.3, 2.0) == 0
+
+
+def test_a_slow_senders_rate_is_measured_over_its_last_sends() -> None:
+    log = SendLog(2.0, min_span_s=1.0)
+    for i in range(10):  # one every 7 s: a 2-s horizon holds none of them most of the time
+        log.add(i * 7.0)
+    # 5 s after the last send: the last four went over 26 s.
+    assert log.rate(63.0 + 5.0) == pytest.approx(4 / 26.0)
+    fast = SendLog(2.0, min_span_s=1.0)
+    for i in range(100):
+        fast.add(i * 0.1)
+    assert fast.rate(9.9) == pytest.approx(20 / 2.0)  # 10 a second, over the horizon
+
+
+def test_adaptive_grows_back_at_a_few_requests_a_minute() -> None:
+    # 20 a minute over a 60-s window, 20 s an answer, 8 in flight: one send every few seconds.
+    # With the send rate measured over 2 s only, the growth cap read 0 at most answers and the
+    # rate stayed where a cut had left it, at 8 a minute.
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=20, window=60.0, seconds=900.0, latency=20.0,
+                     concurrency=8)
+    t0 = timeline[0][0]
+    late = [s for t, s in timeline if t >= t0 + 300.0]
+    assert late.count(200) >= 0.85 * 20 * 10, (late.count(200), p.rate_per_s, p.cubic)
 
 
 def test_a_run_of_refusals_is_counted_only_where_it_is_known_whole() -> None:
