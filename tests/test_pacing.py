@@ -165,6 +165,20 @@ def test_admissions_count_what_was_sent_and_not_refused() -> None:
     assert a.admitted(1.3, 2.0) == 0
 
 
+def test_a_fixed_window_is_learnt_from_its_boundaries_not_its_delays() -> None:
+    # 60 per 60-s fixed window at 1 a second and more: refused late in each window, told to
+    # wait the 5-20 s to its end. The delays alone say 20 s; the boundaries are 60 s apart.
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    drive(p, clock, limit=60, window=60.0, seconds=400.0, kind="fixed", latency=2.0)
+    assert p.window_s == pytest.approx(60.0, abs=0.2)
+    # A sliding window's reopenings fall anywhere: no lattice, the longest delay stays.
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    drive(p, clock, limit=12, window=2.0, seconds=60.0, latency=0.05)
+    assert p.window_s is not None and p.window_s <= 2.5
+
+
 def test_a_slow_senders_rate_is_measured_over_its_last_sends() -> None:
     log = SendLog(2.0, min_span_s=1.0)
     for i in range(10):  # one every 7 s: a 2-s horizon holds none of them most of the time
