@@ -228,7 +228,7 @@ class Pacing:
 
     def try_send(self, now: float) -> float:
         """Take the turn at ``now`` if it has come (0.0); else the seconds until it comes."""
-        wait = self.gcra.delay(now)
+        wait = max(self.gcra.delay(now), self.window.full_for(now, HOLD_MARGIN_S))
         if wait <= 0:
             self.gcra.take(now)
             self.sends.add(now)
@@ -341,8 +341,8 @@ class Pacing:
         over = sent_at >= self.refused_until
         if delay_s is None:
             self.window.unnamed(sent_at, cuts=self.cuts, cut_from=self._cut_from, window_over=over)
-        else:
-            self.window.named(sent_at, delay_s, cuts=self.cuts, window_over=over)
+            return
+        self.window.named(sent_at, delay_s, cuts=self.cuts, window_over=over, edge_s=EDGE_S)
 
     def _cut(self, sent_at: float, delay_s: float | None, now: float, kind: Reading) -> None:
         """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back.

@@ -30,6 +30,7 @@ from batchgen.gate import FirstAnswerGate
 from batchgen.pacing import BETA, HOLD_MARGIN_S, Pacing, Stopped
 from batchgen.rates import Admissions, Cubic, Gcra, SendLog
 from batchgen.refusals import LastCut, ReaderSettings, Reading, RefusalReader
+from batchgen.window import WindowEstimate
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
 
@@ -177,6 +178,50 @@ def test_a_fixed_window_is_learnt_from_its_boundaries_not_its_delays() -> None:
     p = Pacing(None, clock=clock)
     drive(p, clock, limit=12, window=2.0, seconds=60.0, latency=0.05)
     assert p.window_s is not None and p.window_s <= 2.5
+
+
+def test_a_fixed_window_seen_gets_its_count_and_no_more() -> None:
+    # 60 a minute in fixed minutes, 20 s an answer: once its boundaries and its count are
+    # known, each minute gets its 60 and then waits for the next (refused 10% without).
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=60, window=60.0, seconds=900.0, kind="fixed", latency=20.0)
+    t0 = timeline[0][0]
+    late = [s for t, s in timeline if t >= t0 + 300.0]
+    assert late.count(429) <= 0.01 * len(late), late.count(429)
+    assert late.count(200) >= 0.98 * 60 * 10
+
+
+def test_boundaries_are_a_lattice_no_closer_than_the_delays_named() -> None:
+    # A fixed 60-s window of 40, sent one a second: each minute lets 40 through and refuses
+    # the last 20, each told to wait for the boundary.
+    a = Admissions(horizon_s=1000.0)
+    fixed = WindowEstimate(a, guess_s=1.0, max_s=120.0)
+    for t in range(1, 301):
+        a.sent(float(t))
+        if t % 60 == 0 or t % 60 > 40:
+            a.refused(float(t))
+            boundary = -(-t // 60) * 60.0
+            fixed.named(float(t), boundary - t, cuts=1, window_over=True)
+    assert fixed.fixed_s == pytest.approx(60.0)
+    assert fixed.window_start(250.0) == pytest.approx(240.0)
+    assert fixed.per_window == 40
+    assert fixed.full_for(305.0, 0.05) == 0.0  # nothing sent in this minute yet
+    for t in range(301, 341):
+        a.sent(float(t))
+    assert fixed.full_for(340.5, 0.05) == pytest.approx(19.55)  # 40 sent: full till 360
+    # A later window that refuses short of that count was no fixed window: forgotten for good.
+    a.refused(340.0)
+    fixed.named(330.0, 30.0, cuts=1, window_over=True)
+    assert fixed.fixed_s is None and fixed.full_for(340.5, 0.05) == 0.0
+    # A sliding 60-s window paced evenly: its oldest requests leave 1.5 s apart, and each exit
+    # is named by two refusals, 50 s ahead. On a lattice too, but closer than the delays named.
+    sliding = WindowEstimate(a, guess_s=1.0, max_s=120.0)
+    for i in range(8):
+        for _ in range(2):
+            sliding.named(100.0 + 1.5 * i - 50.0, 50.0, cuts=1, window_over=True)
+    assert sliding.fixed_s is None
+    assert sliding.learnt_s == pytest.approx(50.0)
 
 
 def test_a_slow_senders_rate_is_measured_over_its_last_sends() -> None:
