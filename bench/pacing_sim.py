@@ -39,6 +39,14 @@ WIDE: tuple[Case, ...] = tuple(
     for latency in (0.05, 1.0)
     for p in (0.05, 0.2, 0.4)
 )
+# Per-minute quotas at the service's own pace (10-30 s an answer), over simulated minutes.
+MINUTE: tuple[Case, ...] = tuple(
+    Case("adaptive", limit, 60, latency, kind=kind, concurrency=concurrency, seconds=600)
+    for kind in ("sliding", "fixed")
+    for limit, latency, concurrency in (
+        (20, 20.0, 8), (60, 20.0, 32), (10, 30.0, 16), (60, 10.0, 32)
+    )
+)
 BACKOFF_S = 0.5  # bench/pacing.py runs the CLI with --backoff 0.5
 LATE_S = 0.003  # wake-ups are up to this late
 NET_S = 0.004  # arrivals are 1 ms to this after the send
@@ -202,6 +210,8 @@ def main() -> int:
                     help="a busy machine: wake-ups up to 30 ms late, arrivals up to 20 ms")
     ap.add_argument("--wide", action="store_true",
                     help="adaptive mode over more limits, windows, latencies and kinds")
+    ap.add_argument("--minute", action="store_true",
+                    help="adaptive mode against per-minute quotas at 10-30 s an answer")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a constant of batchgen.pacing, to try a tuning")
     args = ap.parse_args()
@@ -214,7 +224,9 @@ def main() -> int:
     for item in args.set:
         name, value = item.split("=", 1)
         setattr(pacing_module, name, float(value))
-    cases = [Case.parse(c) for c in args.case] or list(WIDE if args.wide else TABLE)
+    cases = [Case.parse(c) for c in args.case] or list(
+        WIDE if args.wide else MINUTE if args.minute else TABLE
+    )
     if args.seconds:
         from dataclasses import replace
 

@@ -224,6 +224,30 @@ def test_boundaries_are_a_lattice_no_closer_than_the_delays_named() -> None:
     assert sliding.learnt_s == pytest.approx(50.0)
 
 
+def test_refusals_a_second_apart_with_nothing_let_through_are_no_fixed_window() -> None:
+    # 12 per 2 s, sliding, at 2 s an answer: the start's retries were refused in bunches that
+    # named times a second apart, on a lattice, with none let through in between. Read as a
+    # fixed window of 1 s with a count of 0, it never let a request go again.
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    for i in range(12):
+        p.try_send(clock.now + i * 0.01)
+    clock.now += 2.0
+    p.on_rate_limited(clock.now - 1.9, 1.0)  # a cut, at about 6 a second
+    assert p.cubic is not None
+    start = clock.now
+    for k in range(4):  # each second, two refused, naming the next whole second
+        for j in range(2):
+            sent = start + k + 0.5 + 0.1 * j
+            clock.now = sent
+            p.admissions.sent(sent)
+            p.admissions.refused(sent)
+            p.on_rate_limited(sent, start + k + 1 - sent)
+    assert p.window.fixed_s is None
+    clock.now = start + 10.0
+    assert p.try_send(clock.now + 5.0) == 0.0  # sends again
+
+
 def test_a_slow_senders_rate_is_measured_over_its_last_sends() -> None:
     log = SendLog(2.0, min_span_s=1.0)
     for i in range(10):  # one every 7 s: a 2-s horizon holds none of them most of the time
