@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q -n 3
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
