@@ -77,15 +77,11 @@ class SendLog:
         if self._first is None:
             self._first = now
         self._sent.append(now)
-        self._prune(now)
-
-    def _prune(self, now: float) -> None:
-        while self._sent and self._sent[0] <= now - self.keep_s:
-            self._sent.popleft()
+        _drop_through(self._sent, now - self.keep_s)
 
     def rate(self, now: float) -> float:
         """Requests a second over the horizon (or since the first send, if that is shorter)."""
-        self._prune(now)
+        _drop_through(self._sent, now - self.keep_s)
         if self._first is None or not self._sent:
             return 0.0
         recent = _count(self._sent, now - self.horizon_s, now)
@@ -117,7 +113,8 @@ class Admissions:
         if self.first is None:
             self.first = at
         self._sent.append(at)
-        self._prune(at)
+        for times in (self._sent, self._refused):
+            _drop_through(times, at - self.horizon_s)
 
     def refused(self, sent_at: float) -> None:
         # 429s come back nearly in send order; a late one is put in its place.
@@ -140,11 +137,6 @@ class Admissions:
             k -= 1
         return run
 
-    def _prune(self, now: float) -> None:
-        cutoff = now - self.horizon_s
-        for times in (self._sent, self._refused):
-            while times and times[0] <= cutoff:
-                times.popleft()
 
     def admitted(self, after: float, until: float) -> int:
         """Requests sent in ``(after, until]`` that were not refused."""
@@ -153,6 +145,12 @@ class Admissions:
     def counts(self, after: float, until: float) -> tuple[int, int]:
         """(sent, refused) among requests sent in ``(after, until]``."""
         return _count(self._sent, after, until), _count(self._refused, after, until)
+
+
+def _drop_through(times: collections.deque[float], cutoff: float) -> None:
+    """Drop the times up to ``cutoff`` from the old end of a sorted deque."""
+    while times and times[0] <= cutoff:
+        times.popleft()
 
 
 def _count(times: collections.deque[float], after: float, until: float) -> int:
