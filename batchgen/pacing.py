@@ -97,7 +97,7 @@ FULL_SHARE = 0.9
 NOISE_FACTOR = 2.0
 MIN_QUIET_SENDS = 10
 QUIET_KEPT = 3
-# A fixed window seen is paced for only with a count of at least this (see _learn_window).
+# A fixed window seen is paced for only with a count of at least this (window.py, _count).
 # Checked against the rate found allowed instead (half of it), true fixed windows were refuted
 # when a first cut overestimated that rate: 8.6% of requests refused became 21% (60 a minute,
 # fixed, 20 s an answer, simulated).
@@ -158,7 +158,7 @@ class Pacing:
         self.admissions = Admissions(MAX_WINDOW_S)
         self.cubic: Cubic | None = None
         self.window = WindowEstimate(self.admissions, guess_s=DEFAULT_WINDOW_S,
-                                     max_s=MAX_WINDOW_S)
+                                     max_s=MAX_WINDOW_S, edge_s=EDGE_S, min_count=MIN_PER_WINDOW)
         self.cut_at = -math.inf  # 429s for requests sent before this say nothing new
         self._cut_from = -math.inf  # the sent_at the last cut measured back from
         self._cut_span = 0.0
@@ -347,14 +347,7 @@ class Pacing:
         if delay_s is None:
             self.window.unnamed(sent_at, cuts=self.cuts, cut_from=self._cut_from, window_over=over)
             return
-        self.window.named(sent_at, delay_s, cuts=self.cuts, window_over=over, edge_s=EDGE_S)
-        per = self.window.per_window
-        if per is not None and per < MIN_PER_WINDOW:
-            # A count of 0 or 1 was read from a sliding window's refusals that fell a second
-            # apart, with none let through in between (12 per 2 s at 2 s an answer): paced as a
-            # fixed window, no request went again. A fixed window worth pacing lets more through.
-            log.debug("a fixed window's count of %d: not a fixed window", per)
-            self.window.not_fixed()
+        self.window.named(sent_at, delay_s, cuts=self.cuts, window_over=over)
 
     def _cut(self, sent_at: float, delay_s: float | None, now: float, kind: Reading) -> None:
         """The cut: to :data:`BETA` of the allowed rate, from which CUBIC grows back.
@@ -366,7 +359,6 @@ class Pacing:
         """
         self.reader.cut(sent_at, self._last_cut())
         self._cut_kind = kind
-        keep_limit = kind is Reading.AT_LIMIT
         current = self.rate_per_s
         # The first cut counts over the longest delay named, the shorter reading of an ambiguous
         # first refusal (see _learn_window); later cuts over the window learnt.
@@ -375,11 +367,12 @@ class Pacing:
         self._cut_delay = delay_s if delay_s is not None and delay_s < span else None
         allowed = self.allowed_rate(sent_at, span, self._cut_delay)
         w_max = self._bounded(allowed)
-        self._kept = keep_limit and self.cubic is not None
-        if self._kept and self.cubic is not None:
+        kept = self.cubic if kind is Reading.AT_LIMIT else None
+        self._kept = kept is not None
+        if kept is not None:
             # ... and no later 429 refines it down. Counted at the limit, the count is the
             # limit: no floor at half the rate that drew it.
-            w_max = min(max(allowed, self.cubic.w_max), current or math.inf)
+            w_max = min(max(allowed, kept.w_max), current or math.inf)
         # Grow back over about one limiter window: a long window reports an excess late, so a
         # rate that grows faster overshoots far.
         k_s = min(max(CUBIC_K_S, self.window_s or 0.0), MAX_CUBIC_K_S)

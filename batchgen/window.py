@@ -26,9 +26,21 @@ LATTICE_KEPT = 8
 class WindowEstimate:
     """What the pacer knows of the limiter's window. Times are send times."""
 
-    def __init__(self, admissions: Admissions, *, guess_s: float, max_s: float) -> None:
+    def __init__(
+        self,
+        admissions: Admissions,
+        *,
+        guess_s: float,
+        max_s: float,
+        edge_s: float = 0.0,
+        min_count: int = 2,
+    ) -> None:
+        """``edge_s``: how much earlier than its send a request may arrive, by the server's
+        clock; ``min_count``: the least count a fixed window is paced for."""
         self.admissions = admissions
         self.max_s = max_s
+        self.edge_s = edge_s
+        self.min_count = min_count
         self.named_window_s: float | None = None  # from the delays named
         self.guessed_s = guess_s  # with none named
         self.named_s = 0.0  # the longest delay named, alone
@@ -67,11 +79,8 @@ class WindowEstimate:
             self._doubled_for = cuts
             self.guessed_s = min(2 * self.guessed_s, self.max_s)
 
-    def named(
-        self, sent_at: float, delay_s: float, *, cuts: int, window_over: bool, edge_s: float = 0.0
-    ) -> None:
-        """A 429 naming ``delay_s``, for a request sent at ``sent_at``; ``edge_s``: how much
-        earlier than its send a request may arrive, by the server's clock."""
+    def named(self, sent_at: float, delay_s: float, *, cuts: int, window_over: bool) -> None:
+        """A 429 naming ``delay_s``, for a request sent at ``sent_at``."""
         if self._provisional is not None and window_over:
             burst, longer, reopened = self._provisional
             self._provisional = None
@@ -102,13 +111,13 @@ class WindowEstimate:
         self.named_s = min(max(self.named_s, delay_s), self.max_s)
         self._boundaries(sent_at + delay_s)
         if self.fixed_s is not None:
-            self._count(sent_at, sent_at + delay_s, self.fixed_s, edge_s)
+            self._count(sent_at, sent_at + delay_s, self.fixed_s)
 
-    def _count(self, sent_at: float, reopens: float, fixed_s: float, edge_s: float) -> None:
+    def _count(self, sent_at: float, reopens: float, fixed_s: float) -> None:
         """A fixed window refuses once it has let through its limit since it began: that count
         is the limit. At each later 429 in the same window the count can only be truer (requests
         counted as let through get refused), so the least is kept."""
-        count = self.admissions.admitted(reopens - fixed_s - edge_s, sent_at)
+        count = self.admissions.admitted(reopens - fixed_s - self.edge_s, sent_at)
         if self.per_window is None or reopens < self._per_window_of + fixed_s / 2:
             self.per_window = count if self.per_window is None else min(self.per_window, count)
             self._per_window_of = max(self._per_window_of, reopens)
@@ -120,6 +129,12 @@ class WindowEstimate:
             self.not_fixed()
         else:
             self.per_window, self._per_window_of = count, reopens
+        if self.per_window is not None and self.per_window < self.min_count:
+            # A count of 0 or 1 was read from a sliding window's refusals that fell a second
+            # apart, with none let through in between (12 per 2 s at 2 s an answer): paced as a
+            # fixed window, no request went again. A fixed window worth pacing lets more through.
+            log.debug("a fixed window's count of %d: not a fixed window", self.per_window)
+            self.not_fixed()
 
     def full_for(self, now: float, margin_s: float) -> float:
         """With a fixed window seen: the seconds until the next one, if this one has had as many
