@@ -290,7 +290,7 @@ def validate(manifest: Path, model: str | None, provider: str | None) -> None:
 def status(run_dir: Path, as_json: bool) -> None:
     """Counts and spend of a run folder (needs no manifest and no key)."""
     from .batch.status import batch_rows, format_batches
-    from .report import format_status, load_status
+    from .status import format_status, load_status
 
     st = load_status(run_dir)
     batches = batch_rows(run_dir)

@@ -23,12 +23,14 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import StorageError
-from .spec import JobSpec
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from .errors import StorageError
 from .layout import thumb_relpath
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .messages import plural
-from .report import make_status, read_meta
+from .status import make_status, read_meta
 from .superseded import SUPERSEDED_DIR
 
 log = logging.getLogger(__name__)

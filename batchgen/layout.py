@@ -19,8 +19,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 IMAGES_DIR = "images"
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -61,3 +66,24 @@ def sidecars(images_dir: Path) -> Iterator[os.DirEntry[str]]:
             for entry in entries:
                 if entry.name.endswith(".json"):
                     yield entry
+
+
+def count_images(images_dir: Path) -> int:
+    n = 0
+    for folder in image_dirs(images_dir):
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.endswith((".json", ".tmp")) and entry.is_file():
+                    n += 1
+    return n
+
+
+def read_run_meta(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` as a dict; empty when it is missing or unreadable. Here rather than on
+    ``plan.RunFolder`` so that ``status`` reads it without importing the planner (~15 ms)."""
+    try:
+        meta = orjson.loads((run_dir / RUN_FILE).read_bytes())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, orjson.JSONDecodeError):
+        return {}

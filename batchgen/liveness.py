@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .plan import LOCK_FILE
+from .layout import LOCK_FILE
 
 RUNNING = "running"
 ENDED_UNFINISHED = "ended without finishing (killed or crashed); run it again to resume"

@@ -30,8 +30,9 @@ import orjson
 from .current import merge_current
 from .errors import InputError, StorageError
 from .intents import INTENTS_NAME, Intent, read_unsettled
+from .layout import LOCK_FILE
 from .ledger import LEDGER_NAME, LedgerRecord, fsync_dir, iter_records
-from .plan import LOCK_FILE, RunFolder, now_iso
+from .plan import RunFolder, now_iso
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,13 @@ import orjson
 
 from .errors import InputError, StorageError
 from .intents import Unsettled, read_unsettled
-from .layout import image_dirs
+from .layout import LOCK_FILE, RUN_FILE, count_images, read_run_meta
 from .ledger import LEDGER_NAME, BadAmount, LedgerRecord, amount, bad_amount, warn_bad_line
 from .spec import JobSpec
 from .store import IMAGES_DIR, adopt_orphans
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-LOCK_FILE = ".lock"
 SUCCEEDED = "succeeded"
 RETRYABLE = "retryable"
 # Sits in a batch that may still run (batch mode): neither sent live nor put in another batch.
@@ -146,17 +144,6 @@ def _find_missing(ledger: Path, states: dict[str, str]) -> None:
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             states[job_id] = SUCCEEDED if whole else MISSING  # the last such line wins
-
-
-def count_images(images_dir: Path) -> int:
-    n = 0
-    for folder in image_dirs(images_dir):
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name = entry.name
-                if not name.endswith((".json", ".tmp")) and entry.is_file():
-                    n += 1
-    return n
 
 
 def shard_of(job_id: str, n: int) -> int:
@@ -310,11 +297,7 @@ class RunFolder:
         self.run_file = path / RUN_FILE
 
     def read_meta(self) -> dict[str, Any]:
-        try:
-            meta = orjson.loads(self.run_file.read_bytes())
-            return meta if isinstance(meta, dict) else {}
-        except (OSError, orjson.JSONDecodeError):
-            return {}
+        return read_run_meta(self.path)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         tmp = self.run_file.with_suffix(".json.tmp")

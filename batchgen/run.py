@@ -24,11 +24,11 @@ from .config import PROVIDERS, ClientSettings, RunSettings, check_base_url, reso
 from .current import CurrentWriter
 from .errors import BatchgenError, InputError, StorageError
 from .intents import IntentJournal, Unsettled
+from .layout import LOCK_FILE
 from .ledger import LedgerRecord, LedgerWriter
 from .manifest import Manifest, ValidationSummary
 from .ownership import manifest_key, owner_problem
 from .plan import (
-    LOCK_FILE,
     MISSING,
     SUCCEEDED,
     LedgerIndex,

@@ -237,7 +237,7 @@ def prune_folder(run_dir: Path, *, yes: bool, interactive: bool) -> None:
 
     from .messages import plural
     from .plan import RunFolder
-    from .report import read_meta
+    from .status import read_meta
 
     read_meta(run_dir)  # InputError when this is no run folder
     lock = RunFolder(run_dir).lock()

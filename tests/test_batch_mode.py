@@ -27,8 +27,8 @@ from batchgen.estimate import EstimateRequest, estimate
 from batchgen.fake import FakeConfig, Rule, ThreadedFakeServer
 from batchgen.fake.answers import image_price
 from batchgen.pricing import PriceTable
-from batchgen.report import load_status
 from batchgen.spec import JobSpec
+from batchgen.status import load_status
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, spawn, wait_for
 

@@ -27,8 +27,8 @@ import orjson
 
 from ..current import CURRENT_NAME, iter_current
 from ..errors import InputError
+from ..layout import RUN_FILE
 from ..ledger import LEDGER_NAME, iter_lines
-from ..plan import RUN_FILE
 
 log = logging.getLogger(__name__)
 
