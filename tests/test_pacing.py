@@ -450,6 +450,25 @@ def test_without_a_delay_the_window_guess_doubles_while_the_limiter_stays_shut()
     assert judged.count(429) <= 0.10 * len(judged)
 
 
+@pytest.mark.parametrize(("limit", "window"), [(30, 30.0), (40, 10.0)])
+def test_without_a_delay_the_rate_grows_back_over_the_window_guessed(
+    limit: int, window: float
+) -> None:
+    """A long sliding window that names no delay, at 0.5 s an answer: grown back over 2 s
+    instead of the window guessed, the rate ran away between cuts (each can only halve it) and
+    half the requests or more were refused (62% and 50%)."""
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=limit, window=window, seconds=6 * window, delays=False,
+                     latency=0.5)
+    start = timeline[0][0] + 2 * window + 0.5
+    judged = [(t, s) for t, s in timeline if t >= start]
+    refused = sum(1 for _, s in judged if s == 429)
+    reached = (len(judged) - refused) / (clock.now - start) / (limit / window)
+    assert refused <= 0.10 * len(judged), (refused, len(judged))
+    assert reached >= 0.7, reached
+
+
 def test_adaptive_never_grows_far_past_what_is_sent() -> None:
     clock = FakeClock()
     p = Pacing(None, clock=clock)
