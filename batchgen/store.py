@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,6 @@ from .ledger import JobStatus, LedgerRecord, fsync_dir
 
 if TYPE_CHECKING:
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,6 @@ class _Writer:
 
     def _fsync_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor  # not needed by `status`
-
             self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="batchgen-fsync")
         return self._pool
 
@@ -421,8 +420,6 @@ def _resolve(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) 
 
 
 def sha256_hex(data: bytes) -> str:
-    import hashlib  # here, not at the top: `status` starts without it (~5 ms)
-
     return hashlib.sha256(data).hexdigest()
 
 
