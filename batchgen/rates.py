@@ -137,10 +137,10 @@ class Admissions:
             k -= 1
         return run
 
-
     def admitted(self, after: float, until: float) -> int:
         """Requests sent in ``(after, until]`` that were not refused."""
-        return _count(self._sent, after, until) - _count(self._refused, after, until)
+        sent, refused = self.counts(after, until)
+        return sent - refused
 
     def counts(self, after: float, until: float) -> tuple[int, int]:
         """(sent, refused) among requests sent in ``(after, until]``."""
