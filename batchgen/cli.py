@@ -268,8 +268,8 @@ def run(manifest: Path, **o: Any) -> None:
 @guarded
 def validate(manifest: Path, model: str | None, provider: str | None) -> None:
     """Check MANIFEST without sending anything, and print the plan."""
-    from .messages import plural
     from .run import open_manifest
+    from .words import plural
 
     setup_logging(0)
     m = open_manifest(manifest, model, provider)
@@ -459,7 +459,7 @@ def report(run_dir: Path, as_json: bool) -> None:
 def gallery(run_dir: Path, out: Path | None) -> None:
     """A static HTML page of a run folder's images and failures (thumbnails in DIR/thumbs)."""
     from .gallery import build_gallery
-    from .messages import plural
+    from .words import plural
 
     setup_logging(0)
     res = build_gallery(run_dir, out)
@@ -495,7 +495,7 @@ def prune(run_dir: Path, yes: bool) -> None:
 def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     """Combine the run folders of several shards into one."""
     from .merge import merge as merge_folders
-    from .messages import plural
+    from .words import plural
 
     setup_logging(0)
     res = merge_folders(list(run_dirs), out)

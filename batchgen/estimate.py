@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .messages import plural
 from .ownership import owner_problem
 from .plan import LedgerIndex, Plan, RunFolder, Selection, mark_in_batch, read_index
 from .pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from .spec import JobSpec
+from .words import plural
 
 log = logging.getLogger(__name__)
 

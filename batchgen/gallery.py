@@ -26,9 +26,9 @@ from .current import current_ids, iter_current
 from .errors import StorageError
 from .layout import thumb_relpath
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
-from .messages import plural
 from .status import make_status, read_meta
 from .superseded import SUPERSEDED_DIR
+from .words import plural
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from .redact import redact
+from .words import plural
 
 # How an option is written back: a plain flag, a counted flag (-v -v), an option whose value is
 # optional (``--retry-failed`` alone means "all"), or an option with a value.
@@ -112,11 +113,6 @@ class CommandLine:
             args.extend(_render_one(_Given(name, base.opt, base.how, value, base.flag_value)))
         # Keys are never options (they come from the environment), but a URL could carry one.
         return redact(shlex.join(args))
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 job``, ``2 jobs``: the count with its noun."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 # The budget suggested to continue covers the rest at the estimate plus this margin: a request

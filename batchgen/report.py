@@ -15,8 +15,8 @@ from typing import Any
 from .current import current_ids
 from .intents import read_unsettled
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
-from .messages import plural
 from .status import Status, format_status, read_meta, status_from_latest
+from .words import plural
 
 THROUGHPUT_BUCKETS = 10
 MIN_SPAN_S = 1.0

@@ -399,7 +399,8 @@ def summary_lines(
     result: RunResult, out: Path, gallery: Path | None, end: Ending | None = None
 ) -> list[str]:
     """What ``run`` says at its end: counts, spend, where to look, and how to go on."""
-    from .messages import CommandLine, plural, suggest_budget
+    from .messages import CommandLine, suggest_budget
+    from .words import plural
 
     end = end or Ending(cmd=CommandLine("run", tuple(sys.argv[2:3]), (), {}))
     cmd = end.cmd

@@ -17,11 +17,12 @@ import click
 from .cli import EXIT_BUDGET, EXIT_FAILED, EXIT_INPUT, EXIT_OK, STOP_EXIT, fail
 from .errors import BatchgenError
 from .gallery import build_gallery, gallery_hint, too_big_to_refresh
-from .messages import CommandLine, check_budget, plural
+from .messages import CommandLine, check_budget
 from .plan import PlanCounts, describe_missing
 from .pool import RunResult, StopReason
 from .run import Ending, Prepared, RunRequest, execute, summary_lines
 from .superseded import Tally
+from .words import plural
 
 
 def go(prep: Prepared, req: RunRequest, o: dict[str, Any], cmd: CommandLine) -> int:

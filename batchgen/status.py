@@ -17,7 +17,7 @@ from .intents import read_unsettled
 from .layout import IMAGES_DIR, count_images, read_run_meta
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .liveness import describe_state
-from .messages import plural
+from .words import plural
 
 
 @dataclass(slots=True)

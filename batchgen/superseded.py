@@ -235,9 +235,9 @@ def prune_folder(run_dir: Path, *, yes: bool, interactive: bool) -> None:
     find the superseded images, ask (or require ``--yes`` without a terminal), move them."""
     import click
 
-    from .messages import plural
     from .plan import RunFolder
     from .status import read_meta
+    from .words import plural
 
     read_meta(run_dir)  # InputError when this is no run folder
     lock = RunFolder(run_dir).lock()

@@ -815,8 +815,10 @@ def test_status_help_and_version_do_not_import_the_pipeline(tmp_path: Path) -> N
         "{'aiohttp', 'PIL', 'tenacity', 'tqdm', 'yaml', 'asyncio', "
         # and the standard library's heavier parts that only a run needs (~15 ms together)
         "'hashlib', 'concurrent', 'tempfile'}) + sorted(set(sys.modules) & "
-        # and the planner, whose dataclasses alone take ~15 ms to build
-        "{'batchgen.plan', 'batchgen.spec', 'batchgen.store', 'batchgen.report'}), "
+        # and the planner, whose dataclasses alone take ~15 ms to build, and the option-rendering
+        # messages (~6 ms)
+        "{'batchgen.plan', 'batchgen.spec', 'batchgen.store', 'batchgen.report', "
+        "'batchgen.messages'}), "
         "file=sys.stderr)"
     )
     (tmp_path / "ledger.jsonl").write_text("")
