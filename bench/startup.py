@@ -14,6 +14,7 @@ install) run in the same rounds, for a comparison taken at the same moments.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -47,8 +48,8 @@ def run_folder(root: Path) -> Path:
     folder = root / "run"
     folder.mkdir()
     lines = [
-        '{"job_id": "j%d", "status": "succeeded", "attempts": 1, "cost_usd": 0.134, '
-        '"image_path": "images/00/j%d.png"}' % (i, i)
+        json.dumps({"job_id": f"j{i}", "status": "succeeded", "attempts": 1, "cost_usd": 0.134,
+                    "image_path": f"images/00/j{i}.png"})
         for i in range(200)
     ]
     (folder / "ledger.jsonl").write_text("\n".join(lines) + "\n")
