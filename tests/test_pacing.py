@@ -469,6 +469,22 @@ def test_without_a_delay_the_rate_grows_back_over_the_window_guessed(
     assert reached >= 0.7, reached
 
 
+def test_slow_answers_slow_the_growth_back() -> None:
+    """3 per 1 s at 2 s an answer: grown back over 2 s, the rate overshot for a whole answer
+    time before the next 429 could say so; 14% of requests were refused and 0.86 of the limit
+    reached. The curve now grows over three answer times."""
+    clock = FakeClock()
+    p = Pacing(None, clock=clock)
+    timeline = drive(p, clock, limit=3, window=1.0, seconds=40.0, latency=2.0)
+    assert p.cubic is not None and p.cubic.k_s >= 3 * 2.0
+    start = timeline[0][0] + 3.0
+    judged = [(t, s) for t, s in timeline if t >= start]
+    refused = sum(1 for _, s in judged if s == 429)
+    reached = (len(judged) - refused) / (clock.now - start) / 3.0
+    assert refused <= 0.10 * len(judged), (refused, len(judged))
+    assert reached >= 0.9, reached
+
+
 def test_adaptive_never_grows_far_past_what_is_sent() -> None:
     clock = FakeClock()
     p = Pacing(None, clock=clock)
