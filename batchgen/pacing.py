@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from .rates import Admissions, Cubic, Gcra, SendLog
 from .refusals import LastCut, ReaderSettings, Reading, RefusalReader
+from .trial import Trials, TrialSettings, Verdict
 from .window import WindowEstimate
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,18 @@ QUIET_KEPT = 3
 # fixed, 20 s an answer, simulated).
 MIN_PER_WINDOW = 2
 MIN_RATE = 0.05  # requests a second: never slower than one every 20 s
+# Trials (trial.py) of a lower rate, once the limit found still draws no-delay 429s: at least
+# a tenth of a span refused, the span at least 4 s and 40 sends; 0.8 of the rate let through for
+# a span and a half, judged from half a span on; a limiter's if the share refused halves.
+# Simulated over 300 s without RetryInfo, at 0.5 s an answer: 12 per 5 s from 0.80 of the limit
+# and 19.6% refused to 0.92 and 9.8%, 40 per 10 s from 0.73 and 12.7% to 0.93 and 5.7%; at 2 s,
+# 12 per 5 s from 69% refused to 26%. None in the first 60 s and at most one a minute after an
+# overload verdict, doubling: 40% random overload at 1 s an answer loses 1-2% of what the
+# concurrency allows, and every row of the tables, --wide and --minute (shorter runs) is as it was.
+TRIAL_SETTINGS = TrialSettings(
+    share=0.1, beta=0.8, min_span_s=4.0, span_sends=40, max_span_s=MAX_CUBIC_K_S, min_sends=10,
+    drop=0.5, not_before_s=60.0, after_limiter_s=10.0, backoff_s=60.0,
+)
 
 
 class Stopped(Exception):
@@ -176,6 +189,9 @@ class Pacing:
             noise_factor=NOISE_FACTOR, min_quiet_sends=MIN_QUIET_SENDS, quiet_kept=QUIET_KEPT,
         ))
         self.refused_until = -math.inf
+        self.trials = Trials(self.admissions, TRIAL_SETTINGS)
+        self._first_cut_at: float | None = None
+        self._moved_at = -math.inf  # when a cut last moved the limit, not kept it
         self.answer_s = 0.0  # how long the last 429 took to come back
         self.cuts = 0
         self.holds = 0
@@ -255,6 +271,10 @@ class Pacing:
         if not self.adaptive or self.cubic is None:
             return
         now = self.clock()
+        if self.trials.current is not None:
+            self._judge_trial(sent_at, now)
+            if self.trials.current is not None:
+                return  # the trial's rate holds until its verdict
         # Never more than twice what is actually sent: a latency-bound run must not bank a rate
         # it has never tried.
         target = min(self.cubic.rate(now), 2.0 * max(self.sends.rate(now), MIN_RATE))
@@ -308,6 +328,9 @@ class Pacing:
         if self.adaptive:
             self.admissions.refused(sent_at)
             self._learn_window(sent_at, delay_s)
+            self._judge_trial(sent_at, now)
+            if delay_s is None and self.cubic is not None and self._try(sent_at, now):
+                return
         if sent_at < self.cut_at:
             # Sent before the last cut: part of the window already answered for.
             if self.adaptive and sent_at > self._cut_from - self._cut_span and not self._kept:
@@ -365,6 +388,9 @@ class Pacing:
         it, and each cut down from one would ratchet the rate lower.
         """
         self.reader.cut(sent_at, self._last_cut())
+        self.trials.cancel()
+        if self._first_cut_at is None:
+            self._first_cut_at = now
         self._cut_kind = kind
         current = self.rate_per_s
         # The first cut counts over the longest delay named, the shorter reading of an ambiguous
@@ -385,11 +411,48 @@ class Pacing:
         # over CUBIC_K_S instead, the rate ran away between cuts (each can only halve it) and a
         # sliding 30-per-30-s window refused 55% of requests at 0.5 s an answer (now 8%).
         # And over a few times the 429's own answer time (ANSWER_K).
-        k_s = min(max(CUBIC_K_S, self._window(), ANSWER_K * self.answer_s), MAX_CUBIC_K_S)
+        k_s = self._growth_s()
+        if kept is None or abs(w_max - kept.w_max) > 0.05 * kept.w_max:
+            self._moved_at = now
         self.cubic = Cubic(w_max=w_max, cut_at=now, beta=BETA, k_s=k_s, probe_growth=PROBE_GROWTH)
         self._set_rate(BETA * w_max, now)
         log.debug("429: send rate cut to %.2f/s (allowed %.2f/s over %.1fs)",
                   BETA * w_max, w_max, self._cut_span)
+
+    def _try(self, sent_at: float, now: float) -> bool:
+        """A trial of a lower rate, when the limit found still draws no-delay 429s (trial.py)."""
+        if self._first_cut_at is None:
+            return False
+        span = max(self._span(), ANSWER_K * self.answer_s)
+        trial = self.trials.start(sent_at, now, span_s=span, first_cut_at=self._first_cut_at,
+                                  moved_at=self._moved_at, rate=self.rate_per_s)
+        if trial is None:
+            return False
+        log.debug("trial: %.0f%% refused; sending at %.2f/s for a while", 100 * trial.share_before,
+                  TRIAL_SETTINGS.beta * trial.allowed)
+        self._set_rate(TRIAL_SETTINGS.beta * trial.allowed, now)
+        return True
+
+    def _judge_trial(self, sent_at: float, now: float) -> None:
+        trial = self.trials.current
+        verdict = self.trials.judge(sent_at, now)
+        if trial is None or verdict is None:
+            return
+        log.debug("trial: %s", verdict.value)
+        if verdict is Verdict.OVERLOAD:
+            self._set_rate(trial.rate_before, now)
+            return
+        # The refusals stopped below the rate let through: that rate is the limit, kept (no
+        # 429 for a request sent before now refines it with the last cut's count).
+        self.cubic = Cubic(w_max=trial.allowed, cut_at=now, beta=TRIAL_SETTINGS.beta,
+                           k_s=self._growth_s(), probe_growth=PROBE_GROWTH)
+        self._cut_kind = Reading.AT_LIMIT
+        self._kept = True
+        self.cut_at = self._moved_at = now
+
+    def _growth_s(self) -> float:
+        """How long the curve takes to grow back to where it was cut (see _cut)."""
+        return min(max(CUBIC_K_S, self._window(), ANSWER_K * self.answer_s), MAX_CUBIC_K_S)
 
     def _last_cut(self) -> LastCut:
         return LastCut(self.cubic, self._cut_from, self._window(), self._cut_kind)

@@ -146,6 +146,11 @@ class Admissions:
         """(sent, refused) among requests sent in ``(after, until]``."""
         return _count(self._sent, after, until), _count(self._refused, after, until)
 
+    def sent_before(self, until: float, n: int) -> float | None:
+        """When the ``n``-th request back from ``until`` (inclusive) was sent; None if fewer."""
+        i = bisect.bisect_right(self._sent, until) - n
+        return self._sent[i] if n > 0 and i >= 0 else None
+
 
 def _drop_through(times: collections.deque[float], cutoff: float) -> None:
     """Drop the times up to ``cutoff`` from the old end of a sorted deque."""

@@ -277,13 +277,15 @@ def main() -> int:
                     help="mode:limit:window:latency[:kind[:style]]")
     ap.add_argument("--burst", type=int)
     ap.add_argument("--concurrency", type=int)
+    ap.add_argument("--seconds", type=float, help="how long each run lasts at the limit")
     args = ap.parse_args()
     cases = [Case.parse(c) for c in args.case] or list(TABLE)
-    if args.burst is not None or args.concurrency is not None:
+    if args.burst is not None or args.concurrency is not None or args.seconds:
         from dataclasses import replace
 
         cases = [
-            replace(c, burst=args.burst, concurrency=args.concurrency or c.concurrency)
+            replace(c, burst=args.burst, concurrency=args.concurrency or c.concurrency,
+                    seconds=args.seconds or c.seconds)
             for c in cases
         ]
     WORK.mkdir(parents=True, exist_ok=True)
