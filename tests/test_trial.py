@@ -11,7 +11,7 @@ from batchgen.pacing import Pacing
 from batchgen.rates import Admissions
 from batchgen.trial import Trials, TrialSettings, Verdict
 
-from .test_pacing import FakeClock, drive
+from .test_pacing import FakeClock, drive, judge
 
 SETTINGS = TrialSettings(
     share=0.1, beta=0.8, min_span_s=4.0, span_sends=40, max_span_s=30.0, min_sends=10,
@@ -109,11 +109,9 @@ def test_a_limit_found_too_high_without_retryinfo_is_corrected_by_a_trial(
     timeline = drive(p, clock, limit=limit, window=window, seconds=300.0, delays=False,
                      latency=latency)
     assert p.trials.started >= 1
-    start = timeline[0][0] + 100.0  # the first trial is a minute after the first cut
-    judged = [(t, s) for t, s in timeline if t >= start]
-    refused = sum(1 for _, s in judged if s == 429)
-    reached = (len(judged) - refused) / (clock.now - start) / (limit / window)
-    assert refused <= 0.10 * len(judged), (refused, len(judged))
+    # The first trial is a minute after the first cut.
+    refused, reached = judge(timeline, timeline[0][0] + 100.0, clock.now, limit / window)
+    assert refused <= 0.10, refused
     assert reached >= 0.9, reached
 
 
@@ -128,7 +126,5 @@ def test_under_random_overload_a_trial_gives_the_rate_back() -> None:
                      overload=0.4)
     # None in the first minute, then one at most a minute, then two: three in five minutes.
     assert 1 <= p.trials.started <= 3
-    start = timeline[0][0] + 100.0
-    judged = [s for t, s in timeline if t >= start]
-    reached = judged.count(200) / (clock.now - start) / 16.0
+    _, reached = judge(timeline, timeline[0][0] + 100.0, clock.now, 16.0)
     assert reached >= 0.55, reached
