@@ -1,3 +1,3 @@
-from batchgen.cli import main
+from batchgen.cli.app import main
 
 main()

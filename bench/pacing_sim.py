@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pacing import OVERLOAD_MIN_REACHED, TABLE, Case, figures  # bench/pacing.py
 
 from batchgen.fake.faults import FakeConfig, RateWindow
-from batchgen.gate import RELEASE_AFTER_S
-from batchgen.pacing import Pacing
+from batchgen.pacing.gate import RELEASE_AFTER_S
+from batchgen.pacing.pacer import Pacing
 
 WIDE: tuple[Case, ...] = tuple(
     Case("adaptive", limit, window, latency, kind=kind, style=style, seconds=max(20, 6 * window))
@@ -215,7 +215,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a constant of batchgen.pacing, to try a tuning")
     args = ap.parse_args()
-    import batchgen.pacing as pacing_module
+    import batchgen.pacing.pacer as pacing_module
 
     if args.loaded:
         global LATE_S, NET_S

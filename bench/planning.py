@@ -57,7 +57,7 @@ def fixture_ok(folder: Path, rows: int) -> bool:
 
 
 def _record(job_id: str, prompt: str, i: int) -> Any:
-    from batchgen.ledger import ErrorInfo, JobStatus, LedgerRecord
+    from batchgen.folder.ledger import ErrorInfo, JobStatus, LedgerRecord
 
     slot = i % 100
     base: dict[str, Any] = {
@@ -123,7 +123,7 @@ def make_fixture(folder: Path, rows: int) -> None:
 
 def plan(manifest_path: Path, ledger: Path, result: Path) -> None:
     from batchgen.manifest import Manifest
-    from batchgen.plan import Plan, Selection, read_index
+    from batchgen.planning.plan import Plan, Selection, read_index
     from batchgen.pricing import PriceTable
 
     # As `batchgen run` does it: the ledger index first, then one pass over the manifest that

@@ -4,7 +4,7 @@
 
 Arguments are those of ``batchgen``. ``batchgen.run.prepare`` (manifest validation, ledger index,
 plan count: everything before the first request), ``batchgen.run.execute`` (the run phase:
-workers, client, store, ledger) and ``batchgen.cli._refresh_gallery`` (the gallery page written
+workers, client, store, ledger) and ``batchgen.cli.refresh_gallery`` (the gallery page written
 after the run) are wrapped with ``time.perf_counter`` and nothing else changes; the CLI looks all
 three up at call time, so it picks the wrapped ones up. After each phase the process's peak RSS
 so far is noted too (``<phase>_maxrss``, bytes), so a peak can be put down to its phase, and
@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import batchgen.cli as cli_mod
-import batchgen.run as run_mod
+import batchgen.cli.app as cli_mod
+import batchgen.live.runner as runner_mod
+import batchgen.planning.prepare as run_mod
 
 T = TypeVar("T")
 timings: dict[str, float] = {}
@@ -76,7 +77,7 @@ def _write() -> None:
 
 
 def _no_fsync() -> None:
-    import batchgen.store as store
+    import batchgen.store.images as store
 
     def fsync(fd: int) -> None:
         return None
@@ -85,9 +86,9 @@ def _no_fsync() -> None:
 
 
 def _no_promise_syncs() -> None:
-    import batchgen.intents as intents
-    import batchgen.ledger as ledger
-    import batchgen.store as store
+    import batchgen.folder.intents as intents
+    import batchgen.folder.ledger as ledger
+    import batchgen.store.images as store
 
     async def no_sync(self: ledger.GroupSync) -> None:
         self._synced = self._written  # as if on disk at once
@@ -106,10 +107,10 @@ if __name__ == "__main__":
     if os.environ.get("BENCH_NO_PROMISE_SYNCS") == "1":
         _no_promise_syncs()
     run_mod.prepare = _timed("prepare", run_mod.prepare)
-    run_mod.execute = _timed_async("run", run_mod.execute)
-    # After run_mod is patched: runflow binds prepare's and execute's names when imported.
-    import batchgen.runflow as flow_mod
+    runner_mod.execute = _timed_async("run", runner_mod.execute)
+    # After runner_mod is patched: run_flow binds execute's name when imported.
+    import batchgen.cli.run_flow as flow_mod
 
-    flow_mod._refresh_gallery = _timed("gallery", flow_mod._refresh_gallery)
+    flow_mod.refresh_gallery = _timed("gallery", flow_mod.refresh_gallery)
     atexit.register(_write)
     cli_mod.main(prog_name="batchgen")

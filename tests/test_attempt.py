@@ -15,17 +15,18 @@ import orjson
 import pytest
 
 from batchgen import errors as e
-from batchgen.attempt import Attempt
-from batchgen.budget import Budget
-from batchgen.client import GeminiClient
-from batchgen.config import ClientSettings
+from batchgen.aio import ConcurrencyCap, Stopped
+from batchgen.api.client import GeminiClient
 from batchgen.fake import ThreadedFakeServer
-from batchgen.gate import FirstAnswerGate
-from batchgen.intents import IntentJournal, Unsettled
-from batchgen.outcome import Abandoned, JobState, StopReason
-from batchgen.pacing import ConcurrencyCap, Pacing, Stopped
+from batchgen.folder.intents import IntentJournal, Unsettled
+from batchgen.live.attempt import Attempt
+from batchgen.live.budget import Budget
+from batchgen.live.outcome import Abandoned, JobState, StopReason
+from batchgen.pacing.gate import FirstAnswerGate
+from batchgen.pacing.pacer import Pacing
 from batchgen.pricing import PriceTable
 from batchgen.progress import Progress
+from batchgen.settings import ClientSettings
 from batchgen.spec import JobSpec, Provider
 
 from .conftest import SECRET

@@ -20,15 +20,15 @@ import yaml
 from PIL import Image
 
 from batchgen import errors as e
-from batchgen.batch.command import estimate_side_by_side
 from batchgen.batch.status import batch_rows
 from batchgen.batch.wire import line_error
-from batchgen.estimate import EstimateRequest, estimate
+from batchgen.cli.batch_cmd import estimate_side_by_side
 from batchgen.fake import FakeConfig, Rule, ThreadedFakeServer
 from batchgen.fake.answers import image_price
 from batchgen.pricing import PriceTable
+from batchgen.reporting.estimate import EstimateRequest, estimate
+from batchgen.reporting.status import load_status
 from batchgen.spec import JobSpec
-from batchgen.status import load_status
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, spawn, wait_for
 
@@ -391,8 +391,8 @@ def test_lines_that_always_fail_stop_after_max_attempts(bserver: ThreadedFakeSer
 
 async def test_lookup_by_display_name_pages_through_the_list(tmp_path: Path) -> None:
     from batchgen.batch.wire import BatchAPI, batch_info
-    from batchgen.config import ClientSettings
     from batchgen.fake import FakeServer
+    from batchgen.settings import ClientSettings
     from batchgen.spec import Provider
 
     async with FakeServer(FakeConfig(api_key=SECRET, batch_seconds=60)) as srv:

@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from batchgen import errors as e
-from batchgen.client import GeminiClient, error_from_http, parse_retry_delay
-from batchgen.config import ClientSettings
+from batchgen.api.client import GeminiClient, error_from_http, parse_retry_delay
+from batchgen.api.response import find_image_url, parse_answer
+from batchgen.api.retrying import RetryPolicy, backoff_delay, should_retry
 from batchgen.fake import FakeConfig, FakeServer, Rule
-from batchgen.references import sniff_image_type
-from batchgen.response import find_image_url, parse_answer
-from batchgen.retrying import RetryPolicy, backoff_delay, should_retry
+from batchgen.manifest.references import sniff_image_type
+from batchgen.settings import ClientSettings
 from batchgen.spec import JobSpec, Provider, Reference
 
 from .conftest import SECRET, make_image

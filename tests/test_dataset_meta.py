@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batchgen.current import current_ids, iter_current
 from batchgen.errors import InputError
 from batchgen.fake import ThreadedFakeServer
+from batchgen.folder.current import current_ids, iter_current
 from batchgen.manifest import Manifest
 
 from .conftest import cli, ledger_lines, make_image, run_against, write_manifest

@@ -65,7 +65,7 @@ def export(run: Path, fmt: str, out: Path | str, *extra: str, env: dict[str, str
 def cli_inprocess(*args: str | Path) -> Result:
     from click.testing import CliRunner
 
-    from batchgen.cli import main
+    from batchgen.cli.app import main
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.filters[:], root.level)
@@ -519,7 +519,7 @@ def test_missing_optional_dependency_names_the_pip_command(
     synth_run(tmp_path / "run", 2, legacy=True)
     target = str(tmp_path / "o") if out == "local" else out
     code = (f"import sys; sys.modules[{blocked!r}] = None; "
-            "from batchgen.cli import main; "
+            "from batchgen.cli.app import main; "
             f"sys.argv = ['batchgen', 'export', {str(tmp_path / 'run')!r}, '--format', {fmt!r},"
             f" '--out', {target!r}]; main()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from batchgen.fake import Rule, ThreadedFakeServer
-from batchgen.gallery import script_json
+from batchgen.reporting.gallery import script_json
 
 from .conftest import REPO, cli, ledger_lines, run_against
 

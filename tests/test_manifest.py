@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batchgen import references as refs_mod
 from batchgen.errors import InputError, Problem, ReferenceError_
 from batchgen.manifest import Manifest, ManifestHeader, ValidationSummary
 from batchgen.manifest import fields as mf
-from batchgen.references import (
-    load_reference_bytes,
-    reference_budget,
-    sniff_image_type,
-)
+from batchgen.manifest import references as refs_mod
+from batchgen.manifest.references import load_reference_bytes, reference_budget, sniff_image_type
 from batchgen.spec import DEFAULT_MODEL, MAX_REFERENCE_IMAGES, JobSpec
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"

@@ -24,13 +24,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from batchgen.aio import Stopped
 from batchgen.fake import FakeConfig, FakeServer, ThreadedFakeServer
 from batchgen.fake.faults import FixedWindow, RateWindow, SlidingWindow
-from batchgen.gate import FirstAnswerGate
-from batchgen.pacing import BETA, HOLD_MARGIN_S, Pacing, Stopped
-from batchgen.rates import Admissions, Cubic, Gcra, SendLog
-from batchgen.refusals import LastCut, ReaderSettings, Reading, RefusalReader
-from batchgen.window import WindowEstimate
+from batchgen.pacing.gate import FirstAnswerGate
+from batchgen.pacing.pacer import BETA, HOLD_MARGIN_S, Pacing
+from batchgen.pacing.rates import Admissions, Cubic, Gcra, SendLog
+from batchgen.pacing.refusals import LastCut, ReaderSettings, Reading, RefusalReader
+from batchgen.pacing.window import WindowEstimate
 
 from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
 
@@ -818,7 +819,7 @@ def test_an_empty_answer_is_retried_and_billed_once(
 
 def test_importing_the_cli_pulls_in_no_heavy_dependency() -> None:
     code = (
-        "import sys, batchgen.cli; "
+        "import sys, batchgen.cli.app; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'aiohttp', 'PIL', 'tenacity', 'tqdm', 'yaml', 'asyncio', 'pyarrow'}))"
     )
@@ -838,8 +839,8 @@ def test_status_help_and_version_do_not_import_the_pipeline(tmp_path: Path) -> N
         "'hashlib', 'concurrent', 'tempfile'}) + sorted(set(sys.modules) & "
         # and the planner, whose dataclasses alone take ~15 ms to build, and the option-rendering
         # messages (~6 ms)
-        "{'batchgen.plan', 'batchgen.spec', 'batchgen.store', 'batchgen.report', "
-        "'batchgen.messages'}), "
+        "{'batchgen.planning.plan', 'batchgen.spec', 'batchgen.store.images', "
+        "'batchgen.reporting.report', 'batchgen.cli.messages'}), "
         "file=sys.stderr)"
     )
     (tmp_path / "ledger.jsonl").write_text("")

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from PIL import Image
 
-from batchgen.gallery import REFRESH_MAX_RECORDS, build_gallery
-from batchgen.layout import subdir
+from batchgen.folder.layout import subdir
 from batchgen.manifest import Manifest
-from batchgen.plan import RETRYABLE, SUCCEEDED, LedgerIndex, Plan, PlanCounts, Selection
+from batchgen.planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex, Plan, PlanCounts, Selection
 from batchgen.pricing import PriceTable
+from batchgen.reporting.gallery import REFRESH_MAX_RECORDS, build_gallery
 from batchgen.spec import JobSpec
 
 from .conftest import cli

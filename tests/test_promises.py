@@ -550,7 +550,7 @@ class FsyncSpy:
             real(fd)
 
         monkeypatch.setattr(os, "fsync", spy)
-        import batchgen.store as store_mod
+        import batchgen.store.images as store_mod
 
         monkeypatch.setattr(store_mod, "_fsync", spy)
 
@@ -564,9 +564,9 @@ def test_the_ledger_and_intents_are_fsynced_in_batches_and_renames_are_durable(
 ) -> None:
     import asyncio
 
-    from batchgen.intents import IntentJournal, Unsettled, read_unsettled
-    from batchgen.ledger import LedgerWriter
-    from batchgen.store import ImageStore
+    from batchgen.folder.intents import IntentJournal, Unsettled, read_unsettled
+    from batchgen.folder.ledger import LedgerWriter
+    from batchgen.store.images import ImageStore
 
     spy = FsyncSpy(monkeypatch)
     run = tmp_path / "run"
@@ -611,8 +611,8 @@ def test_the_intent_journal_stays_small_during_a_long_run(
 ) -> None:
     import asyncio
 
-    import batchgen.intents as intents_mod
-    from batchgen.intents import IntentJournal, Unsettled, read_unsettled
+    import batchgen.folder.intents as intents_mod
+    from batchgen.folder.intents import IntentJournal, Unsettled, read_unsettled
 
     monkeypatch.setattr(intents_mod, "COMPACT_EVERY", 10)
     journal = IntentJournal(tmp_path, Unsettled())

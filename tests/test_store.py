@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import store as store_mod
 from batchgen.errors import StorageError
-from batchgen.layout import subdir
-from batchgen.store import ImageStore
+from batchgen.folder.layout import subdir
+from batchgen.store import images as store_mod
+from batchgen.store.images import ImageStore
 
 
 def _files(store: ImageStore) -> list[str]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.pacing import Pacing
-from batchgen.rates import Admissions
-from batchgen.trial import Trials, TrialSettings, Verdict
+from batchgen.pacing.pacer import Pacing
+from batchgen.pacing.rates import Admissions
+from batchgen.pacing.trial import Trials, TrialSettings, Verdict
 
 from .test_pacing import FakeClock, drive, judge
 

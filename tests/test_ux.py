@@ -411,7 +411,7 @@ def test_verbose_logs_one_line_per_attempt(tmp_path: Path) -> None:
         r = run_against(srv, m, tmp_path / "run", "-v", "--concurrency", "1")
     assert r.code == 0, r.output
     job = ledger_lines(tmp_path / "run")[0]["job_id"]
-    mine = [x for x in r.stderr.splitlines() if f"batchgen.pool: {job}: attempt" in x]
+    mine = [x for x in r.stderr.splitlines() if f"batchgen.live.pool: {job}: attempt" in x]
     assert len(mine) == 3, "\n".join(mine)
     assert "attempt 1: rate_limited: HTTP 429" in mine[0] and "retrying in" in mine[0]
     assert "attempt 2: rate_limited" in mine[1] and mine[2].endswith("attempt 3: ok")

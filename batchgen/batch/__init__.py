@@ -10,6 +10,3 @@
 
 Imported lazily by the CLI: live mode never loads any of it.
 """
-
-# Here, not in journal.py, so that ``status`` can look for the journal without importing it.
-JOURNAL_NAME = "batches.jsonl"

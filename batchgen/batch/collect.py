@@ -31,16 +31,17 @@ import orjson
 from PIL import Image, UnidentifiedImageError
 
 from .. import errors as e
-from ..ledger import LedgerRecord, LedgerWriter, iter_ledger
-from ..plan import RETRYABLE, SUCCEEDED, LedgerIndex, now_iso
+from ..api.response import data_url_bytes, parse_answer
+from ..api.retrying import is_retryable
+from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
+from ..folder.layout import now_iso
+from ..folder.ledger import LedgerRecord, LedgerWriter, iter_ledger
+from ..folder.records import failure_record, job_fields, success_record
+from ..manifest.references import sniff_image_type
+from ..planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex
 from ..pricing import PriceTable
-from ..records import failure_record, job_fields, success_record
-from ..references import sniff_image_type
-from ..response import data_url_bytes, parse_answer
-from ..retrying import is_retryable
 from ..spec import JobSpec
-from ..store import ImageStore
-from .journal import BatchRecord, Journal, Phase, seconds_since, spec_from_line
+from ..store.images import ImageStore
 from .wire import BatchAPI, line_error, output_of
 
 log = logging.getLogger(__name__)

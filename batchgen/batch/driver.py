@@ -17,29 +17,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-import click
 from tqdm import tqdm
 
 from .. import errors as e
-from ..client import GeminiClient
-from ..config import ClientSettings
-from ..ledger import LedgerWriter
-from ..pacing import wait_event
-from ..plan import IN_BATCH, Plan, Selection
+from ..aio import wait_event
+from ..api.client import GeminiClient
+from ..exits import ExitCode
+from ..folder.batches import BatchRecord, Journal, Phase
+from ..folder.ledger import LedgerWriter
+from ..planning.plan import IN_BATCH, Plan, Selection
+from ..planning.prepare import Prepared, RunRequest
+from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..pricing import PriceTable
 from ..progress import Progress
 from ..redact import redact
-from ..run import Prepared, RunRequest, _endpoint, _install_signals, _settings_meta, command_line
+from ..settings import ClientSettings
 from ..spec import JobSpec, Provider
-from ..store import ImageStore
+from ..store.images import ImageStore
 from .collect import Collector, Recorder, Tally
-from .journal import BatchRecord, Journal, Phase
 from .submit import BatchSettings, Submitted, Submitter
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_RUNNING, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
 MAX_POLL_FACTOR = 10.0  # --wait backs off to at most this many --poll-interval between polls
 
 
@@ -53,7 +53,7 @@ def check_provider(provider: Provider) -> None:
 
 @dataclass(slots=True)
 class Outcome:
-    code: int
+    code: ExitCode
     finished: bool  # every job settled: refresh the gallery
 
 
@@ -88,7 +88,10 @@ class _Bar:
 
 
 class BatchRun:
-    def __init__(self, prep: Prepared, req: RunRequest, settings: BatchSettings) -> None:
+    def __init__(
+        self, prep: Prepared, req: RunRequest, settings: BatchSettings, say: Callable[[str], None]
+    ) -> None:
+        self.say = say
         self.prep = prep
         self.req = req
         self.settings = settings
@@ -127,15 +130,15 @@ class BatchRun:
             manifest=str(self.req.manifest), jobs=prep.counts.total,
             model=prep.manifest.header.model, provider=prep.client.provider.value,
             base_url=redact(self.req.base_url or prep.client.base_url),
-            settings=_settings_meta(prep.settings), state="running", mode="batch",
+            settings=settings_meta(prep.settings), state="running", mode="batch",
             runs=int(meta.get("runs", 0)) + 1, command=command_line(),
         )
         recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally)
         bar = self.bar = _Bar(prep.settings.progress and sys.stderr.isatty())
         loop = asyncio.get_running_loop()
-        restore = _install_signals(loop, self._interrupt)
+        restore = install_signals(loop, self._interrupt)
         try:
-            async with _endpoint(prep, self.req.fake) as cs, BatchAPI(cs) as api:
+            async with endpoint(prep.client, self.req.fake) as cs, BatchAPI(cs) as api:
                 return await self._loop(api, cs, recorder, bar)
         finally:
             restore()
@@ -161,10 +164,10 @@ class BatchRun:
                 sub = await submitter.submit(self._jobs())
                 self._add(sub)
                 if sub.batches and self.settings.wait:
-                    click.echo(
+                    self.say(
                         f"submitted {sub.jobs} jobs in {sub.batches} "
                         f"batch{'es' if sub.batches != 1 else ''}; estimated "
-                        f"${sub.estimate_usd:.2f} at batch prices", err=True)
+                        f"${sub.estimate_usd:.2f} at batch prices")
             first = False
             bar.show(self.journal, self.tally)
             if not self.journal.open_records() or not self.settings.wait:
@@ -248,68 +251,70 @@ class BatchRun:
         t = self.tally
         if t.succeeded or t.failed or t.duplicates:
             errs = ", ".join(f"{k} {v}" for k, v in sorted(t.errors.items()))
-            click.echo(
+            self.say(
                 f"collected: {t.succeeded} succeeded, {t.failed} failed"
                 + (f" ({errs})" if errs else "")
                 + (f", {t.duplicates} duplicate results billed" if t.duplicates else "")
-                + f"; ${t.spent_usd:.2f} at batch prices", err=True)
+                + f"; ${t.spent_usd:.2f} at batch prices")
         open_recs = self.journal.open_records()
         cmd = command_line()
         if not settled_pass:
-            click.echo(f"stopped waiting; {len(open_recs)} batches keep running on the service; "
-                       f"to collect them: {cmd}", err=True)
-            return Outcome(EXIT_INTERRUPTED, False)
+            self.say(f"stopped waiting; {len(open_recs)} batches keep running on the service; "
+                       f"to collect them: {cmd}")
+            return Outcome(ExitCode.INTERRUPTED, False)
         if open_recs:
             jobs = sum(r.jobs for r in open_recs)
             if self.budget_cut:
-                click.echo("budget: the remaining jobs do not fit in --budget next to the "
-                           "running batches' worst case", err=True)
+                self.say("budget: the remaining jobs do not fit in --budget next to the "
+                           "running batches' worst case")
             sub = self.submitted
             if sub.batches:
-                click.echo(f"submitted {sub.jobs} jobs in {_batches(sub.batches)}, estimated "
-                           f"${sub.estimate_usd:.2f} at batch prices", err=True)
-            click.echo(f"{jobs} jobs in {_batches(len(open_recs))} running; re-run this "
-                       f"command to collect: {cmd}", err=True)
-            return Outcome(EXIT_RUNNING, False)
+                self.say(f"submitted {sub.jobs} jobs in {_batches(sub.batches)}, estimated "
+                           f"${sub.estimate_usd:.2f} at batch prices")
+            self.say(f"{jobs} jobs in {_batches(len(open_recs))} running; re-run this "
+                       f"command to collect: {cmd}")
+            return Outcome(ExitCode.RUNNING, False)
         counts = self.prep.plan.count()
         if self.budget_cut and counts.pending:
             spent = self.prep.plan.index.cost_usd
-            click.echo(f"budget reached: spent ${spent:.2f} of the "
+            self.say(f"budget reached: spent ${spent:.2f} of the "
                        f"${self.settings.budget_usd:.2f} budget; {counts.pending} jobs not "
-                       f"submitted; to continue, raise --budget: {cmd}", err=True)
-            return Outcome(EXIT_BUDGET, True)
+                       f"submitted; to continue, raise --budget: {cmd}")
+            return Outcome(ExitCode.BUDGET, True)
         failed = counts.failed_skipped + len(self.exhausted)
-        click.echo(f"done: {counts.done} of {counts.total} succeeded, {failed} failed; "
+        self.say(f"done: {counts.done} of {counts.total} succeeded, {failed} failed; "
                    f"spent ${self.prep.plan.index.cost_usd:.2f}; images in "
-                   f"{self.prep.folder.path / 'images'}", err=True)
+                   f"{self.prep.folder.path / 'images'}")
         if counts.failed_skipped:
-            click.echo(f"to retry the permanent failures: {cmd} --retry-failed", err=True)
-        return Outcome(EXIT_FAILED if failed else EXIT_OK, True)
+            self.say(f"to retry the permanent failures: {cmd} --retry-failed")
+        return Outcome(ExitCode.FAILED if failed else ExitCode.OK, True)
 
 
 def _batches(n: int) -> str:
     return f"{n} batch{'es' if n != 1 else ''}"
 
 
-def run_batch(prep: Prepared, req: RunRequest, settings: BatchSettings) -> Outcome:
+def run_batch(
+    prep: Prepared, req: RunRequest, settings: BatchSettings, say: Callable[[str], None]
+) -> Outcome:
+    """One ``run --mode batch``; ``say`` reports progress and the outcome (the CLI: stderr)."""
     check_provider(prep.client.provider)
-    runner = BatchRun(prep, req, settings)
+    runner = BatchRun(prep, req, settings, say)
     state = "finished"
     try:
         outcome = asyncio.run(runner.run())
-        state = {EXIT_RUNNING: "batches running", EXIT_INTERRUPTED: "interrupted",
-                 EXIT_BUDGET: "budget"}.get(outcome.code, "finished")
+        state = {ExitCode.RUNNING: "batches running", ExitCode.INTERRUPTED: "interrupted",
+                 ExitCode.BUDGET: "budget"}.get(outcome.code, "finished")
         return outcome
     except (e.FatalError, e.PermanentError, e.TransientError) as exc:
         state = "fatal"
-        click.echo(redact(f"batchgen: stopped: {exc}"), err=True)
-        click.echo(f"fix the cause, then resume with: {command_line()}", err=True)
-        return Outcome(EXIT_FATAL, False)
+        say(redact(f"batchgen: stopped: {exc}"))
+        say(f"fix the cause, then resume with: {command_line()}")
+        return Outcome(ExitCode.FATAL, False)
     except KeyboardInterrupt:
         state = "interrupted"
-        click.echo(f"interrupted; the batches keep running; to collect: {command_line()}",
-                   err=True)
-        return Outcome(EXIT_INTERRUPTED, False)
+        say(f"interrupted; the batches keep running; to collect: {command_line()}")
+        return Outcome(ExitCode.INTERRUPTED, False)
     finally:
         with contextlib.suppress(e.StorageError):
             prep.folder.update_meta(state=state)

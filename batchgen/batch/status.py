@@ -6,19 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import JOURNAL_NAME
+from ..folder.layout import JOURNAL_NAME
 
 
 def batch_rows(run_dir: Path) -> list[dict[str, Any]]:
     if not (run_dir / JOURNAL_NAME).exists():
         return []  # a live-mode folder: the journal's imports (the plan, the store) not loaded
-    from .journal import Journal
+    from ..folder.batches import Journal
 
     return [r.to_json() for r in Journal(run_dir).all_records()]
 
 
 def age(iso: str) -> str:
-    from .journal import seconds_since
+    from ..folder.batches import seconds_since
 
     s = seconds_since(iso)
     if s == float("inf"):

@@ -32,13 +32,13 @@ from typing import Any
 import orjson
 
 from .. import errors as e
-from ..client import GeminiClient
-from ..ledger import fsync_dir
-from ..plan import IN_BATCH
-from ..references import load_reference_bytes, sniff_image_type
+from ..api.client import GeminiClient
+from ..folder.batches import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
+from ..folder.durable import fsync_dir
+from ..manifest.references import load_reference_bytes, sniff_image_type
+from ..planning.plan import IN_BATCH
 from ..spec import JobSpec, Reference
 from .collect import Recorder, crash_point
-from .journal import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
 from .wire import BatchAPI, batch_info
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class Submitter:
     async def _get(self, url: str) -> bytes:
         import aiohttp
 
-        from ..client import translate
+        from ..api.client import translate
 
         try:
             async with self.api.session.get(url) as resp:

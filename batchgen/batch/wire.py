@@ -22,11 +22,11 @@ import aiohttp
 import orjson
 
 from .. import errors as e
-from ..client import ERROR_BODY_MAX_BYTES, SessionOwner, error_from_http, translate
-from ..config import ClientSettings
-from ..http_body import ANSWER_MAX_BYTES, read_capped
+from ..api.client import ERROR_BODY_MAX_BYTES, SessionOwner, error_from_http, translate
+from ..api.http_body import ANSWER_MAX_BYTES, read_capped
+from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..redact import redact
-from ..retrying import RetryPolicy, backoff_delay, should_retry
+from ..settings import ClientSettings
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import orjson
 
-from ..layout import subdir
+from ..folder.layout import subdir
 from .fs import Target, require
 from .source import Row
 from .writer import MissingImage, Writer

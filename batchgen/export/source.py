@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 
-from ..current import CURRENT_NAME, iter_current
 from ..errors import InputError
-from ..layout import RUN_FILE
-from ..ledger import LEDGER_NAME, iter_lines
+from ..folder.current import CURRENT_NAME, iter_current
+from ..folder.layout import RUN_FILE
+from ..folder.ledger import LEDGER_NAME, iter_lines
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -22,6 +22,7 @@ from aiohttp import web
 from .batch_run import Batch, BatchRunner, BatchState
 from .faults import FakeConfig
 from .file_store import FileStore
+from .host import BatchHost
 from .validate import ApiError, SchemaError, invalid, parse_request_obj, snake
 from .wire import (
     check_key,
@@ -32,9 +33,6 @@ from .wire import (
     page_size,
     rfc3339,
 )
-
-if TYPE_CHECKING:
-    from .app import FakeServer
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ def _check_line(raw: bytes, model: str) -> None:
 class BatchService:
     """The batches of one fake server and their HTTP handlers."""
 
-    def __init__(self, server: FakeServer, files: FileStore) -> None:
+    def __init__(self, server: BatchHost, files: FileStore) -> None:
         self.server = server
         self.files = files
         self._batches: dict[str, Batch] = {}

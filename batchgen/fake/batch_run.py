@@ -22,17 +22,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 
 from .answers import TEXT_ONLY, answer, blocked, empty_answer, fault_error, usage
 from .faults import FakeConfig
 from .file_store import FileStore
+from .host import BatchHost
 from .validate import ApiError, ParsedRequest, parse_request_obj
-
-if TYPE_CHECKING:
-    from .app import FakeServer
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +144,7 @@ class _Shuffler:
 class BatchRunner:
     """Moves batches through their states and writes their results."""
 
-    def __init__(self, server: FakeServer, files: FileStore) -> None:
+    def __init__(self, server: BatchHost, files: FileStore) -> None:
         self.server = server
         self.files = files
         self._line_error_turn = 0

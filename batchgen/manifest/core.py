@@ -19,7 +19,7 @@ from batchgen.manifest import readers
 from batchgen.manifest import yaml_reader as my
 from batchgen.manifest.build import State
 from batchgen.manifest.jobs import Expander
-from batchgen.references import ReferenceResolver
+from batchgen.manifest.references import ReferenceResolver
 from batchgen.spec import DEFAULT_MODEL, JobSpec
 
 logger = logging.getLogger(__name__)

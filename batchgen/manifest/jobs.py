@@ -16,16 +16,9 @@ import orjson
 from batchgen.errors import Problem
 from batchgen.manifest import fields as mf
 from batchgen.manifest import ids
-from batchgen.manifest.build import (
-    State,
-    duplicate,
-    job_digest,
-    job_payload,
-    new_job,
-    request_key,
-)
+from batchgen.manifest.build import State, duplicate, job_digest, job_payload, new_job, request_key
 from batchgen.manifest.hints import did_you_mean
-from batchgen.references import (
+from batchgen.manifest.references import (
     ReferenceProblem,
     ReferenceResolver,
     reference_budget,

@@ -1,0 +1,136 @@
+"""The CLI's side of batch mode: ``run --mode batch``, ``cancel``, and what ``status`` and
+``estimate --mode batch`` add. Kept here so that cli.py only dispatches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..batch.driver import cancel_batches, check_provider, run_batch
+from ..batch.submit import MAX_FILE_BYTES, BatchSettings
+from ..errors import InputError
+from ..exits import ExitCode
+from ..folder.batches import BatchRecord, Journal
+from ..folder.layout import JOURNAL_NAME
+from ..folder.runfolder import RunFolder
+from ..planning.plan import Selection
+from ..pricing import PriceTable
+from ..providers import PROVIDERS, resolve_key
+from ..redact import register_secret
+from ..settings import ClientSettings
+from ..spec import DEFAULT_MODEL, Provider
+
+
+def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
+    """``batchgen run --mode batch``: the exit code."""
+    from ..planning.prepare import adopt_orphans, open_manifest, prepare
+    from ..providers import resolve_provider
+    from .run_flow import refresh_gallery
+
+    # Before anything is locked or made: a provider without the Batch API is bad usage.
+    header = open_manifest(req.manifest, req.model, req.provider).header
+    check_provider(resolve_provider(req.provider or header.provider, req.manifest))
+    if req.fake and not o["wait"]:
+        raise InputError("--fake with --mode batch needs --wait: the built-in fake server and "
+                         "its batches end with this command (or start `batchgen fake-server` "
+                         "and use --base-url)")
+    prep = prepare(req, selection=selection)
+    try:
+        adopt_orphans(prep)
+        for warning in prep.summary.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        c = prep.counts
+        if prep.change and prep.change.startswith("manifest changed"):
+            click.echo(prep.change.split(":")[0], err=True)
+        model = header.model or req.model or DEFAULT_MODEL
+        discount = PriceTable.load(req.prices).price(model).batch_discount
+        batch_usd = c.estimate_usd * discount
+        running = f", {c.in_batch} in running batches" if c.in_batch else ""
+        cost = (f"  estimated ${batch_usd:.2f} at batch prices (${c.estimate_usd:.2f} live)"
+                if c.pending else "")
+        click.echo(f"{c.pending} to submit ({c.done} already done{running}) -> "
+                   f"{prep.folder.path}{cost}", err=True)
+        if c.pending == 0 and not Journal(prep.folder.path).open_records():
+            click.echo("nothing to do: every job is done", err=True)
+            return ExitCode.OK if c.failed_skipped == 0 else 1
+        if batch_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty():
+            click.confirm(f"This run is estimated at ${batch_usd:.2f}. Go ahead?", abort=True)
+        settings = BatchSettings(
+            batch_size=o["batch_size"], max_file_bytes=o["max_file_bytes"] or MAX_FILE_BYTES,
+            wait=o["wait"], poll_interval_s=o["poll_interval"], budget_usd=o["budget"],
+            max_attempts=o["max_attempts"],
+        )
+        outcome = run_batch(prep, req, settings, lambda text: click.echo(text, err=True))
+    finally:
+        os.close(prep.lock_fd)
+    if outcome.finished and not o["no_gallery"]:
+        gallery = refresh_gallery(prep.folder.path)
+        if gallery is not None:
+            click.echo(f"gallery: {gallery}", err=True)
+    return outcome.code
+
+
+def _client_settings(run_dir: Path, provider: str | None, base_url: str | None) -> ClientSettings:
+    meta = RunFolder(run_dir).read_meta()
+    chosen = Provider(provider or meta.get("provider") or Provider.GOOGLE.value)
+    url = base_url or str(meta.get("base_url") or PROVIDERS[chosen].base_url)
+    if "REDACTED" in url or "***" in url:
+        raise InputError(f"{run_dir}: its base URL was stored redacted; give --base-url")
+    key = resolve_key(chosen)
+    register_secret(key)
+    return ClientSettings(provider=chosen, base_url=url, api_key=key)
+
+
+def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str | None) -> int:
+    if not (run_dir / JOURNAL_NAME).exists():
+        click.echo(f"{run_dir}: no batches", err=True)
+        return ExitCode.OK
+    folder = RunFolder(run_dir)
+    lock = folder.lock()  # no run may submit or collect meanwhile
+    try:
+        settings = _client_settings(run_dir, provider, base_url)
+        journal = Journal(run_dir)
+
+        def confirm(targets: list[BatchRecord]) -> bool:
+            jobs = sum(r.jobs for r in targets)
+            click.echo(f"{len(targets)} running batches hold {jobs} jobs:", err=True)
+            for r in targets:
+                click.echo(f"  {r.name}  {r.display_name}  {r.state}  {r.jobs} jobs", err=True)
+            if yes:
+                return True
+            if not sys.stdin.isatty():
+                raise InputError("cancel asks before it cancels; give --yes to run it unattended")
+            return click.confirm("Cancel them?", default=False)
+
+        cancelled, jobs = asyncio.run(cancel_batches(settings, journal, confirm))
+    finally:
+        os.close(lock)
+    if cancelled:
+        click.echo(f"cancelled {cancelled} batches; {jobs} jobs are pending again "
+                   "(finished batches are collected by the next run)", err=True)
+    else:
+        click.echo("no running batches to cancel", err=True)
+    return ExitCode.OK
+
+
+def estimate_side_by_side(est: Any, prices_path: Path | None) -> tuple[str, dict[str, Any]]:
+    """Live and batch cost of an estimate's rows, next to each other."""
+    prices = PriceTable.load(prices_path)
+    lines = ["", "", f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'live':>10} "
+             f"{'batch':>10}"]
+    batch_total = 0.0
+    for r in est.rows:
+        batch = r.subtotal_usd * prices.price(r.model).batch_discount
+        batch_total += batch
+        lines.append(f"  {r.item:<26} {r.model:<22} {r.image_size or '':>4} {r.quantity:>7} "
+                     f"{'$' + format(r.subtotal_usd, '.2f'):>10} {'$' + format(batch, '.2f'):>10}")
+    lines.append(f"  {'total (estimated)':<26} {'':<22} {'':>4} {est.jobs:>7} "
+                 f"{'$' + format(est.cost_usd, '.2f'):>10} {'$' + format(batch_total, '.2f'):>10}")
+    lines.append("  batch mode: results within 24 h (usually much sooner), at batch prices")
+    return "\n".join(lines), {"mode": "batch", "live_cost_usd": round(est.cost_usd, 4),
+                              "batch_cost_usd": round(batch_total, 4)}

@@ -1,0 +1,196 @@
+"""``batchgen run`` after planning: the checks and messages around the live run.
+
+The budget against the folder's spend first, then the estimate line, "nothing to do" and what
+the filters matched, the confirmation, the run, the gallery and the summary with the next
+command. Kept out of :mod:`batchgen.cli` so the command line stays a thin layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import BatchgenError
+from ..exits import STOP_EXIT, ExitCode
+from ..live.pool import RunResult, StopReason
+from ..live.runner import execute
+from ..planning.plan import PlanCounts, describe_missing
+from ..planning.prepare import Prepared, RunRequest
+from ..planning.tally import Tally
+from ..redact import redact
+from ..reporting.gallery import build_gallery, gallery_hint, too_big_to_refresh
+from ..words import plural
+from .common import fail
+from .messages import CommandLine, check_budget, suggest_budget
+
+
+def go(prep: Prepared, req: RunRequest, o: dict[str, Any], cmd: CommandLine) -> int:
+    """From the plan to the summary: the checks and messages around the live run."""
+    c = prep.counts
+    tally = prep.tally
+    # The budget first: a folder that already spent it must not print an estimate and a run.
+    spent = prep.spent_before_usd + prep.unsettled.usd  # what --budget counts
+    budget = check_budget(o["budget"], spent, c.estimate_usd, c.pending, cmd)
+    if budget.reached:
+        click.echo(budget.reached, err=True)
+        return ExitCode.BUDGET
+    for warning in prep.summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if prep.change:
+        click.echo(prep.change, err=True)
+    missing = describe_missing(c, o["redo_missing"])
+    if missing:
+        click.echo(missing, err=True)
+    if c.in_batch:
+        click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
+                   "them)", err=True)
+    click.echo(
+        f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
+        f"estimated ${c.estimate_usd:.2f}",
+        err=True,
+    )
+    if c.pending == 0:
+        return _nothing_to_do(c, tally, o, cmd)
+    if budget.warning:
+        click.echo(f"warning: {budget.warning}", err=True)
+    ask = c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty()
+    if ask and not click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?"):
+        # Declining is a choice, not a failure: exit 0, as nothing went wrong.
+        click.echo("not started: nothing was sent", err=True)
+        return ExitCode.OK
+    result = asyncio.run(execute(prep, req))
+    # A run that recorded nothing (a bad key, say) leaves the page as it was.
+    changed = result.succeeded + result.failed > 0
+    gallery = None if o["no_gallery"] or not changed else refresh_gallery(prep.folder.path)
+    end = Ending(
+        cmd=cmd,
+        spent_before_usd=prep.spent_before_usd,
+        per_image_usd=c.estimate_usd / c.pending,
+        budget_usd=o["budget"],
+        wanted=tally.wanted if tally is not None else c.pending,
+        limited=o["limit"] is not None,
+    )
+    return summarize(result, prep.folder.path, gallery, end)
+
+
+def _nothing_to_do(c: PlanCounts, tally: Tally | None, o: dict[str, Any], cmd: CommandLine) -> int:
+    if o["only"] is not None:
+        pending = tally.open if tally is not None else 0
+        fail(f"--only {o['only']!r} matched no pending job "
+             f"({plural(pending, 'job')} pending without it)", ExitCode.INPUT)
+    if c.failed_skipped:
+        click.echo(
+            f"nothing to do: {c.done} done, {plural(c.failed_skipped, 'permanent failure')} "
+            "skipped; to retry them: " + cmd.render(set={"retry_failed": "all"}, drop=("limit",)),
+            err=True,
+        )
+        return ExitCode.FAILED
+    click.echo("nothing to do: every job is done", err=True)
+    return ExitCode.OK if c.missing == 0 else ExitCode.FAILED
+
+
+def refresh_gallery(out: Path) -> Path | None:
+    """Rebuild DIR/gallery.html at the end of ``run``, unless the folder is too big for that.
+
+    Above ``REFRESH_MAX_RECORDS`` ledger records the page takes a while to build, so ``run``
+    prints how to build it (``batchgen gallery DIR``, any size) instead of making everyone wait.
+    """
+    if too_big_to_refresh(out):
+        click.echo(gallery_hint(out), err=True)
+        return None
+    try:
+        return build_gallery(out).path
+    except BatchgenError as exc:
+        click.echo(f"warning: no gallery: {exc}", err=True)
+        return None
+
+
+def summarize(result: RunResult, out: Path, gallery: Path | None = None, end: Any = None) -> int:
+    for line in summary_lines(result, out, gallery, end):
+        click.echo(line, err=True)
+    if result.stop_reason is StopReason.COMPLETED:
+        return ExitCode.FAILED if result.failed else ExitCode.OK
+    return STOP_EXIT[result.stop_reason.value]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ending:
+    """What the end of ``run`` needs beyond the pool's result, to say how to go on."""
+
+    cmd: CommandLine
+    spent_before_usd: float = 0.0
+    per_image_usd: float = 0.0  # the plan's estimate per job, for the budget to suggest
+    budget_usd: float | None = None
+    wanted: int = 0  # what this run would have sent without --limit
+    limited: bool = False
+
+
+# Not failures of a job but of the whole run (nothing is recorded for them): the stop line
+# names them, and "0 failed (auth 1)" said less than nothing.
+_RUN_STOPPERS = frozenset({"auth", "model_not_found", "daily_quota"})
+
+
+def summary_lines(
+    result: RunResult, out: Path, gallery: Path | None, end: Ending | None = None
+) -> list[str]:
+    """What ``run`` says at its end: counts, spend, where to look, and how to go on."""
+
+    end = end or Ending(cmd=CommandLine("run", tuple(sys.argv[2:3]), (), {}))
+    cmd = end.cmd
+    errors = ", ".join(
+        f"{k} {v}" for k, v in sorted(result.errors.items()) if k not in _RUN_STOPPERS
+    )
+    this_run = result.spent_usd - end.spent_before_usd
+    reason = result.stop_reason
+    lines: list[str] = []
+    if result.succeeded or result.failed or reason is not StopReason.FATAL:
+        lines.append(
+            f"done: {result.succeeded} succeeded, {result.failed} failed"
+            + (f" ({errors})" if errors else "")
+            + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
+            f"{result.elapsed_s:.1f}s; images in {out / 'images'}"
+        )
+    if result.unsettled_requests:
+        lines.append(
+            f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
+            "request(s) that were in flight when an earlier run died (counted toward --budget)"
+        )
+    if gallery is not None:
+        lines.append(f"gallery: {gallery}")
+    # Jobs this run would have sent without --limit that are still not settled.
+    left = max(end.wanted - result.succeeded - result.failed_permanent, 0)
+    if reason is StopReason.COMPLETED:
+        transient = result.failed - result.failed_permanent
+        if end.limited and left:
+            why = " (--limit stopped there)" if left > transient else ""
+            lines.append(
+                f"{plural(left, 'job')} still pending{why}; "
+                f"to run them: {cmd.render(drop=('limit',))}"
+            )
+        if result.failed_permanent:
+            lines.append(
+                "to retry the permanent failures: "
+                + cmd.render(set={"retry_failed": "all"}, drop=("limit",))
+            )
+        if transient and not (end.limited and left):
+            lines.append(f"to retry the jobs that ran out of attempts: {cmd.render()}")
+    elif reason is StopReason.INTERRUPTED:
+        lines.append(f"interrupted; to resume: {cmd.render()}")
+    elif reason is StopReason.BUDGET:
+        budget = end.budget_usd
+        new = suggest_budget(result.spent_usd, left * end.per_image_usd, budget)
+        lines.append(
+            f"budget reached: the folder has spent ${result.spent_usd + result.unsettled_usd:.2f}"
+            f" of the {result.stop_message} budget; {plural(left, 'job')} left, estimated at "
+            f"${left * end.per_image_usd:.2f}; to continue, raise --budget: "
+            + cmd.render(set={"budget": new})
+        )
+    else:
+        lines.append(f"stopped: {redact(result.stop_message)}")
+        lines.append(f"fix the cause, then resume with: {cmd.render()}")
+    return lines

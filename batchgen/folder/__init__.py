@@ -1,0 +1,15 @@
+"""The run folder's files: everything `status` may import, and nothing of the pipeline.
+
+    layout.py      where files go (images/<xx>/, thumbs/<xx>/), file names, now_iso
+    runfolder.py   the folder's lock and run.json
+    durable.py     fsync_dir, GroupSync (group commit), the wording of OS errors
+    ledger.py      ledger.jsonl: the record format, its readers and its appender
+    records.py     the one builder of ledger lines, live and batch
+    intents.py     intents.jsonl: requests that may have been billed
+    current.py     jobs.jsonl: the jobs the manifest holds now
+    superseded.py  prune, and images put back when their job is current again
+    batches.py     batches.jsonl: batch mode's journal
+    merge.py       shards' folders into one
+    liveness.py    whether the run run.json calls running is alive
+    ownership.py   which manifest a folder belongs to
+"""

@@ -1,0 +1,93 @@
+"""One live run from its plan to its result: the store, the ledger and the intents opened,
+``run.json`` kept, the pool run against the endpoint, everything closed in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..api.client import GeminiClient
+from ..errors import StorageError
+from ..folder.intents import IntentJournal
+from ..folder.layout import now_iso
+from ..folder.ledger import LedgerWriter
+from ..folder.ownership import manifest_key
+from ..planning.plan import manifest_sha256
+from ..planning.prepare import Prepared, RunRequest
+from ..planning.session import command_line, endpoint, install_signals, settings_meta
+from ..progress import Progress
+from ..redact import redact
+from ..store.images import ImageStore
+from .pool import Runner, RunResult, StopReason
+
+log = logging.getLogger(__name__)
+
+
+async def execute(prep: Prepared, req: RunRequest) -> RunResult:
+    folder, settings = prep.folder, prep.settings
+    store = ImageStore(folder.path)
+    store.prepare()
+    ledger = LedgerWriter(folder.ledger_path)
+    ledger.open()
+    intents = IntentJournal(folder.path, prep.unsettled, sync_ledger=ledger.sync)
+    intents.open()
+    meta = folder.read_meta()
+    folder.update_meta(
+        manifest=str(req.manifest),
+        manifest_path=manifest_key(req.manifest),
+        manifest_sha256=manifest_sha256(req.manifest),
+        jobs=prep.counts.total,
+        model=prep.manifest.header.model,
+        provider=prep.client.provider.value,
+        base_url=redact(req.base_url or prep.client.base_url),
+        settings=settings_meta(settings),
+        state="running",
+        started_at=now_iso(),
+        runs=int(meta.get("runs", 0)) + 1,
+        command=command_line(),
+    )
+    progress = Progress(
+        prep.counts.pending,
+        enabled=settings.progress,
+        spent_usd=prep.spent_before_usd,
+        log_every_s=req.log_every_s,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        async with endpoint(prep.client, req.fake) as client_settings, GeminiClient(
+            client_settings
+        ) as client:
+            runner = Runner(
+                client=client,
+                store=store,
+                ledger=ledger,
+                prices=prep.prices,
+                settings=settings,
+                progress=progress,
+                spent_before_usd=prep.spent_before_usd,
+                intents=intents,
+            )
+            restore = install_signals(loop, runner.interrupt)
+            beat = asyncio.create_task(progress.heartbeat())
+            try:
+                result = await runner.run(prep.plan)
+            finally:
+                beat.cancel()
+                restore()
+    finally:
+        store.close()  # finishes the saves still queued, then stops the writer
+        progress.close()
+        try:
+            ledger.close()
+        except StorageError as exc:
+            log.error("%s", exc)
+        try:
+            intents.close()  # after the ledger: what it settled is on disk
+        except StorageError as exc:
+            log.error("%s", exc)
+    state = "finished" if result.stop_reason is StopReason.COMPLETED else result.stop_reason.value
+    with contextlib.suppress(StorageError):
+        folder.update_meta(state=state)
+    return result
+

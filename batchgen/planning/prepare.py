@@ -1,0 +1,241 @@
+"""``batchgen run`` from top to bottom: manifest -> plan -> pool -> client -> store -> ledger.
+
+Everything that can be checked is checked before the first request: the manifest, the key, the
+run folder. Only then is anything sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BatchgenError, InputError, StorageError
+from ..folder.current import CurrentWriter
+from ..folder.intents import Unsettled
+from ..folder.layout import LOCK_FILE
+from ..folder.ledger import LedgerRecord, LedgerWriter
+from ..folder.ownership import owner_problem
+from ..folder.runfolder import RunFolder
+from ..folder.superseded import restore_superseded
+from ..manifest import Manifest, ValidationSummary
+from ..pricing import PriceTable
+from ..providers import PROVIDERS, check_base_url, resolve_key, resolve_provider
+from ..redact import register_secret
+from ..settings import ClientSettings, RunSettings
+from .plan import (
+    MISSING,
+    SUCCEEDED,
+    LedgerIndex,
+    Plan,
+    PlanCounts,
+    Selection,
+    find_orphans,
+    manifest_sha256,
+    mark_in_batch,
+    read_index,
+)
+from .session import FAKE_KEY
+from .tally import Tally as _Tally
+from .tally import describe_resume
+from .tally import previous_ids as _previous_ids
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRequest:
+    """What the user asked for on the command line, before it is checked."""
+
+    manifest: Path
+    out: Path | None = None
+    fake: bool = False
+    provider: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    timeout_s: float = 300.0
+    reference_timeout_s: float = 60.0
+    prices: Path | None = None
+    yes: bool = False
+    confirm_above_usd: float = 20.0
+    log_every_s: float = 60.0  # progress lines when stderr is not a terminal; 0: none
+    settings: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Prepared:
+    manifest: Manifest
+    summary: ValidationSummary
+    folder: RunFolder
+    plan: Plan
+    counts: PlanCounts
+    client: ClientSettings
+    settings: RunSettings
+    prices: PriceTable
+    spent_before_usd: float
+    unsettled: Unsettled
+    change: str | None
+    orphans: list[LedgerRecord]
+    lock_fd: int
+    tally: _Tally | None = None
+
+
+def default_out(manifest: Path) -> Path:
+    return Path("jobs") / manifest.stem
+
+
+def open_manifest(path: Path, model: str | None, provider: str | None) -> Manifest:
+    """Open with the request limit of the provider that will be used."""
+    first = Manifest(path, model=model)
+    chosen = resolve_provider(provider or first.header.provider, path)
+    if PROVIDERS[chosen].max_request_bytes == 20 * 1024 * 1024:
+        return first
+    return Manifest(path, model=model, max_request_bytes=PROVIDERS[chosen].max_request_bytes)
+
+
+def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
+    """Everything before the first request, with one pass over the manifest.
+
+    The plan is counted while the manifest is validated, so the ledger index is read first, under
+    the run folder's lock. Bad input still creates nothing: a run folder that does not exist yet
+    is neither made nor locked until the manifest, key and prices have passed. Errors are reported
+    in the same order as ever (manifest, key, prices, run folder): one found early waits its turn.
+    """
+    manifest = open_manifest(req.manifest, req.model, req.provider)
+    prices: PriceTable | None = None
+    prices_error: InputError | None = None
+    try:
+        prices = PriceTable.load(req.prices)
+    except InputError as exc:
+        prices_error = exc
+    out = req.out or default_out(req.manifest)
+    folder = RunFolder(out)
+    lock: int | None = None
+    lock_error: BatchgenError | None = None
+    index = LedgerIndex()
+    orphans: list[LedgerRecord] = []
+    # Lock first only a folder that an earlier run has used: bad input must create nothing,
+    # not even a lock file in a folder that merely exists.
+    if (folder.path / LOCK_FILE).exists():
+        try:
+            lock = folder.lock()
+        except (InputError, StorageError) as exc:
+            lock_error = exc
+    old_meta = folder.read_meta()
+    owner = owner_problem(old_meta, req.manifest, folder.path)
+    if owner is not None and lock_error is None:
+        lock_error = InputError(owner)
+    new_sha = manifest_sha256(req.manifest)
+    # The current-jobs file is written in the same pass (straight into the folder if it is ours).
+    current = CurrentWriter(folder.path if lock is not None and lock_error is None else None)
+    in_scope = selection.in_scope
+    try:
+        if lock is not None and lock_error is None:
+            index = read_index(folder.ledger_path)
+            orphans = find_orphans(folder, index)
+            mark_in_batch(folder.path, index)
+        price = prices.estimate if prices is not None else None
+        plan = Plan(manifest.iter_jobs, index, selection, price)
+        tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
+        summary = manifest.validate(visit=None if lock_error else tally.visit)
+        provider = resolve_provider(req.provider or manifest.header.provider, req.manifest)
+        info = PROVIDERS[provider]
+        base_url = req.base_url or manifest.header.base_url or info.base_url
+        where = "--base-url" if req.base_url else f"{req.manifest}: base_url"
+        base_url = check_base_url(base_url, where)
+        api_key = FAKE_KEY if req.fake else resolve_key(provider)
+        # From here on the key is scrubbed from everything, run.json included.
+        register_secret(api_key)
+        if prices_error is not None:
+            raise prices_error
+        assert prices is not None
+        # Every size and model the plan priced must have a price (exit 2 naming the file).
+        price_warnings = prices.check_covered()
+        if price_warnings:
+            summary = dataclasses.replace(summary, warnings=(*summary.warnings, *price_warnings))
+        settings = RunSettings(out_dir=out, **req.settings)
+        if lock_error is not None:
+            raise lock_error
+        if lock is None:
+            lock = folder.lock()  # makes the folder
+            if _made_meanwhile(folder):
+                # Another run made the folder while this one validated: plan against its ledger.
+                index = read_index(folder.ledger_path)
+                orphans = find_orphans(folder, index)
+                mark_in_batch(folder.path, index)
+                plan.index = index
+                plan.count(price)
+                tally.untouched = 0
+        # The jobs the manifest holds now, with their metadata, for exports and reports: written
+        # even when nothing is left to run, since an edited label re-runs nothing.
+        current.commit(
+            folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
+        )
+        restored = restore_superseded(folder.path)
+        if restored:
+            # Images `prune` had moved aside whose jobs are current again (an edit undone): the
+            # plan saw them missing; now they are back, and count as done.
+            for job_id in restored:
+                if index.states.get(job_id) == MISSING:
+                    index.states[job_id] = SUCCEEDED
+            plan.count(price)
+        counts = plan.counts
+        change = describe_resume(old_meta, new_sha, counts, tally.untouched, tally.previous)
+    except BaseException:
+        current.discard()
+        if lock is not None:
+            os.close(lock)
+        raise
+    client = ClientSettings(
+        provider=provider,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=req.timeout_s,
+        reference_timeout_s=req.reference_timeout_s,
+        connections=settings.concurrency,
+        max_request_bytes=info.max_request_bytes,
+    )
+    return Prepared(
+        manifest=manifest,
+        summary=summary,
+        folder=folder,
+        plan=plan,
+        counts=counts,
+        client=client,
+        settings=settings,
+        prices=prices,
+        spent_before_usd=index.cost_usd,
+        unsettled=index.unsettled,
+        change=change,
+        orphans=orphans,
+        lock_fd=lock,
+        tally=tally,
+    )
+
+
+def _made_meanwhile(folder: RunFolder) -> bool:
+    """Whether the folder, just locked by :meth:`RunFolder.lock`, holds more than the lock file
+    (another run's ledger, or any files at all): then the plan is read again against it."""
+    with os.scandir(folder.path) as entries:
+        return any(entry.name != LOCK_FILE for entry in entries)
+
+
+def adopt_orphans(prep: Prepared) -> None:
+    """Record the images an earlier run saved but never got into the ledger."""
+    if not prep.orphans:
+        return
+    ledger = LedgerWriter(prep.folder.ledger_path)
+    try:
+        for rec in prep.orphans:
+            ledger.append(rec)
+            log.warning("adopted %s: saved before the last run stopped, not paid again", rec.job_id)
+    finally:
+        ledger.close()
+    prep.orphans = []
+
+

@@ -1,0 +1,286 @@
+"""``batchgen report``: latencies, throughput over time and errors of a run folder, under its
+status (:mod:`batchgen.status`).
+
+Reads ``DIR/run.json`` and ``DIR/ledger.jsonl`` alone: no manifest, no key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..folder.current import current_ids
+from ..folder.intents import read_unsettled
+from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from ..folder.runfolder import read_meta
+from ..words import plural
+from .status import Status, format_status, status_from_latest
+
+THROUGHPUT_BUCKETS = 10
+MIN_SPAN_S = 1.0
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest rank: always a latency that was actually observed."""
+    if not sorted_values:
+        return 0.0
+    rank = max(math.ceil(p / 100 * len(sorted_values)), 1)
+    return sorted_values[rank - 1]
+
+
+def parse_time(value: str) -> float | None:
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKindSummary:
+    count: int
+    retryable: bool
+    example: str
+    example_job: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start_s: float  # from the first finished image
+    images: int
+    per_min: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    status: Status
+    errors: dict[str, ErrorKindSummary]
+    latency: dict[str, float]
+    attempts: dict[int, int]  # requests a job took over every run -> jobs
+    requests: int
+    by_size: dict[str, int]  # succeeded images
+    span_s: float
+    bucket_s: float
+    buckets: tuple[Bucket, ...]
+    meta: dict[str, Any]
+
+    @property
+    def per_image_usd(self) -> float | None:
+        return self.status.cost_usd / self.status.succeeded if self.status.succeeded else None
+
+    @property
+    def mean_attempts(self) -> float:
+        jobs = sum(self.attempts.values())
+        return self.requests / jobs if jobs else 0.0
+
+    @property
+    def images_per_min(self) -> float | None:
+        if self.span_s < MIN_SPAN_S:
+            return None
+        return sum(b.images for b in self.buckets) / self.span_s * 60
+
+    def to_json(self) -> dict[str, Any]:
+        st = self.status
+        per_image = self.per_image_usd
+        per_min = self.images_per_min
+        return {
+            **st.to_json(),
+            "run_dir": str(st.run_dir),
+            "state": st.state,
+            "errors": {
+                kind: {
+                    "count": e.count,
+                    "retryable": e.retryable,
+                    "example": e.example,
+                    "example_job": e.example_job,
+                }
+                for kind, e in sorted(self.errors.items())
+            },
+            "latency_s": {k: round(v, 3) for k, v in self.latency.items()},
+            "attempts": {
+                "histogram": {str(k): v for k, v in sorted(self.attempts.items())},
+                "mean": round(self.mean_attempts, 3),
+                "requests": self.requests,
+            },
+            "spend": {
+                "total_usd": round(st.cost_usd, 4),
+                "unsettled_usd": round(st.unsettled_usd, 4),
+                "unsettled_requests": st.unsettled_requests,
+                "per_image_usd": None if per_image is None else round(per_image, 4),
+            },
+            "by_size": dict(sorted(self.by_size.items())),
+            "throughput": {
+                "images_per_min": None if per_min is None else round(per_min, 2),
+                "span_s": round(self.span_s, 3),
+                "bucket_s": round(self.bucket_s, 3),
+                "buckets": [
+                    {
+                        "start_s": round(b.start_s, 3),
+                        "images": b.images,
+                        "per_min": None if b.per_min is None else round(b.per_min, 2),
+                    }
+                    for b in self.buckets
+                ],
+            },
+        }
+
+
+def _buckets(times: list[float], n: int) -> tuple[float, float, tuple[Bucket, ...]]:
+    """Succeeded images per equal slice of [first, last] finish time, each at least a second."""
+    if not times:
+        return 0.0, 0.0, ()
+    t0, t1 = min(times), max(times)
+    span = t1 - t0
+    if span < MIN_SPAN_S:
+        # A rate over a few milliseconds would be a meaningless huge number.
+        return span, span, (Bucket(0.0, len(times), None),)
+    n = max(1, min(n, math.floor(span)))
+    width = span / n
+    counts = [0] * n
+    for t in times:
+        counts[min(int((t - t0) / width), n - 1)] += 1
+    return span, width, tuple(Bucket(i * width, c, c / width * 60) for i, c in enumerate(counts))
+
+
+def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
+    """Everything from one pass over the ledger; the run folder alone, like ``status``."""
+    meta = read_meta(run_dir)
+    latest: dict[str, LedgerRecord] = {}
+    requests_per_job: dict[str, int] = {}
+    cost = 0.0
+    unsettled = read_unsettled(run_dir)
+    for rec in iter_ledger(run_dir / LEDGER_NAME):
+        latest[rec.job_id] = rec
+        cost += rec.cost_usd
+        requests_per_job[rec.job_id] = requests_per_job.get(rec.job_id, 0) + rec.attempts
+        if unsettled:
+            unsettled.settle(rec.job_id, rec.started_at)
+    current = current_ids(run_dir)
+    status = status_from_latest(run_dir, meta, latest, cost, current)
+    status.unsettled_usd, status.unsettled_requests = unsettled.usd, unsettled.count
+    if current is not None:
+        latest = {k: r for k, r in latest.items() if k in current}
+    errors: dict[str, ErrorKindSummary] = {}
+    latencies: list[float] = []
+    times: list[float] = []
+    by_size: dict[str, int] = {}
+    for rec in latest.values():
+        if rec.succeeded:
+            latencies.append(rec.latency_s)
+            by_size[rec.image_size or "?"] = by_size.get(rec.image_size or "?", 0) + 1
+            t = parse_time(rec.finished_at)
+            if t is not None:
+                times.append(t)
+        elif rec.error is not None:
+            seen = errors.get(rec.error.kind)
+            if seen is None:
+                errors[rec.error.kind] = ErrorKindSummary(
+                    1, rec.error.retryable, rec.error.message, rec.job_id
+                )
+            else:
+                errors[rec.error.kind] = ErrorKindSummary(
+                    seen.count + 1, seen.retryable, seen.example, seen.example_job
+                )
+    latencies.sort()
+    latency = (
+        {
+            "p50": percentile(latencies, 50),
+            "p90": percentile(latencies, 90),
+            "p99": percentile(latencies, 99),
+            "mean": sum(latencies) / len(latencies),
+            "max": latencies[-1],
+        }
+        if latencies
+        else {}
+    )
+    attempts: dict[int, int] = {}
+    for n in requests_per_job.values():
+        attempts[n] = attempts.get(n, 0) + 1
+    span, width, slices = _buckets(times, buckets)
+    return Report(
+        status=status,
+        errors=errors,
+        latency=latency,
+        attempts=attempts,
+        requests=sum(requests_per_job.values()),
+        by_size=by_size,
+        span_s=span,
+        bucket_s=width,
+        buckets=slices,
+        meta=meta,
+    )
+
+
+def _sparkline(values: list[int]) -> str:
+    top = max(values, default=0)
+    if top == 0:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(int(v / top * (len(SPARK) - 1) + 0.5), len(SPARK) - 1)]
+                   for v in values)
+
+
+def _clip(text: str, width: int = 90) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+def format_report(rep: Report) -> str:
+    st = rep.status
+    lines = [format_status(st), ""]
+    if rep.errors:
+        lines.append("errors (last record per job), with an example:")
+        for kind, e in sorted(rep.errors.items(), key=lambda kv: -kv[1].count):
+            how = "retryable" if e.retryable else "permanent"
+            lines.append(f"  {kind:<16} {e.count:>6}  {how}  e.g. {e.example_job}:")
+            lines.append(f"      {_clip(e.example)}")
+        lines.append("")
+    if rep.latency:
+        lat = rep.latency
+        lines.append(
+            f"latency (succeeded)  p50 {lat['p50']:.2f}s  p90 {lat['p90']:.2f}s  "
+            f"p99 {lat['p99']:.2f}s  mean {lat['mean']:.2f}s  max {lat['max']:.2f}s"
+        )
+    if rep.attempts:
+        hist = ", ".join(f"{k}: {v}" for k, v in sorted(rep.attempts.items()))
+        lines.append(
+            f"attempts per job     {hist}  (mean {rep.mean_attempts:.2f}, {rep.requests} requests)"
+        )
+    per_image = rep.per_image_usd
+    spend = f"spend                ${st.cost_usd:.2f}"
+    if per_image is not None:
+        spend += f", ${per_image:.4f} per succeeded image"
+    lines.append(spend)
+    if rep.by_size:
+        sizes = ", ".join(f"{n} x {s}" for s, n in sorted(rep.by_size.items()))
+        lines.append(f"images by size       {sizes}")
+    if rep.buckets:
+        rate = rep.images_per_min
+        lines.append("")
+        if rate is None:
+            lines.append(
+                f"throughput: {plural(st.succeeded, 'image')}, all finished within a second"
+            )
+        else:
+            spark = _sparkline([b.images for b in rep.buckets])
+            lines.append(
+                f"throughput: {rate:.1f} images/min over {_duration(rep.span_s, sign='')}  {spark}"
+            )
+            lines.append(f"  {'from':>8}  {'images':>6}  {'per min':>8}")
+            for b in rep.buckets:
+                per_min = "" if b.per_min is None else f"{b.per_min:.1f}"
+                lines.append(f"  {_duration(b.start_s):>8}  {b.images:>6}  {per_min:>8}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float, sign: str = "+") -> str:
+    if seconds < 60:
+        return f"{sign}{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{sign}{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{sign}{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"

@@ -1,0 +1,191 @@
+"""Reading a run folder's counts and spend back: ``batchgen status`` (and the top of ``batchgen
+report`` and of the gallery).
+
+Reads ``DIR/run.json`` and ``DIR/ledger.jsonl`` alone: no manifest, no key. Kept apart from the
+report and the planner so that ``status`` imports little and starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..folder.current import current_ids
+from ..folder.intents import read_unsettled
+from ..folder.layout import IMAGES_DIR, count_images
+from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from ..folder.liveness import describe_state
+from ..folder.runfolder import read_meta
+from ..words import plural
+
+
+@dataclass(slots=True)
+class Status:
+    run_dir: Path
+    jobs: int
+    succeeded: int
+    failed: int
+    cost_usd: float
+    errors: dict[str, int] = field(default_factory=dict)
+    state: str = ""
+    missing: int = 0  # recorded as succeeded, image file gone: not counted in ``succeeded``
+    # Requests sent whose outcome is not in the ledger (in flight now, or when a run died),
+    # at their reserved price: they may have been billed.
+    unsettled_usd: float = 0.0
+    unsettled_requests: int = 0
+    # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
+    # until `batchgen prune`, and they are not counted as succeeded.
+    superseded: int = 0
+
+    @property
+    def pending(self) -> int:
+        return max(self.jobs - self.succeeded - self.missing - self.failed, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "succeeded": self.succeeded,
+            "missing": self.missing,
+            "failed": self.failed,
+            "pending": self.pending,
+            "superseded": self.superseded,
+            "cost_usd": round(self.cost_usd, 4),
+            "unsettled_usd": round(self.unsettled_usd, 4),
+            "unsettled_requests": self.unsettled_requests,
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
+def latest_records(run_dir: Path) -> tuple[dict[str, LedgerRecord], float]:
+    """The last record per job and the total spend over every line."""
+    latest: dict[str, LedgerRecord] = {}
+    cost = 0.0
+    for rec in iter_ledger(run_dir / LEDGER_NAME):
+        latest[rec.job_id] = rec
+        cost += rec.cost_usd
+    return latest, cost
+
+
+def load_status(run_dir: Path) -> Status:
+    """One pass over the ledger, keeping per job only what the counts need, not its record."""
+    meta = read_meta(run_dir)
+    current = current_ids(run_dir)
+    unsettled = read_unsettled(run_dir)
+    # job id -> True if its last record succeeded, else its error kind (None: no error given)
+    latest: dict[str, bool | str | None] = {}
+    outputs: dict[str, tuple[str, ...]] = {}
+    cost = 0.0
+    for rec in iter_ledger(run_dir / LEDGER_NAME):
+        latest[rec.job_id] = True if rec.succeeded else (
+            rec.error.kind if rec.error is not None else None
+        )
+        if rec.succeeded:
+            outputs[rec.job_id] = rec.outputs
+        cost += rec.cost_usd
+        if unsettled:
+            unsettled.settle(rec.job_id, rec.started_at)
+    succeeded = missing = superseded = 0
+    counted = 0
+    errors: dict[str, int] = {}
+    check = _some_missing(run_dir, len(outputs))
+    for job_id, outcome in latest.items():
+        if current is not None and job_id not in current:
+            superseded += outcome is True
+            continue
+        counted += 1
+        if outcome is True:
+            if check and _is_missing(run_dir, outputs.get(job_id, ())):
+                missing += 1
+            else:
+                succeeded += 1
+        elif isinstance(outcome, str):
+            errors[outcome] = errors.get(outcome, 0) + 1
+    st = make_status(run_dir, meta, counted, succeeded, cost, errors, missing=missing,
+                     current=current, superseded=superseded)
+    st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
+    return st
+
+
+def _some_missing(run_dir: Path, succeeded: int) -> bool:
+    """Whether any image can be missing: fewer image files than succeeded jobs (one listing,
+    instead of a stat per job for a folder that is whole)."""
+    return succeeded > 0 and count_images(run_dir / IMAGES_DIR) < succeeded
+
+
+def _is_missing(run_dir: Path, outputs: tuple[str, ...]) -> bool:
+    return any(not (run_dir / out).exists() for out in outputs)
+
+
+def make_status(
+    run_dir: Path,
+    meta: dict[str, Any],
+    latest: int,
+    succeeded: int,
+    cost: float,
+    errors: dict[str, int] | None = None,
+    *,
+    missing: int = 0,
+    current: set[str] | None = None,
+    superseded: int = 0,
+) -> Status:
+    """The status of a folder whose ledger has ``latest`` current jobs, ``succeeded`` of them
+    done and ``missing`` more recorded as done whose image is gone. With ``current`` (the
+    manifest's jobs at the last planning) the job count is exact."""
+    jobs = len(current) if current is not None else max(int(meta.get("jobs") or 0), latest)
+    st = Status(
+        run_dir, jobs, succeeded, latest - succeeded - missing, cost, errors or {},
+        describe_state(run_dir, str(meta.get("state", ""))), missing,
+    )
+    st.superseded = superseded
+    return st
+
+
+def status_from_latest(
+    run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float,
+    current: set[str] | None = None,
+) -> Status:
+    if current is not None:
+        superseded = sum(1 for k, r in latest.items() if k not in current and r.succeeded)
+        latest = {k: r for k, r in latest.items() if k in current}
+    else:
+        superseded = 0
+    done = sum(1 for r in latest.values() if r.succeeded)
+    missing = sum(
+        1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs)
+    ) if _some_missing(run_dir, done + superseded) else 0
+    succeeded = done - missing
+    errors: dict[str, int] = {}
+    for r in latest.values():
+        if not r.succeeded and r.error is not None:
+            errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
+    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing,
+                       current=current, superseded=superseded)
+
+
+def format_status(st: Status) -> str:
+    lines = [
+        f"{st.run_dir}: {plural(st.jobs, 'job')}"
+        + (f" (last run: {st.state})" if st.state else ""),
+        f"  succeeded  {st.succeeded}",
+        f"  failed     {st.failed}",
+    ]
+    for kind, n in sorted(st.errors.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {kind:<16} {n}")
+    if st.missing:
+        lines.append(f"  missing    {st.missing}  (recorded, image file gone; "
+                     "run --redo-missing makes them again)")
+    lines.append(f"  pending    {st.pending}")
+    if st.superseded:
+        lines.append(
+            f"  superseded {st.superseded}  (images of edited or removed rows, not counted above;"
+            f" batchgen prune {st.run_dir} moves them aside)"
+        )
+    lines.append(f"  spent      ${st.cost_usd:.2f}")
+    if st.unsettled_requests:
+        lines.append(
+            f"  reserved   ${st.unsettled_usd:.2f} for {st.unsettled_requests} request(s) sent "
+            "whose outcome is not in the ledger (in flight now, or when a run died): "
+            "they may have been billed, so --budget counts them"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""The store: a paid image on disk durably before anything counts it as done.
+
+    images.py    ImageStore and its writer thread: tmp, fsync, rename
+    recovery.py  what a crash left: .tmp pairs finished, orphaned images adopted
+"""
