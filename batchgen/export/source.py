@@ -33,9 +33,8 @@ from ..folder.ledger import LEDGER_NAME, iter_lines
 log = logging.getLogger(__name__)
 
 SUCCEEDED = "succeeded"
-# Bounded, so memory stays flat however many jobs there are. On a 100,000-job folder (with
-# jobs.jsonl) 8 MB built the index in 7.8 s at a peak RSS of 34 MB; 64 MB took 11.3 s and
-# 91 MB, 2 MB 15.0 s and 28 MB (loaded 2-core machine).
+# Bounded, so memory stays flat however many jobs there are; 8 MB was the quickest of the sizes
+# tried (bench/RESULTS.md, "Export: the index's page cache").
 _CACHE_KIB = 8 * 1024
 
 # The provenance columns, in the order every format writes them. A meta field named like one of

@@ -20,12 +20,9 @@ from ..aio import Clock, Stopped, wait_event
 
 log = logging.getLogger(__name__)
 
-# Key and model errors are checked before any generation and come back within a second (issue 8).
-# The release time is all a good run loses: bench/RESULTS.md's long-latency scenario (400 jobs,
-# concurrency 20, 2 s an answer: an ideal 40 s) would lose 5% at 2 s, which is its whole margin,
-# and 2.5% at 1 s. A proxy slower than that at refusing a key costs a few more refused requests,
-# which are not billed; before, the gate held every worker for a whole generation (+17% on a
-# 300-job run at 0.5 s).
+# Key and model errors are checked before any generation and come back within a second (issue 8);
+# the release time is all a good run loses (bench/RESULTS.md, "Pacing: RELEASE_AFTER_S"). A proxy
+# slower than that at refusing a key costs a few more refused requests, which are not billed.
 RELEASE_AFTER_S = 1.0
 # Waiters look at the stop flag at least this often.
 _POLL_S = 0.25

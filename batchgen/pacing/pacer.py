@@ -322,8 +322,8 @@ class Pacing:
             w_max = min(max(allowed, kept.w_max), current or math.inf)
         # Grow back over about one limiter window: a long window reports an excess late, so a
         # rate that grows faster overshoots far. With no delay named, over the window guessed:
-        # over CUBIC_K_S instead, the rate ran away between cuts (each can only halve it) and a
-        # sliding 30-per-30-s window refused 55% of requests at 0.5 s an answer (now 8%).
+        # over CUBIC_K_S instead, the rate ran away between cuts (each can only halve it; bench/
+        # RESULTS.md, "Pacing: the cut's growth time with no delay named").
         # And over a few times the 429's own answer time (ANSWER_K).
         k_s = self._growth_s()
         if kept is None or abs(w_max - kept.w_max) > 0.05 * kept.w_max:
