@@ -10,12 +10,13 @@ from pathlib import Path
 import click
 
 from ..exits import ExitCode
-from .common import RunDir, fail, guarded, setup_logging
+from .common import fail, guarded, setup_logging
+from .options import json_option, run_dir_argument
 
 
 @click.command()
-@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@run_dir_argument
+@json_option
 @guarded
 def status(run_dir: Path, as_json: bool) -> None:
     """Counts and spend of a run folder (needs no manifest and no key)."""
@@ -34,8 +35,8 @@ def status(run_dir: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@run_dir_argument
+@json_option
 @guarded
 def report(run_dir: Path, as_json: bool) -> None:
     """Errors, latency, attempts, spend and throughput of a run folder."""
@@ -52,7 +53,7 @@ def report(run_dir: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
+@run_dir_argument
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="The page to write [DIR/gallery.html].")
 @guarded
@@ -75,7 +76,7 @@ def gallery(run_dir: Path, out: Path | None) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
+@run_dir_argument
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @guarded
 def prune(run_dir: Path, yes: bool) -> None:

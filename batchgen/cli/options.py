@@ -1,4 +1,5 @@
-"""The click parameters of ``run`` and ``estimate``, and the typed options built from them.
+"""The click parameters of the commands, and the typed options built from ``run``'s and
+``estimate``'s.
 
 The only place the parameters are a dict: :func:`run_options` turns ``run``'s into a
 :class:`~batchgen.settings.RunOptions`, :func:`estimate_request` ``estimate``'s into an
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.decorators import FC
 
-from .common import RETRY_HELP, parse_retry_kinds, parse_shard
+from .common import RETRY_HELP, RunDir, parse_retry_kinds, parse_shard
 
 if TYPE_CHECKING:
     from ..reporting.estimate import EstimateRequest
@@ -52,6 +53,17 @@ def retry_failed_option(help: str) -> Callable[[FC], FC]:
                         metavar="[KINDS]", help=help)
 
 
+def selection_options(*, limit: str, only: str, shard: str, redo_missing: str
+                      ) -> Callable[[FC], FC]:
+    """--limit, --only, --shard and --redo-missing (a Selection), in each command's words."""
+    return _stack(
+        click.option("--limit", type=click.IntRange(1), help=limit),
+        click.option("--only", metavar="ID_GLOB", help=only),
+        click.option("--shard", metavar="K/N", help=shard),
+        click.option("--redo-missing", is_flag=True, help=redo_missing),
+    )
+
+
 manifest_argument = click.argument("manifest", type=click.Path(path_type=Path))
 out_option = click.option("--out", type=click.Path(path_type=Path),
                           help="Run folder [jobs/<manifest stem>].")
@@ -61,6 +73,8 @@ rpm_option = click.option("--rpm", type=click.FloatRange(min=1),
                           help="Requests per minute, at most.")
 prices_option = click.option("--prices",
                              type=click.Path(path_type=Path, exists=True, dir_okay=False))
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+run_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
 
 run_parameters: Decorator[CommandFunction] = _stack(
     manifest_argument,
@@ -91,11 +105,12 @@ run_parameters: Decorator[CommandFunction] = _stack(
     click.option("--confirm-above", type=click.FloatRange(0.0), default=20.0, show_default=True,
                  help="Ask before a run estimated above this many USD (when stdin is a terminal)."),
     click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),
-    click.option("--limit", type=click.IntRange(1), help="Run only the first N pending jobs."),
-    click.option("--only", metavar="ID_GLOB", help="Run only jobs whose id matches."),
-    click.option("--shard", metavar="K/N", help="Run only this machine's share of the jobs."),
-    click.option("--redo-missing", is_flag=True,
-                 help="Run again the succeeded jobs whose image file is gone (costs money)."),
+    selection_options(
+        limit="Run only the first N pending jobs.",
+        only="Run only jobs whose id matches.",
+        shard="Run only this machine's share of the jobs.",
+        redo_missing="Run again the succeeded jobs whose image file is gone (costs money).",
+    ),
     prices_option,
     click.option("--no-progress", is_flag=True, help="No progress bar."),
     click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end."),
@@ -127,12 +142,13 @@ estimate_parameters: Decorator[CommandFunction] = _stack(
     model_option("Model id for every job."),
     provider_option("Overrides the manifest's provider [anyfast]."),
     retry_failed_option("Count permanent failures too, as run does. " + RETRY_HELP),
-    click.option("--limit", type=click.IntRange(1), help="Only the first N pending jobs."),
-    click.option("--only", metavar="ID_GLOB", help="Only jobs whose id matches."),
-    click.option("--shard", metavar="K/N", help="Only this machine's share of the jobs."),
-    click.option("--redo-missing", is_flag=True,
-                 help="Count the succeeded jobs whose image file is gone, as run --redo-missing."),
-    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    selection_options(
+        limit="Only the first N pending jobs.",
+        only="Only jobs whose id matches.",
+        shard="Only this machine's share of the jobs.",
+        redo_missing="Count the succeeded jobs whose image file is gone, as run --redo-missing.",
+    ),
+    json_option,
     click.option("--mode", type=click.Choice(["live", "batch"]), default="live",
                  show_default=True, help="batch: show live and batch cost side by side."),
 )
