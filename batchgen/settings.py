@@ -1,17 +1,37 @@
-"""Settings: frozen, keyword-only, built once by the CLI and handed down the pipeline."""
+"""Settings: frozen, keyword-only, built once by the CLI and handed down the pipeline.
+
+:class:`RunOptions` is what ``batchgen run`` was asked for, composed of small parts, each of
+which has one reader: :class:`Target` and :class:`Timeouts` (``prepare``), :class:`RunSettings`
+(the live pool), :class:`Selection` (the plan), :class:`BatchSettings` (batch mode) and
+:class:`Interaction` (what the CLI asks and shows). ``cli/options.py`` builds it from click's
+parameters; nothing below the CLI sees them as a dict.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .providers import PROVIDERS, MiB
 from .redact import redact
 from .spec import Provider
 
+# Jobs per batch by default; README "Batch mode" gives the figures behind it.
+DEFAULT_BATCH_SIZE = 1000
+# The service takes request files up to 2 GB; keep a margin for the last line written.
+MAX_FILE_BYTES = 2 * 1000**3 - 16 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientSettings:
+    """One endpoint and how to talk to it, resolved and checked (the key included)::
+
+        ClientSettings(provider=Provider.GOOGLE, base_url=url, api_key=key, timeout_s=120.0)
+    """
+
     provider: Provider = Provider.ANYFAST
     base_url: str = PROVIDERS[Provider.ANYFAST].base_url
     api_key: str
@@ -36,7 +56,12 @@ class ClientSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSettings:
-    out_dir: Path
+    """How the live pool sends: concurrency, retries, pacing, the budget and the grace of a
+    Ctrl-C::
+
+        RunSettings(concurrency=16, rpm=60, budget_usd=25.0)
+    """
+
     concurrency: int = 8
     max_attempts: int = 6
     backoff_initial_s: float = 1.0
@@ -47,6 +72,108 @@ class RunSettings:
     burst: int = 1  # pacing.DEFAULT_BURST: requests that may leave at once after an idle spell
     retry_blocked: int = 0
     budget_usd: float | None = None
-    shard: tuple[int, int] | None = None
     grace_s: float = 300.0  # how long Ctrl-C waits for requests in flight (they are paid for)
+
+
+def shard_of(job_id: str, n: int) -> int:
+    """The 1-based shard a job belongs to: a hash of its id, the same on every machine."""
+    digest = hashlib.blake2b(job_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n + 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selection:
+    """What the user asked to run, beyond 'everything not yet done'::
+
+        Selection(retry_failed=("blocked",), only="cat-*", shard=(2, 4), limit=100)
+
+    ``retry_failed`` is None (no permanent failure again), ``()`` (all of them) or the kinds.
+    """
+
+    retry_failed: tuple[str, ...] | None = None
+    only: str | None = None
+    shard: tuple[int, int] | None = None
+    limit: int | None = None
+    redo_missing: bool = False
+
+    def in_scope(self, job_id: str) -> bool:
+        """Whether the job belongs to this run folder at all (this machine's shard)."""
+        return self.shard is None or shard_of(job_id, self.shard[1]) == self.shard[0]
+
+    def picked(self, job_id: str) -> bool:
+        """Whether ``--only`` picks the job for this invocation."""
+        return self.only is None or fnmatch.fnmatchcase(job_id, self.only)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """What to run and against what, as given (``prepare`` checks and resolves it)::
+
+        Target(manifest=Path("cats.yaml"), out=Path("jobs/cats"), provider="google")
+
+    None means "from the manifest, else the default": the run folder is ``jobs/<stem>``.
+    """
+
+    manifest: Path
+    out: Path | None = None
+    fake: bool = False  # the built-in fake server, started on loopback for this run
+    provider: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    prices: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Seconds per API request, and per URL reference image fetched::
+
+        Timeouts(request_s=120.0, reference_s=30.0)
+    """
+
+    request_s: float = 300.0
+    reference_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSettings:
+    """Batch mode (the Gemini Batch API)::
+
+        BatchSettings(batch_size=500, wait=True, poll_interval_s=60.0)
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_file_bytes: int = MAX_FILE_BYTES
+    wait: bool = False  # poll until every batch is collected
+    poll_interval_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interaction:
+    """What the run asks and shows: the confirmation, the progress bar or lines, the log level
+    and the gallery refreshed at the end::
+
+        Interaction(yes=True, progress=False, log_every_s=0.0)
+    """
+
+    yes: bool = False
+    confirm_above_usd: float = 20.0  # ask before a run estimated above this (on a terminal)
     progress: bool = True
+    log_every_s: float = 60.0  # progress lines when stderr is not a terminal; 0: none
+    verbose: int = 0
+    gallery: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """Everything ``batchgen run`` was asked for, typed, built once by the CLI::
+
+        RunOptions(target=Target(manifest=Path("cats.yaml")), settings=RunSettings(rpm=60))
+    """
+
+    target: Target
+    mode: Literal["live", "batch"] = "live"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    settings: RunSettings = field(default_factory=RunSettings)
+    selection: Selection = field(default_factory=Selection)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    ui: Interaction = field(default_factory=Interaction)

@@ -123,8 +123,9 @@ def make_fixture(folder: Path, rows: int) -> None:
 
 def plan(manifest_path: Path, ledger: Path, result: Path) -> None:
     from batchgen.manifest import Manifest
-    from batchgen.planning.plan import Plan, Selection, read_index
+    from batchgen.planning.plan import Plan, read_index
     from batchgen.pricing import PriceTable
+    from batchgen.settings import Selection
 
     # As `batchgen run` does it: the ledger index first, then one pass over the manifest that
     # validates every row and counts the plan.

@@ -10,7 +10,7 @@ from PIL import Image
 
 from batchgen.fake import Rule, ThreadedFakeServer
 from batchgen.manifest import Manifest
-from batchgen.planning.plan import shard_of
+from batchgen.settings import shard_of
 
 from .conftest import cli, ledger_lines, run_against, write_manifest
 

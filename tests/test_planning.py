@@ -16,9 +16,10 @@ from PIL import Image
 
 from batchgen.folder.layout import subdir
 from batchgen.manifest import Manifest
-from batchgen.planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex, Plan, PlanCounts, Selection
+from batchgen.planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex, Plan, PlanCounts
 from batchgen.pricing import PriceTable
 from batchgen.reporting.gallery import REFRESH_MAX_RECORDS, build_gallery
+from batchgen.settings import Selection
 from batchgen.spec import JobSpec
 
 from .conftest import cli

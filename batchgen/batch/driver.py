@@ -25,17 +25,17 @@ from ..api.client import GeminiClient
 from ..exits import ExitCode
 from ..folder.batches import BatchRecord, Journal, Phase
 from ..folder.ledger import LedgerWriter
-from ..planning.plan import IN_BATCH, Plan, Selection
-from ..planning.prepare import Prepared, RunRequest
+from ..planning.plan import IN_BATCH, Plan
+from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..pricing import PriceTable
 from ..progress import Progress
 from ..redact import redact
-from ..settings import ClientSettings
+from ..settings import ClientSettings, RunOptions, Selection
 from ..spec import JobSpec, Provider
 from ..store.images import ImageStore
 from .collect import Collector, Recorder, Tally
-from .submit import BatchSettings, Submitted, Submitter
+from .submit import Submitted, Submitter
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,14 @@ class _Bar:
 
 
 class BatchRun:
-    def __init__(
-        self, prep: Prepared, req: RunRequest, settings: BatchSettings, say: Callable[[str], None]
-    ) -> None:
+    def __init__(self, prep: Prepared, options: RunOptions, say: Callable[[str], None]) -> None:
         self.say = say
         self.prep = prep
-        self.req = req
-        self.settings = settings
+        self.options = options
+        self.target = options.target
+        self.batch = options.batch
         self.journal = Journal(prep.folder.path)
-        self.prices = PriceTable.load(req.prices, batch=True)
+        self.prices = PriceTable.load(self.target.prices, batch=True)
         self.tally = Tally()
         self.stop = asyncio.Event()
         self.interrupted = False
@@ -127,18 +126,18 @@ class BatchRun:
         ledger.open()
         meta = folder.read_meta()
         folder.update_meta(
-            manifest=str(self.req.manifest), jobs=prep.counts.total,
+            manifest=str(self.target.manifest), jobs=prep.counts.total,
             model=prep.manifest.header.model, provider=prep.client.provider.value,
-            base_url=redact(self.req.base_url or prep.client.base_url),
-            settings=settings_meta(prep.settings), state="running", mode="batch",
+            base_url=redact(self.target.base_url or prep.client.base_url),
+            settings=settings_meta(self.options), state="running", mode="batch",
             runs=int(meta.get("runs", 0)) + 1, command=command_line(),
         )
         recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally)
-        bar = self.bar = _Bar(prep.settings.progress and sys.stderr.isatty())
+        bar = self.bar = _Bar(self.options.ui.progress and sys.stderr.isatty())
         loop = asyncio.get_running_loop()
         restore = install_signals(loop, self._interrupt)
         try:
-            async with endpoint(prep.client, self.req.fake) as cs, BatchAPI(cs) as api:
+            async with endpoint(prep.client, self.target.fake) as cs, BatchAPI(cs) as api:
                 return await self._loop(api, cs, recorder, bar)
         finally:
             restore()
@@ -150,9 +149,9 @@ class BatchRun:
     async def _loop(self, api: BatchAPI, cs: ClientSettings, recorder: Recorder,
                     bar: _Bar) -> Outcome:
         collector = Collector(api, self.journal, recorder, self.stop)
-        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.settings,
-                              self.stop)
-        interval = self.settings.poll_interval_s
+        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.batch,
+                              self.options.settings.budget_usd, self.stop)
+        interval = self.batch.poll_interval_s
         delay = interval
         first = True
         while True:
@@ -163,14 +162,14 @@ class BatchRun:
             if first or changed:
                 sub = await submitter.submit(self._jobs())
                 self._add(sub)
-                if sub.batches and self.settings.wait:
+                if sub.batches and self.batch.wait:
                     self.say(
                         f"submitted {sub.jobs} jobs in {sub.batches} "
                         f"batch{'es' if sub.batches != 1 else ''}; estimated "
                         f"${sub.estimate_usd:.2f} at batch prices")
             first = False
             bar.show(self.journal, self.tally)
-            if not self.journal.open_records() or not self.settings.wait:
+            if not self.journal.open_records() or not self.batch.wait:
                 return self._finish(True)
             delay = interval if changed else min(delay * 1.5, interval * MAX_POLL_FACTOR)
             if await wait_event(self.stop, delay):
@@ -188,7 +187,7 @@ class BatchRun:
         that came back are remembered for that, so memory does not grow with the manifest)."""
         sel: Selection = self.prep.plan.selection
         plan = Plan(self.prep.manifest.iter_jobs, self.prep.plan.index, replace(sel, limit=None))
-        cap = self.prep.settings.max_attempts
+        cap = self.options.settings.max_attempts
         comebacks = self.tally.comebacks
         for job in plan:
             n = comebacks.get(job.job_id, 0)
@@ -278,7 +277,7 @@ class BatchRun:
         if self.budget_cut and counts.pending:
             spent = self.prep.plan.index.cost_usd
             self.say(f"budget reached: spent ${spent:.2f} of the "
-                       f"${self.settings.budget_usd:.2f} budget; {counts.pending} jobs not "
+                       f"${self.options.settings.budget_usd:.2f} budget; {counts.pending} jobs not "
                        f"submitted; to continue, raise --budget: {cmd}")
             return Outcome(ExitCode.BUDGET, True)
         failed = counts.failed_skipped + len(self.exhausted)
@@ -294,12 +293,10 @@ def _batches(n: int) -> str:
     return f"{n} batch{'es' if n != 1 else ''}"
 
 
-def run_batch(
-    prep: Prepared, req: RunRequest, settings: BatchSettings, say: Callable[[str], None]
-) -> Outcome:
+def run_batch(prep: Prepared, options: RunOptions, say: Callable[[str], None]) -> Outcome:
     """One ``run --mode batch``; ``say`` reports progress and the outcome (the CLI: stderr)."""
     check_provider(prep.client.provider)
-    runner = BatchRun(prep, req, settings, say)
+    runner = BatchRun(prep, options, say)
     state = "finished"
     try:
         outcome = asyncio.run(runner.run())

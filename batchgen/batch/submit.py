@@ -37,28 +37,15 @@ from ..folder.batches import BatchRecord, Journal, Phase, digest_ids, jobs_line,
 from ..folder.durable import fsync_dir
 from ..manifest.references import load_reference_bytes, sniff_image_type
 from ..planning.plan import IN_BATCH
+from ..settings import BatchSettings
 from ..spec import JobSpec, Reference
 from .collect import Recorder, crash_point
 from .wire import BatchAPI, batch_info
 
 log = logging.getLogger(__name__)
 
-# Jobs per batch by default; README "Batch mode" gives the figures behind it.
-DEFAULT_BATCH_SIZE = 1000
-# The service takes request files up to 2 GB; keep a margin for the last line written.
-MAX_FILE_BYTES = 2 * 1000**3 - 16 * 1024 * 1024
 REF_REUSE_S = 24 * 3600.0
 CREATE_ATTEMPTS = 4
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchSettings:
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_file_bytes: int = MAX_FILE_BYTES
-    wait: bool = False
-    poll_interval_s: float = 30.0
-    budget_usd: float | None = None
-    max_attempts: int = 6
 
 
 @dataclass(slots=True)
@@ -71,13 +58,15 @@ class Submitted:
 
 class Submitter:
     def __init__(self, api: BatchAPI, journal: Journal, client: GeminiClient,
-                 recorder: Recorder, settings: BatchSettings, stop: asyncio.Event) -> None:
+                 recorder: Recorder, settings: BatchSettings, budget_usd: float | None,
+                 stop: asyncio.Event) -> None:
         self.stop = stop  # Ctrl-C: no new batch is started; the one being created finishes
         self.api = api
         self.journal = journal
         self.client = client  # builds request bodies only; sends nothing
         self.rec = recorder
         self.settings = settings
+        self.budget_usd = budget_usd
 
     # -- money ------------------------------------------------------------------------------
 
@@ -111,7 +100,7 @@ class Submitter:
         each cut short where the budget ends."""
         out = Submitted()
         group = _Group(self.journal)
-        budget = self.settings.budget_usd
+        budget = self.budget_usd
         committed = self.committed_usd()
         for spec in jobs:
             if self.stop.is_set():

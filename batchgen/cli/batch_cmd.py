@@ -1,5 +1,5 @@
 """The CLI's side of batch mode: ``run --mode batch``, ``cancel``, and what ``status`` and
-``estimate --mode batch`` add. Kept here so that cli.py only dispatches."""
+``estimate --mode batch`` add. Kept here so that the commands only dispatch."""
 
 from __future__ import annotations
 
@@ -12,34 +12,34 @@ from typing import Any
 import click
 
 from ..batch.driver import cancel_batches, check_provider, run_batch
-from ..batch.submit import MAX_FILE_BYTES, BatchSettings
 from ..errors import InputError
 from ..exits import ExitCode
 from ..folder.batches import BatchRecord, Journal
 from ..folder.layout import JOURNAL_NAME
 from ..folder.runfolder import RunFolder
-from ..planning.plan import Selection
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, resolve_key
 from ..redact import register_secret
-from ..settings import ClientSettings
+from ..reporting.estimate import Estimate
+from ..settings import ClientSettings, RunOptions
 from ..spec import DEFAULT_MODEL, Provider
 
 
-def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
+def run_command(options: RunOptions) -> int:
     """``batchgen run --mode batch``: the exit code."""
     from ..planning.prepare import adopt_orphans, open_manifest, prepare
     from ..providers import resolve_provider
     from .run_flow import refresh_gallery
 
+    req, ui = options.target, options.ui
     # Before anything is locked or made: a provider without the Batch API is bad usage.
     header = open_manifest(req.manifest, req.model, req.provider).header
     check_provider(resolve_provider(req.provider or header.provider, req.manifest))
-    if req.fake and not o["wait"]:
+    if req.fake and not options.batch.wait:
         raise InputError("--fake with --mode batch needs --wait: the built-in fake server and "
                          "its batches end with this command (or start `batchgen fake-server` "
                          "and use --base-url)")
-    prep = prepare(req, selection=selection)
+    prep = prepare(options)
     try:
         adopt_orphans(prep)
         for warning in prep.summary.warnings:
@@ -58,17 +58,12 @@ def run_command(req: Any, selection: Selection, o: dict[str, Any]) -> int:
         if c.pending == 0 and not Journal(prep.folder.path).open_records():
             click.echo("nothing to do: every job is done", err=True)
             return ExitCode.OK if c.failed_skipped == 0 else 1
-        if batch_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty():
+        if batch_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty():
             click.confirm(f"This run is estimated at ${batch_usd:.2f}. Go ahead?", abort=True)
-        settings = BatchSettings(
-            batch_size=o["batch_size"], max_file_bytes=o["max_file_bytes"] or MAX_FILE_BYTES,
-            wait=o["wait"], poll_interval_s=o["poll_interval"], budget_usd=o["budget"],
-            max_attempts=o["max_attempts"],
-        )
-        outcome = run_batch(prep, req, settings, lambda text: click.echo(text, err=True))
+        outcome = run_batch(prep, options, lambda text: click.echo(text, err=True))
     finally:
         os.close(prep.lock_fd)
-    if outcome.finished and not o["no_gallery"]:
+    if outcome.finished and ui.gallery:
         gallery = refresh_gallery(prep.folder.path)
         if gallery is not None:
             click.echo(f"gallery: {gallery}", err=True)
@@ -118,7 +113,7 @@ def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str
     return ExitCode.OK
 
 
-def estimate_side_by_side(est: Any, prices_path: Path | None) -> tuple[str, dict[str, Any]]:
+def estimate_side_by_side(est: Estimate, prices_path: Path | None) -> tuple[str, dict[str, Any]]:
     """Live and batch cost of an estimate's rows, next to each other."""
     prices = PriceTable.load(prices_path)
     lines = ["", "", f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'live':>10} "

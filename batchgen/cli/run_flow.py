@@ -11,7 +11,6 @@ import asyncio
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -20,22 +19,24 @@ from ..exits import STOP_EXIT, ExitCode
 from ..live.pool import RunResult, StopReason
 from ..live.runner import execute
 from ..planning.plan import PlanCounts, describe_missing
-from ..planning.prepare import Prepared, RunRequest
+from ..planning.prepare import Prepared
 from ..planning.tally import Tally
 from ..redact import redact
 from ..reporting.gallery import build_gallery, gallery_hint, too_big_to_refresh
+from ..settings import RunOptions, Selection
 from ..words import plural
 from .common import fail
 from .messages import CommandLine, check_budget, suggest_budget
 
 
-def go(prep: Prepared, req: RunRequest, o: dict[str, Any], cmd: CommandLine) -> int:
+def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     """From the plan to the summary: the checks and messages around the live run."""
     c = prep.counts
     tally = prep.tally
+    budget_usd, selection, ui = options.settings.budget_usd, options.selection, options.ui
     # The budget first: a folder that already spent it must not print an estimate and a run.
     spent = prep.spent_before_usd + prep.unsettled.usd  # what --budget counts
-    budget = check_budget(o["budget"], spent, c.estimate_usd, c.pending, cmd)
+    budget = check_budget(budget_usd, spent, c.estimate_usd, c.pending, cmd)
     if budget.reached:
         click.echo(budget.reached, err=True)
         return ExitCode.BUDGET
@@ -43,7 +44,7 @@ def go(prep: Prepared, req: RunRequest, o: dict[str, Any], cmd: CommandLine) -> 
         click.echo(f"warning: {warning}", err=True)
     if prep.change:
         click.echo(prep.change, err=True)
-    missing = describe_missing(c, o["redo_missing"])
+    missing = describe_missing(c, selection.redo_missing)
     if missing:
         click.echo(missing, err=True)
     if c.in_batch:
@@ -55,33 +56,34 @@ def go(prep: Prepared, req: RunRequest, o: dict[str, Any], cmd: CommandLine) -> 
         err=True,
     )
     if c.pending == 0:
-        return _nothing_to_do(c, tally, o, cmd)
+        return _nothing_to_do(c, tally, selection, cmd)
     if budget.warning:
         click.echo(f"warning: {budget.warning}", err=True)
-    ask = c.estimate_usd > req.confirm_above_usd and not req.yes and sys.stdin.isatty()
+    ask = c.estimate_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty()
     if ask and not click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?"):
         # Declining is a choice, not a failure: exit 0, as nothing went wrong.
         click.echo("not started: nothing was sent", err=True)
         return ExitCode.OK
-    result = asyncio.run(execute(prep, req))
+    result = asyncio.run(execute(prep, options))
     # A run that recorded nothing (a bad key, say) leaves the page as it was.
     changed = result.succeeded + result.failed > 0
-    gallery = None if o["no_gallery"] or not changed else refresh_gallery(prep.folder.path)
+    gallery = None if not ui.gallery or not changed else refresh_gallery(prep.folder.path)
     end = Ending(
         cmd=cmd,
         spent_before_usd=prep.spent_before_usd,
         per_image_usd=c.estimate_usd / c.pending,
-        budget_usd=o["budget"],
+        budget_usd=budget_usd,
         wanted=tally.wanted if tally is not None else c.pending,
-        limited=o["limit"] is not None,
+        limited=selection.limit is not None,
     )
     return summarize(result, prep.folder.path, gallery, end)
 
 
-def _nothing_to_do(c: PlanCounts, tally: Tally | None, o: dict[str, Any], cmd: CommandLine) -> int:
-    if o["only"] is not None:
+def _nothing_to_do(c: PlanCounts, tally: Tally | None, selection: Selection,
+                   cmd: CommandLine) -> int:
+    if selection.only is not None:
         pending = tally.open if tally is not None else 0
-        fail(f"--only {o['only']!r} matched no pending job "
+        fail(f"--only {selection.only!r} matched no pending job "
              f"({plural(pending, 'job')} pending without it)", ExitCode.INPUT)
     if c.failed_skipped:
         click.echo(
@@ -110,7 +112,9 @@ def refresh_gallery(out: Path) -> Path | None:
         return None
 
 
-def summarize(result: RunResult, out: Path, gallery: Path | None = None, end: Any = None) -> int:
+def summarize(
+    result: RunResult, out: Path, gallery: Path | None = None, end: Ending | None = None
+) -> int:
     for line in summary_lines(result, out, gallery, end):
         click.echo(line, err=True)
     if result.stop_reason is StopReason.COMPLETED:

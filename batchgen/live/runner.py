@@ -14,18 +14,19 @@ from ..folder.layout import now_iso
 from ..folder.ledger import LedgerWriter
 from ..folder.ownership import manifest_key
 from ..planning.plan import manifest_sha256
-from ..planning.prepare import Prepared, RunRequest
+from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..progress import Progress
 from ..redact import redact
+from ..settings import RunOptions
 from ..store.images import ImageStore
 from .pool import Runner, RunResult, StopReason
 
 log = logging.getLogger(__name__)
 
 
-async def execute(prep: Prepared, req: RunRequest) -> RunResult:
-    folder, settings = prep.folder, prep.settings
+async def execute(prep: Prepared, options: RunOptions) -> RunResult:
+    folder, target = prep.folder, options.target
     store = ImageStore(folder.path)
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
@@ -34,14 +35,14 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     intents.open()
     meta = folder.read_meta()
     folder.update_meta(
-        manifest=str(req.manifest),
-        manifest_path=manifest_key(req.manifest),
-        manifest_sha256=manifest_sha256(req.manifest),
+        manifest=str(target.manifest),
+        manifest_path=manifest_key(target.manifest),
+        manifest_sha256=manifest_sha256(target.manifest),
         jobs=prep.counts.total,
         model=prep.manifest.header.model,
         provider=prep.client.provider.value,
-        base_url=redact(req.base_url or prep.client.base_url),
-        settings=settings_meta(settings),
+        base_url=redact(target.base_url or prep.client.base_url),
+        settings=settings_meta(options),
         state="running",
         started_at=now_iso(),
         runs=int(meta.get("runs", 0)) + 1,
@@ -49,13 +50,13 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
     )
     progress = Progress(
         prep.counts.pending,
-        enabled=settings.progress,
+        enabled=options.ui.progress,
         spent_usd=prep.spent_before_usd,
-        log_every_s=req.log_every_s,
+        log_every_s=options.ui.log_every_s,
     )
     loop = asyncio.get_running_loop()
     try:
-        async with endpoint(prep.client, req.fake) as client_settings, GeminiClient(
+        async with endpoint(prep.client, target.fake) as client_settings, GeminiClient(
             client_settings
         ) as client:
             runner = Runner(
@@ -63,7 +64,7 @@ async def execute(prep: Prepared, req: RunRequest) -> RunResult:
                 store=store,
                 ledger=ledger,
                 prices=prep.prices,
-                settings=settings,
+                settings=options.settings,
                 progress=progress,
                 spent_before_usd=prep.spent_before_usd,
                 intents=intents,

@@ -7,7 +7,6 @@ settings and the manifest's hash so a resumed run can say what changed.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 import os
@@ -23,6 +22,7 @@ from ..folder.intents import Unsettled, read_unsettled
 from ..folder.layout import IMAGES_DIR, count_images
 from ..folder.ledger import BadAmount, LedgerRecord, amount, bad_amount, warn_bad_line
 from ..folder.runfolder import RunFolder
+from ..settings import Selection
 from ..spec import JobSpec
 from ..store.recovery import adopt_orphans
 
@@ -141,37 +141,12 @@ def _find_missing(ledger: Path, states: dict[str, str]) -> None:
             states[job_id] = SUCCEEDED if whole else MISSING  # the last such line wins
 
 
-def shard_of(job_id: str, n: int) -> int:
-    """The 1-based shard a job belongs to: a hash of its id, the same on every machine."""
-    digest = hashlib.blake2b(job_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n + 1
-
-
 def manifest_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Selection:
-    """What the user asked to run, beyond 'everything not yet done'."""
-
-    retry_failed: tuple[str, ...] | None = None
-    only: str | None = None
-    shard: tuple[int, int] | None = None
-    limit: int | None = None
-    redo_missing: bool = False
-
-    def in_scope(self, job_id: str) -> bool:
-        """Whether the job belongs to this run folder at all (this machine's shard)."""
-        return self.shard is None or shard_of(job_id, self.shard[1]) == self.shard[0]
-
-    def picked(self, job_id: str) -> bool:
-        """Whether ``--only`` picks the job for this invocation."""
-        return self.only is None or fnmatch.fnmatchcase(job_id, self.only)
 
 
 @dataclass(slots=True)

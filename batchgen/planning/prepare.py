@@ -11,7 +11,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..errors import BatchgenError, InputError, StorageError
 from ..folder.current import CurrentWriter
@@ -25,14 +24,13 @@ from ..manifest import Manifest, ValidationSummary
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, check_base_url, resolve_key, resolve_provider
 from ..redact import register_secret
-from ..settings import ClientSettings, RunSettings
+from ..settings import ClientSettings, RunOptions
 from .plan import (
     MISSING,
     SUCCEEDED,
     LedgerIndex,
     Plan,
     PlanCounts,
-    Selection,
     find_orphans,
     manifest_sha256,
     mark_in_batch,
@@ -43,29 +41,7 @@ from .tally import Tally as _Tally
 from .tally import describe_resume
 from .tally import previous_ids as _previous_ids
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunRequest:
-    """What the user asked for on the command line, before it is checked."""
-
-    manifest: Path
-    out: Path | None = None
-    fake: bool = False
-    provider: str | None = None
-    base_url: str | None = None
-    model: str | None = None
-    timeout_s: float = 300.0
-    reference_timeout_s: float = 60.0
-    prices: Path | None = None
-    yes: bool = False
-    confirm_above_usd: float = 20.0
-    log_every_s: float = 60.0  # progress lines when stderr is not a terminal; 0: none
-    settings: dict[str, Any]
-
 
 @dataclass(slots=True)
 class Prepared:
@@ -75,7 +51,6 @@ class Prepared:
     plan: Plan
     counts: PlanCounts
     client: ClientSettings
-    settings: RunSettings
     prices: PriceTable
     spent_before_usd: float
     unsettled: Unsettled
@@ -98,7 +73,7 @@ def open_manifest(path: Path, model: str | None, provider: str | None) -> Manife
     return Manifest(path, model=model, max_request_bytes=PROVIDERS[chosen].max_request_bytes)
 
 
-def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
+def prepare(options: RunOptions) -> Prepared:
     """Everything before the first request, with one pass over the manifest.
 
     The plan is counted while the manifest is validated, so the ledger index is read first, under
@@ -106,14 +81,15 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
     is neither made nor locked until the manifest, key and prices have passed. Errors are reported
     in the same order as ever (manifest, key, prices, run folder): one found early waits its turn.
     """
-    manifest = open_manifest(req.manifest, req.model, req.provider)
+    target, selection = options.target, options.selection
+    manifest = open_manifest(target.manifest, target.model, target.provider)
     prices: PriceTable | None = None
     prices_error: InputError | None = None
     try:
-        prices = PriceTable.load(req.prices)
+        prices = PriceTable.load(target.prices)
     except InputError as exc:
         prices_error = exc
-    out = req.out or default_out(req.manifest)
+    out = target.out or default_out(target.manifest)
     folder = RunFolder(out)
     lock: int | None = None
     lock_error: BatchgenError | None = None
@@ -127,10 +103,10 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         except (InputError, StorageError) as exc:
             lock_error = exc
     old_meta = folder.read_meta()
-    owner = owner_problem(old_meta, req.manifest, folder.path)
+    owner = owner_problem(old_meta, target.manifest, folder.path)
     if owner is not None and lock_error is None:
         lock_error = InputError(owner)
-    new_sha = manifest_sha256(req.manifest)
+    new_sha = manifest_sha256(target.manifest)
     # The current-jobs file is written in the same pass (straight into the folder if it is ours).
     current = CurrentWriter(folder.path if lock is not None and lock_error is None else None)
     in_scope = selection.in_scope
@@ -143,12 +119,12 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         plan = Plan(manifest.iter_jobs, index, selection, price)
         tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
         summary = manifest.validate(visit=None if lock_error else tally.visit)
-        provider = resolve_provider(req.provider or manifest.header.provider, req.manifest)
+        provider = resolve_provider(target.provider or manifest.header.provider, target.manifest)
         info = PROVIDERS[provider]
-        base_url = req.base_url or manifest.header.base_url or info.base_url
-        where = "--base-url" if req.base_url else f"{req.manifest}: base_url"
+        base_url = target.base_url or manifest.header.base_url or info.base_url
+        where = "--base-url" if target.base_url else f"{target.manifest}: base_url"
         base_url = check_base_url(base_url, where)
-        api_key = FAKE_KEY if req.fake else resolve_key(provider)
+        api_key = FAKE_KEY if target.fake else resolve_key(provider)
         # From here on the key is scrubbed from everything, run.json included.
         register_secret(api_key)
         if prices_error is not None:
@@ -158,7 +134,6 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         price_warnings = prices.check_covered()
         if price_warnings:
             summary = dataclasses.replace(summary, warnings=(*summary.warnings, *price_warnings))
-        settings = RunSettings(out_dir=out, **req.settings)
         if lock_error is not None:
             raise lock_error
         if lock is None:
@@ -195,9 +170,9 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         provider=provider,
         base_url=base_url,
         api_key=api_key,
-        timeout_s=req.timeout_s,
-        reference_timeout_s=req.reference_timeout_s,
-        connections=settings.concurrency,
+        timeout_s=options.timeouts.request_s,
+        reference_timeout_s=options.timeouts.reference_s,
+        connections=options.settings.concurrency,
         max_request_bytes=info.max_request_bytes,
     )
     return Prepared(
@@ -207,7 +182,6 @@ def prepare(req: RunRequest, *, selection: Selection) -> Prepared:
         plan=plan,
         counts=counts,
         client=client,
-        settings=settings,
         prices=prices,
         spent_before_usd=index.cost_usd,
         unsettled=index.unsettled,

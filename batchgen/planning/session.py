@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..redact import redact
-from ..settings import ClientSettings, RunSettings
+from ..settings import ClientSettings, RunOptions
 
 FAKE_KEY = "fake-key"
 
@@ -52,7 +52,8 @@ def install_signals(
     return restore
 
 
-def settings_meta(settings: RunSettings) -> dict[str, Any]:
+def settings_meta(options: RunOptions) -> dict[str, Any]:
+    settings, shard = options.settings, options.selection.shard
     return {
         "concurrency": settings.concurrency,
         "max_attempts": settings.max_attempts,
@@ -60,7 +61,7 @@ def settings_meta(settings: RunSettings) -> dict[str, Any]:
         "ipm": settings.ipm,
         "retry_blocked": settings.retry_blocked,
         "budget_usd": settings.budget_usd,
-        "shard": list(settings.shard) if settings.shard else None,
+        "shard": list(shard) if shard else None,
     }
 
 

@@ -1,8 +1,8 @@
 """``batchgen estimate``: what a run would send, cost and take, before anything is spent.
 
-The plan is the same one ``run`` makes (ledger index + :class:`~batchgen.plan.Plan` +
-:class:`~batchgen.plan.Selection`), so against a run folder that already has a ledger only what
-is still to do is counted. Prices come from :class:`~batchgen.pricing.PriceTable` alone.
+The plan is the same one ``run`` makes (ledger index + :class:`~batchgen.planning.plan.Plan`
++ :class:`~batchgen.settings.Selection`), so against a run folder that already has a ledger only
+what is still to do is counted. Prices come from :class:`~batchgen.pricing.PriceTable` alone.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 from ..errors import InputError
 from ..folder.ownership import owner_problem
 from ..folder.runfolder import RunFolder
-from ..planning.plan import LedgerIndex, Plan, Selection, mark_in_batch, read_index
+from ..planning.plan import LedgerIndex, Plan, mark_in_batch, read_index
 from ..pricing import TYPICAL_TEXT_TOKENS, PriceTable
+from ..settings import Selection
 from ..spec import JobSpec
 from ..words import plural
 
@@ -35,6 +36,11 @@ _ITEM_ORDER = (IMAGE_OUTPUT, TEXT_OUTPUT, REFERENCE_INPUT, PROMPT_INPUT)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EstimateRequest:
+    """What ``batchgen estimate`` was asked for: the plan's inputs and the assumed pace::
+
+        EstimateRequest(manifest=Path("cats.yaml"), rpm=60, selection=Selection(limit=100))
+    """
+
     manifest: Path
     out: Path | None = None
     concurrency: int = DEFAULT_CONCURRENCY

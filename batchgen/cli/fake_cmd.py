@@ -1,0 +1,73 @@
+"""``batchgen fake-server``: the fake Gemini API on loopback, for trying batchgen without a key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .common import fail
+
+
+@click.command("fake-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--key", default="fake-key", show_default=True, help="The key it accepts.")
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per answer.")
+@click.option("--full-size", is_flag=True, help="Real pixel sizes instead of small images.")
+@click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
+              help="e.g. --fault 429=0.1 --fault 503=0.05 (repeatable).")
+@click.option("--rpm", type=int, help="Requests allowed per --rate-window (a quota limiter).")
+@click.option("--ipm", type=int, help="Images allowed per --rate-window.")
+@click.option("--rate-window", type=click.FloatRange(min=0.001, min_open=True), default=60.0,
+              show_default=True, help="Seconds the limiter counts over (1, 10, 60...).")
+@click.option("--rate-window-kind", type=click.Choice(["sliding", "fixed"]), default="sliding",
+              show_default=True, help="Count over the last N seconds, or per fixed N-second slot.")
+@click.option("--rate-limit-style", type=click.Choice(["quota", "capacity"]), default="quota",
+              show_default=True,
+              help="Refuse with a quota 429 and RetryInfo, or an overload 429 with no delay.")
+@click.option(
+    "--url-output", type=click.Choice(["file_data", "text", "markdown", "escaped", "data"])
+)
+@click.option("--batch-seconds", type=click.FloatRange(0.0), default=2.0, show_default=True,
+              help="Seconds a batch takes from create to done.")
+@click.option("--batch-fault", "batch_faults", multiple=True, metavar="NAME=VALUE",
+              help="duplicate_rate=0.1, line_error_rate=0.1, create_503=1, expire=1, fail=1, "
+                   "output_lag=2.")
+def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
+                faults: tuple[str, ...], rpm: int | None, ipm: int | None, rate_window: float,
+                rate_window_kind: str, rate_limit_style: str, url_output: str | None,
+                batch_seconds: float, batch_faults: tuple[str, ...]) -> None:
+    """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
+    from ..fake import FAULT_NAMES, FakeConfig, run_forever
+
+    rates: dict[str, float] = {}
+    for item in faults:
+        name, _, rate = item.partition("=")
+        try:
+            rates[name] = float(rate)
+        except ValueError:
+            fail(f"--fault {item!r}: expected NAME=RATE, e.g. 503=0.1")
+        if name not in FAULT_NAMES:
+            fail(f"--fault {item!r}: unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
+        if not 0.0 <= rates[name] <= 1.0:
+            fail(f"--fault {item!r}: the rate is a probability from 0 to 1, e.g. {name}=0.1")
+    batch: dict[str, Any] = {}
+    kinds = {"duplicate_rate": float, "line_error_rate": float, "create_503": int,
+             "expire": bool, "fail": bool, "output_lag": int}
+    for item in batch_faults:
+        name, _, value = item.partition("=")
+        if name not in kinds:
+            fail(f"--batch-fault {item!r}: NAME is one of {', '.join(kinds)}")
+        try:
+            batch[f"batch_{name}"] = kinds[name](float(value))
+        except ValueError:
+            fail(f"--batch-fault {item!r}: expected NAME=NUMBER, e.g. duplicate_rate=0.1")
+    try:
+        config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
+                            rpm_limit=rpm, ipm_limit=ipm, rate_window_s=rate_window,
+                            rate_window_kind=rate_window_kind, rate_limit_style=rate_limit_style,
+                            url_output=url_output, batch_seconds=batch_seconds, **batch)
+    except ValueError as exc:
+        fail(str(exc))
+    run_forever(config, host, port)

@@ -1,0 +1,162 @@
+"""The commands that read a run folder: ``status``, ``report``, ``gallery``, ``prune``,
+``merge``, ``export`` and ``cancel``. ``status`` must start fast: what it reads is imported when
+it runs, and nothing here imports the pipeline up front."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..exits import ExitCode
+from .common import fail, guarded, setup_logging
+from .options import json_option, run_dir_argument
+
+
+@click.command()
+@run_dir_argument
+@json_option
+@guarded
+def status(run_dir: Path, as_json: bool) -> None:
+    """Counts and spend of a run folder (needs no manifest and no key)."""
+    from ..batch.status import batch_rows, format_batches
+    from ..reporting.status import format_status, load_status
+
+    st = load_status(run_dir)
+    batches = batch_rows(run_dir)
+    if as_json:
+        import orjson
+
+        extra = {"batches": batches} if batches else {}  # only a folder batch mode used
+        click.echo(orjson.dumps({**st.to_json(), **extra}).decode())
+    else:
+        click.echo(format_status(st) + ("\n" + format_batches(batches) if batches else ""))
+
+
+@click.command()
+@run_dir_argument
+@json_option
+@guarded
+def report(run_dir: Path, as_json: bool) -> None:
+    """Errors, latency, attempts, spend and throughput of a run folder."""
+    from ..reporting.report import build_report, format_report
+
+    setup_logging(0)
+    rep = build_report(run_dir)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(rep.to_json()).decode())
+    else:
+        click.echo(format_report(rep))
+
+
+@click.command()
+@run_dir_argument
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="The page to write [DIR/gallery.html].")
+@guarded
+def gallery(run_dir: Path, out: Path | None) -> None:
+    """A static HTML page of a run folder's images and failures (thumbnails in DIR/thumbs)."""
+    from ..reporting.gallery import build_gallery
+    from ..words import plural
+
+    setup_logging(0)
+    res = build_gallery(run_dir, out)
+    click.echo(
+        f"{plural(res.succeeded, 'image')}, {res.failed} failed"
+        + (f", {res.superseded} superseded" if res.superseded else "")
+        + f"; thumbnails: {res.thumbs_made} made, "
+        f"{res.thumbs_reused} reused; {res.elapsed_s:.1f}s"
+        + (f"; {plural(res.missing, 'image')} missing on disk" if res.missing else ""),
+        err=True,
+    )
+    click.echo(str(res.path))
+
+
+@click.command()
+@run_dir_argument
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@guarded
+def prune(run_dir: Path, yes: bool) -> None:
+    """Move the images of edited or removed rows (superseded jobs) to DIR/superseded/."""
+    from ..folder.superseded import prune_folder
+
+    setup_logging(0)
+    prune_folder(
+        run_dir,
+        yes=yes,
+        interactive=sys.stdin.isatty(),
+        confirm=click.confirm,
+        say=click.echo,
+        note=lambda text: click.echo(text, err=True),
+    )
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The merged run folder (not one of the inputs).")
+@guarded
+def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Combine the run folders of several shards into one."""
+    from ..folder.merge import merge as merge_folders
+    from ..words import plural
+
+    setup_logging(0)
+    res = merge_folders(list(run_dirs), out)
+    click.echo(
+        f"merged {plural(res.inputs, 'run folder')} into {res.out}: {plural(res.jobs, 'job')}, "
+        f"{res.succeeded} succeeded, {res.failed} failed; files: {res.linked} linked, "
+        f"{res.copied} copied, {res.kept} already there"
+        + (f"; {res.missing} missing (not merged)" if res.missing else "")
+    )
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset", "parquet"]),
+              required=True)
+@click.option("--out", required=True, help="A folder, or an fsspec URL such as s3://bucket/prefix.")
+@click.option("--split", metavar="NAME=FRACTION,...",
+              help="e.g. train=0.9,test=0.1: by a hash of the job id, the same on every export.")
+@click.option("--rows-per-file", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Rows per Parquet file, samples per WebDataset shard.")
+@click.option("--shard-size", default="500MB", show_default=True,
+              help="Bytes per Parquet file or WebDataset shard, at most (about, for Parquet).")
+@click.option("--include-failed", is_flag=True,
+              help="Failed jobs too, without an image (parquet and webdataset).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@guarded
+def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_file: int,
+               shard_size: str, include_failed: bool, no_progress: bool) -> None:
+    """Write a run folder's images and metadata as a dataset (imagefolder, webdataset, parquet)."""
+    from ..export import ExportFormat, ExportRequest, export, parse_size, summary
+
+    setup_logging(0)
+    try:
+        res = export(ExportRequest(
+            run_dir=run_dir, fmt=ExportFormat(fmt), out=out, split=split,
+            rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
+            include_failed=include_failed, progress=not no_progress,
+        ))
+    except KeyboardInterrupt:
+        fail(f"interrupted; {out} is as it was", ExitCode.INTERRUPTED)
+    click.echo(summary(res), err=True)
+    click.echo(res.out)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (for scripts).")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]), help="[from run.json]")
+@click.option("--base-url", help="[from run.json]")
+@guarded
+def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None) -> None:
+    """Cancel the run folder's running batches; their jobs go back to pending."""
+    from .batch_cmd import cancel_command
+
+    setup_logging(0)
+    sys.exit(cancel_command(run_dir, yes, provider, base_url))

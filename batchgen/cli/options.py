@@ -1,0 +1,216 @@
+"""The click parameters of the commands, and the typed options built from ``run``'s and
+``estimate``'s.
+
+The only place the parameters are a dict: :func:`run_options` turns ``run``'s into a
+:class:`~batchgen.settings.RunOptions`, :func:`estimate_request` ``estimate``'s into an
+:class:`~batchgen.reporting.estimate.EstimateRequest`. The options several commands share are
+written once. The option types are imported when a command runs, not when ``--help`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from click.decorators import FC
+
+from .common import RETRY_HELP, RunDir, parse_retry_kinds, parse_shard
+
+if TYPE_CHECKING:
+    from ..reporting.estimate import EstimateRequest
+    from ..settings import RunOptions, Selection
+
+Decorator = Callable[[FC], FC]
+# A command's function before click makes it a command: what the parameter stacks decorate.
+CommandFunction = Callable[..., None]
+
+
+def _stack(*decorators: Decorator[FC]) -> Decorator[FC]:
+    """The decorators applied as if written one above the other, first on top (so its option
+    comes first in ``--help``)."""
+
+    def apply(fn: FC) -> FC:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+def model_option(help: str) -> Callable[[FC], FC]:
+    return click.option("--model", help=help)
+
+
+def provider_option(help: str) -> Callable[[FC], FC]:
+    return click.option("--provider", type=click.Choice(["anyfast", "google"]),
+                        envvar="BATCHGEN_PROVIDER", help=help)
+
+
+def retry_failed_option(help: str) -> Callable[[FC], FC]:
+    return click.option("--retry-failed", is_flag=False, flag_value="all", default=None,
+                        metavar="[KINDS]", help=help)
+
+
+def selection_options(*, limit: str, only: str, shard: str, redo_missing: str
+                      ) -> Callable[[FC], FC]:
+    """--limit, --only, --shard and --redo-missing (a Selection), in each command's words."""
+    return _stack(
+        click.option("--limit", type=click.IntRange(1), help=limit),
+        click.option("--only", metavar="ID_GLOB", help=only),
+        click.option("--shard", metavar="K/N", help=shard),
+        click.option("--redo-missing", is_flag=True, help=redo_missing),
+    )
+
+
+manifest_argument = click.argument("manifest", type=click.Path(path_type=Path))
+out_option = click.option("--out", type=click.Path(path_type=Path),
+                          help="Run folder [jobs/<manifest stem>].")
+concurrency_option = click.option("--concurrency", type=click.IntRange(1, 1024), default=8,
+                                  show_default=True)
+rpm_option = click.option("--rpm", type=click.FloatRange(min=1),
+                          help="Requests per minute, at most.")
+prices_option = click.option("--prices",
+                             type=click.Path(path_type=Path, exists=True, dir_okay=False))
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+run_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
+
+run_parameters: Decorator[CommandFunction] = _stack(
+    manifest_argument,
+    out_option,
+    click.option("--fake", is_flag=True,
+                 help="Use the built-in fake Gemini server (no key, no cost)."),
+    provider_option("Overrides the manifest's provider (CSV and JSONL have none) [anyfast]."),
+    click.option("--base-url", help="Point the provider at another host."),
+    model_option("Model id for every job [gemini-3-pro-image]."),
+    concurrency_option,
+    click.option("--timeout", type=click.FloatRange(0.1), default=300.0, show_default=True,
+                 help="Seconds per request."),
+    click.option("--reference-timeout", type=click.FloatRange(0.1), default=60.0,
+                 show_default=True, help="Seconds to fetch one URL reference image."),
+    click.option("--max-attempts", type=click.IntRange(1, 100), default=6, show_default=True),
+    click.option("--backoff", type=click.FloatRange(0.0), default=1.0, show_default=True,
+                 help="First retry wait in seconds when the server names none (doubles, max 60)."),
+    rpm_option,
+    click.option("--ipm", type=click.FloatRange(min=1), help="Images per minute, at most."),
+    click.option("--rate-window", type=click.FloatRange(min=0.1), default=60.0, hidden=True,
+                 help="The window --rpm/--ipm count over, in seconds (for tests)."),
+    click.option("--burst", type=click.IntRange(1, 1000), default=1, show_default=True,
+                 help="Requests that may leave at once under --rpm/--ipm after an idle spell."),
+    click.option("--retry-blocked", type=click.IntRange(0, 20), default=0, show_default=True,
+                 help="Extra tries for safety blocks and no-image answers."),
+    retry_failed_option(RETRY_HELP),
+    click.option("--budget", type=click.FloatRange(0.0), help="Hard spending cap in USD."),
+    click.option("--confirm-above", type=click.FloatRange(0.0), default=20.0, show_default=True,
+                 help="Ask before a run estimated above this many USD (when stdin is a terminal)."),
+    click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),
+    selection_options(
+        limit="Run only the first N pending jobs.",
+        only="Run only jobs whose id matches.",
+        shard="Run only this machine's share of the jobs.",
+        redo_missing="Run again the succeeded jobs whose image file is gone (costs money).",
+    ),
+    prices_option,
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end."),
+    click.option("--log-every", type=click.FloatRange(0.0), default=60.0, show_default=True,
+                 metavar="SECONDS",
+                 help="When stderr is not a terminal, a progress line this often (0: none)."),
+    click.option("-v", "--verbose", count=True, help="Log every attempt (debug)."),
+    click.option(
+        "--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+        help="batch: the Gemini Batch API, half price, results within 24 h (google only).",
+    ),
+    click.option("--wait", is_flag=True, help="Batch mode: poll until every batch is collected."),
+    click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+                 help="Batch mode: jobs per batch at most."),
+    click.option("--poll-interval", type=click.FloatRange(0.01), default=30.0, show_default=True,
+                 help="Batch mode with --wait: seconds between polls, at least."),
+    click.option("--max-file-bytes", type=click.IntRange(1024), default=None, hidden=True,
+                 help="Batch mode: request file size cap (for tests; the service's is 2 GB)."),
+)
+
+estimate_parameters: Decorator[CommandFunction] = _stack(
+    manifest_argument,
+    out_option,
+    concurrency_option,
+    rpm_option,
+    click.option("--latency", type=click.FloatRange(0.0), default=30.0, show_default=True,
+                 help="Assumed seconds per image."),
+    prices_option,
+    model_option("Model id for every job."),
+    provider_option("Overrides the manifest's provider [anyfast]."),
+    retry_failed_option("Count permanent failures too, as run does. " + RETRY_HELP),
+    selection_options(
+        limit="Only the first N pending jobs.",
+        only="Only jobs whose id matches.",
+        shard="Only this machine's share of the jobs.",
+        redo_missing="Count the succeeded jobs whose image file is gone, as run --redo-missing.",
+    ),
+    json_option,
+    click.option("--mode", type=click.Choice(["live", "batch"]), default="live",
+                 show_default=True, help="batch: show live and batch cost side by side."),
+)
+
+
+def _selection(o: dict[str, Any], retry_failed: tuple[str, ...] | None,
+               shard: tuple[int, int] | None) -> Selection:
+    from ..settings import Selection
+
+    return Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"],
+                     redo_missing=o["redo_missing"])
+
+
+def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
+    """``run``'s parameters as click parsed them, typed (a bad --shard or --retry-failed is a
+    usage error, in that order)."""
+    from ..settings import (
+        MAX_FILE_BYTES,
+        BatchSettings,
+        Interaction,
+        RunOptions,
+        RunSettings,
+        Target,
+        Timeouts,
+    )
+
+    shard = parse_shard(o["shard"])
+    selection = _selection(o, parse_retry_kinds(o["retry_failed"]), shard)
+    return RunOptions(
+        target=Target(manifest=manifest, out=o["out"], fake=o["fake"], provider=o["provider"],
+                      base_url=o["base_url"], model=o["model"], prices=o["prices"]),
+        mode=o["mode"],
+        timeouts=Timeouts(request_s=o["timeout"], reference_s=o["reference_timeout"]),
+        settings=RunSettings(
+            concurrency=o["concurrency"],
+            max_attempts=o["max_attempts"],
+            backoff_initial_s=o["backoff"],
+            rpm=o["rpm"],
+            ipm=o["ipm"],
+            rate_window_s=o["rate_window"],
+            burst=o["burst"],
+            retry_blocked=o["retry_blocked"],
+            budget_usd=o["budget"],
+            grace_s=o["timeout"],  # a request in flight may take its whole timeout to end
+        ),
+        selection=selection,
+        batch=BatchSettings(batch_size=o["batch_size"],
+                            max_file_bytes=o["max_file_bytes"] or MAX_FILE_BYTES,
+                            wait=o["wait"], poll_interval_s=o["poll_interval"]),
+        ui=Interaction(yes=o["yes"], confirm_above_usd=o["confirm_above"],
+                       progress=not o["no_progress"], log_every_s=o["log_every"],
+                       verbose=o["verbose"], gallery=not o["no_gallery"]),
+    )
+
+
+def estimate_request(manifest: Path, o: dict[str, Any]) -> EstimateRequest:
+    """``estimate``'s parameters (all but --json and --mode, which say how to show it), typed."""
+    from ..reporting.estimate import EstimateRequest
+
+    retry_failed = parse_retry_kinds(o["retry_failed"])
+    return EstimateRequest(
+        manifest=manifest, out=o["out"], concurrency=o["concurrency"], rpm=o["rpm"],
+        latency_s=o["latency"], prices=o["prices"], model=o["model"], provider=o["provider"],
+        selection=_selection(o, retry_failed, parse_shard(o["shard"])),
+    )

@@ -1,0 +1,94 @@
+"""The commands that read a manifest: ``run``, ``validate`` and ``estimate``.
+
+Each parses, calls the library and prints; what ``run`` says around the live run is in
+:mod:`.run_flow`, batch mode in :mod:`.batch_cmd`. The pipeline is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import guarded, setup_logging
+from .options import (
+    estimate_parameters,
+    estimate_request,
+    manifest_argument,
+    model_option,
+    provider_option,
+    run_options,
+    run_parameters,
+)
+
+
+@click.command()
+@run_parameters
+@guarded
+def run(manifest: Path, **o: Any) -> None:
+    """Generate every job in MANIFEST that the run folder does not have yet."""
+    from ..planning.prepare import adopt_orphans, prepare
+    from .messages import CommandLine
+
+    cmd = CommandLine.from_context(click.get_current_context())
+    options = run_options(manifest, o)
+    setup_logging(options.ui.verbose)
+    if options.mode == "batch":
+        from .batch_cmd import run_command
+
+        sys.exit(run_command(options))
+    prep = prepare(options)
+    adopt_orphans(prep)
+    from .run_flow import go
+
+    sys.exit(go(prep, options, cmd))
+
+
+@click.command()
+@manifest_argument
+@model_option("Model id for every job.")
+@provider_option("Overrides the manifest's provider [anyfast].")
+@guarded
+def validate(manifest: Path, model: str | None, provider: str | None) -> None:
+    """Check MANIFEST without sending anything, and print the plan."""
+    from ..planning.prepare import open_manifest
+    from ..words import plural
+
+    setup_logging(0)
+    m = open_manifest(manifest, model, provider)
+    summary = m.validate()
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    sizes = ", ".join(f"{n} x {size}" for size, n in sorted(summary.by_size.items()))
+    models = ", ".join(f"{n} x {name}" for name, n in sorted(summary.by_model.items()))
+    click.echo(f"{manifest}: ok: {plural(summary.jobs, 'job')}, {plural(summary.jobs, 'image')} "
+               f"({sizes})")
+    click.echo(f"models: {models}; reference images sent: {summary.references}")
+
+
+@click.command()
+@estimate_parameters
+@guarded
+def estimate(manifest: Path, as_json: bool, mode: str, **o: Any) -> None:
+    """What running MANIFEST would cost and take, before anything is spent."""
+    from ..reporting.estimate import estimate as make_estimate
+    from ..reporting.estimate import format_estimate
+
+    setup_logging(0)
+    req = estimate_request(manifest, o)
+    est = make_estimate(req)
+    for warning in est.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    side, extra = "", dict[str, Any]()
+    if mode == "batch":
+        from .batch_cmd import estimate_side_by_side
+
+        side, extra = estimate_side_by_side(est, req.prices)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps({**est.to_json(), **extra}).decode())
+    else:
+        click.echo(format_estimate(est) + side)
