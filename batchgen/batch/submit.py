@@ -244,18 +244,14 @@ class Submitter:
         return data, mime
 
     async def _get(self, url: str) -> bytes:
-        import aiohttp
+        from ..api.translate import translating
 
-        from ..api.client import translate
-
-        try:
+        with translating():
             async with self.api.session.get(url) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     raise e.ConnectionError_(f"HTTP {resp.status}", http_status=resp.status)
                 return data
-        except (aiohttp.ClientError, OSError) as exc:
-            raise translate(exc) from exc
 
 
 class _Group:
