@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from ..errors import InputError, StorageError
-from .durable import GroupSync, fsync_dir
+from .durable import GroupSync, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +222,6 @@ class IntentJournal:
     def _rewrite(self, intents: list[Intent]) -> None:
         if not intents and not self.path.exists():
             return
-        tmp = self.path.with_name(INTENTS_NAME + ".tmp")
-        try:
-            with tmp.open("wb") as fh:
-                for intent in intents:
-                    fh.write(intent.to_line())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.path}: {exc.strerror}") from exc
+        with atomic_write(self.path) as fh:
+            for intent in intents:
+                fh.write(intent.to_line())
