@@ -3,8 +3,8 @@
 A request that has left may be billed whatever happens to this process next: a ``kill -9``, a
 ``docker stop`` (SIGTERM, then SIGKILL), a full disk or a second Ctrl-C. So before each request
 leaves, the pool writes an intent (the job, when the job started, its worst-case price) and waits
-for a shared fsync (:class:`~batchgen.ledger.GroupSync`: the requests that are ready together
-share one fsync). An intent is settled by
+for a shared fsync (:class:`~batchgen.folder.durable.GroupSync`: the requests that are ready
+together share one fsync). An intent is settled by
 
 - a ``void`` line: the attempt was answered and not billed (a 429, a refused connection);
 - a ledger line of the same job with the same ``started_at``: a job's record carries the cost of
