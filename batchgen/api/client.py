@@ -39,7 +39,7 @@ from .http_body import (
 )
 from .response import data_url_bytes, parse_answer
 from .session import SessionOwner
-from .translate import error_body, error_from_http, snippet, translating
+from .translate import error_body, error_from_http, redirected, snippet, translating
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class GeminiClient(SessionOwner):
                     status = answer.status = resp.status
                     resp_headers = resp.headers
                     if 300 <= status < 400:
-                        raise _redirected(status, resp_headers)
+                        raise redirected(resp_headers, " (the key would go along)")
                     if status == 200:
                         raw = await read_capped(resp, ANSWER_MAX_BYTES, "the answer")
                     else:
@@ -289,14 +289,6 @@ class GeminiClient(SessionOwner):
 
 def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _redirected(status: int, headers: Any) -> e.RedirectError:
-    location = redact(str(headers.get("Location", "") or "(no Location)"))
-    return e.RedirectError(
-        f"the API endpoint redirected to {location}; batchgen never follows a redirect of an "
-        "API call (the key would go along): check --base-url"
-    )
 
 
 def _finish(data: bytes, text: str | None, usage: dict[str, Any] | None) -> GeneratedImage:

@@ -114,6 +114,15 @@ def snippet(body: bytes | bytearray) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
 
 
+def redirected(headers: Any, note: str = "") -> e.RedirectError:
+    """A 3xx from the API endpoint, which batchgen never follows; ``note`` says why, if wanted."""
+    location = redact(str(headers.get("Location", "") or "(no Location)"))
+    return e.RedirectError(
+        f"the API endpoint redirected to {location}; batchgen never follows a redirect of an "
+        f"API call{note}: check --base-url"
+    )
+
+
 def translate(exc: BaseException) -> e.APIError:
     """aiohttp and OS errors at the transport boundary, as batchgen errors."""
     msg = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))

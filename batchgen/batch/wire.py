@@ -25,8 +25,7 @@ from .. import errors as e
 from ..api.http_body import ANSWER_MAX_BYTES, read_capped
 from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..api.session import SessionOwner
-from ..api.translate import ERROR_BODY_MAX_BYTES, error_from_http, translating
-from ..redact import redact
+from ..api.translate import ERROR_BODY_MAX_BYTES, error_from_http, redirected, translating
 from ..settings import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -347,9 +346,7 @@ class BatchAPI(SessionOwner):
 def _no_redirect(resp: aiohttp.ClientResponse) -> None:
     """Never follow a redirect: the key would go along to wherever it points."""
     if 300 <= resp.status < 400:
-        location = redact(str(resp.headers.get("Location", "") or "(no Location)"))
-        raise e.RedirectError(f"the API endpoint redirected to {location}; batchgen never "
-                              "follows a redirect of an API call: check --base-url")
+        raise redirected(resp.headers)
 
 
 def _answered(err: e.APIError) -> e.APIError:
