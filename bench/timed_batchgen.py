@@ -86,18 +86,18 @@ def _no_fsync() -> None:
 
 
 def _no_promise_syncs() -> None:
+    import batchgen.folder.durable as durable
     import batchgen.folder.intents as intents
-    import batchgen.folder.ledger as ledger
     import batchgen.store.images as store
 
-    async def no_sync(self: ledger.GroupSync) -> None:
+    async def no_sync(self: durable.GroupSync) -> None:
         self._synced = self._written  # as if on disk at once
         self._task = None
 
     def no_dir_sync(path: object) -> None:
         return None
 
-    ledger.GroupSync._run = no_sync  # type: ignore[method-assign]
+    durable.GroupSync._run = no_sync  # type: ignore[method-assign]
     store.fsync_dir = intents.fsync_dir = no_dir_sync
 
 

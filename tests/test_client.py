@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from batchgen import errors as e
-from batchgen.api.client import GeminiClient, error_from_http, parse_retry_delay
+from batchgen.api.client import GeminiClient
 from batchgen.api.response import find_image_url, parse_answer
 from batchgen.api.retrying import RetryPolicy, backoff_delay, should_retry
+from batchgen.api.translate import error_from_http, parse_retry_delay
 from batchgen.fake import FakeConfig, FakeServer, Rule
 from batchgen.manifest.references import sniff_image_type
 from batchgen.settings import ClientSettings

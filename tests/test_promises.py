@@ -564,8 +564,8 @@ def test_the_ledger_and_intents_are_fsynced_in_batches_and_renames_are_durable(
 ) -> None:
     import asyncio
 
+    from batchgen.folder.appender import LedgerWriter
     from batchgen.folder.intents import IntentJournal, Unsettled, read_unsettled
-    from batchgen.folder.ledger import LedgerWriter
     from batchgen.store.images import ImageStore
 
     spy = FsyncSpy(monkeypatch)

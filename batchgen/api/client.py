@@ -1,7 +1,8 @@
 """The client: one JobSpec in, one generated image out, or one batchgen error.
 
-This is the transport boundary. aiohttp, JSON and OS errors are translated here into the tree in
-:mod:`batchgen.errors`; nothing above this module sees a third-party exception. The API key is
+The request is built (references loaded, shrunk to fit), posted and its answer read. Every
+failure on the way leaves as a batchgen error, through the one table in :mod:`.translate`;
+nothing above this module sees a third-party exception. The API key is
 sent only to the configured endpoint and never appears in a message (:mod:`batchgen.redact`).
 """
 
@@ -12,11 +13,7 @@ import base64
 import dataclasses
 import io
 import logging
-import math
-import re
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -31,8 +28,7 @@ from ..manifest.references import (
     shrink_image_bytes,
     sniff_image_type,
 )
-from ..redact import redact, register_secret
-from ..settings import ClientSettings
+from ..redact import redact
 from ..spec import JobSpec, Reference
 from .http_body import (
     ACCEPT_ENCODING,
@@ -42,15 +38,12 @@ from .http_body import (
     read_capped,
 )
 from .response import data_url_bytes, parse_answer
-from .retrying import MAX_SERVER_DELAY_S
+from .session import SessionOwner
+from .translate import error_body, error_from_http, redirected, snippet, translating
 
 log = logging.getLogger(__name__)
 
 URL_DOWNLOAD_ATTEMPTS = 3
-# An error answer is read only for its message: a megabyte is plenty, the rest is dropped.
-ERROR_BODY_MAX_BYTES = 1024 * 1024
-_PLEASE_RETRY = re.compile(r"retry in ([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\b", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,125 +56,12 @@ class GeneratedImage:
     usage: dict[str, Any] | None
 
 
-def parse_retry_delay(details: Any, headers: Any, message: str) -> float | None:
-    """The wait the server asks for: RetryInfo in the body, Retry-After, or 'Please retry in Ns'."""
-    if isinstance(details, list):
-        for d in details:
-            if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
-                m = _DURATION.match(str(d.get("retryDelay") or d.get("retry_delay") or ""))
-                if m:
-                    return float(m.group(1))
-    header = headers.get("Retry-After") if headers is not None else None
-    if header:
-        try:
-            seconds = float(header)
-        except ValueError:
-            try:
-                seconds = parsedate_to_datetime(header).timestamp() - time.time()
-            except (TypeError, ValueError, OverflowError):
-                seconds = math.nan
-        # "NaN", "inf" or garbage is no instruction at all: treated as absent.
-        if math.isfinite(seconds):
-            return max(seconds, 0.0)
-    m = _PLEASE_RETRY.search(message)
-    if m:
-        value = float(m.group(1))
-        return value / 1000 if m.group(2).lower() == "ms" else value
-    return None
-
-
-def error_from_http(status: int, body: bytes | bytearray, headers: Any) -> e.APIError:
-    """The one table from an HTTP error answer to batchgen's error tree."""
-    message, rpc_status = "", ""
-    details: list[Any] = []
-    try:
-        err = orjson.loads(body).get("error", {})
-        message = str(err.get("message", ""))
-        rpc_status = str(err.get("status", ""))
-        details = err.get("details") or []
-    except (orjson.JSONDecodeError, AttributeError):
-        message = _snippet(body)
-    message = redact(message or f"HTTP {status}")
-    retry_after = parse_retry_delay(details, headers, message)
-    reasons = {str(d.get("reason", "")) for d in details if isinstance(d, dict)}
-    quota_ids = [
-        str(v.get("quotaId", ""))
-        for d in details
-        if isinstance(d, dict)
-        for v in (d.get("violations") or [])
-        if isinstance(v, dict)
-    ]
-    kw: dict[str, Any] = {"http_status": status, "retry_after": retry_after}
-    if status == 429 and any("PerDay" in q for q in quota_ids):
-        return e.DailyQuotaError(message, **kw)
-    if (
-        retry_after is not None
-        and retry_after > MAX_SERVER_DELAY_S
-        and (status in (408, 429) or status >= 500)
-    ):
-        # One ceiling for every wait the server asks for: past it, every worker would sleep on
-        # it in silence. The run stops instead and says when to resume.
-        wait = f" (the server asks to wait {retry_after:.0f}s, over the {MAX_SERVER_DELAY_S:.0f}s"
-        wait += " that batchgen waits at most)"
-        cls = e.DailyQuotaError if status == 429 else e.ServerWaitError
-        return cls(message + wait, **kw)
-    if status == 429:
-        return e.RateLimitError(message, **kw)
-    if status == 400 and "API_KEY_INVALID" in reasons:
-        return e.AuthError(message, **kw)
-    if status in (401, 403):
-        return e.AuthError(message, **kw)
-    if status == 404:
-        return e.ModelNotFoundError(message, **kw)
-    if status == 408 or status >= 500:
-        return e.ServerError(message or rpc_status, **kw)
-    return e.InvalidRequestError(message, **kw)
-
-
-def _snippet(body: bytes | bytearray) -> str:
-    text = body[:200].decode("utf-8", "replace")
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
-
-
-def translate(exc: BaseException) -> e.APIError:
-    """aiohttp and OS errors at the transport boundary, as batchgen errors."""
-    msg = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return e.TimeoutError_(msg)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return e.BadResponseError(f"body cut off: {msg}")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return e.ConnectionError_(msg)
-    return e.BadResponseError(msg)
-
-
 def _where(spec: JobSpec) -> str:
     """Where a job came from (``file:line: images: ``), to name in a reference's error."""
     if not spec.source_file:
         return ""
     line = f":{spec.source_line}" if spec.source_line else ""
     return f"{spec.source_file}{line}: images: "
-
-
-class SessionOwner:
-    """What the two API clients share: the key registered for redaction before anything can
-    print it, and one aiohttp session, opened by the subclass's ``__aenter__``."""
-
-    def __init__(self, settings: ClientSettings) -> None:
-        self.settings = settings
-        register_secret(settings.api_key)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"{type(self).__name__} used outside 'async with'")
-        return self._session
 
 
 class GeminiClient(SessionOwner):
@@ -277,33 +157,28 @@ class GeminiClient(SessionOwner):
         """
         url, params, headers = self.endpoint(spec.model)
         headers["Content-Type"] = "application/json"
-        status = 0
         headers["Accept-Encoding"] = ACCEPT_ENCODING
         try:
-            # Never follow a redirect: the key (header or ?key=) would go along to wherever it
-            # points. The API does not redirect, so a 3xx is a misconfigured or hostile host.
-            async with self.session.post(
-                url, params=params, data=body, headers=headers,
-                allow_redirects=False, auto_decompress=False,
-            ) as resp:
-                status, resp_headers = resp.status, resp.headers
-                if 300 <= status < 400:
-                    raise _redirected(status, resp_headers)
-                if status == 200:
-                    raw = await read_capped(resp, ANSWER_MAX_BYTES, "the answer")
-                else:
-                    raw = await _error_body(resp)
-        except e.APIError as refused:  # redirected, or a body over its cap
-            refused.http_status, refused.answered = status, True
-            refused.maybe_billed = status == 200
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            err = translate(exc)
-            if status:
-                err.http_status, err.answered = status, True
+            with translating() as answer:
+                # Never follow a redirect: the key (header or ?key=) would go along to wherever
+                # it points. The API does not redirect, so a 3xx is a misconfigured or hostile
+                # host.
+                async with self.session.post(
+                    url, params=params, data=body, headers=headers,
+                    allow_redirects=False, auto_decompress=False,
+                ) as resp:
+                    status = answer.status = resp.status
+                    resp_headers = resp.headers
+                    if 300 <= status < 400:
+                        raise redirected(resp_headers, " (the key would go along)")
+                    if status == 200:
+                        raw = await read_capped(resp, ANSWER_MAX_BYTES, "the answer")
+                    else:
+                        raw = await error_body(resp)
+        except e.APIError as failed:
             # A cut-off 200, or a timeout while the image was being made: likely billed.
-            err.maybe_billed = status == 200 or isinstance(err, e.TimeoutError_)
-            raise err from exc
+            failed.maybe_billed = answer.status == 200 or isinstance(failed, e.TimeoutError_)
+            raise
         del body
         if status != 200:
             err = error_from_http(status, raw, resp_headers)
@@ -328,7 +203,7 @@ class GeminiClient(SessionOwner):
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise e.BadResponseError(
-                f"HTTP 200 with a body that is not JSON: {_snippet(raw)!r}", http_status=200
+                f"HTTP 200 with a body that is not JSON: {snippet(raw)!r}", http_status=200
             ) from exc
         del raw
         if isinstance(obj, dict) and "error" in obj and "candidates" not in obj:
@@ -362,7 +237,7 @@ class GeminiClient(SessionOwner):
         self, url: str, cap: int, what: str, timeout: aiohttp.ClientTimeout | None = None
     ) -> bytearray:
         # No key goes with these GETs, so redirects (a CDN's) may be followed.
-        try:
+        with translating():
             async with self.session.get(
                 url,
                 headers={"Accept-Encoding": ACCEPT_ENCODING},
@@ -374,8 +249,6 @@ class GeminiClient(SessionOwner):
                         f"GET {redact(url)} answered HTTP {resp.status}", http_status=resp.status
                     )
                 return await read_capped(resp, cap, what)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise translate(exc) from exc
 
     async def _download_output(self, url: str) -> bytes:
         # The image is already paid for and its URL expires: try hard before giving up on it.
@@ -416,22 +289,6 @@ class GeminiClient(SessionOwner):
 
 def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _redirected(status: int, headers: Any) -> e.RedirectError:
-    location = redact(str(headers.get("Location", "") or "(no Location)"))
-    return e.RedirectError(
-        f"the API endpoint redirected to {location}; batchgen never follows a redirect of an "
-        "API call (the key would go along): check --base-url"
-    )
-
-
-async def _error_body(resp: aiohttp.ClientResponse) -> bytearray:
-    """The start of an error answer, for its message; the rest of it is not worth reading."""
-    try:
-        return await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
-    except e.BodyTooLargeError:
-        return bytearray(b"(an error answer over 1 MiB)")
 
 
 def _finish(data: bytes, text: str | None, usage: dict[str, Any] | None) -> GeneratedImage:

@@ -33,9 +33,10 @@ from PIL import Image, UnidentifiedImageError
 from .. import errors as e
 from ..api.response import data_url_bytes, parse_answer
 from ..api.retrying import is_retryable
+from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from ..folder.layout import now_iso
-from ..folder.ledger import LedgerRecord, LedgerWriter, iter_ledger
+from ..folder.ledger import LedgerRecord, iter_ledger
 from ..folder.records import failure_record, job_fields, success_record
 from ..manifest.references import sniff_image_type
 from ..planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex

@@ -23,8 +23,8 @@ from .. import errors as e
 from ..aio import wait_event
 from ..api.client import GeminiClient
 from ..exits import ExitCode
+from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase
-from ..folder.ledger import LedgerWriter
 from ..planning.plan import IN_BATCH, Plan
 from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta

@@ -34,7 +34,7 @@ import orjson
 from .. import errors as e
 from ..api.client import GeminiClient
 from ..folder.batches import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
-from ..folder.durable import fsync_dir
+from ..folder.durable import commit_tmp
 from ..manifest.references import load_reference_bytes, sniff_image_type
 from ..planning.plan import IN_BATCH
 from ..settings import BatchSettings
@@ -233,18 +233,14 @@ class Submitter:
         return data, mime
 
     async def _get(self, url: str) -> bytes:
-        import aiohttp
+        from ..api.translate import translating
 
-        from ..api.client import translate
-
-        try:
+        with translating():
             async with self.api.session.get(url) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     raise e.ConnectionError_(f"HTTP {resp.status}", http_status=resp.status)
                 return data
-        except (aiohttp.ClientError, OSError) as exc:
-            raise translate(exc) from exc
 
 
 class _Group:
@@ -280,15 +276,10 @@ class _Group:
     def commit(self) -> BatchRecord:
         """Files durable under the display name, then the intent: from here on the batch may
         exist, and its jobs belong to it."""
-        for fh in (self._req, self._jobs):
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
         j = self.journal
         name = j.display_name(self.seq, digest_ids(self.ids))
-        os.replace(self.req_tmp, j.requests_path(name))
-        os.replace(self.jobs_tmp, j.jobs_path(name))
-        fsync_dir(j.dir)
+        commit_tmp(self._req, self.req_tmp, j.requests_path(name))
+        commit_tmp(self._jobs, self.jobs_tmp, j.jobs_path(name))
         j.update(name, phase=Phase.INTENT, seq=self.seq, model=self.model, jobs=self.jobs,
                  reserve_usd=round(self.reserve_usd, 6), request_bytes=self.bytes,
                  intent_at=_now())

@@ -1,11 +1,11 @@
 """The Files API and the Batch API on the wire (``shared/gemini-batch-wire.md``).
 
-This is a transport boundary like :mod:`batchgen.client`: aiohttp, JSON and OS errors are
-translated here, through the same table (:func:`~batchgen.client.error_from_http`,
-:func:`~batchgen.client.translate`), into :mod:`batchgen.errors`. Calls that can be repeated
-safely (get, list, cancel, delete, download, each upload chunk) are retried here as
-:func:`~batchgen.retrying.should_retry` allows; ``create`` is not, because creating a batch is not
-idempotent: the caller (:mod:`.submit`) decides what a failed create means.
+This is a transport boundary like :mod:`batchgen.api.client`: aiohttp, JSON and OS errors are
+translated here, through the same table (:mod:`batchgen.api.translate`), into
+:mod:`batchgen.errors`. Calls that can be repeated safely (get, list, cancel, delete, download,
+each upload chunk) are retried here as :func:`~batchgen.api.retrying.should_retry` allows;
+``create`` is not, because creating a batch is not idempotent: the caller (:mod:`.submit`)
+decides what a failed create means.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import aiohttp
 import orjson
 
 from .. import errors as e
-from ..api.client import ERROR_BODY_MAX_BYTES, SessionOwner, error_from_http, translate
 from ..api.http_body import ANSWER_MAX_BYTES, read_capped
 from ..api.retrying import RetryPolicy, backoff_delay, should_retry
-from ..redact import redact
+from ..api.session import SessionOwner
+from ..api.translate import ERROR_BODY_MAX_BYTES, error_from_http, redirected, translating
 from ..settings import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -125,24 +125,15 @@ class BatchAPI(SessionOwner):
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
-        status = 0
-        try:
+        with translating() as answer:
             async with self.session.request(
                 method, self._url(path), params=query, data=data, headers=headers,
                 allow_redirects=False,
             ) as resp:
-                status = resp.status
+                status = answer.status = resp.status
                 _no_redirect(resp)
                 raw = bytes(await read_capped(resp, ANSWER_MAX_BYTES, f"{method} {path}"))
                 resp_headers = resp.headers
-        except e.APIError as refused:
-            refused.http_status, refused.answered = status, True
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            err = translate(exc)
-            if status:
-                err.http_status, err.answered = status, True
-            raise err from exc
         if status != 200:
             err = error_from_http(status, raw, resp_headers)
             err.answered = True
@@ -218,7 +209,7 @@ class BatchAPI(SessionOwner):
 
     async def _start_upload(self, headers: dict[str, str], meta: dict[str, Any]) -> str:
         query, auth = self._auth()
-        try:
+        with translating():
             async with self.session.post(
                 self._url(f"upload/{API}/files"), params=query,
                 data=orjson.dumps({"file": meta}),
@@ -230,8 +221,6 @@ class BatchAPI(SessionOwner):
                 if resp.status != 200:
                     raise _answered(error_from_http(resp.status, raw, resp.headers))
                 url = resp.headers.get("X-Goog-Upload-URL")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise translate(exc) from exc
         if not url:
             raise e.BadResponseError("upload start answered without X-Goog-Upload-URL",
                                      http_status=200, answered=True)
@@ -241,7 +230,7 @@ class BatchAPI(SessionOwner):
                           command: str) -> dict[str, Any]:
         # The session URL is the credential for the upload: the SDK sends no key with it.
         h = {**headers, "X-Goog-Upload-Command": command, "X-Goog-Upload-Offset": str(offset)}
-        try:
+        with translating():
             async with self.session.post(url, data=chunk, headers=h,
                                          allow_redirects=False) as resp:
                 _no_redirect(resp)
@@ -249,8 +238,6 @@ class BatchAPI(SessionOwner):
                 if resp.status != 200:
                     raise _answered(error_from_http(resp.status, raw, resp.headers))
                 upload_status = resp.headers.get("X-Goog-Upload-Status", "")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise translate(exc) from exc
         if not upload_status:
             raise e.BadResponseError("upload chunk answered without X-Goog-Upload-Status")
         if command.endswith("finalize"):
@@ -282,7 +269,7 @@ class BatchAPI(SessionOwner):
         query, headers = self._auth()
         query["alt"] = "media"
         url = self._url(f"download/{API}/{name}:download")
-        try:
+        with translating():
             async with self.session.get(url, params=query, headers=headers,
                                         allow_redirects=False) as resp:
                 _no_redirect(resp)
@@ -311,8 +298,6 @@ class BatchAPI(SessionOwner):
                             yield line
                 if buf.strip():
                     yield bytes(buf)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise translate(exc) from exc
 
     # -- Batch API --------------------------------------------------------------------------
 
@@ -361,9 +346,7 @@ class BatchAPI(SessionOwner):
 def _no_redirect(resp: aiohttp.ClientResponse) -> None:
     """Never follow a redirect: the key would go along to wherever it points."""
     if 300 <= resp.status < 400:
-        location = redact(str(resp.headers.get("Location", "") or "(no Location)"))
-        raise e.RedirectError(f"the API endpoint redirected to {location}; batchgen never "
-                              "follows a redirect of an API call: check --base-url")
+        raise redirected(resp.headers)
 
 
 def _answered(err: e.APIError) -> e.APIError:

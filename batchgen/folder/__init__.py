@@ -2,8 +2,10 @@
 
     layout.py      where files go (images/<xx>/, thumbs/<xx>/), file names, now_iso
     runfolder.py   the folder's lock and run.json
-    durable.py     fsync_dir, GroupSync (group commit), the wording of OS errors
-    ledger.py      ledger.jsonl: the record format, its readers and its appender
+    durable.py     atomic_write / replace_atomically, fsync_dir, GroupSync (group commit),
+                   the wording of OS errors
+    ledger.py      ledger.jsonl: the record format and its readers
+    appender.py    ledger.jsonl: LedgerWriter, the one appender, and the torn-tail repair
     records.py     the one builder of ledger lines, live and batch
     intents.py     intents.jsonl: requests that may have been billed
     current.py     jobs.jsonl: the jobs the manifest holds now

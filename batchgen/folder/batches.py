@@ -38,8 +38,8 @@ import orjson
 
 from ..errors import StorageError
 from ..spec import JobSpec, Reference
+from .appender import repair_tail
 from .layout import JOURNAL_NAME, now_iso
-from .ledger import repair_tail
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,13 @@ whole file or the new one, never half of one. Format (ARCHITECTURE.md, "The run 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import StorageError
+from .durable import atomic_write, cannot_write, commit_tmp
 
 if TYPE_CHECKING:
     from ..spec import JobSpec
@@ -81,26 +80,14 @@ def write_current(folder: Path, jobs: Iterable[JobSpec]) -> int:
 
 
 def _write_entries(folder: Path, entries: Iterable[dict[str, Any]]) -> int:
-    path = current_path(folder)
-    tmp = path.with_name(path.name + ".tmp")
     dumps = orjson.dumps
     n = 0
-    try:
-        with open(tmp, "wb", buffering=_WRITE_BUFFER) as fh:
-            write = fh.write
-            for entry in entries:
-                write(dumps(entry))
-                write(b"\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            log.debug("could not remove %s", tmp)
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    with atomic_write(current_path(folder), buffering=_WRITE_BUFFER) as fh:
+        write = fh.write
+        for entry in entries:
+            write(dumps(entry))
+            write(b"\n")
+            n += 1
     return n
 
 
@@ -149,25 +136,17 @@ class CurrentWriter:
             write_current(folder, jobs())
             return
         path = current_path(folder)
-        tmp = path.with_name(CURRENT_NAME + ".tmp")
-        try:
-            if self._tmp is None:  # spooled aside: copy it into the folder
-                import shutil  # here, not at the top: `status` starts without it
+        if self._tmp is None:  # spooled aside: copy it into the folder
+            import shutil  # here, not at the top: `status` starts without it
 
+            with fh, atomic_write(path) as out:
                 fh.seek(0)
-                with open(tmp, "wb") as out:
-                    shutil.copyfileobj(fh, out, _WRITE_BUFFER)
-                    out.flush()
-                    os.fsync(out.fileno())
-            else:
-                fh.flush()
-                os.fsync(fh.fileno())
-            fh.close()
-            os.replace(tmp, path)
+                shutil.copyfileobj(fh, out, _WRITE_BUFFER)
+            return
+        try:
+            commit_tmp(fh, self._tmp, path)
         except OSError as exc:
-            fh.close()
-            tmp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise cannot_write(path, exc) from exc
 
     def discard(self) -> None:
         """Drop what was spooled (the input did not pass, or the spool failed)."""

@@ -1,16 +1,21 @@
 """Durable writes: what makes a file or a rename survive a power cut.
 
-``fsync_dir`` after a rename or a create, ``GroupSync`` for many appends sharing one fsync (a
-group commit), and ``why`` for the one wording of an OS error every writer reports.
+``atomic_write`` and ``replace_atomically`` for a file replaced whole (tmp in the same folder,
+fsync, rename, fsync of the folder), ``commit_tmp`` for a tmp file that was written over a while
+through a handle held open, ``fsync_dir`` after a rename or a create, ``GroupSync`` for many
+appends sharing one fsync (a group commit), and ``why`` for the one wording of an OS error every
+writer reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from ..errors import StorageError
 
@@ -32,6 +37,69 @@ def fsync_dir(path: Path) -> None:
         log.debug("cannot fsync the directory %s: %s", path, exc)
     finally:
         os.close(fd)
+
+
+def commit_tmp(fh: IO[bytes], tmp: Path, path: Path) -> None:
+    """Put ``tmp``, written through ``fh``, in place as ``path``: all of it or none of it.
+
+    Its bytes reach the disk before the rename, and the rename before this returns, so a power
+    cut leaves the old file or the new one, never a torn or empty one. ``fh`` is closed; on a
+    failure ``tmp`` is removed and the OS error raised as it is, for the caller to word.
+    """
+    try:
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.replace(tmp, path)
+    except BaseException:
+        fh.close()
+        _remove(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: Path, *, tmp: Path | None = None, buffering: int = -1, parents: bool = False
+) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path`` through, put in place by :func:`commit_tmp` when the
+    block ends; an OS error on the way is a :class:`StorageError` ("cannot write PATH: why").
+
+    ``tmp`` is ``PATH.tmp`` unless named; ``parents`` creates the folder first. A block that
+    raises leaves ``path`` as it was and no tmp behind.
+    """
+    tmp = tmp if tmp is not None else path.with_name(path.name + ".tmp")
+    try:
+        if parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(tmp, "wb", buffering=buffering)  # noqa: SIM115 (closed by commit_tmp)
+        try:
+            yield fh
+        except BaseException:
+            fh.close()
+            _remove(tmp)
+            raise
+        commit_tmp(fh, tmp, path)
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
+
+
+def replace_atomically(path: Path, data: bytes, *, parents: bool = False) -> None:
+    """Replace ``path`` with ``data``, durably and all at once (see :func:`atomic_write`)."""
+    with atomic_write(path, parents=parents) as fh:
+        fh.write(data)
+
+
+def cannot_write(path: Path, exc: OSError) -> StorageError:
+    """The one wording of a failed write of ``path``."""
+    return StorageError(f"cannot write {path}: {why(exc)}")
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        log.debug("could not remove %s", tmp)
 
 
 class GroupSync:

@@ -3,8 +3,8 @@
 A request that has left may be billed whatever happens to this process next: a ``kill -9``, a
 ``docker stop`` (SIGTERM, then SIGKILL), a full disk or a second Ctrl-C. So before each request
 leaves, the pool writes an intent (the job, when the job started, its worst-case price) and waits
-for a shared fsync (:class:`~batchgen.ledger.GroupSync`: the requests that are ready together
-share one fsync). An intent is settled by
+for a shared fsync (:class:`~batchgen.folder.durable.GroupSync`: the requests that are ready
+together share one fsync). An intent is settled by
 
 - a ``void`` line: the attempt was answered and not billed (a 429, a refused connection);
 - a ledger line of the same job with the same ``started_at``: a job's record carries the cost of
@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from ..errors import InputError, StorageError
-from .durable import GroupSync, fsync_dir
+from .durable import GroupSync, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +222,6 @@ class IntentJournal:
     def _rewrite(self, intents: list[Intent]) -> None:
         if not intents and not self.path.exists():
             return
-        tmp = self.path.with_name(INTENTS_NAME + ".tmp")
-        try:
-            with tmp.open("wb") as fh:
-                for intent in intents:
-                    fh.write(intent.to_line())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.path}: {exc.strerror}") from exc
+        with atomic_write(self.path) as fh:
+            for intent in intents:
+                fh.write(intent.to_line())

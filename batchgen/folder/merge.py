@@ -29,7 +29,7 @@ import orjson
 
 from ..errors import InputError, StorageError
 from .current import merge_current
-from .durable import fsync_dir
+from .durable import commit_tmp
 from .intents import INTENTS_NAME, Intent, read_unsettled
 from .layout import LOCK_FILE, now_iso
 from .ledger import LEDGER_NAME, LedgerRecord, iter_records
@@ -242,10 +242,7 @@ def _merge(sources: list[Path], out: Path) -> MergeResult:
             winning.close()
             with tmp_winners.open("rb") as fh:
                 shutil.copyfileobj(fh, history)
-            history.flush()
-            os.fsync(history.fileno())
-        os.replace(tmp_history, folder.ledger_path)
-        fsync_dir(out)
+            commit_tmp(history, tmp_history, folder.ledger_path)
         _merge_intents(readers, out)
     except OSError as exc:
         raise StorageError(f"cannot merge into {out}: {exc}") from exc
@@ -293,13 +290,11 @@ def _merge_intents(readers: list[Path], out: Path) -> None:
     if not found and not path.exists():
         return
     tmp = path.with_name(INTENTS_NAME + ".merge.tmp")
+    # Not atomic_write: an OS error here is the merge's, worded by merge() like the others.
     with tmp.open("wb") as fh:
         for intent in found.values():
             fh.write(intent.to_line())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(out)
+        commit_tmp(fh, tmp, path)
 
 
 def _files_of(src: Path, out: Path, rec: LedgerRecord) -> list[tuple[Path, Path]] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ..errors import InputError, StorageError
+from .durable import replace_atomically
 from .layout import LOCK_FILE, RUN_FILE, now_iso, read_run_meta
 from .ledger import LEDGER_NAME
 
@@ -31,13 +32,10 @@ class RunFolder:
         return read_run_meta(self.path)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.run_file.with_suffix(".json.tmp")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-            os.replace(tmp, self.run_file)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.run_file}: {exc.strerror}") from exc
+        # Synced: written a few times a run, and a run.json a power cut left empty would lose
+        # the settings and the manifest hash a resumed run compares against.
+        meta_bytes = orjson.dumps(meta, option=orjson.OPT_INDENT_2)
+        replace_atomically(self.run_file, meta_bytes, parents=True)
 
     def update_meta(self, **changes: Any) -> dict[str, Any]:
         meta = {**self.read_meta(), **changes, "updated_at": now_iso()}

@@ -20,9 +20,9 @@ from .. import errors as e
 from ..aio import ConcurrencyCap, Stopped, wait_event
 from ..api.client import GeminiClient, GeneratedImage
 from ..api.retrying import RetryPolicy, backoff_delay, should_retry
+from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
-from ..folder.ledger import LedgerWriter
 from ..pacing.gate import FirstAnswerGate
 from ..pacing.pacer import Pacing
 from ..pricing import PriceTable

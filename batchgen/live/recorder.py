@@ -13,8 +13,8 @@ from .. import errors as e
 from ..api.client import GeneratedImage
 from ..api.retrying import is_retryable
 from ..folder import records
+from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
-from ..folder.ledger import LedgerWriter
 from ..progress import Progress
 from ..spec import JobSpec
 from ..store.images import ImageStore

@@ -9,9 +9,9 @@ import logging
 
 from ..api.client import GeminiClient
 from ..errors import StorageError
+from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
-from ..folder.ledger import LedgerWriter
 from ..folder.ownership import manifest_key
 from ..planning.plan import manifest_sha256
 from ..planning.prepare import Prepared

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BatchgenError, InputError, StorageError
+from ..folder.appender import LedgerWriter
 from ..folder.current import CurrentWriter
 from ..folder.intents import Unsettled
 from ..folder.layout import LOCK_FILE
-from ..folder.ledger import LedgerRecord, LedgerWriter
+from ..folder.ledger import LedgerRecord
 from ..folder.ownership import owner_problem
 from ..folder.runfolder import RunFolder
 from ..folder.superseded import restore_superseded

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import StorageError
 from ..folder.current import current_ids, iter_current
+from ..folder.durable import atomic_write
 from ..folder.layout import thumb_relpath
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.runfolder import read_meta
@@ -95,6 +96,9 @@ def make_thumb(src: Path, dst: Path, px: int = THUMB_PX) -> bool:
             flat.paste(rgba, mask=rgba.getchannel("A"))
         else:
             flat = img.convert("RGB")
+    # Renamed into place but not synced (not durable.atomic_write): a thumbnail is a cache made
+    # again by deleting it, not worth a disk flush per image of a folder of thousands, and a
+    # failure is this image's ("no thumbnail"), not a StorageError that ends the gallery.
     flat.save(tmp, "JPEG", quality=THUMB_QUALITY)
     os.replace(tmp, dst)
     return True
@@ -269,25 +273,19 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
         .partition("/*DATA*/")
     )
     base = str(page.resolve().parent)
-    tmp = page.with_name(page.name + ".tmp")
-    try:
-        page.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(before.encode("utf-8"))
-            fh.write(b"[")
-            # The blob is written card by card, not built whole: a big folder's page would be
-            # held several times over (JSON, escaped, decoded, in the page, encoded).
-            sep = b""
-            for job_id, card in cards.items():
-                fh.write(sep)
-                sep = b","
-                old = current is not None and job_id not in current
-                fh.write(_escape(_card_json(card, images.get(job_id), base, broken, old)))
-            fh.write(b"]")
-            fh.write(after.encode("utf-8"))
-        os.replace(tmp, page)
-    except OSError as exc:
-        raise StorageError(f"cannot write {page}: {exc.strerror}") from exc
+    with atomic_write(page, parents=True) as fh:
+        fh.write(before.encode("utf-8"))
+        fh.write(b"[")
+        # The blob is written card by card, not built whole: a big folder's page would be
+        # held several times over (JSON, escaped, decoded, in the page, encoded).
+        sep = b""
+        for job_id, card in cards.items():
+            fh.write(sep)
+            sep = b","
+            old = current is not None and job_id not in current
+            fh.write(_escape(_card_json(card, images.get(job_id), base, broken, old)))
+        fh.write(b"]")
+        fh.write(after.encode("utf-8"))
     return GalleryResult(
         path=page,
         cards=len(cards),
