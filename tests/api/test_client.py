@@ -1,4 +1,4 @@
-"""TODO: test_client.py"""
+"""The client against the fake server over real HTTP: every answer shape and every error class."""
 
 from __future__ import annotations
 

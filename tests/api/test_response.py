@@ -1,4 +1,4 @@
-"""TODO: test_client.py"""
+"""Reading an answer (batchgen/api/response.py): snake case, thought images, image URLs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_client.py"""
+"""What is retried and how long to wait (batchgen/api/retrying.py)."""
 
 from __future__ import annotations
 

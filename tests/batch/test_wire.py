@@ -1,4 +1,4 @@
-"""TODO: test_batch_mode.py"""
+"""The Batch API on the wire (batchgen/batch/wire.py): line errors and the lookup by display name."""
 
 from __future__ import annotations
 

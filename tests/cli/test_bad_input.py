@@ -1,4 +1,7 @@
-"""TODO: test_edge_input.py, test_planning.py, test_yaml_errors.py"""
+"""Bad input through the CLI: one line and exit 2, nothing sent and no run folder made.
+
+Absurd seeds, counts and prices, keys inside URLs, YAML syntax errors pointing at the line to
+fix, and manifest problems reported before a busy folder or bad prices."""
 
 from __future__ import annotations
 

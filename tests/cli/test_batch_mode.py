@@ -1,4 +1,9 @@
-"""TODO: test_batch_mode.py"""
+"""Batch mode end to end: the CLI as a subprocess against the fake server's Batch API over HTTP.
+
+Crash tests stop the CLI with a real SIGKILL at a deterministic point
+(``BATCHGEN_TEST_CRASH_AT``), then re-run it and check that every job is done exactly once, no
+display name was created twice and no image billed twice (apart from the service's duplicates).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_budget.py"""
+"""The budget cap through the CLI: a hard cap, and the most a request could cost reserved."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO: test_durability.py"""
+"""The durable runner: faults, kill -9, Ctrl-C, torn ledgers, orphans, full disks, then resume.
+
+Every test runs the CLI as a subprocess against the fake server over HTTP and judges by what the
+server counted (requests, billed images) and what is on disk."""
 
 from __future__ import annotations
 

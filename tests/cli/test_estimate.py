@@ -1,4 +1,4 @@
-"""TODO: test_estimate.py"""
+"""``batchgen estimate``: counts, the price table's figures, timing, and what a run folder has done."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO: test_export.py"""
+"""``batchgen export``: each format loaded back, in the test, by the library its users load it with.
+
+A module-scoped run folder is made by the CLI against the fake server (a YAML matrix manifest);
+other folders are synthetic (ledger lines written directly) to pin down the ledger's shapes: the
+flat layout of today, the new one with ``name``/``meta``/``source`` and sub-folders, failures,
+a torn last line and ``jobs.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -118,6 +124,8 @@ def split_of(spec: str, job_id: str) -> str:
     return parse_split(spec).of(job_id)
 
 
+# --- imagefolder -------------------------------------------------------------------------------
+
 def test_imagefolder_loads_with_datasets_and_split_is_stable(
         run: Path, hf: Any, tmp_path: Path) -> None:
     spec = "train=0.5,test=0.5"
@@ -226,6 +234,8 @@ def test_imagefolder_metadata_keeps_its_types_for_datasets(hf: Any, tmp_path: Pa
             assert row["rare"] == (7 if row["job_id"] == last else None)
 
 
+# --- parquet -----------------------------------------------------------------------------------
+
 def test_parquet_loads_with_pyarrow_and_datasets(run: Path, hf: Any, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -251,6 +261,8 @@ def test_parquet_loads_with_pyarrow_and_datasets(run: Path, hf: Any, tmp_path: P
         assert_image_ok(row["image"], row)
         assert row["references"] == []
 
+
+# --- webdataset --------------------------------------------------------------------------------
 
 def test_webdataset_loads_with_webdataset(run: Path, tmp_path: Path) -> None:
     import webdataset as wds
@@ -282,6 +294,8 @@ def test_webdataset_loads_with_webdataset(run: Path, tmp_path: Path) -> None:
     assert [s["__key__"] for s in again] == sorted(done)
 
 
+# --- re-export ---------------------------------------------------------------------------------
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != ".batchgen-export.json"}
@@ -312,6 +326,8 @@ def test_reexport_after_more_jobs_equals_one_export_at_the_end(
                ["columns"]) >= len(COLUMNS)
     assert not list(tmp_path.glob("*.partial-*")) and not list(tmp_path.glob("*.old-*"))
 
+
+# --- synthetic run folders: the ledger's shapes ------------------------------------------------
 
 def _png(i: int) -> bytes:
     buf = io.BytesIO()
@@ -429,6 +445,8 @@ def test_include_failed_keeps_failures_without_image(tmp_path: Path) -> None:
     assert res.code == 2 and "--include-failed" in res.stderr
 
 
+# --- safety and bad input ----------------------------------------------------------------------
+
 def test_failed_export_leaves_the_previous_one_whole(tmp_path: Path) -> None:
     lines = synth_run(tmp_path / "run", 4, legacy=True)
     out = tmp_path / "wds"
@@ -520,6 +538,8 @@ def test_missing_optional_dependency_names_the_pip_command(
     assert f"pip install 'batchgen[{extra}]'" in proc.stderr
     assert proc.stderr.count("\n") == 1
 
+
+# --- object storage ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[str]:

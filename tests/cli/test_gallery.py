@@ -1,4 +1,5 @@
-"""TODO: test_gallery.py, test_planning.py"""
+"""``batchgen gallery`` rendered by a real headless Chromium: thumbnails, filters, escaping; and
+the refresh a run skips on big folders."""
 
 from __future__ import annotations
 

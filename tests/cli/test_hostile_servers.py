@@ -1,4 +1,9 @@
-"""TODO: test_hostile.py"""
+"""Issue 10, hostile servers, the budget table and inputs: every case through the CLI.
+
+The misbehaving servers are small aiohttp apps on 127.0.0.1 (``Hostile``), each in its own
+thread; where a case needs real answers, they forward to the fake Gemini server, whose billing is
+then checked against the ledger.
+"""
 
 from __future__ import annotations
 
@@ -160,6 +165,9 @@ def run_measured(args: list[str | Path], env: dict[str, str], timeout: float = 9
     return proc.returncode, "".join(stderr), usage.ru_maxrss * 1024
 
 
+# -- 7: a partial --prices override ---------------------------------------------------------
+
+
 def test_partial_price_override_keeps_the_other_sizes(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
@@ -207,6 +215,9 @@ def test_a_model_or_size_without_a_price_is_refused(
         assert len(lines) == 2 and "Traceback" not in r.stderr  # preview kept its 4K price
     assert server.stats.requests == 0
     assert not (tmp_path / "run").exists()
+
+
+# -- 12: the key never follows a redirect ---------------------------------------------------
 
 
 @pytest.mark.parametrize(("provider", "status"), [("google", 307), ("anyfast", 308),
@@ -262,6 +273,9 @@ def test_url_references_follow_redirects_without_the_key(
     assert hostile.keys_seen() == [] and hostile2.keys_seen() == []
 
 
+# -- 14: the server's requested waits are bounded -------------------------------------------
+
+
 def test_a_long_retry_after_on_503_stops_the_run_with_when_to_resume(
     hostile: Hostile, tmp_path: Path
 ) -> None:
@@ -309,6 +323,8 @@ def test_an_unparsable_retry_after_is_treated_as_absent(
     billed_matches_ledger(server, out)
     assert server.stats.billed_images == 2
 
+
+# -- 13: bodies are bounded -----------------------------------------------------------------
 
 ANSWER_CAP = 256 * MiB  # batchgen.http_body.ANSWER_MAX_BYTES, derived there
 
@@ -426,6 +442,9 @@ def test_an_endless_url_reference_is_capped(
     assert server.stats.requests == 0 and rec["cost_usd"] == 0
 
 
+# -- 15: an oversized reference is bad input, not a traceback --------------------------------
+
+
 def huge_header_jpeg(path: Path, size: tuple[int, int], pad_to: int) -> Path:
     """A small JPEG whose header claims ``size`` pixels, padded past the request limit so that
     it must be shrunk. Pillow judges the pixel count from the header, as with a real one."""
@@ -452,6 +471,9 @@ def test_an_oversized_reference_is_one_line_exit_2(
         assert line.startswith(f"batchgen: {m}:4: images: huge.jpg"), line
         assert "too large to decode" in line and "200000000 pixels" in line
     assert server.stats.requests == 0 and not (tmp_path / "run").exists()
+
+
+# -- 17: a hanging or unreachable URL reference fails its job, named -------------------------
 
 
 def test_a_hanging_or_unreachable_url_reference_fails_its_job_by_name(
@@ -492,6 +514,9 @@ def test_a_hanging_or_unreachable_url_reference_fails_its_job_by_name(
     assert len([s for s in hostile.seen if s["path"] == "/slow.png"]) == 1  # not retried
     assert billed_matches_ledger(server, out) > 0
     assert server.stats.billed_images == 3
+
+
+# -- 18 and 19: --base-url ------------------------------------------------------------------
 
 
 def test_credentials_in_base_url_are_never_stored(
@@ -544,6 +569,9 @@ def test_a_malformed_base_url_in_the_manifest_names_it(tmp_path: Path) -> None:
     assert r.stderr.startswith(f"batchgen: {m}: base_url: 'https://example.com:0x50'"), r.stderr
 
 
+# -- 16: shrinking does not multiply memory by the concurrency -------------------------------
+
+
 def big_reference(path: Path, colour: tuple[int, int, int], side: int, pad_to: int) -> Path:
     """A real ``side`` x ``side`` JPEG (it decodes to side^2 x 4 bytes), padded past the
     request limit so it must be decoded and shrunk."""
@@ -578,6 +606,9 @@ def test_shrinking_references_holds_one_large_image_at_a_time(
     assert peak < 520 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
     assert server.stats.billed_images == n
     billed_matches_ledger(server, out)
+
+
+# -- 20: one request, one job ---------------------------------------------------------------
 
 
 def test_two_rows_sending_the_same_request_are_a_duplicate(

@@ -1,4 +1,8 @@
-"""TODO: test_promises.py"""
+"""Hand-edited and half-written run folders: tmp pairs left by a kill, deleted images, bad
+amounts and a last record without its newline.
+
+Every test runs the CLI as a subprocess against the fake server over HTTP and checks what the
+fake billed against what the ledger says."""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from tests.helpers.runs import (
     status,
     succeeded_prompts,
 )
+
+# -- 5. a finished .tmp pair is adopted, not paid again -----------------------------------------
 
 
 def test_a_complete_tmp_pair_left_by_a_kill_is_adopted(
@@ -60,6 +66,9 @@ def test_a_complete_tmp_pair_left_by_a_kill_is_adopted(
         img.load()
 
 
+# -- 6. deleted images are noticed ----------------------------------------------------------------
+
+
 def test_deleted_images_are_missing_not_done(server: ThreadedFakeServer, tmp_path: Path) -> None:
     prompts = [f"lost {i}" for i in range(4)]
     m = write_manifest(tmp_path / "m.yaml", prompts)
@@ -80,6 +89,9 @@ def test_deleted_images_are_missing_not_done(server: ThreadedFakeServer, tmp_pat
     st = status(out)
     assert st["succeeded"] == 4 and st["missing"] == 0
     assert matches_billing(server.stats.billed_usd, 8, float(st["cost_usd"]))  # type: ignore[arg-type]
+
+
+# -- 8, 9. hand-edited ledgers ------------------------------------------------------------------
 
 
 def test_a_bad_amount_in_the_ledger_is_an_input_error(server: ThreadedFakeServer,

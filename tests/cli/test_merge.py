@@ -1,4 +1,5 @@
-"""TODO: test_merge.py, test_promises.py"""
+"""``--shard K/N`` runs cover a manifest exactly once, and ``batchgen merge`` puts them together,
+keeps the lines runs wrote, takes the locks and can be run again after an interruption."""
 
 from __future__ import annotations
 
@@ -114,6 +115,9 @@ def test_merge_refuses_to_overwrite_an_input_or_a_run(server: ThreadedFakeServer
     assert (a / "ledger.jsonl").read_bytes() == before
     r = cli("merge", a, tmp_path, "--out", tmp_path / "c")
     assert r.code == 2 and "not a batchgen run folder" in r.stderr
+
+
+# -- 10, 11. merge -----------------------------------------------------------------------------
 
 
 def test_merge_keeps_the_lines_runs_wrote_in_the_merged_folder(

@@ -1,4 +1,5 @@
-"""TODO: test_budget.py, test_ux.py"""
+"""What a new user tripped over (issue 11), each through the CLI against the fake server; and the
+confirmation and progress bar on a terminal."""
 
 from __future__ import annotations
 
@@ -90,6 +91,9 @@ def gallery_records(page: Path) -> list[dict[str, object]]:
     return json.loads(blob)  # type: ignore[no-any-return]
 
 
+# -- 1. a run folder belongs to one manifest ---------------------------------------------------
+
+
 def test_a_second_manifest_with_the_same_name_is_refused(server: ThreadedFakeServer,
                                                          tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
@@ -119,6 +123,9 @@ def test_a_second_manifest_with_the_same_name_is_refused(server: ThreadedFakeSer
     # --out gives the other manifest its own folder.
     r = cli("run", val, *common, "--out", "jobs/val-prompts", env=env, cwd=tmp_path)
     assert r.code == 0, r.output
+
+
+# -- 2. current and superseded -----------------------------------------------------------------
 
 
 def test_an_edited_row_is_superseded_in_status_report_gallery_and_prune(
@@ -190,6 +197,9 @@ def test_current_jobs_are_recorded_at_planning(server: ThreadedFakeServer, tmp_p
     assert len(ledger) == 1 and ledger <= {x["job_id"] for x in lines}
 
 
+# -- 3. status after kill -9 -------------------------------------------------------------------
+
+
 def test_status_tells_a_killed_run_from_a_running_one(tmp_path: Path) -> None:
     with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=30)) as srv:
         m = write_manifest(tmp_path / "m.yaml", ["slow one", "slow two"])
@@ -207,6 +217,9 @@ def test_status_tells_a_killed_run_from_a_running_one(tmp_path: Path) -> None:
     assert "ended without finishing" in text
     rep = json.loads(cli("report", out, "--json").stdout)
     assert rep["state"] == "ended without finishing (killed or crashed); run it again to resume"
+
+
+# -- 4, 5, 6. --only, spend, --limit -----------------------------------------------------------
 
 
 def test_only_that_matches_no_pending_job_exits_2(server: ThreadedFakeServer,
@@ -242,6 +255,9 @@ def test_limit_then_resume_says_what_is_pending_and_spent(server: ThreadedFakeSe
     assert this_run > 0 and abs(folder - this_run - float(first.group(2))) < 0.015
 
 
+# -- 7, 9. --retry-failed kinds, commands built once --------------------------------------------
+
+
 def test_retry_failed_kinds_are_validated(server: ThreadedFakeServer, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", ["a"])
     r = run_against(server, m, tmp_path / "run", "--retry-failed", "blokced")
@@ -269,6 +285,9 @@ def test_suggested_commands_repeat_no_flag(tmp_path: Path) -> None:
         # Given in place of "blocked": all permanent failures, once, and no --limit.
         assert line.count("--retry-failed") == 1 and "blocked" not in line
         assert "--limit" not in line
+
+
+# -- 8. budget ----------------------------------------------------------------------------------
 
 
 def test_budget_is_checked_against_the_folder_first(server: ThreadedFakeServer,
@@ -304,6 +323,9 @@ def test_budget_warns_up_front_and_suggests_a_larger_one(server: ThreadedFakeSer
     assert r.code == 0, r.output
 
 
+# -- 10. a key for the other provider ----------------------------------------------------------
+
+
 def test_a_key_for_the_other_provider_is_named(server: ThreadedFakeServer,
                                                tmp_path: Path) -> None:
     m = tmp_path / "m.csv"
@@ -318,6 +340,9 @@ def test_a_key_for_the_other_provider_is_named(server: ThreadedFakeServer,
             env=clean_env(GEMINI_API_KEY=SECRET, BATCHGEN_PROVIDER="google"))
     assert r.code == 0, r.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["provider"] == "google"
+
+
+# -- 11. an unreachable reference --------------------------------------------------------------
 
 
 def test_an_unreachable_url_reference_is_named(server: ThreadedFakeServer,
@@ -336,6 +361,9 @@ def test_an_unreachable_url_reference_is_named(server: ThreadedFakeServer,
     # Named as the reference, where the manifest gives it, not as an API connection error.
     assert "images: reference http://127.0.0.1:9/ref.png: " in error["message"]
     assert server.stats.requests == 0
+
+
+# -- 13. small things --------------------------------------------------------------------------
 
 
 def test_fake_server_faults_are_checked() -> None:
@@ -405,6 +433,9 @@ def test_ledger_records_the_ratio_taken_from_the_reference(server: ThreadedFakeS
     assert rec["aspect_ratio"] == "16:9"
 
 
+# -- 14, 15. unattended logs and -v ------------------------------------------------------------
+
+
 def test_unattended_runs_log_progress_lines_and_stops(tmp_path: Path) -> None:
     with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.15)) as srv:
         m = write_manifest(tmp_path / "m.yaml", [f"night {i}" for i in range(8)])
@@ -440,6 +471,9 @@ def test_verbose_logs_one_line_per_attempt(tmp_path: Path) -> None:
     assert "attempt 1: rate_limited: HTTP 429" in mine[0] and "retrying in" in mine[0]
     assert "attempt 2: rate_limited" in mine[1] and mine[2].endswith("attempt 3: ok")
     assert all(len(x) < 400 for x in mine)
+
+
+# -- 12. spreadsheet hints ---------------------------------------------------------------------
 
 
 def test_spreadsheet_mistakes_get_hints(tmp_path: Path) -> None:

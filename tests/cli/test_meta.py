@@ -1,4 +1,7 @@
-"""TODO: test_dataset_meta.py"""
+"""The user's metadata and provenance on every output, the current-jobs file, the image layout.
+
+Runs go through the CLI as a subprocess against the real fake server; images are real bytes.
+"""
 
 from __future__ import annotations
 

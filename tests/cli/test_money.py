@@ -1,4 +1,8 @@
-"""TODO: test_edge_money.py"""
+"""Paying twice, losing paid images, and the budget cap, in the corners a review found.
+
+Each test runs the CLI as a subprocess against the fake server over HTTP and judges by what the
+server billed and what is on disk.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO: test_edge_overnight.py"""
+"""Hangs and fatal errors at high concurrency, and answers nothing expected.
+
+Subprocess CLI against the fake server (or a tiny stand-in HTTP server where the fake cannot
+produce the answer).
+"""
 
 from __future__ import annotations
 

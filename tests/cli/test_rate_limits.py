@@ -1,4 +1,10 @@
-"""TODO: test_durability.py, test_edge_overnight.py, test_pacing.py"""
+"""Rate limits through the CLI: the RPM reached without 429s, the rate adapted to 429s, daily
+quotas and long delays, the first-answer gate, empty answers.
+
+The CLI runs against the fake server and is judged from the server's timeline of arrivals
+(when each request came in, and what it got), with the issue's thresholds. They are kept to a
+few seconds each with small windows and high limits; bench/pacing.py runs the full table
+(windows of 1 to 60 s) and bench/RESULTS.md has its figures."""
 
 from __future__ import annotations
 
@@ -134,6 +140,9 @@ def test_a_429_asking_for_an_hour_stops_the_run_instead_of_burning_the_manifest(
     assert r.code == 4, r.output
 
 
+# -- helpers -------------------------------------------------------------------------------
+
+
 def figures(
     timeline: list[tuple[float, int]], limit: int, window_s: float, *, judge_from: float
 ) -> tuple[float, int, int]:
@@ -160,6 +169,8 @@ def per_second(timeline: list[tuple[float, int]]) -> list[tuple[int, int]]:
         counts[int(t - t0)][status == 429] += 1
     return [(ok, no) for ok, no in counts]
 
+
+# -- pacing over HTTP ----------------------------------------------------------------------
 
 # The HTTP tests that judge rates run one after another on one xdist worker (`make test` runs
 # `--dist loadgroup`): each loads the 2 cores as it runs, and two at once made a first cut read
@@ -265,6 +276,9 @@ def test_overload_429s_at_random_do_not_slow_the_run(
     assert rate >= 0.7 * 0.8 * concurrency / 0.3, (rate, why)
 
 
+# -- the first-answer gate over HTTP -------------------------------------------------------
+
+
 def test_wrong_key_at_concurrency_64_costs_at_most_two_requests(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
@@ -288,6 +302,9 @@ def test_the_gate_lets_the_others_go_before_a_slow_probe_answers(
     # About 1 s (the release time), not the probe's whole 3-s generation.
     assert 0.8 < gap < 2.2, gap
     assert arrivals[-1] - arrivals[0] < 2.5
+
+
+# -- empty answers -------------------------------------------------------------------------
 
 
 def test_an_empty_answer_is_retried_and_billed_once(

@@ -1,4 +1,4 @@
-"""TODO: test_report.py"""
+"""``batchgen report``: every figure recomputed here from the ledger lines must match."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_run.py"""
+"""``batchgen run`` as a subprocess against the fake server: formats, outcomes, exit codes, key."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_budget.py"""
+"""Choosing jobs: --limit, --only and --shard."""
 
 from __future__ import annotations
 

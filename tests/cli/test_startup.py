@@ -1,4 +1,4 @@
-"""TODO: test_pacing.py"""
+"""Start-up: ``status``, ``--help`` and ``--version`` import none of the pipeline."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from tests.helpers.cli import clean_env
+
+# -- start-up ------------------------------------------------------------------------------
 
 
 def test_importing_the_cli_pulls_in_no_heavy_dependency() -> None:

@@ -1,4 +1,8 @@
-"""TODO: test_promises.py"""
+"""Issue 10: every promise under signals and kills, then resume.
+
+Every test runs the CLI as a subprocess against the fake server over HTTP, sends real signals at
+the awkward moment (found by polling the fake's stats, the ledger or the CLI's own output, never
+by sleeping blindly), and checks what the fake billed against what the ledger says."""
 
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ def settle(server: ThreadedFakeServer) -> None:
     """Requests a dead client had sent are still being generated (and billed): let them land."""
     assert wait_for(lambda: server.stats.in_flight == 0, timeout=30)
 
+
+# -- references that take their time ------------------------------------------------------------
 
 PNG = io.BytesIO()
 
@@ -116,6 +122,9 @@ def ref_manifest(path: Path, refs: RefServer, fast: int, hanging: int) -> Path:
     return path
 
 
+# -- 1. a stop stops the requests that have not left yet --------------------------------------
+
+
 def test_stop_sends_nothing_that_was_still_loading_its_references(
     server: ThreadedFakeServer, refs: RefServer, tmp_path: Path
 ) -> None:
@@ -162,6 +171,9 @@ def test_a_hanging_reference_holds_no_request_slot(
     assert proc.returncode == 0
     assert len(succeeded_prompts(out)) == 4
     assert_billing_matches(server, out)
+
+
+# -- 2, 3. every stop signal drains; only a second one from the user drops ---------------------
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -246,6 +258,9 @@ def test_ctrl_c_while_the_budget_runs_out_then_resume_keeps_the_cap(
         settle(server)
         assert server.stats.billed_usd <= 1.20
         assert_billing_matches(server, out)
+
+
+# -- 4. spend that may have happened is spend ---------------------------------------------------
 
 
 @pytest.mark.parametrize("pattern", ["KILL", "TERM-then-KILL"])

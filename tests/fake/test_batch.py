@@ -1,4 +1,9 @@
-"""TODO: test_fake_batch.py"""
+"""The fake server's Files API and Batch API, in the real wire format.
+
+The official google-genai SDK pointed at the fake proves the wire format; direct HTTP calls check
+each fault, paging, cancel, delete and the stats that let other tests prove nothing was billed
+twice.
+"""
 
 from __future__ import annotations
 
@@ -173,6 +178,9 @@ def final_image(response: dict[str, Any]) -> Image.Image:
     return img
 
 
+# -- the official SDK against the fake -------------------------------------------------------
+
+
 def test_sdk_uploads_creates_polls_lists_and_downloads(fake: ThreadedFakeServer, tmp_path: Path) -> None:
     from google import genai
     from google.genai import types
@@ -254,6 +262,9 @@ def test_sdk_inline_requests_echo_metadata(fake: ThreadedFakeServer) -> None:
     assert fake.stats.batch_billed_images == 3
 
 
+# -- states and the operation ---------------------------------------------------------------
+
+
 def test_states_advance_and_the_finished_operation(fake: ThreadedFakeServer, http: Http) -> None:
     fake.config.batch_seconds = 1.5
     file = upload(http, jsonl([request_line(f"k{i}", f"prompt {i}") for i in range(3)]))
@@ -314,6 +325,9 @@ def test_other_line_fields_are_echoed(fake: ThreadedFakeServer, http: Http) -> N
     op = wait_done(http, file_batch(http, [line]))
     (out,) = results(http, op)
     assert out["key"] == "k1" and out["note"] == "kept" and "response" in out
+
+
+# -- faults ---------------------------------------------------------------------------------
 
 
 def test_duplicate_lines_are_each_billed(fake: ThreadedFakeServer, http: Http) -> None:
@@ -431,6 +445,9 @@ def test_create_errors(fake: ThreadedFakeServer, http: Http) -> None:
     assert fake.stats.batches_created == 0
 
 
+# -- list, cancel, delete -------------------------------------------------------------------
+
+
 def test_list_pages_newest_first_and_delete(fake: ThreadedFakeServer, http: Http) -> None:
     fake.config.batch_seconds = 60  # stay pending
     file = upload(http, jsonl([request_line("a", "x")]))
@@ -464,6 +481,9 @@ def test_cancel(fake: ThreadedFakeServer, http: Http) -> None:
     assert op["metadata"]["state"] == "BATCH_STATE_CANCELLED" and op["done"] is True
     assert "response" not in op
     assert fake.stats.batch_billed_images == 0
+
+
+# -- files ----------------------------------------------------------------------------------
 
 
 def test_chunked_upload_with_offsets(fake: ThreadedFakeServer, http: Http) -> None:

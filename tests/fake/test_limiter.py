@@ -1,4 +1,4 @@
-"""TODO: test_pacing.py"""
+"""The fake server's quota limiter: sliding and fixed windows, capacity 429s, its CLI flags."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 
 from batchgen.fake import FakeConfig, FakeServer
 from batchgen.fake.faults import FixedWindow, SlidingWindow
+
+# -- the fake's limiter --------------------------------------------------------------------
 
 
 def test_fake_limiter_windows_sliding_and_fixed() -> None:

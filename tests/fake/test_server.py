@@ -1,4 +1,4 @@
-"""TODO: test_fake_server.py"""
+"""The fake Gemini server, over real HTTP: shapes, validation, faults, quotas, stats."""
 
 from __future__ import annotations
 
@@ -121,6 +121,9 @@ def assert_ratio(img: Image.Image, ratio: str) -> None:
     assert abs(img.width / img.height - w / h) < 0.05, (img.size, ratio)
 
 
+# -- success ---------------------------------------------------------------------------------
+
+
 async def test_success_shape(srv: FakeServer, session: aiohttp.ClientSession) -> None:
     status, data, resp = await post(session, srv, request_body(ratio="16:9", size="2K"))
     assert status == 200
@@ -232,6 +235,9 @@ async def test_full_size_and_image_bytes(srv: FakeServer, session: aiohttp.Clien
     assert len(srv.images) == cached  # served from cache, not re-encoded
 
 
+# -- auth, model, validation -----------------------------------------------------------------
+
+
 async def test_auth(srv: FakeServer, session: aiohttp.ClientSession) -> None:
     status, data, _ = await post(session, srv, request_body(), key=None)
     assert status == 403 and data["error"]["status"] == "PERMISSION_DENIED"
@@ -287,6 +293,9 @@ async def test_too_large(srv: FakeServer, session: aiohttp.ClientSession) -> Non
     srv.config.max_request_bytes = 1000
     status, data, _ = await post(session, srv, request_body("x" * 2000))
     assert status == 413 and "payload size exceeds the limit" in data["error"]["message"]
+
+
+# -- faults ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -526,6 +535,9 @@ async def test_mislabelled_jpeg(srv: FakeServer, session: aiohttp.ClientSession)
     mime, raw = final_image(data)
     assert mime == "image/png" and raw.startswith(b"\xff\xd8\xff")
     assert_ratio(decode(raw), "4:3")
+
+
+# -- stats and control -----------------------------------------------------------------------
 
 
 async def test_stats(srv: FakeServer, session: aiohttp.ClientSession) -> None:

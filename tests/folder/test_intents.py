@@ -1,4 +1,5 @@
-"""TODO: test_promises.py"""
+"""The ledger and the intent journal on disk (batchgen/folder/intents.py, ledger.py): fsynced in
+batches, renames made durable, the journal kept small."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+# -- 21. renames and ledger lines are durable before a power cut could lose them ---------------
 
 
 class FsyncSpy:

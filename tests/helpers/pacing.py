@@ -1,4 +1,5 @@
-"""TODO shared"""
+"""The pacer on a fake clock: ``FakeClock``, ``drive`` (endless demand against one of the fake
+server's limiter classes) and ``judge`` (the timeline's figures against the issue's thresholds)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO shared"""
+"""Manifest rows and ledger lines written by hand, for the planning, id and gallery tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO shared"""
+"""Runs of the CLI against the fake server, and what they spent and billed, for the scenarios
+that stop, kill, resume and merge runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO shared"""
+"""A tiny stand-in HTTP server on 127.0.0.1, for the answers the fake cannot give."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO: test_attempt.py"""
+"""One attempt (batchgen/live/attempt.py) alone, against the fake server over HTTP.
+
+Every part the attempt talks to is the real one; the pacer is the real :class:`Pacing` with its
+outcomes written down, and the run's stop is a list of the reasons given."""
 
 from __future__ import annotations
 

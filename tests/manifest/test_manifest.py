@@ -1,4 +1,6 @@
-"""TODO: test_manifest.py, test_planning.py"""
+"""Manifest reading and validation: real files in tmp_path, real images made with Pillow.
+
+Also the job ids that never change, and the specs validation visits."""
 
 from __future__ import annotations
 
@@ -57,6 +59,9 @@ def problems_of(path: Path, **kwargs: int | str) -> list[Problem]:
 
 def where(problems: list[Problem]) -> set[tuple[int, str]]:
     return {(p.line, p.field) for p in problems}
+
+
+# -- the three formats ------------------------------------------------------------------------
 
 
 def test_yaml_header_defaults_and_normalisation(tmp_path: Path) -> None:
@@ -205,6 +210,9 @@ def test_same_job_has_same_id_in_every_format(tmp_path: Path) -> None:
     assert len(ids) == 1 and ids.pop().startswith("x-")
 
 
+# -- matrix, count and ids -------------------------------------------------------------------
+
+
 def test_matrix_expansion_ids_and_braces(tmp_path: Path) -> None:
     path = write(
         tmp_path / "m.yaml",
@@ -322,6 +330,9 @@ def test_reference_hash_cached_per_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert manifest.validate().references == 100
     assert len(list(manifest.iter_jobs())) == 50
     assert len(calls) == 1
+
+
+# -- validation problems ----------------------------------------------------------------------
 
 
 def test_every_problem_reported_with_file_line_field(tmp_path: Path) -> None:
@@ -616,6 +627,9 @@ def test_model_precedence(tmp_path: Path) -> None:
     assert where(problems_of(path, model="bad/model")) == {(0, "model")}
 
 
+# -- shrinking oversize references ------------------------------------------------------------
+
+
 def test_oversize_reference_is_shrunk(tmp_path: Path) -> None:
     rng = random.Random(1)
     noise = Image.frombytes("RGB", (400, 400), rng.randbytes(400 * 400 * 3))
@@ -656,6 +670,9 @@ def test_reference_changed_after_validation(tmp_path: Path) -> None:
     png(ref, (1, 2, 3))
     with pytest.raises(ReferenceError_, match="changed"):
         load_reference_bytes(job.references[0], max_bytes=None)
+
+
+# -- shipped samples --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""TODO: test_dataset_meta.py"""
+"""The user's metadata in a manifest: ``meta`` is not part of the job id."""
 
 from __future__ import annotations
 

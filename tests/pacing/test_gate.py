@@ -1,4 +1,4 @@
-"""TODO: test_pacing.py"""
+"""The first-answer gate (batchgen/pacing/gate.py): one probe goes first, the others wait for it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 
 from batchgen.aio import Stopped
 from batchgen.pacing.gate import FirstAnswerGate
+
+# -- the gate alone ------------------------------------------------------------------------
 
 
 async def test_gate_opens_on_the_probes_answer() -> None:

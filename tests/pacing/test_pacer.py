@@ -1,4 +1,5 @@
-"""TODO: test_pacing.py"""
+"""The pacer (batchgen/pacing/pacer.py) alone, on a fake clock against the fake server's own limiter
+classes, over many windows: fixed limits, windows learnt, cuts and the growth back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_pacing.py"""
+"""The rate keepers (batchgen/pacing/rates.py): GCRA spacing, admissions counted, sends measured."""
 
 from __future__ import annotations
 

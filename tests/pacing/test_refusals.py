@@ -1,4 +1,4 @@
-"""TODO: test_pacing.py"""
+"""Reading 429s that name no delay (batchgen/pacing/refusals.py) from the refusals around them."""
 
 from __future__ import annotations
 

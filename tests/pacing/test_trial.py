@@ -1,4 +1,7 @@
-"""TODO: test_trial.py"""
+"""Trials of a lower rate (batchgen/pacing/trial.py): a limiter's 429s or overload, when no delay
+is named. Alone on made-up send times, then the pacer against the fake's own limiter on a fake
+clock (tests/helpers/pacing.py's ``drive``); over HTTP they are in bench/pacing.py (a trial waits
+60 s, too long for the suite)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_pacing.py"""
+"""The window estimate (batchgen/pacing/window.py): boundaries learnt from refusals."""
 
 from __future__ import annotations
 

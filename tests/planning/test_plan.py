@@ -1,4 +1,5 @@
-"""TODO: test_planning.py"""
+"""Planning in one pass (batchgen/planning/plan.py): the plan counted during validation matches a
+pass of its own."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO: test_gallery.py, test_planning.py"""
+"""The gallery page alone (batchgen/reporting/gallery.py): its embedded JSON and the images it shows."""
 
 from __future__ import annotations
 

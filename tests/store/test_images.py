@@ -1,4 +1,4 @@
-"""TODO: test_store.py"""
+"""The store's writer thread: order of the durable steps, batching, errors, shutdown."""
 
 from __future__ import annotations
 
