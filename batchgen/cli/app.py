@@ -6,7 +6,8 @@ daily quota, disk full); 130 interrupted.
 
 Only click and batchgen's light modules are imported up front: aiohttp, Pillow, tenacity, tqdm
 and the pipeline are imported inside the commands that use them, so ``--help``, ``--version``
-and ``status`` start fast (tests/test_pacing.py checks ``import batchgen.cli.app`` pulls none in).
+and ``status`` start fast (tests/cli/test_startup.py checks ``import batchgen.cli.app`` pulls
+none in).
 """
 
 from __future__ import annotations
