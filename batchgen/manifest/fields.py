@@ -14,7 +14,13 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue
+from batchgen.spec import (
+    ASPECT_RATIOS,
+    IMAGE_SIZES,
+    MAX_REFERENCE_IMAGES,
+    MetaValue,
+    safe_id,
+)
 
 JOB_FIELDS = (
     "id",
@@ -31,7 +37,6 @@ JOB_FIELDS = (
     "meta",
 )
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
-MAX_ID_LENGTH = 100
 MAX_SLUG_LENGTH = 40
 # Far above any real dataset; a typo (100000000 for 10) would otherwise hash ids for minutes.
 MAX_COUNT = 100_000
@@ -109,25 +114,12 @@ def parse_id(value: object, text: bool) -> str:
     return raw
 
 
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
 def sanitise_id(raw: str) -> str:
     """The file-name-safe form of a user id; refuses ids that could mean another path."""
-    if not raw:
-        raise Bad("must not be empty")
-    if ".." in raw or raw.startswith("."):
-        raise Bad(f"{raw!r} contains '..' or starts with '.'; ids name files in the run folder")
-    if "/" in raw or "\\" in raw:
-        raise Bad(f"{raw!r} contains a path separator; ids name files inside the run folder")
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-        raise Bad(f"{raw!r} contains control characters")
-    safe = _ID_UNSAFE.sub("-", raw).lstrip("-.")
-    if not safe:
-        raise Bad(f"{raw!r} has no usable characters (letters, digits, '.', '_', '-')")
-    if len(safe) > MAX_ID_LENGTH:
-        raise Bad(f"longer than {MAX_ID_LENGTH} characters")
-    return safe
+    try:
+        return safe_id(raw)
+    except ValueError as exc:
+        raise Bad(str(exc)) from None
 
 
 def parse_prompt(value: object, text: bool) -> str:
