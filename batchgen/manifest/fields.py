@@ -38,6 +38,18 @@ JOB_FIELDS = (
 )
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
 MAX_SLUG_LENGTH = 40
+# gemini-3-pro-image takes 65,536 input tokens (shared/gemini-api.md); Google's docs count a
+# token as about 4 characters, so a longer prompt cannot fit whatever else the request holds.
+INPUT_TOKEN_LIMIT = 65_536
+CHARS_PER_TOKEN = 4
+MAX_PROMPT_CHARS = INPUT_TOKEN_LIMIT * CHARS_PER_TOKEN
+# One JSONL line or CSV line: a prompt at the cap written as \u escapes (6 bytes a character,
+# 1.5 MiB), with its metadata and 14 reference paths, fits with room; a line past it is read in
+# pieces and reported, never held whole (a 400 MB line took 1.7 GB).
+MAX_LINE_BYTES = 4 << 20
+# C0 controls but tab, newline and carriage return: a NUL in a prompt is a binary file or a
+# broken export, not words.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Far above any real dataset; a typo (100000000 for 10) would otherwise hash ids for minutes.
 MAX_COUNT = 100_000
 # Jobs one manifest row may expand to (vars combinations times count).
@@ -126,6 +138,17 @@ def parse_prompt(value: object, text: bool) -> str:
     prompt = _string(value).strip()
     if not prompt:
         raise Bad("must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise Bad(
+            f"{len(prompt):,} characters, over the {MAX_PROMPT_CHARS:,} that fit in the model's "
+            f"{INPUT_TOKEN_LIMIT:,}-token input (about {CHARS_PER_TOKEN} characters a token)"
+        )
+    bad = CONTROL_CHARS.search(prompt)
+    if bad is not None:
+        raise Bad(
+            f"contains the control character U+{ord(bad.group()):04X} at character "
+            f"{bad.start() + 1}: not text a prompt holds (a file saved in the wrong format?)"
+        )
     return prompt
 
 
