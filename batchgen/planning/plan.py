@@ -29,6 +29,7 @@ from ..folder.ledger import (
     loads_nonfinite,
     warn_bad_line,
 )
+from ..folder.ownership import manifest_key
 from ..folder.runfolder import RunFolder
 from ..settings import Selection
 from ..spec import JOB_ID_FORM, JobSpec
@@ -153,6 +154,13 @@ def _find_missing(ledger: Path, states: dict[str, str]) -> None:
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             states[job_id] = SUCCEEDED if whole else MISSING  # the last such line wins
+
+
+def manifest_meta(path: Path) -> dict[str, str]:
+    """What run.json says of the manifest, live or batch: the path that owns the folder (one
+    folder, one manifest) and the content's hash (merge tells shards of one manifest apart)."""
+    return {"manifest": str(path), "manifest_path": manifest_key(path),
+            "manifest_sha256": manifest_sha256(path)}
 
 
 def manifest_sha256(path: Path) -> str:
