@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 
 from ..errors import InputError
-from ..spec import job_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +217,8 @@ def bad_job_id(path: Path, lineno: int, problem: str) -> InputError:
 
 def check_job_id(path: Path, lineno: int, job_id: object) -> None:
     """An id read back from a run folder names files: it must keep the manifest ids' rule."""
+    from ..spec import job_id_problem  # here: `status` starts without the specs module
+
     problem = job_id_problem(job_id)
     if problem is not None:
         raise bad_job_id(path, lineno, problem)
