@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.fake import FakeConfig, ThreadedFakeServer
-
-from .conftest import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
+from tests.helpers.cli import SECRET, clean_env, cli, ledger_lines, run_against, write_manifest
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from batchgen.manifest.fields import MAX_LINE_BYTES, MAX_PROMPT_CHARS
-
-from .conftest import cli
+from tests.helpers.cli import cli
 
 
 def validate(path: Path) -> tuple[int, list[str]]:
