@@ -39,6 +39,14 @@ def edit_line(ledger: Path, index: int, old: str, new: str) -> None:
     ledger.write_text("\n".join(lines) + "\n")
 
 
+def assert_run_refused(fake: ThreadedFakeServer, tmp_path: Path, out: Path, where: str,
+                       requests: int) -> None:
+    """``run`` on the folder exits 2 naming ``where``, and sends nothing."""
+    r = run_against(fake, tmp_path / "m.yaml", out, "--no-gallery")
+    assert r.code == 2 and where in r.stderr, r.output
+    assert fake.stats.requests == requests
+
+
 # -- 17. a NaN or 1e999 cost is a refused line, not a skipped one -------------------------------
 
 
@@ -56,9 +64,7 @@ def test_a_non_finite_cost_is_refused_naming_the_line(fake: ThreadedFakeServer, 
         assert "ledger.jsonl:2" in r.stderr and "cost_usd" in r.stderr, r.output
         assert "malformed" not in r.stderr
     # Skipped, the line's job would read as pending and be bought again.
-    r = run_against(fake, tmp_path / "m.yaml", out, "--no-gallery")
-    assert r.code == 2 and "ledger.jsonl:2" in r.stderr, r.output
-    assert fake.stats.requests == requests
+    assert_run_refused(fake, tmp_path, out, "ledger.jsonl:2", requests)
 
 
 # -- 4. job ids read back from a folder follow the manifest ids' rule --------------------------
@@ -81,10 +87,7 @@ def test_a_job_id_that_names_a_path_is_refused_everywhere(fake: ThreadedFakeServ
         assert "ledger.jsonl:3" in r.stderr and "job_id" in r.stderr, (args, r.output)
     assert victim.read_bytes() == b"precious"
     assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
-    requests = fake.stats.requests
-    r = run_against(fake, tmp_path / "m.yaml", out, "--no-gallery")
-    assert r.code == 2 and "ledger.jsonl:3" in r.stderr, r.output
-    assert fake.stats.requests == requests
+    assert_run_refused(fake, tmp_path, out, "ledger.jsonl:3", fake.stats.requests)
 
 
 def test_a_bad_id_in_jobs_jsonl_is_refused_by_export(fake: ThreadedFakeServer,
