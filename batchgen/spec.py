@@ -8,11 +8,59 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
 DEFAULT_MODEL = "gemini-3-pro-image"
+
+# A user's `id` (sanitised) is at most this long; a job id adds a sample number and a digest.
+MAX_ID_LENGTH = 100
+MAX_JOB_ID_LENGTH = MAX_ID_LENGTH + 32
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# What :func:`safe_id` leaves unchanged, as one expression: the fast check of a million ledger
+# lines (``job_id_problem`` says why one fails).
+JOB_ID_FORM = re.compile(rf"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_JOB_ID_LENGTH - 1}}}")
+
+
+def safe_id(raw: str, limit: int = MAX_ID_LENGTH) -> str:
+    """The file-name-safe form of an id; ValueError for one that could mean another path.
+
+    The one rule for every id that names a file: a manifest's ``id`` goes through it, and a job
+    id read back from a run folder (ledger, ``jobs.jsonl``, a batch's job list, a merged shard)
+    must come out of it unchanged (:func:`job_id_problem`).
+    """
+    if not raw:
+        raise ValueError("must not be empty")
+    if ".." in raw or raw.startswith("."):
+        raise ValueError(
+            f"{raw!r} contains '..' or starts with '.'; ids name files in the run folder")
+    if "/" in raw or "\\" in raw:
+        raise ValueError(
+            f"{raw!r} contains a path separator; ids name files inside the run folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise ValueError(f"{raw!r} contains control characters")
+    safe = _ID_UNSAFE.sub("-", raw).lstrip("-.")
+    if not safe:
+        raise ValueError(f"{raw!r} has no usable characters (letters, digits, '.', '_', '-')")
+    if len(safe) > limit:
+        raise ValueError(f"longer than {limit} characters")
+    return safe
+
+
+def job_id_problem(job_id: object) -> str | None:
+    """Why a job id read from a file may not name files in a run folder or a dataset; None if
+    it may: every id batchgen makes is already in :func:`safe_id`'s form."""
+    if not isinstance(job_id, str):
+        return f"{job_id!r} is not a string"
+    if JOB_ID_FORM.fullmatch(job_id):
+        return None
+    try:
+        safe = safe_id(job_id, MAX_JOB_ID_LENGTH)
+    except ValueError as exc:
+        return str(exc)
+    return None if safe == job_id else f"{job_id!r} has characters a job id never has"
 KNOWN_MODELS = ("gemini-3-pro-image", "gemini-3-pro-image-preview", "gemini-2.5-flash-image")
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")

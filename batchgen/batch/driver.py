@@ -25,7 +25,7 @@ from ..api.client import GeminiClient
 from ..exits import ExitCode
 from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase
-from ..planning.plan import IN_BATCH, Plan
+from ..planning.plan import IN_BATCH, Plan, manifest_meta
 from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..pricing import PriceTable
@@ -126,7 +126,7 @@ class BatchRun:
         ledger.open()
         meta = folder.read_meta()
         folder.update_meta(
-            manifest=str(self.target.manifest), jobs=prep.counts.total,
+            **manifest_meta(self.target.manifest), jobs=prep.counts.total,
             model=prep.manifest.header.model, provider=prep.client.provider.value,
             base_url=redact(self.target.base_url or prep.client.base_url),
             settings=settings_meta(self.options), state="running", mode="batch",

@@ -162,7 +162,7 @@ def summary_lines(
     if result.unsettled_requests:
         lines.append(
             f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
-            "request(s) that were in flight when an earlier run died (counted toward --budget)"
+            "request(s) whose outcome an earlier run never wrote down (counted toward --budget)"
         )
     if gallery is not None:
         lines.append(f"gallery: {gallery}")

@@ -3,8 +3,11 @@
 Nothing is ever half-written where the user looks. Everything goes to ``PATH.partial-<pid>``
 first; :meth:`Target.commit` then swaps it in:
 
-- **locally** by two renames (the old export aside, the new one in), so ``PATH`` holds either the
-  old dataset or the new one, whole;
+- **locally** by one ``renameat2(RENAME_EXCHANGE)`` that swaps the two folders atomically, so
+  ``PATH`` holds the old dataset or the new one, whole, at every instant, a ``kill -9``
+  included (the old one, now under the staging name, is removed next, or by the next export if
+  the kill came first). Where the filesystem cannot exchange, two renames (old aside, new in):
+  the next export puts back an old copy a kill left aside with nothing at ``PATH``;
 - **on object storage**, which has no rename of a folder, by a server-side copy of each finished
   file, then deleting the files the new export no longer has, then the staging prefix. Every
   object appears whole (an object store never shows a partial upload), but a reader listing the
@@ -16,6 +19,8 @@ hidden marker file), so a typo in ``--out`` cannot wipe someone's folder.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import importlib
 import logging
 import os
@@ -87,6 +92,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    platform or the filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 class LocalTarget(Target):
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -113,19 +134,29 @@ class LocalTarget(Target):
         self._can_link = True
 
     def _clean_stale(self) -> None:
-        """An earlier export that was killed leaves ``PATH.partial-<pid>``: remove it."""
+        """An earlier export that was killed leaves ``PATH.partial-<pid>`` (remove it), or,
+        between the two renames of a filesystem that cannot exchange, ``PATH.old-<pid>`` with
+        nothing at ``PATH`` (put it back: it is the last whole dataset)."""
         parent = self.path.parent
         if not parent.is_dir():
             return
-        prefix = f"{self.path.name}.partial-"
-        for entry in parent.iterdir():
-            pid = entry.name.removeprefix(prefix)
-            if entry.name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
-                log.warning("removing %s, left by an export that did not finish", entry)
-                shutil.rmtree(entry, ignore_errors=True)
+        for entry in sorted(parent.iterdir()):
+            for kind in ("old", "partial"):
+                pid = entry.name.removeprefix(f"{self.path.name}.{kind}-")
+                if pid == entry.name or not pid.isdigit() or _pid_alive(int(pid)):
+                    continue
+                if kind == "old" and not self.path.exists():
+                    log.warning("putting back %s as %s: an export was cut off", entry, self.path)
+                    os.rename(entry, self.path)
+                else:
+                    log.warning("removing %s, left by an export that did not finish", entry)
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def _dst(self, rel: str) -> str:
-        dst = os.path.join(self.staging, rel)
+        dst = os.path.normpath(os.path.join(self.staging, rel))
+        if not dst.startswith(os.path.join(self.staging, "")):
+            # Ids are checked where they are read; this is the last line of defence.
+            raise StorageError(f"refusing to write {rel!r}: it is outside {self.staging}")
         parent = os.path.dirname(dst)
         if parent not in self._dirs:
             os.makedirs(parent, exist_ok=True)
@@ -147,11 +178,17 @@ class LocalTarget(Target):
                 # Another filesystem (EXDEV) or one without hard links: copy from now on.
                 log.debug("cannot hard-link %s (%s); copying", src, exc)
                 self._can_link = False
-        shutil.copyfile(src, dst)
+        # "xb": a copy never writes over a file that is there (a failed link was once followed
+        # by a copy over an existing file, outside the staging folder).
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
         return "copied"
 
     def commit(self, marker: dict[str, Any]) -> None:
         (self.staging / MARKER).write_bytes(orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+        if self.path.exists() and _exchange(self.staging, self.path):
+            shutil.rmtree(self.staging, ignore_errors=True)  # the old dataset, swapped out
+            return
         old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
         if self.path.exists():
             os.rename(self.path, old)

@@ -40,6 +40,7 @@ from ..errors import StorageError
 from ..spec import JobSpec, Reference
 from .appender import repair_tail
 from .layout import JOURNAL_NAME, now_iso
+from .ledger import check_job_id
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,13 @@ class Journal:
             log.warning("%s: missing; the batch's jobs cannot be named", path)
             return
         with fh:
-            for raw in fh:
+            for lineno, raw in enumerate(fh, 1):
                 try:
                     d = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(d, dict) and "k" in d:
+                    check_job_id(path, lineno, d["k"])  # collected results are saved under it
                     yield d
 
     def open_job_ids(self) -> set[str]:

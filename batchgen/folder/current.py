@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from .durable import atomic_write, cannot_write, commit_tmp
+from .ledger import check_job_id
 
 if TYPE_CHECKING:
     from ..spec import JobSpec
@@ -203,6 +204,7 @@ def iter_current(folder: Path) -> Iterator[dict[str, Any]]:
             try:
                 obj = loads(raw)
                 if type(obj) is dict and isinstance(obj.get("job_id"), str):
+                    check_job_id(path, lineno, obj["job_id"])  # it names files in an export
                     yield obj
                     continue
             except orjson.JSONDecodeError:

@@ -201,8 +201,33 @@ def warn_bad_line(path: Path, lineno: int, raw: bytes) -> None:
     log.warning("%s:%d: ignoring a %s ledger line", path, lineno, kind)
 
 
+def loads_nonfinite(raw: bytes) -> Any:
+    """A line orjson refused, read again by the standard library, which takes ``NaN``,
+    ``Infinity`` and ``1e999``: such a line is a record whose amount is wrong (refused, naming
+    the line), not a torn one to skip, after which its job would read as pending and be paid
+    for again. ValueError if it is not JSON either."""
+    import json
+
+    return json.loads(raw)
+
+
+def bad_job_id(path: Path, lineno: int, problem: str) -> InputError:
+    return InputError(f"{path}:{lineno}: job_id: {problem}; fix or remove that line")
+
+
+def check_job_id(path: Path, lineno: int, job_id: object) -> None:
+    """An id read back from a run folder names files: it must keep the manifest ids' rule."""
+    from ..spec import job_id_problem  # here: `status` starts without the specs module
+
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        raise bad_job_id(path, lineno, problem)
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    """(line number, raw bytes, parsed object) per JSON-object line; others are warned about."""
+    """(line number, raw bytes, parsed object) per JSON-object line; others are warned about.
+
+    A line with a ``job_id`` that could name a path outside the folder is an InputError."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -215,9 +240,14 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
             try:
                 obj = loads(raw)
             except orjson.JSONDecodeError:
-                warn_bad_line(path, lineno, raw)
-                continue
+                try:
+                    obj = loads_nonfinite(raw)
+                except ValueError:
+                    warn_bad_line(path, lineno, raw)
+                    continue
             if isinstance(obj, dict):
+                if "job_id" in obj:
+                    check_job_id(path, lineno, obj["job_id"])
                 yield lineno, raw, obj
             else:
                 warn_bad_line(path, lineno, raw)

@@ -28,10 +28,12 @@ from typing import Any
 import orjson
 
 from ..errors import InputError, StorageError
+from ..words import plural
+from .batches import Journal
 from .current import merge_current
 from .durable import commit_tmp
 from .intents import INTENTS_NAME, Intent, read_unsettled
-from .layout import LOCK_FILE, now_iso
+from .layout import JOURNAL_NAME, LOCK_FILE, now_iso
 from .ledger import LEDGER_NAME, LedgerRecord, iter_records
 from .runfolder import RunFolder
 
@@ -79,6 +81,7 @@ def _check(inputs: list[Path], out: Path) -> list[Path]:
         folder = RunFolder(path)
         if not folder.ledger_path.is_file() and not folder.run_file.is_file():
             raise InputError(f"{path}: not a batchgen run folder (no run.json or ledger.jsonl)")
+        _refuse_open_batches(path)
         real = path.resolve()
         if real in seen:
             log.warning("%s is named twice; merged once", path)
@@ -94,6 +97,30 @@ def _check(inputs: list[Path], out: Path) -> list[Path]:
             "into a new folder"
         )
     return unique
+
+
+def _refuse_open_batches(path: Path) -> None:
+    """A folder whose batches may still deliver is not merged (README, "Merging shards").
+
+    The journal is the folder's own: its batches' display names carry its id, and collecting,
+    expiry and resubmission are judged from it. Carried into a merged folder, two folders would
+    each own the batch, and once it expired both would send its jobs again: paid twice. Left
+    behind, the merged folder would read the jobs as pending and buy them live while the batch
+    delivered them too (issue 19: 4 of 4 paid twice)."""
+    if not (path / JOURNAL_NAME).is_file():
+        return
+    pending = Journal(path).open_records()
+    if not pending:
+        return
+    names = ", ".join(r.name or r.display_name for r in pending[:3])
+    more = f" and {len(pending) - 3} more" if len(pending) > 3 else ""
+    jobs = sum(r.jobs for r in pending)
+    raise InputError(
+        f"{path}: {plural(len(pending), 'batch', 'batches')} of {plural(jobs, 'job')} may still "
+        f"deliver ({names}{more}); merged now, those jobs would read as pending and be paid "
+        f"for again: collect them first (re-run its `run --mode batch`, or `batchgen cancel "
+        f"{path}`), then merge"
+    )
 
 
 def _inside(root: Path, rel: str) -> Path | None:

@@ -1,11 +1,14 @@
 """A job's outcome, recorded: the image and its sidecar made durable, then the ledger line.
 
 The ledger line settles the job's intents (:mod:`batchgen.intents`); the run's counts of
-succeeded and failed jobs follow what reached the ledger. A full disk stops the run.
+succeeded and failed jobs follow what reached the ledger. A full disk stops the run from
+sending, and the answers already paid for wait in memory until they can be saved.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,15 @@ from ..progress import Progress
 from ..spec import JobSpec
 from ..store.images import ImageStore
 from .outcome import JobState, RunResult, StopReason, StopRun
+
+log = logging.getLogger(__name__)
+
+# How often answers held through a full disk try to reach it again.
+SPACE_POLL_S = 2.0
+
+
+def is_disk_full(exc: e.StorageError) -> bool:
+    return "the disk is full" in str(exc)  # the one wording: folder/durable.why, store/images
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,16 +62,32 @@ class Recorder:
             text=image.text,
         )
         line = record.to_line()
-        # Nothing here keeps the image bytes while the save waits for its fsyncs: the store
-        # frees them once they are written, so a worker parked on a slow disk holds no image.
-        saving = self.store.save(spec.job_id, image.data, image.mime_type, sidecar=line)
+        data, mime_type = image.data, image.mime_type
         del image
-        try:
-            await saving
-            self.ledger.append_line(line)
-        except e.StorageError as exc:
-            self.stop(StopReason.STORAGE, str(exc))
-            return
+        saved = held = False
+        while True:
+            try:
+                if not saved:
+                    await self.store.save(spec.job_id, data, mime_type, sidecar=line)
+                    saved = True
+                self.ledger.append_line(line)
+                break
+            except e.StorageError as exc:
+                if not is_disk_full(exc):
+                    self.stop(StopReason.STORAGE, str(exc))
+                    return
+                # A paid answer is kept until it is on disk: held here (the answers in flight
+                # are bounded by the concurrency) and saved once space is back. Nothing new
+                # is sent meanwhile.
+                if not held:
+                    held = True
+                    log.warning(
+                        "%s: the answer for %s is held in memory and saved as soon as space is "
+                        "freed (tried every %.0f s); free some space; stopping now (Ctrl-C twice) "
+                        "would lose it", exc, spec.job_id, SPACE_POLL_S)
+                self.stop(StopReason.STORAGE, str(exc))
+                await asyncio.sleep(SPACE_POLL_S)
+        del data
         self._settle(spec, state)
         self.result.succeeded += 1
         self.progress.job_done(ok=True)

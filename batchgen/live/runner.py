@@ -12,8 +12,7 @@ from ..errors import StorageError
 from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
-from ..folder.ownership import manifest_key
-from ..planning.plan import manifest_sha256
+from ..planning.plan import manifest_meta
 from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..progress import Progress
@@ -35,9 +34,7 @@ async def execute(prep: Prepared, options: RunOptions) -> RunResult:
     intents.open()
     meta = folder.read_meta()
     folder.update_meta(
-        manifest=str(target.manifest),
-        manifest_path=manifest_key(target.manifest),
-        manifest_sha256=manifest_sha256(target.manifest),
+        **manifest_meta(target.manifest),
         jobs=prep.counts.total,
         model=prep.manifest.header.model,
         provider=prep.client.provider.value,

@@ -14,7 +14,13 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue
+from batchgen.spec import (
+    ASPECT_RATIOS,
+    IMAGE_SIZES,
+    MAX_REFERENCE_IMAGES,
+    MetaValue,
+    safe_id,
+)
 
 JOB_FIELDS = (
     "id",
@@ -31,8 +37,20 @@ JOB_FIELDS = (
     "meta",
 )
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
-MAX_ID_LENGTH = 100
 MAX_SLUG_LENGTH = 40
+# gemini-3-pro-image takes 65,536 input tokens (shared/gemini-api.md); Google's docs count a
+# token as about 4 characters, so a longer prompt cannot fit whatever else the request holds.
+INPUT_TOKEN_LIMIT = 65_536
+CHARS_PER_TOKEN = 4
+MAX_PROMPT_CHARS = INPUT_TOKEN_LIMIT * CHARS_PER_TOKEN
+# One JSONL line or CSV line: a prompt at the cap written as \u escapes (6 bytes a character,
+# 1.5 MiB), with its metadata and 14 reference paths, fits with room; a line past it is read in
+# pieces and reported, never held whole (a 400 MB line took 1.7 GB).
+MAX_LINE_BYTES = 4 << 20
+# A NUL in a prompt is a binary file or a broken export, not words (and C strings end at it).
+# Other control characters stay allowed: str.split() treats some as spaces, and prompts have
+# carried them.
+CONTROL_CHARS = re.compile("\x00")
 # Far above any real dataset; a typo (100000000 for 10) would otherwise hash ids for minutes.
 MAX_COUNT = 100_000
 # Jobs one manifest row may expand to (vars combinations times count).
@@ -109,31 +127,29 @@ def parse_id(value: object, text: bool) -> str:
     return raw
 
 
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
 def sanitise_id(raw: str) -> str:
     """The file-name-safe form of a user id; refuses ids that could mean another path."""
-    if not raw:
-        raise Bad("must not be empty")
-    if ".." in raw or raw.startswith("."):
-        raise Bad(f"{raw!r} contains '..' or starts with '.'; ids name files in the run folder")
-    if "/" in raw or "\\" in raw:
-        raise Bad(f"{raw!r} contains a path separator; ids name files inside the run folder")
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-        raise Bad(f"{raw!r} contains control characters")
-    safe = _ID_UNSAFE.sub("-", raw).lstrip("-.")
-    if not safe:
-        raise Bad(f"{raw!r} has no usable characters (letters, digits, '.', '_', '-')")
-    if len(safe) > MAX_ID_LENGTH:
-        raise Bad(f"longer than {MAX_ID_LENGTH} characters")
-    return safe
+    try:
+        return safe_id(raw)
+    except ValueError as exc:
+        raise Bad(str(exc)) from None
 
 
 def parse_prompt(value: object, text: bool) -> str:
     prompt = _string(value).strip()
     if not prompt:
         raise Bad("must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise Bad(
+            f"{len(prompt):,} characters, over the {MAX_PROMPT_CHARS:,} that fit in the model's "
+            f"{INPUT_TOKEN_LIMIT:,}-token input (about {CHARS_PER_TOKEN} characters a token)"
+        )
+    bad = CONTROL_CHARS.search(prompt)
+    if bad is not None:
+        raise Bad(
+            f"contains the control character U+{ord(bad.group()):04X} at character "
+            f"{bad.start() + 1}: not text a prompt holds (a file saved in the wrong format?)"
+        )
     return prompt
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import string
 import unicodedata
 
-from batchgen.manifest.fields import MAX_ID_LENGTH, MAX_SLUG_LENGTH
+from batchgen.manifest.fields import MAX_SLUG_LENGTH
+from batchgen.spec import MAX_ID_LENGTH
 
 
 def check_template(template: str, names: list[str]) -> list[str]:

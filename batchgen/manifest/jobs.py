@@ -64,7 +64,8 @@ class Expander:
             raw = fields.get("prompt")
             if type(raw) is str:
                 stripped = raw.strip()
-                if stripped:
+                if (stripped and len(stripped) <= mf.MAX_PROMPT_CHARS
+                        and not mf.CONTROL_CHARS.search(stripped)):
                     return self._prompt_only(row.line, stripped, state)
         name = self._name
         problems = state.problems

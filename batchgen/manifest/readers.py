@@ -16,7 +16,15 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Bad, Row
+from batchgen.manifest.fields import (
+    JOB_FIELDS,
+    MAX_LINE_BYTES,
+    MAX_PROMPT_CHARS,
+    META_PREFIX,
+    PARSERS,
+    Bad,
+    Row,
+)
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
@@ -66,13 +74,39 @@ def _merge_meta(default: YamlMap, own: YamlMap) -> YamlMap:
     return merged
 
 
+def capped_lines(fh: BinaryIO) -> Iterator[bytes | None]:
+    """The file's lines, None for one longer than :data:`MAX_LINE_BYTES`, whose rest is read
+    and dropped in pieces: memory stays at one cap whatever the line."""
+    readline = fh.readline
+    while True:
+        raw = readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):
+            raw = readline(1 << 20)
+        yield None
+
+
+def too_long(name: str, lineno: int) -> Problem:
+    return Problem(name, lineno, "", f"the line is longer than {MAX_LINE_BYTES >> 20} MiB, far "
+                   "more than a job needs (prompts fit in "
+                   f"{MAX_PROMPT_CHARS:,} characters); is this the right file?")
+
+
 def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
     loads = orjson.loads
     with path.open("rb", buffering=1 << 16) as fh:
-        first = fh.readline()
-        if first.startswith(_BOM):
+        lines = capped_lines(fh)
+        first = next(lines, b"")
+        if first and first.startswith(_BOM):
             first = first[3:]
-        for lineno, raw in enumerate(itertools.chain((first,), fh), 1):
+        for lineno, raw in enumerate(itertools.chain((first,), lines), 1):
+            if raw is None:
+                yield too_long(name, lineno)
+                continue
             if raw.isspace() or not raw:
                 continue
             try:
@@ -89,6 +123,9 @@ def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
 
 def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
     """Rows keyed by column; strict quoting, with the line a broken row starts on."""
+    # A quoted prompt may span lines: the field limit is the line cap, not csv's 128 KiB, so
+    # the prompt's own cap (and message) applies in CSV as in JSONL and YAML.
+    csv.field_size_limit(MAX_LINE_BYTES)
     with path.open("rb") as fh:
         reader = csv.reader(_DecodedLines(fh), strict=True)
         try:
@@ -98,7 +135,7 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
         except csv.Error as exc:
             yield Problem(name, 1, "", f"CSV header cannot be read: {exc}")
             return
-        except _NotText as exc:
+        except (_NotText, _TooLong) as exc:
             yield Problem(name, exc.line, "", str(exc))
             return
         if hints.semicolon_header(header, PARSERS):
@@ -132,7 +169,7 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                 yield Problem(name, start, "", f"CSV syntax error at line {at}: {exc}")
                 prev = at
                 continue
-            except _NotText as exc:
+            except (_NotText, _TooLong) as exc:
                 yield Problem(name, exc.line, "", str(exc))
                 return
             prev = reader.line_num
@@ -269,6 +306,12 @@ class _NotText(ValueError):
         self.line = line
 
 
+class _TooLong(ValueError):
+    def __init__(self, line: int) -> None:
+        super().__init__(too_long("", line).message)
+        self.line = line
+
+
 class _DecodedLines:
     """Decode line by line, so a bad byte is reported on its own line and not a chunk earlier."""
 
@@ -277,8 +320,10 @@ class _DecodedLines:
         self._line = 0
 
     def __iter__(self) -> Iterator[str]:
-        for raw in self._fh:
+        for raw in capped_lines(self._fh):
             self._line += 1
+            if raw is None:
+                raise _TooLong(self._line)
             if self._line == 1 and raw.startswith(_BOM):
                 raw = raw[3:]  # Excel writes one
             try:

@@ -173,6 +173,9 @@ class ReferenceResolver:
                 f"not an image the API accepts: {source} "
                 "(PNG, JPEG, WebP, HEIC or HEIF, judged by the file's content, not its name)"
             )
+        bomb = _pixel_problem(path)
+        if bomb is not None:
+            return f"{source}: {bomb}"
         logger.debug("hashed reference %s -> %s (%s)", path, sha[:12], mime)
         return sha, mime
 
@@ -189,6 +192,9 @@ class ReferenceResolver:
         return self._decodable[ref.sha256]
 
 
+_UNDECODABLE = "Pillow cannot decode it"
+
+
 def _open_problem(source: Path | io.BytesIO) -> str | None:
     try:
         with Image.open(source) as img:
@@ -196,8 +202,16 @@ def _open_problem(source: Path | io.BytesIO) -> str | None:
     except Image.DecompressionBombError as exc:
         return f"too large to decode ({exc})"
     except (OSError, UnidentifiedImageError, ValueError):
-        return "Pillow cannot decode it"
+        return _UNDECODABLE
     return None
+
+
+def _pixel_problem(path: str) -> str | None:
+    """A pixel bomb (a few KB of PNG claiming 20000 x 10000), from the header alone: whatever its
+    size in bytes, the service or the shrinker would have to decode it. Files Pillow cannot read
+    (HEIC without a plugin) are left to the service, which takes them."""
+    why = _open_problem(Path(path))
+    return None if why == _UNDECODABLE else why
 
 
 async def in_shrink_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:

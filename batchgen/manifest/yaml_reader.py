@@ -35,8 +35,24 @@ class YamlSyntaxError(ValueError):
         self.line = line
 
 
+# A manifest nests five levels at most (jobs > job > vars/meta > key > list); PyYAML composes
+# and constructs recursively, so a file of 5,000 '[' was a 3,000-line RecursionError.
+MAX_YAML_DEPTH = 64
+
+
 class _LineLoader(yaml.SafeLoader):
-    pass
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep (a manifest "
+                    "needs five at most)", self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> YamlMap:

@@ -20,10 +20,19 @@ import orjson
 
 from ..folder.intents import Unsettled, read_unsettled
 from ..folder.layout import IMAGES_DIR, count_images
-from ..folder.ledger import BadAmount, LedgerRecord, amount, bad_amount, warn_bad_line
+from ..folder.ledger import (
+    BadAmount,
+    LedgerRecord,
+    amount,
+    bad_amount,
+    check_job_id,
+    loads_nonfinite,
+    warn_bad_line,
+)
+from ..folder.ownership import manifest_key
 from ..folder.runfolder import RunFolder
 from ..settings import Selection
-from ..spec import JobSpec
+from ..spec import JOB_ID_FORM, JobSpec
 from ..store.recovery import adopt_orphans
 
 log = logging.getLogger(__name__)
@@ -65,6 +74,7 @@ def read_index(ledger: Path) -> LedgerIndex:
     states = index.states
     intern = sys.intern
     loads = orjson.loads
+    is_job_id = JOB_ID_FORM.fullmatch
     unsettled = index.unsettled = read_unsettled(ledger.parent)
     settle = unsettled.settle if unsettled else None
     cost = 0.0
@@ -75,8 +85,13 @@ def read_index(ledger: Path) -> LedgerIndex:
     with fh:
         for lineno, raw in enumerate(fh, 1):
             try:
-                d = loads(raw)
+                try:
+                    d = loads(raw)
+                except ValueError:
+                    d = loads_nonfinite(raw)  # NaN, 1e999: an amount refused below, not a skip
                 job_id = d["job_id"]  # TypeError for a line that is JSON but not an object
+                if type(job_id) is not str or not is_job_id(job_id):
+                    check_job_id(ledger, lineno, job_id)
                 if d["status"] == SUCCEEDED:
                     state = SUCCEEDED
                 else:
@@ -139,6 +154,13 @@ def _find_missing(ledger: Path, states: dict[str, str]) -> None:
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             states[job_id] = SUCCEEDED if whole else MISSING  # the last such line wins
+
+
+def manifest_meta(path: Path) -> dict[str, str]:
+    """What run.json says of the manifest, live or batch: the path that owns the folder (one
+    folder, one manifest) and the content's hash (merge tells shards of one manifest apart)."""
+    return {"manifest": str(path), "manifest_path": manifest_key(path),
+            "manifest_sha256": manifest_sha256(path)}
 
 
 def manifest_sha256(path: Path) -> str:

@@ -99,8 +99,12 @@ def make_thumb(src: Path, dst: Path, px: int = THUMB_PX) -> bool:
     # Renamed into place but not synced (not durable.atomic_write): a thumbnail is a cache made
     # again by deleting it, not worth a disk flush per image of a folder of thousands, and a
     # failure is this image's ("no thumbnail"), not a StorageError that ends the gallery.
-    flat.save(tmp, "JPEG", quality=THUMB_QUALITY)
-    os.replace(tmp, dst)
+    try:
+        flat.save(tmp, "JPEG", quality=THUMB_QUALITY)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must leave no .tmp behind
+        raise
     return True
 
 

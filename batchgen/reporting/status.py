@@ -30,7 +30,7 @@ class Status:
     errors: dict[str, int] = field(default_factory=dict)
     state: str = ""
     missing: int = 0  # recorded as succeeded, image file gone: not counted in ``succeeded``
-    # Requests sent whose outcome is not in the ledger (in flight now, or when a run died),
+    # Requests sent whose outcome is not in the ledger (in flight now, or when a run was killed),
     # at their reserved price: they may have been billed.
     unsettled_usd: float = 0.0
     unsettled_requests: int = 0
@@ -185,7 +185,7 @@ def format_status(st: Status) -> str:
     if st.unsettled_requests:
         lines.append(
             f"  reserved   ${st.unsettled_usd:.2f} for {st.unsettled_requests} request(s) sent "
-            "whose outcome is not in the ledger (in flight now, or when a run died): "
+            "whose outcome is not in the ledger (in flight now, or when a run was killed): "
             "they may have been billed, so --budget counts them"
         )
     return "\n".join(lines)

@@ -392,3 +392,27 @@ def test_the_key_never_reaches_the_folder_or_the_output(bserver: ThreadedFakeSer
             assert SECRET.encode() not in path.read_bytes(), path
     status = cli("status", out, "--json")
     assert SECRET not in status.output
+
+
+def test_batch_mode_keeps_one_folder_one_manifest(bserver: ThreadedFakeServer,
+                                                  tmp_path: Path) -> None:
+    """Issue 19, 6: batch mode wrote no manifest path, so a second manifest ran into the
+    folder and made the first one's paid images "superseded"."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = manifest(tmp_path / "a", 3, prefix="first manifest")
+    second = manifest(tmp_path / "b", 3, prefix="second manifest")
+    out = tmp_path / "out"
+    assert brun(bserver, first, out, "--wait").code == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["manifest_path"] and meta["manifest_sha256"]
+    requests = bserver.stats.requests
+    for mode in ("batch", "live"):
+        r = cli("run", second, "--out", out, "--base-url", bserver.url, "--mode", mode,
+                "--no-progress", env=clean_env(BATCHGEN_API_KEY=SECRET))
+        assert r.code == 2, r.output
+        assert "belongs to another manifest" in r.stderr, r.output
+    assert bserver.stats.requests == requests
+    assert len(succeeded(out)) == 3
+    st = cli("status", out, "--json")
+    assert json.loads(st.stdout)["succeeded"] == 3, st.output

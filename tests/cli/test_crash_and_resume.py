@@ -174,31 +174,47 @@ def test_orphan_image_is_adopted_not_paid_again(server: ThreadedFakeServer,
     assert "adopted" in r.stderr
 
 
-def test_full_disk_stops_cleanly_and_resumes(server: ThreadedFakeServer, tmp_path: Path) -> None:
+def test_full_disk_keeps_the_answers_in_flight_until_space_is_back(
+        server: ThreadedFakeServer, tmp_path: Path) -> None:
+    """Issue 19, 3: at concurrency 8 the answers on their way when the disk filled were paid
+    for, dropped, and bought again on resume (48 billed for 40). Now they wait in memory."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if shutil.which("mount") is None or subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)], capture_output=True
     ).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         server.config.image_bytes = 150_000
-        prompts = [f"big {i}" for i in range(12)]
+        server.config.latency_s = 0.2
+        prompts = [f"held {i}" for i in range(24)]
         m = write_manifest(tmp_path / "m.yaml", prompts)
         out = mnt / "run"
-        r = run_against(server, m, out, "--concurrency", "2")
-        assert r.code == 4, r.output
-        assert "disk is full" in r.stderr
-        assert "Traceback" not in r.stderr
-        saved = succeeded(out)
-        assert 0 < len(saved) < 12
-        for rec in saved.values():
+        proc = spawn("run", m, "--out", out, "--base-url", server.url, "--provider", "anyfast",
+                     "--no-progress", "--backoff", "0.01", "--concurrency", "8",
+                     env=clean_env(BATCHGEN_API_KEY=SECRET))
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "held in memory" in line:
+                break
+        assert any("held in memory" in s for s in seen), "".join(seen)
+        assert wait_for(lambda: server.stats.in_flight == 0, timeout=30)
+        subprocess.run(["mount", "-o", "remount,size=40m", str(mnt)], check=True)
+        _, rest = proc.communicate(timeout=60)
+        err = "".join(seen) + rest
+        assert proc.returncode == 4, err
+        assert "died" not in err and "Traceback" not in err, err
+        assert not list(out.glob("*.tmp")), list(out.iterdir())
+        # Every answer that was paid for is on disk and in the ledger.
+        assert len(succeeded(out)) == server.stats.billed_images, err
+        for rec in succeeded(out).values():
             Image.open(out / str(rec["outputs"][0])).load()  # type: ignore[index]
-        subprocess.run(["mount", "-o", "remount,size=20m", str(mnt)], check=True)
-        r = run_against(server, m, out, "--concurrency", "2")
+        r = run_against(server, m, out, "--concurrency", "8")
         assert r.code == 0, r.output
         assert set(succeeded(out)) == set(prompts)
-        for p in saved:
-            assert server.stats.prompts[p] == 1
+        assert server.stats.billed_images == len(prompts)
+        assert max(server.stats.prompts.values()) == 1
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -14,6 +14,8 @@ from batchgen.fake import Rule, ThreadedFakeServer
 from batchgen.manifest import Manifest
 from batchgen.settings import shard_of
 from tests.helpers.cli import (
+    SECRET,
+    clean_env,
     cli,
     ledger_lines,
     run_against,
@@ -192,3 +194,33 @@ def test_an_interrupted_merge_can_be_run_again(server: ThreadedFakeServer, tmp_p
     (merged / "run.json").write_text(json.dumps(meta))
     assert cli("merge", a, b, "--out", merged).code == 0
     assert status(merged) == complete
+
+
+def test_merge_refuses_a_shard_whose_batches_may_still_deliver(
+        server: ThreadedFakeServer, tmp_path: Path) -> None:
+    """Issue 19, 2: merged, jobs in a running batch read as pending, were sent live, and the
+    batch delivered them too: paid twice. The merge refuses, naming the batch."""
+    server.config.batch_seconds = 600  # still running when the merge is tried
+    manifest = write_manifest(tmp_path / "m.yaml", [f"batch or live {i}" for i in range(8)])
+    batch, live, merged = tmp_path / "batch", tmp_path / "live", tmp_path / "merged"
+    r = run_against(server, manifest, batch, "--shard", "1/2", "--mode", "batch",
+                    "--poll-interval", "0.1", provider="google")
+    assert r.code == 5, r.output
+    assert run_against(server, manifest, live, "--shard", "2/2", provider="google").code == 0
+    r = cli("merge", batch, live, "--out", merged)
+    assert r.code == 2, r.output
+    journal = [json.loads(x) for x in (batch / "batches.jsonl").read_text().splitlines()]
+    name = next(e["name"] for e in journal if e.get("name"))
+    assert str(batch) in r.stderr and name in r.stderr and "paid for again" in r.stderr
+    assert not (merged / "ledger.jsonl").exists()
+    # Once the batch is over (cancelled here), the merge goes ahead and the merged folder sends
+    # only what nobody made: no prompt is billed twice across live and batch.
+    r = cli("cancel", batch, "--yes", "--base-url", server.url, env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert r.code == 0, r.output
+    assert cli("merge", batch, live, "--out", merged).code == 0
+    r = run_against(server, manifest, merged, provider="google")
+    assert r.code == 0, r.output
+    billed = {**server.stats.billed_prompts}
+    for prompt, n in server.stats.batch_billed_by_prompt.items():
+        billed[prompt] = billed.get(prompt, 0) + n
+    assert len(billed) == 8 and set(billed.values()) == {1}, billed
