@@ -16,7 +16,9 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Bad, Row
+from batchgen.manifest.base import Bad
+from batchgen.manifest.columns import ColumnMap, split_meta_key, typed_cell
+from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Row
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
@@ -66,8 +68,9 @@ def _merge_meta(default: YamlMap, own: YamlMap) -> YamlMap:
     return merged
 
 
-def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
+def jsonl_rows(path: Path, name: str, columns: ColumnMap | None = None) -> Iterator[Row | Problem]:
     loads = orjson.loads
+    rename = columns.keys if columns is not None and columns.by_header else None
     with path.open("rb", buffering=1 << 16) as fh:
         first = fh.readline()
         if first.startswith(_BOM):
@@ -84,10 +87,10 @@ def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             if type(obj) is not dict:
                 yield Problem(name, lineno, "", "each line must be a JSON object")
                 continue
-            yield Row(lineno, obj, _NO_LINES, False)
+            yield Row(lineno, rename(obj) if rename else obj, _NO_LINES, False)
 
 
-def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
+def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterator[Row | Problem]:
     """Rows keyed by column; strict quoting, with the line a broken row starts on."""
     with path.open("rb") as fh:
         reader = csv.reader(_DecodedLines(fh), strict=True)
@@ -108,7 +111,14 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             )
             yield Problem(name, 1, "", msg)
             return
+        if mapping is not None and mapping.by_header:
+            header, absent = mapping.header(header)
+            for column in absent:
+                msg = f"no column {column!r} in the header ({', '.join(header)})"
+                yield Problem(name, 1, f"--column {mapping.by_header[column]}={column}", msg)
         columns, meta_columns, header_problems, guessed, unnamed = _columns(header, name)
+        meta_types = {i: kind for i, (key, kind) in list(meta_columns.items()) if kind}
+        meta_keys = {i: key for i, (key, _) in meta_columns.items()}
         yield from header_problems
         # Without a prompt column every row would fail the same way and the header problem says
         # it all; only the values under misspelt headers are still worth checking.
@@ -164,9 +174,21 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
                 col: cells[i] for i, col in columns.items() if cells[i].strip()
             }
             # An empty cell is no value, as for every other column.
-            meta = {key: cells[i] for i, key in meta_columns.items() if cells[i].strip()}
+            meta: dict[str, Any] = {
+                key: cells[i] for i, key in meta_keys.items() if cells[i].strip()
+            }
+            bad_cell = False
+            for i, kind in meta_types.items():
+                if cells[i].strip():
+                    try:
+                        meta[meta_keys[i]] = typed_cell(cells[i], kind)
+                    except Bad as exc:
+                        yield Problem(name, start, f"{META_PREFIX}{meta_keys[i]}", str(exc))
+                        bad_cell = True
+            if bad_cell:
+                continue
             if prev > start:
-                cells_by_column = {**fields, **{META_PREFIX + k: v for k, v in meta.items()}}
+                cells_by_column = {**fields, **{META_PREFIX + k: str(v) for k, v in meta.items()}}
                 swallowed = _swallowed_row(cells_by_column, columns, ncols)
                 if swallowed:
                     msg = (
@@ -183,27 +205,31 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
 def _columns(
     header: list[str], name: str
 ) -> tuple[
-    dict[int, str], dict[int, str], list[Problem], dict[int, tuple[str, str]], list[int]
+    dict[int, str],
+    dict[int, tuple[str, str | None]],
+    list[Problem],
+    dict[int, tuple[str, str]],
+    list[int],
 ]:
-    """Column index -> field for the known columns, index -> key for the ``meta.<key>``
-    columns, the header's problems, the misspelt columns (index -> (header, the field it
-    probably names)), and the unnamed columns."""
+    """Column index -> field for the known columns, index -> (key, type or None) for the
+    ``meta.<key>[:type]`` columns, the header's problems, the misspelt columns (index ->
+    (header, the field it probably names)), and the unnamed columns."""
     columns: dict[int, str] = {}
-    meta: dict[int, str] = {}
+    meta: dict[int, tuple[str, str | None]] = {}
     problems: list[Problem] = []
     guessed: dict[int, tuple[str, str]] = {}
     unnamed: list[int] = []
     for index, raw in enumerate(header):
         col = raw.strip().lower()
         if col.startswith(META_PREFIX):
-            key = raw.strip()[len(META_PREFIX) :].strip()
+            key, kind = split_meta_key(raw.strip()[len(META_PREFIX) :].strip())
             if not key:
                 msg = f"a metadata column needs a name after {META_PREFIX!r}, e.g. meta.sku"
                 problems.append(Problem(name, 1, raw.strip(), msg))
-            elif key in meta.values():
+            elif key in (k for k, _ in meta.values()):
                 problems.append(Problem(name, 1, f"{META_PREFIX}{key}", "column appears twice"))
             else:
-                meta[index] = key
+                meta[index] = (key, kind)
         elif col == "meta":
             msg = "CSV metadata goes in columns named meta.<name>, e.g. meta.sku"
             problems.append(Problem(name, 1, col, msg))
