@@ -39,6 +39,11 @@ class ModelInfo:
     deprecated: str | None = None
 
 
+def load_builtin() -> dict[str, Any]:
+    """The built-in table as read (shared: do not modify)."""
+    return _builtin()
+
+
 @functools.cache
 def _builtin() -> dict[str, Any]:
     raw: dict[str, Any] = json.loads(

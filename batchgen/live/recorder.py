@@ -48,6 +48,7 @@ class Recorder:
             width=image.width,
             height=image.height,
             text=image.text,
+            grounding=image.grounding,
         )
         line = record.to_line()
         # Nothing here keeps the image bytes while the save waits for its fsyncs: the store
