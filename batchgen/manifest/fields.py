@@ -314,7 +314,7 @@ def unknown_field(key: str) -> str:
     """The message for a field that is none of the job fields, with its likely meaning."""
     meant = hints.close_match(key, JOB_FIELDS)
     if meant:
-        return f"unknown field; did you mean {meant}? ({unknown_field_message()[14:]}"
+        return f"unknown field; did you mean {meant}? {unknown_field_message()[14:]}"
     return unknown_field_message()
 
 

@@ -22,6 +22,8 @@ from batchgen.manifest.fields import JOB_FIELDS, META_PREFIX, PARSERS, Row
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
+# Misspelt columns whose cells are read as the field they probably name (see csv_rows).
+_ROUTED = ("prompt", "images")
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -120,11 +122,14 @@ def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterato
         meta_types = {i: kind for i, (key, kind) in list(meta_columns.items()) if kind}
         meta_keys = {i: key for i, (key, _) in meta_columns.items()}
         yield from header_problems
-        # Without a prompt column every row would fail the same way and the header problem says
-        # it all; only the values under misspelt headers are still worth checking.
+        # A misspelt header must not hide the rest of the file's problems (a missing reference
+        # in another column): its cells are read as the field it probably names, and without any
+        # prompt column each row gets a stand-in, so the rows are checked all the same. The
+        # header's problem has already made the file fail; none of these jobs is ever sent.
         headless = "prompt" not in columns.values()
-        if headless and not guessed:
-            return
+        taken = set(columns.values())
+        routed = {i: meant for i, (_, meant) in guessed.items()
+                  if meant in _ROUTED and meant not in taken}  # fmt: skip
         ncols = len(header)
         prev = reader.line_num
         while True:
@@ -163,16 +168,18 @@ def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterato
             for i, (raw_col, meant) in guessed.items():
                 # A misspelt header must not hide its column's bad values: check them as the
                 # field it probably names.
-                if cells[i].strip():
+                if cells[i].strip() and i not in routed:
                     try:
                         PARSERS[meant](cells[i], True)
                     except Bad as exc:
                         yield Problem(name, start, raw_col, str(exc))
-            if headless:
-                continue
             fields: dict[str, Any] = {
                 col: cells[i] for i, col in columns.items() if cells[i].strip()
             }
+            if routed:
+                fields.update((meant, cells[i]) for i, meant in routed.items() if cells[i].strip())
+            if headless and "prompt" not in fields:
+                fields["prompt"] = f"(no prompt column: line {start})"
             # An empty cell is no value, as for every other column.
             meta: dict[str, Any] = {
                 key: cells[i] for i, key in meta_keys.items() if cells[i].strip()
@@ -242,7 +249,7 @@ def _columns(
             unnamed.append(index)
         else:
             meant = hints.close_match(col, JOB_FIELDS)
-            if meant is not None and meant not in ("prompt", "id", "meta"):
+            if meant is not None and meant not in ("id", "meta"):
                 guessed[index] = (raw.strip(), meant)
             known = ", ".join(f for f in JOB_FIELDS if f != "meta")
             hint = f"; did you mean {meant}?" if meant and meant != "meta" else ""
