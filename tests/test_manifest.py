@@ -461,7 +461,9 @@ def test_csv_problems(tmp_path: Path) -> None:
     problems = problems_of(path)
     assert where(problems) == {(1, "colour"), (3, "count"), (4, ""), (6, "prompt"), (7, "")}
     assert "line 2" in next(p.message for p in problems if p.line == 7)
-    assert where(problems_of(write(tmp_path / "n.csv", "id,images\nx,a.png\n"))) == {(1, "prompt")}
+    # Without a prompt column the rows are still checked (issue 20): the missing a.png too.
+    assert where(problems_of(write(tmp_path / "n.csv", "id,images\nx,a.png\n"))) == {
+        (1, "prompt"), (2, "images")}
 
 
 def test_seed_must_fit_the_apis_int32(tmp_path: Path) -> None:
