@@ -26,13 +26,13 @@ from .conftest import cli, ledger_lines, run_against
 DESIGN = """\
 jobs:
   - id: pets
-    prompt: "a {animal} on a {colour} sofa"
-    vars:
-      animal: [cat, dog]
-      colour: [red, blue]
+    prompt: "a {animal} asleep on a {place}"
     meta:
       label: "{animal}"
-      caption: "{colour} {animal}, {{studio}}"
+      caption: "{animal} on {place}, {{studio}}"
+    vars:
+      animal: [cat, dog]
+      place: [sofa, rug]
       setting: studio
   - prompt: a plain mug
     image_size: 2K
@@ -111,10 +111,10 @@ def _design_run(server: ThreadedFakeServer, tmp_path: Path) -> Path:
 def _expected() -> dict[str, dict[str, Any]]:
     rows = {}
     for animal in ("cat", "dog"):
-        for colour in ("red", "blue"):
-            rows[f"a {animal} on a {colour} sofa"] = {
-                "animal": animal, "colour": colour, "label": animal,
-                "caption": f"{colour} {animal}, {{studio}}", "setting": "studio",
+        for place in ("sofa", "rug"):
+            rows[f"a {animal} asleep on a {place}"] = {
+                "animal": animal, "place": place, "label": animal,
+                "caption": f"{animal} on {place}, {{studio}}", "setting": "studio",
             }
     return rows
 
@@ -125,12 +125,12 @@ def test_vars_and_filled_meta_are_columns_of_every_export(
     out = _design_run(server, tmp_path)
     lines = ledger_lines(out)
     by_prompt = {str(rec["prompt"]): rec for rec in lines}
-    assert by_prompt["a dog on a red sofa"]["vars"] == {"animal": "dog", "colour": "red"}
-    assert by_prompt["a dog on a red sofa"]["meta"]["label"] == "dog"  # type: ignore[index]
+    assert by_prompt["a dog asleep on a rug"]["vars"] == {"animal": "dog", "place": "rug"}
+    assert by_prompt["a dog asleep on a rug"]["meta"]["label"] == "dog"  # type: ignore[index]
     assert by_prompt["a plain mug"]["vars"] == {}
     current = [json.loads(x) for x in (out / "jobs.jsonl").read_text().splitlines()]
-    assert {c["prompt"]: c["vars"] for c in current}["a cat on a blue sofa"] == {
-        "animal": "cat", "colour": "blue"}
+    assert {c["prompt"]: c["vars"] for c in current}["a cat asleep on a sofa"] == {
+        "animal": "cat", "place": "sofa"}
     want = _expected()
 
     def check(rows: list[dict[str, Any]]) -> None:
@@ -179,7 +179,7 @@ def test_a_folder_from_before_gets_its_var_columns_without_paying(
     import pyarrow.parquet as pq
 
     rows = pq.read_table(sorted((tmp_path / "pq").rglob("*.parquet"))).to_pylist()
-    assert {r["prompt"]: r["colour"] for r in rows}["a dog on a blue sofa"] == "blue"
+    assert {r["prompt"]: r["place"] for r in rows}["a dog asleep on a sofa"] == "sofa"
 
 
 SHEET = """\
