@@ -30,10 +30,10 @@ jobs:
     meta:
       label: "{animal}"
       caption: "{animal} on {place}, {{studio}}"
+      setting: studio
     vars:
       animal: [cat, dog]
       place: [sofa, rug]
-      setting: studio
   - prompt: a plain mug
     image_size: 2K
     meta: {sku: "00123"}
