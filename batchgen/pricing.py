@@ -1,4 +1,5 @@
-"""What a job costs: one price table (``data/prices.json``), overridable with ``--prices FILE``.
+"""What a job costs: the prices in the model table (``data/models.json``, read through
+:mod:`batchgen.catalog`), overridable with ``--prices FILE``.
 
 Bill from the response's ``usageMetadata`` when present, from the table when not. The budget cap
 reserves :meth:`PriceTable.reserve` before each request: an upper bound, so that no request that
@@ -11,10 +12,10 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .catalog import BUILTIN, CAPABILITY_FIELDS, load_raw
 from .errors import InputError, Problem
 from .spec import DEFAULT_MODEL, JobSpec
 
@@ -34,6 +35,8 @@ class ModelPrice:
     image_tokens: dict[str, int]
     input_image_tokens: int
     batch_discount: float = 0.5
+    # Service tier -> multiplier of the standard prices above (Flex: 0.5).
+    tiers: tuple[tuple[str, float], ...] = (("standard", 1.0),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +87,10 @@ def _model_price(source: str, model: str, fields: dict[str, Any]) -> ModelPrice:
     def bad(field: str, message: str) -> InputError:
         return InputError(f"{source}: {model}: {field}: {message}")
 
-    unknown = [k for k in fields if k not in _FIELDS]
+    unknown = [k for k in fields if k not in _FIELDS and k not in CAPABILITY_FIELDS]
     if unknown:
-        raise bad(str(unknown[0]), f"unknown field (known: {', '.join(_FIELDS)})")
+        known = ", ".join((*_FIELDS, *CAPABILITY_FIELDS))
+        raise bad(str(unknown[0]), f"unknown field (known: {known})")
     missing = [k for k in _FIELDS if k not in fields and k != "batch_discount"]
     if missing:
         raise bad(missing[0], "required")
@@ -109,6 +113,12 @@ def _model_price(source: str, model: str, fields: dict[str, Any]) -> ModelPrice:
     tokens = fields["input_image_tokens"]
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise bad("input_image_tokens", f"must be a whole number >= 0, not {_show(tokens)}")
+    tiers = fields.get("tiers", {"standard": 1.0})
+    if not isinstance(tiers, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in tiers.values()
+    ):
+        raise bad("tiers", 'must be an object of tier -> price multiplier, e.g. {"flex": 0.5}')
     return ModelPrice(
         output_image_per_1m=float(fields["output_image_per_1m"]),
         output_text_per_1m=float(fields["output_text_per_1m"]),
@@ -116,22 +126,11 @@ def _model_price(source: str, model: str, fields: dict[str, Any]) -> ModelPrice:
         image_tokens=dict(sizes),
         input_image_tokens=tokens,
         batch_discount=float(fields.get("batch_discount", 0.5)),
+        tiers=tuple((str(k), float(v)) for k, v in tiers.items()),
     )
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Key by key, one level down too: overriding the 1K and 2K ``image_tokens`` must keep the
-    table's 4K price, not drop it (a 4K image then fell back to a cheaper size's price)."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
-
-
-BUILTIN_PRICES = "batchgen/data/prices.json"
+BUILTIN_PRICES = BUILTIN
 
 
 class PriceTable:
@@ -151,29 +150,10 @@ class PriceTable:
 
     @classmethod
     def load(cls, override: Path | None = None, *, batch: bool = False) -> PriceTable:
-        raw: dict[str, Any] = json.loads(
-            resources.files("batchgen").joinpath("data/prices.json").read_text("utf-8")
-        )
-        if override is not None:
-            try:
-                extra = json.loads(override.read_text("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{override}: cannot read prices: {exc}") from exc
-            if not isinstance(extra, dict):
-                raise InputError(f"{override}: prices must be a JSON object of models")
-            for model, fields in extra.items():
-                if model.startswith("_"):
-                    continue
-                if not isinstance(fields, dict):
-                    raise InputError(f"{override}: {model}: must be an object")
-                # A model the table has keeps every price the file does not name; a new one
-                # must be priced in full (a guess could be lower than the truth).
-                raw[model] = _merge(raw.get(model, {}), fields)
+        raw = load_raw(override)
         source = str(override) if override is not None else BUILTIN_PRICES
         models: dict[str, ModelPrice] = {}
         for model, fields in raw.items():
-            if model.startswith("_"):
-                continue
             models[model] = _model_price(source, model, fields)
         return cls(models, batch=batch, source=source)
 

@@ -121,6 +121,9 @@ class Target:
     base_url: str | None = None
     model: str | None = None
     prices: Path | None = None
+    # `--column FIELD=HEADER` and `--set FIELD=VALUE`, as pairs (see manifest/columns.py).
+    columns: tuple[tuple[str, str], ...] = ()
+    defaults: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

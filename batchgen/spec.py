@@ -61,12 +61,17 @@ def job_id_problem(job_id: object) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None if safe == job_id else f"{job_id!r} has characters a job id never has"
-KNOWN_MODELS = ("gemini-3-pro-image", "gemini-3-pro-image-preview", "gemini-2.5-flash-image")
 
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+
+# Every ratio and size any model offers; which model offers which is data/models.json's
+# (batchgen/catalog.py). The Flash image models add the tall and wide ratios and 512.
+ASPECT_RATIOS = (
+    "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
+    "1:4", "4:1", "1:8", "8:1",
+)  # fmt: skip
 # The output's ratio when the request names none and has no reference image.
 DEFAULT_ASPECT_RATIO = "1:1"
-IMAGE_SIZES = ("1K", "2K", "4K")
+IMAGE_SIZES = ("512", "1K", "2K", "4K")
 DEFAULT_IMAGE_SIZE = "1K"
 MAX_REFERENCE_IMAGES = 14
 INPUT_MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
@@ -83,14 +88,34 @@ BASE_PIXELS: dict[str, tuple[int, int]] = {
     "9:16": (768, 1376),
     "16:9": (1376, 768),
     "21:9": (1584, 672),
+    # gemini-3.1-flash-image only (1:4 at 1K is 512x2048, 8:1 at 4K 12288x1536).
+    "1:4": (512, 2048),
+    "4:1": (2048, 512),
+    "1:8": (384, 3072),
+    "8:1": (3072, 384),
 }
-SIZE_SCALE = {"1K": 1, "2K": 2, "4K": 4}
+SIZE_SCALE = {"512": 0.5, "1K": 1, "2K": 2, "4K": 4}
+
+# Safety settings as Google's Gemini API documents them (ai.google.dev/api/generate-content,
+# "Harm categories ... are supported"; the safety guide's four adjustable filters). The
+# HARM_CATEGORY_IMAGE_* values of the SDK are "not supported in Gemini API"; CIVIC_INTEGRITY is
+# deprecated ("Election filter is not longer supported").
+HARM_CATEGORIES = (
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+)
+DEPRECATED_HARM_CATEGORIES = ("HARM_CATEGORY_CIVIC_INTEGRITY",)
+HARM_THRESHOLDS = (
+    "BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF",
+)  # fmt: skip
 
 
 def output_pixels(aspect_ratio: str, image_size: str) -> tuple[int, int]:
     w, h = BASE_PIXELS[aspect_ratio]
     s = SIZE_SCALE[image_size]
-    return w * s, h * s
+    return int(w * s), int(h * s)
 
 
 def nearest_aspect_ratio(width: int, height: int) -> str:
@@ -127,6 +152,17 @@ class Reference:
     size_bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestExtras:
+    """The request fields most jobs leave out: each is sent, and hashed into the job id, only
+    when set, so the ids of jobs that set none are what they always were."""
+
+    system_instruction: str | None = None
+    # (category, threshold) pairs, in manifest order: sent as ``safetySettings``.
+    safety_settings: tuple[tuple[str, str], ...] = ()
+    google_search: bool = False  # the Search grounding tool
+
+
 # A metadata value: the user's own label for a job, carried to every output, never sent.
 MetaValue: TypeAlias = str | int | float | bool | None
 
@@ -153,6 +189,7 @@ class JobSpec:
     # The user's metadata (``meta:``), in manifest order. Not sent and not in the job id: editing
     # a label re-runs nothing. Pairs, not a dict, so the spec stays hashable.
     meta: tuple[tuple[str, MetaValue], ...] = ()
+    extras: RequestExtras | None = None
 
     @property
     def name(self) -> str | None:

@@ -37,6 +37,7 @@ from .http_body import (
     REFERENCE_MAX_BYTES,
     read_capped,
 )
+from .request import request_body
 from .response import data_url_bytes, parse_answer
 from .session import SessionOwner
 from .translate import error_body, error_from_http, redirected, snippet, translating
@@ -54,6 +55,7 @@ class GeneratedImage:
     height: int
     text: str | None
     usage: dict[str, Any] | None
+    grounding: Any = None  # a grounded answer's groundingMetadata, kept in the sidecar
 
 
 def _where(spec: JobSpec) -> str:
@@ -116,21 +118,7 @@ class GeminiClient(SessionOwner):
         except e.ReferenceError_ as exc:
             # Name the job's manifest line, so the ledger says which row to fix.
             raise e.ReferenceError_(_where(spec) + exc.message) from exc
-        image_config: dict[str, Any] = {}
-        if spec.aspect_ratio:
-            image_config["aspectRatio"] = spec.aspect_ratio
-        if not spec.model.startswith("gemini-2.5-flash"):
-            image_config["imageSize"] = spec.image_size
-        gen: dict[str, Any] = {
-            "responseModalities": ["TEXT", "IMAGE"] if spec.output_text else ["IMAGE"],
-        }
-        if image_config:
-            gen["imageConfig"] = image_config
-        if spec.temperature is not None:
-            gen["temperature"] = spec.temperature
-        if spec.seed is not None:
-            gen["seed"] = spec.seed
-        return {"contents": [{"role": "user", "parts": parts}], "generationConfig": gen}
+        return request_body(spec, parts)
 
     async def generate(self, spec: JobSpec) -> GeneratedImage:
         """One attempt. Raises a :class:`batchgen.errors.APIError` subclass on any failure."""
@@ -224,7 +212,7 @@ class GeminiClient(SessionOwner):
                     data, _ = data_url_bytes(parsed.url)
                 else:
                     data = await self._download_output(parsed.url)
-            return _finish(data, parsed.text, usage)
+            return _finish(data, parsed.text, usage, parsed.grounding)
         except e.TransientError as err:
             # The image was made, so it was paid for, but it did not reach us intact; an empty
             # answer made none.
@@ -291,7 +279,9 @@ def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _finish(data: bytes, text: str | None, usage: dict[str, Any] | None) -> GeneratedImage:
+def _finish(
+    data: bytes, text: str | None, usage: dict[str, Any] | None, grounding: Any
+) -> GeneratedImage:
     # The declared mimeType is unreliable (JPEG bytes labelled PNG): trust the bytes.
     mime = sniff_image_type(data)
     if mime is None:
@@ -303,4 +293,4 @@ def _finish(data: bytes, text: str | None, usage: dict[str, Any] | None) -> Gene
         raise e.BadResponseError(f"the image does not decode: {exc}") from exc
     if not (width and height):
         raise e.BadResponseError("the image has no size")
-    return GeneratedImage(data, mime, width, height, text, usage)
+    return GeneratedImage(data, mime, width, height, text, usage, grounding)

@@ -47,6 +47,7 @@ class Parsed:
     text: str | None
     usage: dict[str, Any] | None
     dropped_thought_images: int
+    grounding: Any = None  # the candidate's groundingMetadata (Search grounding), as sent
 
 
 def decode_b64(data: str) -> bytes:
@@ -136,4 +137,5 @@ def parse_answer(obj: Any) -> Parsed:
         text=text_out,
         usage=usage,
         dropped_thought_images=dropped,
+        grounding=_get(cand, "groundingMetadata", "grounding_metadata"),
     )

@@ -111,10 +111,11 @@ class Recorder:
         self.index.cost_usd += cost
 
     def success_record(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
-                       text: str | None, **kw: Any) -> LedgerRecord:
+                       text: str | None, grounding: Any = None, **kw: Any) -> LedgerRecord:
         return success_record(
             spec, self._fields(spec, **kw), output=self.store.relpath(spec.job_id, mime),
             data=data, mime_type=mime, width=size[0], height=size[1], text=text,
+            grounding=grounding,
         )
 
     async def save_success(self, record: LedgerRecord, data: bytes) -> None:
@@ -344,8 +345,8 @@ class Collector:
                 done.failed.add(job_id)
                 self.rec.failure(spec, exc, cost=cost, **kw)
                 return
-            record = self.rec.success_record(spec, data, mime, size, parsed.text, cost=cost,
-                                             usage=usage, **kw)
+            record = self.rec.success_record(spec, data, mime, size, parsed.text,
+                                             parsed.grounding, cost=cost, usage=usage, **kw)
             done.kept[job_id] = record  # before it is saved: a duplicate may follow at once
             await self._saving(job_id, self.rec.save_success(record, data))
         elif "error" in obj:

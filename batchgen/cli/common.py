@@ -132,3 +132,4 @@ class RunDir(click.Path):
             )
         return path
 
+

@@ -76,6 +76,28 @@ prices_option = click.option("--prices",
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
 
+def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+           ) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{value!r}: write FIELD=VALUE", ctx=ctx, param=param)
+        out.append((name.strip(), rest))
+    return tuple(out)
+
+
+# `--column FIELD=HEADER` and `--set FIELD=VALUE`, each repeatable, as pairs.
+spreadsheet_options: Decorator[CommandFunction] = _stack(
+    click.option("--column", "columns", multiple=True, metavar="FIELD=HEADER", callback=_pairs,
+                 help="Read a CSV column (or JSONL key) as a field, e.g. "
+                      "--column prompt=Description."),
+    click.option("--set", "defaults", multiple=True, metavar="FIELD=VALUE", callback=_pairs,
+                 help="Give every row a default, e.g. --set image_size=2K (a row's own value "
+                      "wins)."),
+)
+
+
 run_parameters: Decorator[CommandFunction] = _stack(
     manifest_argument,
     out_option,
@@ -112,6 +134,7 @@ run_parameters: Decorator[CommandFunction] = _stack(
         redo_missing="Run again the succeeded jobs whose image file is gone (costs money).",
     ),
     prices_option,
+    spreadsheet_options,
     click.option("--no-progress", is_flag=True, help="No progress bar."),
     click.option("--no-gallery", is_flag=True, help="Do not refresh DIR/gallery.html at the end."),
     click.option("--log-every", type=click.FloatRange(0.0), default=60.0, show_default=True,
@@ -139,6 +162,7 @@ estimate_parameters: Decorator[CommandFunction] = _stack(
     click.option("--latency", type=click.FloatRange(0.0), default=30.0, show_default=True,
                  help="Assumed seconds per image."),
     prices_option,
+    spreadsheet_options,
     model_option("Model id for every job."),
     provider_option("Overrides the manifest's provider [anyfast]."),
     retry_failed_option("Count permanent failures too, as run does. " + RETRY_HELP),
@@ -179,7 +203,8 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
     selection = _selection(o, parse_retry_kinds(o["retry_failed"]), shard)
     return RunOptions(
         target=Target(manifest=manifest, out=o["out"], fake=o["fake"], provider=o["provider"],
-                      base_url=o["base_url"], model=o["model"], prices=o["prices"]),
+                      base_url=o["base_url"], model=o["model"], prices=o["prices"],
+                      columns=o["columns"], defaults=o["defaults"]),
         mode=o["mode"],
         timeouts=Timeouts(request_s=o["timeout"], reference_s=o["reference_timeout"]),
         settings=RunSettings(
@@ -213,4 +238,5 @@ def estimate_request(manifest: Path, o: dict[str, Any]) -> EstimateRequest:
         manifest=manifest, out=o["out"], concurrency=o["concurrency"], rpm=o["rpm"],
         latency_s=o["latency"], prices=o["prices"], model=o["model"], provider=o["provider"],
         selection=_selection(o, retry_failed, parse_shard(o["shard"])),
+        columns=o["columns"], defaults=o["defaults"],
     )

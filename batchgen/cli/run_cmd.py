@@ -18,9 +18,11 @@ from .options import (
     estimate_request,
     manifest_argument,
     model_option,
+    prices_option,
     provider_option,
     run_options,
     run_parameters,
+    spreadsheet_options,
 )
 
 
@@ -50,14 +52,18 @@ def run(manifest: Path, **o: Any) -> None:
 @manifest_argument
 @model_option("Model id for every job.")
 @provider_option("Overrides the manifest's provider [anyfast].")
+@prices_option
+@spreadsheet_options
 @guarded
-def validate(manifest: Path, model: str | None, provider: str | None) -> None:
+def validate(manifest: Path, model: str | None, provider: str | None, prices: Path | None,
+             columns: tuple[tuple[str, str], ...], defaults: tuple[tuple[str, str], ...]) -> None:
     """Check MANIFEST without sending anything, and print the plan."""
     from ..planning.prepare import open_manifest
     from ..words import plural
 
     setup_logging(0)
-    m = open_manifest(manifest, model, provider)
+    m = open_manifest(manifest, model, provider, prices=prices, columns=columns,
+                      defaults=defaults)
     summary = m.validate()
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -45,6 +45,9 @@ PROVENANCE = (
     "source", "references",
 )
 FAILED_COLUMNS = ("status", "error_kind", "error_message")
+# What the manifest's current jobs (jobs.jsonl) say over the ledger: edited labels, and the var
+# values of jobs run before they were recorded (their ids and prompts are unchanged).
+_CURRENT_KEYS = ("name", "meta", "source", "vars")
 RESERVED = frozenset(PROVENANCE + FAILED_COLUMNS + ("file_name", "image", "split", "meta"))
 INT_COLUMNS = frozenset({"width", "height", "seed", "attempts"})
 FLOAT_COLUMNS = frozenset({"temperature", "cost_usd"})
@@ -143,6 +146,8 @@ def _project(d: dict[str, Any]) -> dict[str, Any]:
     keep["status"] = d.get("status")
     keep["outputs"] = d.get("outputs") or []
     keep["meta"] = d.get("meta") if isinstance(d.get("meta"), dict) else {}
+    if isinstance(d.get("vars"), dict) and d["vars"]:
+        keep["vars"] = d["vars"]
     err = d.get("error")
     if isinstance(err, dict):
         keep["error_kind"] = err.get("kind")
@@ -200,7 +205,7 @@ class RunSource:
         if self.has_jobs_file:
             db.executemany(
                 "INSERT OR REPLACE INTO cur VALUES (?, ?)",
-                ((d["job_id"], dumps({k: d.get(k) for k in ("name", "meta", "source") if k in d}))
+                ((d["job_id"], dumps({k: d.get(k) for k in _CURRENT_KEYS if k in d}))
                  for d in iter_current(self.run_dir)),
             )
 
@@ -239,6 +244,11 @@ class RunSource:
                 d.update(loads(current))
             if not isinstance(d.get("meta"), dict):
                 d["meta"] = {}
+            found = d.pop("vars", None)
+            if isinstance(found, dict) and found:
+                # Every var is a column, named by the var, like a meta field (a var and a meta
+                # key never share a name: validation refuses it).
+                d["meta"] = {**found, **d["meta"]}
             yield job_id, d
 
     def meta_schema(self) -> MetaSchema:

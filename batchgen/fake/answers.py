@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from batchgen.catalog import load_builtin
+
 from .faults import FakeConfig
 from .validate import TROUBLESHOOT, ApiError, ParsedRequest, invalid
 
@@ -21,19 +23,48 @@ TEXT_ONLY = "I can't draw that, but here's a description: a quiet scene, softly 
 
 
 def is_flash(model: str) -> bool:
-    return "flash" in model
+    """The 2.5 Flash image model: no thinking, no imageSize (the 3.1 Flash models have both)."""
+    return model.startswith("gemini-2.5-flash")
+
+
+def _priced(model: str) -> dict[str, Any] | None:
+    found = load_builtin().get(model)
+    return None if found is None or model in _LIST_PRICES else found
+
+
+# The two models whose per-image prices Google rounds to a list price (shared/gemini-api.md).
+_LIST_PRICES = ("gemini-3-pro-image", "gemini-3-pro-image-preview", "gemini-2.5-flash-image")
 
 
 def image_tokens(model: str, size: str) -> int:
+    entry = _priced(model)
+    if entry is not None:
+        tokens: dict[str, int] = entry["image_tokens"]
+        return tokens.get(size) or max(tokens.values())
     if is_flash(model):
         return 1290
     return 2000 if size == "4K" else 1120
 
 
 def image_price(model: str, size: str) -> float:
+    entry = _priced(model)
+    if entry is not None:
+        return round(image_tokens(model, size) * float(entry["output_image_per_1m"]) / 1e6, 6)
     if is_flash(model):
         return 0.039
     return 0.24 if size == "4K" else 0.134
+
+
+def grounding(prompt: str) -> dict[str, Any]:
+    """The groundingMetadata of an answer grounded with Search (the fields Google documents)."""
+    query = " ".join(prompt.split()[:8])
+    return {
+        "searchEntryPoint": {"renderedContent": f"<div class=\"fake-search\">{query}</div>"},
+        "groundingChunks": [
+            {"web": {"uri": "https://example.com/fake-source", "title": "example.com"}}
+        ],
+        "webSearchQueries": [query],
+    }
 
 
 def prompt_tokens(req: ParsedRequest) -> int:
@@ -81,10 +112,18 @@ def thought_text(prompt: str) -> str:
     )
 
 
-def answer(model: str, parts: list[dict[str, Any]], finish: str, use: dict[str, Any]) -> bytes:
+def answer(
+    model: str,
+    parts: list[dict[str, Any]],
+    finish: str,
+    use: dict[str, Any],
+    grounded: dict[str, Any] | None = None,
+) -> bytes:
     cand: dict[str, Any] = {"finishReason": finish, "index": 0}
     if parts:
         cand = {"content": {"role": "model", "parts": parts}, **cand}
+    if grounded is not None:
+        cand["groundingMetadata"] = grounded
     return orjson.dumps(
         {
             "candidates": [cand],

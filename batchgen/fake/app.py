@@ -30,6 +30,7 @@ from .answers import (
     caption,
     empty_answer,
     fault_error,
+    grounding,
     image_price,
     image_tokens,
     is_flash,
@@ -236,6 +237,7 @@ class FakeServer:
             raise too_large(cfg.max_request_bytes)
         req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
+        self.stats.record_request(req.extras())
 
         self._check_quota(cfg, model, req, now)
         fault = self._chooser.choose(cfg, req.prompt)
@@ -372,7 +374,8 @@ class FakeServer:
         parts.append(final_part(final, sig) if final_part else _inline_part(final, sig))
 
         use = usage(req, model, image=image_tokens(model, size), text=text, thinking=thinking)
-        body = answer(model, parts, "STOP", use)
+        grounded = grounding(req.prompt) if req.google_search else None
+        body = answer(model, parts, "STOP", use, grounded)
         if parts[-1].get("inlineData", {}).get("data") is _SPLICE:
             # Base64 never needs JSON escaping, so it can go into the encoded body as-is.
             body = body.replace(_SPLICE_BYTES, final.b64_bytes, 1)

@@ -65,7 +65,10 @@ class Rule:
 class FakeConfig:
     api_key: str = "fake-key"
     # The preview model is shut down, so it is deliberately absent: it answers 404.
-    models: tuple[str, ...] = ("gemini-3-pro-image", "gemini-2.5-flash-image")
+    models: tuple[str, ...] = (
+        "gemini-3-pro-image", "gemini-3.1-flash-image", "gemini-3.1-flash-lite-image",
+        "gemini-2.5-flash-image",
+    )  # fmt: skip
     latency_s: float = 0.0
     full_size: bool = False
     image_bytes: int | None = None

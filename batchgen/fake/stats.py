@@ -15,6 +15,8 @@ from typing import Any
 
 # Arrivals kept for the timeline (when each request came in, and how it was answered).
 TIMELINE_MAX = 200_000
+# Generation requests kept as read (prompt, system instruction, safety settings, tools).
+REQUESTS_KEPT = 10_000
 
 
 class FakeStats:
@@ -48,6 +50,9 @@ class FakeStats:
         self._timeline: collections.deque[tuple[float, int]] = collections.deque(
             maxlen=TIMELINE_MAX
         )
+        self._requests_seen: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=REQUESTS_KEPT
+        )
         # A reset mid-run should not forget requests still being handled.
         self._max_in_flight = self._in_flight
 
@@ -74,6 +79,15 @@ class FakeStats:
     def record_prompt(self, prompt: str) -> None:
         with self._lock:
             self._prompts[prompt] += 1
+
+    def record_request(self, fields: dict[str, Any]) -> None:
+        with self._lock:
+            self._requests_seen.append(fields)
+
+    def requests_seen(self) -> list[dict[str, Any]]:
+        """The last generation requests as read (ParsedRequest.extras), oldest first."""
+        with self._lock:
+            return list(self._requests_seen)
 
     def record_fault(self, name: str) -> None:
         with self._lock:

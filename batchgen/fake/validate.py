@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from batchgen import spec
+from batchgen.catalog import builtin_table
 
 from .images import nearest_ratio, probe_image
 
@@ -78,6 +79,16 @@ _GEN_FIELDS = frozenset(
         "media_resolution",
     }
 )
+_SAFETY_FIELDS = frozenset({"category", "threshold", "method"})
+_TOOL_FIELDS = frozenset(
+    {"google_search", "google_search_retrieval", "code_execution", "url_context",
+     "function_declarations"}
+)  # fmt: skip
+_CATEGORIES = frozenset(
+    {"HARM_CATEGORY_UNSPECIFIED", *spec.HARM_CATEGORIES, *spec.DEPRECATED_HARM_CATEGORIES}
+)
+_THRESHOLDS = frozenset({"HARM_BLOCK_THRESHOLD_UNSPECIFIED", *spec.HARM_THRESHOLDS})
+_ENUM = "type.googleapis.com/google.ai.generativelanguage.v1beta."
 _IMAGE_CONFIG_FIELDS = frozenset({"aspect_ratio", "image_size", "person_generation"})
 _MODALITIES = frozenset({"TEXT", "IMAGE"})
 # Pillow can open these; HEIC/HEIF need a plugin the service has and we don't, so they pass.
@@ -170,6 +181,22 @@ class ParsedRequest:
     ref_ratio: str | None
     want_text: bool
     want_image: bool
+    # The optional fields as the fake read them, for tests: the system instruction's text,
+    # the (category, threshold) pairs, and whether the Search tool was asked for.
+    system_instruction: str | None = None
+    safety_settings: tuple[tuple[str, str], ...] = ()
+    google_search: bool = False
+
+    def extras(self) -> dict[str, Any]:
+        """What the fake records of a request beside its prompt (see FakeStats.requests)."""
+        return {
+            "prompt": self.prompt,
+            "system_instruction": self.system_instruction,
+            "safety_settings": list(self.safety_settings),
+            "google_search": self.google_search,
+            "image_size": self.image_size,
+            "aspect_ratio": self.aspect_ratio,
+        }
 
     @property
     def ratio(self) -> str:
@@ -209,6 +236,9 @@ def parse_request_obj(
             "Invalid JSON payload received. 'system_instruction' must be a Content object.",
             "system_instruction",
         )
+    instruction = _system_text(system) if system is not None else None
+    safety = _safety(top.get("safety_settings"))
+    search = _google_search(top.get("tools"), model)
 
     texts: list[str] = []
     n_images = 0
@@ -288,21 +318,23 @@ def parse_request_obj(
     img_cfg = _fields(
         gen.get("image_config") or {}, _IMAGE_CONFIG_FIELDS, "generation_config.image_config"
     )
+    info = builtin_table().get(model)
+    ratios = info.aspect_ratios if info is not None else spec.ASPECT_RATIOS[:10]
     ratio = img_cfg.get("aspect_ratio")
-    if ratio is not None and ratio not in spec.ASPECT_RATIOS:
+    if ratio is not None and ratio not in ratios:
         raise invalid(
-            f"Unsupported aspect ratio: {ratio}. Supported values are: "
-            f"{', '.join(spec.ASPECT_RATIOS)}."
+            f"Unsupported aspect ratio: {ratio}. Supported values are: {', '.join(ratios)}."
         )
     size = img_cfg.get("image_size")
     if size is not None:
-        if "flash" in model:
+        refused = "flash" in model if info is None else not info.sends_image_size
+        if refused:
             raise invalid(f"Image size is not supported for models/{model}.")
-        if size not in spec.IMAGE_SIZES:
+        sizes = info.image_sizes if info is not None else ("1K", "2K", "4K")
+        if size not in sizes:
             # Upper-case K only: the service rejects "1k".
             raise invalid(
-                f"Unsupported image size: {size}. Supported values are: "
-                f"{', '.join(spec.IMAGE_SIZES)}."
+                f"Unsupported image size: {size}. Supported values are: {', '.join(sizes)}."
             )
     return ParsedRequest(
         prompt="\n".join(texts),
@@ -312,7 +344,69 @@ def parse_request_obj(
         ref_ratio=ref_ratio,
         want_text="TEXT" in modalities,
         want_image="IMAGE" in modalities,
+        system_instruction=instruction,
+        safety_settings=safety,
+        google_search=search,
     )
+
+
+def _system_text(system: dict[str, Any]) -> str:
+    """A system instruction is a Content of text parts ("Currently, text only")."""
+    content = _fields(system, _CONTENT_FIELDS, "system_instruction")
+    parts = content.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise invalid("* GenerateContentRequest.system_instruction.parts: must not be empty.")
+    texts: list[str] = []
+    for i, part_obj in enumerate(parts):
+        part = _fields(part_obj, _PART_FIELDS, f"system_instruction.parts[{i}]")
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid(f"Invalid value at 'system_instruction.parts[{i}].text' (TYPE_STRING)")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _safety(value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SchemaError("Invalid JSON payload received. 'safety_settings' must be a list.")
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(value):
+        setting = _fields(item, _SAFETY_FIELDS, f"safety_settings[{i}]")
+        if "method" in setting:
+            raise invalid("method parameter is only supported in Vertex AI mode")
+        category, threshold = setting.get("category"), setting.get("threshold")
+        if category not in _CATEGORIES:
+            raise invalid(
+                f"Invalid value at 'safety_settings[{i}].category' ({_ENUM}HarmCategory), "
+                f"{orjson.dumps(category).decode()}"
+            )
+        if threshold not in _THRESHOLDS:
+            raise invalid(
+                f"Invalid value at 'safety_settings[{i}].threshold' "
+                f"({_ENUM}SafetySetting.HarmBlockThreshold), {orjson.dumps(threshold).decode()}"
+            )
+        out.append((str(category), str(threshold)))
+    return tuple(out)
+
+
+def _google_search(value: object, model: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, list):
+        raise SchemaError("Invalid JSON payload received. 'tools' must be a list.")
+    search = False
+    for i, item in enumerate(value):
+        tool = _fields(item, _TOOL_FIELDS, f"tools[{i}]")
+        if "google_search" in tool:
+            if not isinstance(tool["google_search"], dict):
+                raise invalid(f"Invalid value at 'tools[{i}].google_search', expected an object")
+            search = True
+    info = builtin_table().get(model)
+    if search and info is not None and not info.google_search:
+        raise invalid(f"Search grounding is not supported for models/{model}.")
+    return search
 
 
 def _check_blob(obj: object, where: str) -> tuple[int, int] | None:

@@ -12,9 +12,10 @@ One line per job, in manifest order, streamed in and out: a million-job manifest
 MB on disk and flat in memory. The file is written aside and renamed, so a reader sees the last
 whole file or the new one, never half of one. Format (ARCHITECTURE.md, "The run folder"):
 
-    {"job_id": ..., "name": ..., "source": "manifest.yaml:12", "meta": {...}, "prompt": ...,
-     "model": ..., "image_size": ..., "aspect_ratio": ..., "seed": ..., "temperature": ...,
-     "output_text": ..., "sample": ..., "references": [{"path": ..., "sha256": ...}]}
+    {"job_id": ..., "name": ..., "source": "manifest.yaml:12", "meta": {...}, "vars": {...},
+     "prompt": ..., "model": ..., "image_size": ..., "aspect_ratio": ..., "seed": ...,
+     "temperature": ..., "output_text": ..., "sample": ...,
+     "references": [{"path": ..., "sha256": ...}], "request": {...}}
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ def references_of(spec: JobSpec) -> list[dict[str, str | None]]:
     return [{"path": r.source, "sha256": r.sha256 or None} for r in spec.references]
 
 
+def request_of(spec: JobSpec) -> dict[str, Any]:
+    """The optional request fields the job set (none: ``{}``), under their manifest names."""
+    extras = spec.extras
+    if extras is None:
+        return {}
+    out: dict[str, Any] = {}
+    if extras.system_instruction is not None:
+        out["system_instruction"] = extras.system_instruction
+    if extras.safety_settings:
+        out["safety_settings"] = [
+            {"category": c, "threshold": t} for c, t in extras.safety_settings
+        ]
+    if extras.google_search:
+        out["google_search"] = True
+    return out
+
+
 def job_entry(spec: JobSpec) -> dict[str, Any]:
     """The job's provenance: who it is to the user and every setting it is generated with.
 
@@ -56,6 +74,7 @@ def job_entry(spec: JobSpec) -> dict[str, Any]:
         "name": spec.user_id,
         "source": f"{spec.source_file}:{line}" if line else spec.source_file,
         "meta": dict(meta) if meta else {},
+        "vars": dict(spec.vars) if spec.vars else {},
         "prompt": spec.prompt,
         "model": spec.model,
         "image_size": spec.image_size,
@@ -65,6 +84,7 @@ def job_entry(spec: JobSpec) -> dict[str, Any]:
         "output_text": spec.output_text,
         "sample": spec.sample,
         "references": references_of(spec) if spec.references else [],
+        "request": request_of(spec) if spec.extras is not None else {},
     }
 
 

@@ -75,6 +75,11 @@ class LedgerRecord:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     temperature: float | None = None
+    # The job's var values (matrix rows), the optional request fields it set (current.request_of)
+    # and a grounded answer's groundingMetadata, as the service sent it.
+    vars: dict[str, str] = field(default_factory=dict)
+    request: dict[str, Any] = field(default_factory=dict)
+    grounding: Any = None
 
     @property
     def succeeded(self) -> bool:
@@ -89,6 +94,7 @@ class LedgerRecord:
             "name": self.name,
             "source": self.source,
             "meta": self.meta,
+            "vars": self.vars,
             "prompt": self.prompt,
             "attempts": self.attempts,
             "outputs": list(self.outputs),
@@ -122,6 +128,10 @@ class LedgerRecord:
             d["adopted"] = True
         if self.extra:
             d["extra"] = self.extra
+        if self.request:
+            d["request"] = self.request
+        if self.grounding is not None:
+            d["grounding"] = self.grounding
         return d
 
     def to_line(self) -> bytes:
@@ -160,6 +170,9 @@ class LedgerRecord:
             source=str(d.get("source") or ""),
             meta=dict(d.get("meta") or {}),
             temperature=d.get("temperature"),
+            vars=dict(d.get("vars") or {}),
+            request=dict(d.get("request") or {}),
+            grounding=d.get("grounding"),
         )
 
 

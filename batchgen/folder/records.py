@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import errors as e
 from ..spec import DEFAULT_ASPECT_RATIO, JobSpec, nearest_aspect_ratio
-from .current import references_of
+from .current import references_of, request_of
 from .layout import now_iso
 from .ledger import ErrorInfo, JobStatus, LedgerRecord
 
@@ -32,6 +32,8 @@ def job_fields(
         "name": spec.user_id,
         "source": spec.source,
         "meta": dict(spec.meta),
+        "vars": dict(spec.vars),
+        "request": request_of(spec),
         "prompt": spec.prompt,
         "attempts": attempts,
         "usage": usage,
@@ -61,6 +63,7 @@ def success_record(
     width: int | None,
     height: int | None,
     text: str | None,
+    grounding: Any = None,
 ) -> LedgerRecord:
     if spec.aspect_ratio is None and width and height:
         fields = {**fields, "aspect_ratio": nearest_aspect_ratio(width, height)}  # as made
@@ -72,6 +75,7 @@ def success_record(
         height=height,
         mime_type=mime_type,
         sha256=sha256_hex(data),
+        grounding=grounding,
         **fields,
     )
 

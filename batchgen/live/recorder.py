@@ -60,6 +60,7 @@ class Recorder:
             width=image.width,
             height=image.height,
             text=image.text,
+            grounding=image.grounding,
         )
         line = record.to_line()
         data, mime_type = image.data, image.mime_type

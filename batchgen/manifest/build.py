@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from batchgen.errors import Problem
-from batchgen.spec import JobSpec, MetaValue, Reference
+from batchgen.spec import JobSpec, MetaValue, Reference, RequestExtras
 
 
 def job_payload(
@@ -28,13 +28,16 @@ def job_payload(
     seed: int | None,
     sample: int,
     user_id: str | None,
+    extras: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a job id hashes: the job's settings, in sorted key order.
 
     Sorted as written, so ``orjson.dumps`` of it is byte for byte what
     ``orjson.dumps(..., option=OPT_SORT_KEYS)`` gives (and always gave), without sorting per job.
+    ``extras`` (the optional request fields that are set, :func:`.extras.hashed`) join only
+    when there are any, sorted in: a job that sets none keeps the id it always had.
     """
-    return {
+    payload = {
         "aspect_ratio": aspect_ratio,
         "image_size": image_size,
         "model": model,
@@ -46,6 +49,9 @@ def job_payload(
         "temperature": temperature,
         "user_id": user_id,
     }
+    if extras:
+        payload = dict(sorted({**payload, **extras}.items()))
+    return payload
 
 
 def job_digest(
@@ -59,12 +65,13 @@ def job_digest(
     seed: int | None,
     sample: int,
     user_id: str | None,
+    extras: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
     """The hash part of a job id (the first 10 hex digits of the sha256 of its settings' JSON),
     and its :func:`request_key`."""
     payload = job_payload(
         model, prompt, references, aspect_ratio, image_size, output_text, temperature, seed,
-        sample, user_id,
+        sample, user_id, extras,
     )  # fmt: skip
     full = sha256(orjson.dumps(payload)).hexdigest()
     return full[:10], request_key(full)
@@ -97,6 +104,7 @@ def duplicate(name: str, line: int, other: int, job_id: str, prompt: str) -> Pro
 _JOB_FIELDS = (
     "job_id", "prompt", "model", "references", "aspect_ratio", "image_size", "output_text",
     "temperature", "seed", "sample", "user_id", "source_file", "source_line", "vars", "meta",
+    "extras",
 )  # fmt: skip
 
 
@@ -136,6 +144,7 @@ def _job_constructor() -> Callable[..., JobSpec]:
         source_line: int,
         vars: tuple[tuple[str, str], ...],
         meta: tuple[tuple[str, MetaValue], ...],
+        extras: RequestExtras | None = None,
     ) -> JobSpec:
         job: JobSpec = new(JobSpec)
         s[0](job, job_id)
@@ -153,6 +162,7 @@ def _job_constructor() -> Callable[..., JobSpec]:
         s[12](job, source_line)
         s[13](job, vars)
         s[14](job, meta)
+        s[15](job, extras)
         return job
 
     return make

@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchgen.catalog import ModelTable, builtin_table
 from batchgen.errors import InputError, Problem
 from batchgen.manifest import fields as mf
 from batchgen.manifest import readers
 from batchgen.manifest import yaml_reader as my
+from batchgen.manifest.base import Bad
 from batchgen.manifest.build import State
+from batchgen.manifest.columns import ColumnMap, parse_set
 from batchgen.manifest.jobs import Expander
 from batchgen.manifest.references import ReferenceResolver
 from batchgen.spec import DEFAULT_MODEL, JobSpec
@@ -56,7 +59,13 @@ class Manifest:
         *,
         model: str | None = None,
         max_request_bytes: int = 20 * 1024 * 1024,
+        models: ModelTable | None = None,
+        columns: tuple[tuple[str, str], ...] = (),
+        defaults: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        """``columns``: ``--column FIELD=HEADER`` pairs; ``defaults``: ``--set FIELD=VALUE``
+        pairs; ``models``: the model table (with ``--prices``' models), the built-in one if
+        not given."""
         self.path = Path(path)
         self._name = str(path)
         fmt = FORMATS.get(self.path.suffix.lower())
@@ -71,15 +80,24 @@ class Manifest:
         self._resolver = ReferenceResolver(self.path.parent.resolve())
         self._setup: list[Problem] = []
         self._cli_model = model
+        self._models = models or builtin_table()
         if model is not None:
             try:
                 mf.parse_model(model, False)
-            except mf.Bad as exc:
+                if self._models.get(model) is None:
+                    self._setup.append(Problem("", 0, "--model", self._models.unknown(model)))
+            except Bad as exc:
                 self._setup.append(Problem(self._name, 0, "model", f"--model {exc}"))
+        self._columns = ColumnMap.parse(columns, self._setup)
+        parsed_defaults = parse_set(defaults, self._setup)
         self._doc: my.YamlMap | None = None
         top: dict[str, str | None] = {"model": None, "provider": None, "base_url": None}
         if fmt == "yaml":
             self._doc, top = self._load_yaml()
+            named = top["model"]
+            if named is not None and model is None and self._models.get(named) is None:
+                line = self._doc.key_lines.get("model", 0) if self._doc is not None else 0
+                self._setup.append(Problem(self._name, line, "model", self._models.unknown(named)))
         self._fallback_model = model or top["model"] or DEFAULT_MODEL
         self.header = ManifestHeader(
             path=self.path,
@@ -90,8 +108,9 @@ class Manifest:
         )
         self._validated_stat: tuple[int, int] | None = None
         self._expander = Expander(
-            self._name, fmt, self._resolver, max_request_bytes, self._fallback_model
-        )
+            self._name, fmt, self._resolver, max_request_bytes, self._fallback_model,
+            self._models, parsed_defaults,
+        )  # fmt: skip
         self._expander.cli_model = model
 
     # -- public API ---------------------------------------------------------------------------
@@ -129,7 +148,9 @@ class Manifest:
                     dropped += 1
         if problems:
             # YAML defaults are merged into every job, so one bad default would repeat per job.
-            raise InputError(list(dict.fromkeys(problems)))
+            # Sorted by line (the command line's problems first), as an editor would go.
+            unique = dict.fromkeys(problems)
+            raise InputError(sorted(unique, key=lambda p: (p.file != "", p.file, p.line)))
         if dropped:
             warnings.append(f"{self._name}: ... and {dropped} more warnings")
         self._validated_stat = stat_before
@@ -173,9 +194,9 @@ class Manifest:
         if self._fmt == "yaml":
             rows = readers.yaml_rows(self._doc, self._name, cli_model=self._cli_model is not None)
         elif self._fmt == "csv":
-            rows = readers.csv_rows(self.path, self._name)
+            rows = readers.csv_rows(self.path, self._name, self._columns)
         else:
-            rows = readers.jsonl_rows(self.path, self._name)
+            rows = readers.jsonl_rows(self.path, self._name, self._columns)
         state = State(check_duplicates)
         # _expand runs once per row, so without rows only the setup and the reader can complain.
         complained = bool(self._setup)

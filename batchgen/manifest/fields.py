@@ -13,14 +13,9 @@ from typing import Any
 import orjson
 
 from batchgen.errors import Problem
-from batchgen.manifest import hints
-from batchgen.spec import (
-    ASPECT_RATIOS,
-    IMAGE_SIZES,
-    MAX_REFERENCE_IMAGES,
-    MetaValue,
-    safe_id,
-)
+from batchgen.manifest import extras, hints
+from batchgen.manifest.base import Bad, BadMeta, kind_of, parse_bool, string_of
+from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue, safe_id
 
 JOB_FIELDS = (
     "id",
@@ -35,6 +30,7 @@ JOB_FIELDS = (
     "model",
     "vars",
     "meta",
+    *extras.EXTRA_FIELDS,
 )
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
 MAX_SLUG_LENGTH = 40
@@ -64,18 +60,6 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_META_KEY = 100
 
 
-class Bad(ValueError):
-    """A field value that breaks a rule; the message reads after 'file:line: field: '."""
-
-
-class BadMeta(Bad):
-    """A problem with one ``meta`` key: reported as field ``meta.<key>``, on the key's line."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
 class Row:
     """One CSV row, JSONL line or YAML job (with defaults merged), before any checking.
 
@@ -101,28 +85,10 @@ class Row:
 # -- single fields ----------------------------------------------------------------------------
 
 
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return "a string" if isinstance(value, str) else type(value).__name__
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise Bad(f"must be a string, not {_kind(value)}")
-    return value
-
-
 def parse_id(value: object, text: bool) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `id: 12` in YAML is meant as a name
-    raw = _string(value).strip()
+    raw = string_of(value).strip()
     sanitise_id(raw)
     return raw
 
@@ -136,7 +102,7 @@ def sanitise_id(raw: str) -> str:
 
 
 def parse_prompt(value: object, text: bool) -> str:
-    prompt = _string(value).strip()
+    prompt = string_of(value).strip()
     if not prompt:
         raise Bad("must not be empty")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -159,10 +125,10 @@ def parse_images(value: object, text: bool) -> tuple[str, ...]:
     elif isinstance(value, list):
         items = value
     else:
-        raise Bad(f"must be a path or URL, or a list of them, not {_kind(value)}")
+        raise Bad(f"must be a path or URL, or a list of them, not {kind_of(value)}")
     out: list[str] = []
     for item in items:
-        source = _string(item).strip()
+        source = string_of(item).strip()
         if source:
             out.append(source)
         elif not text:
@@ -173,7 +139,7 @@ def parse_images(value: object, text: bool) -> tuple[str, ...]:
 
 
 def parse_aspect_ratio(value: object, text: bool) -> str:
-    ratio = _string(value).strip()
+    ratio = string_of(value).strip()
     if ratio not in ASPECT_RATIOS:
         meant = hints.ratio_meant(ratio)
         hint = f"; did you mean {meant}?" if meant else ""
@@ -186,7 +152,7 @@ def parse_aspect_ratio(value: object, text: bool) -> str:
 def parse_image_size(value: object, text: bool) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # YAML `image_size: 1024`: the same message as the CSV cell gets
-    shown = _string(value).strip()
+    shown = string_of(value).strip()
     size = shown.upper()  # the API rejects '1k'; users write it anyway
     if size not in IMAGE_SIZES:
         meant = hints.size_meant(shown)
@@ -215,7 +181,7 @@ def _integer(value: object, text: bool) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     shown = text or (isinstance(value, float) and math.isfinite(value))
-    raise Bad(f"must be a whole number, not {repr(value) if shown else _kind(value)}")
+    raise Bad(f"must be a whole number, not {repr(value) if shown else kind_of(value)}")
 
 
 def _shown(number: int) -> str:
@@ -239,15 +205,8 @@ def parse_seed(value: object, text: bool) -> int:
     return seed
 
 
-_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-
-
 def parse_output_text(value: object, text: bool) -> bool:
-    if text and isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
-        return _BOOL_TEXT[value.strip().lower()]
-    if isinstance(value, bool):
-        return value
-    raise Bad(f"must be true or false, not {value!r}")
+    return parse_bool(value, text)
 
 
 def parse_temperature(value: object, text: bool) -> float:
@@ -260,7 +219,7 @@ def parse_temperature(value: object, text: bool) -> float:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
     else:
-        raise Bad(f"must be a number, not {_kind(value)}")
+        raise Bad(f"must be a number, not {kind_of(value)}")
     if not math.isfinite(number) or not 0.0 <= number <= 2.0:
         raise Bad(f"must be between 0 and 2, not {value!r}")
     return number
@@ -270,7 +229,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def parse_model(value: object, text: bool) -> str:
-    model = _string(value).strip()
+    model = string_of(value).strip()
     if not _MODEL_NAME.fullmatch(model):
         # The name goes into the request URL path; '/', '?' or spaces would change the request.
         raise Bad(f"{model!r} is not a model name (letters, digits, '.', '_', '-')")
@@ -296,7 +255,7 @@ def parse_vars(value: object, text: bool) -> tuple[tuple[str, tuple[str, ...]], 
         values: dict[str, None] = {}  # ordered, and a set: a long list stays linear
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-                raise Bad(f"{name}: values must be strings or numbers, not {_kind(item)}")
+                raise Bad(f"{name}: values must be strings or numbers, not {kind_of(item)}")
             if str(item) in values:
                 raise Bad(f"{name}: {str(item)!r} is listed twice")
             values[str(item)] = None
@@ -311,7 +270,7 @@ def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
     CSV cells are kept as text, stripped: a SKU of ``00123`` stays ``00123``.
     """
     if not isinstance(value, dict):
-        raise Bad(f"must be a mapping of names to values, not {_kind(value)}")
+        raise Bad(f"must be a mapping of names to values, not {kind_of(value)}")
     out: list[tuple[str, MetaValue]] = []
     for key, item in value.items():
         if not isinstance(key, str) or not key.strip():
@@ -329,7 +288,7 @@ def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
             if not math.isfinite(item):
                 raise BadMeta(key, f"must be a finite number, not {item!r}")
         else:
-            msg = f"must be a string, number, true/false or null, not {_kind(item)}"
+            msg = f"must be a string, number, true/false or null, not {kind_of(item)}"
             if not isinstance(item, (list, tuple, dict)):
                 msg += "; quote it to keep it as text"  # YAML reads 2024-01-31 as a date
             raise BadMeta(key, msg)
@@ -355,6 +314,9 @@ PARSERS: dict[str, Callable[[object, bool], Any]] = {
     "model": parse_model,
     "vars": parse_vars,
     "meta": parse_meta,
+    "system_instruction": extras.parse_system_instruction,
+    "safety_settings": extras.parse_safety_settings,
+    "google_search": extras.parse_google_search,
 }
 
 
@@ -362,7 +324,7 @@ def unknown_field(key: str) -> str:
     """The message for a field that is none of the job fields, with its likely meaning."""
     meant = hints.close_match(key, JOB_FIELDS)
     if meant:
-        return f"unknown field; did you mean {meant}? ({unknown_field_message()[14:]}"
+        return f"unknown field; did you mean {meant}? {unknown_field_message()[14:]}"
     return unknown_field_message()
 
 

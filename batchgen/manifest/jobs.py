@@ -13,20 +13,20 @@ from typing import Any
 
 import orjson
 
+from batchgen.catalog import ModelTable
 from batchgen.errors import Problem
+from batchgen.manifest import extras as mx
 from batchgen.manifest import fields as mf
 from batchgen.manifest import ids
 from batchgen.manifest.build import State, duplicate, job_digest, job_payload, new_job, request_key
-from batchgen.manifest.hints import did_you_mean
 from batchgen.manifest.references import (
     ReferenceProblem,
     ReferenceResolver,
     reference_budget,
     request_bytes,
 )
-from batchgen.spec import DEFAULT_IMAGE_SIZE, KNOWN_MODELS, JobSpec, MetaValue, Reference
+from batchgen.spec import DEFAULT_IMAGE_SIZE, JobSpec, MetaValue, Reference, RequestExtras
 
-_DEPRECATED_MODELS = {"gemini-3-pro-image-preview": "shut down on 2026-06-25"}
 # A row's jobs are built into a list up to this many; a bigger row (count, vars) streams.
 _EAGER_JOBS = 256
 
@@ -41,8 +41,13 @@ class Expander:
         resolver: ReferenceResolver,
         max_request_bytes: int,
         fallback_model: str,
+        models: ModelTable,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self._name = name
+        self._models = models
+        # `--set FIELD=VALUE`, parsed: what a row that does not set the field gets.
+        self._defaults = defaults or {}
         self._fmt = fmt
         self._resolver = resolver
         self._max_request_bytes = max_request_bytes
@@ -59,7 +64,7 @@ class Expander:
     def expand(self, row: mf.Row, state: State) -> Iterable[JobSpec | Problem | str]:
         """One row or YAML job -> its problems, or its jobs (count x matrix) and warnings."""
         fields = row.fields
-        if len(fields) == 1:
+        if len(fields) == 1 and not self._defaults:
             # A prompt and nothing else: parse_row would give {"prompt": raw.strip()}, no problem.
             raw = fields.get("prompt")
             if type(raw) is str:
@@ -70,6 +75,12 @@ class Expander:
         name = self._name
         problems = state.problems
         values = mf.parse_row(row, self._fmt, name, problems)
+        for key, default in self._defaults.items():
+            if key == "meta" and "meta" in values:
+                values["meta"] = (*((k, v) for k, v in default if k not in dict(values["meta"])),
+                                  *values["meta"])  # fmt: skip
+            else:
+                values.setdefault(key, default)
         prompt: str | None = values.get("prompt")
         images: tuple[str, ...] = values.get("images", ())
         references: list[Reference] = []
@@ -99,6 +110,21 @@ class Expander:
                 msg = f"duplicate id {user_id!r}: also used on line {other}"
                 problems.append(Problem(name, row.line_of("id"), "id", msg))
         model: str = values.get("model") or self._fallback_model
+        info = self._models.get(model)
+        if info is None and "model" in values:
+            unknown = self._models.unknown(model)
+            problems.append(Problem(name, row.line_of("model"), "model", unknown))
+        elif info is not None:
+            for field, message in mx.model_problems(info, values, len(images)):
+                problems.append(Problem(name, row.line_of(field), field, message))
+        meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())
+        templates: dict[str, str] = {}
+        if meta:
+            templates, bad_meta = mx.meta_templates(meta, [n for n, _ in matrix])
+            key_lines: dict[str, int] = getattr(fields.get("meta"), "key_lines", {})
+            for bad in bad_meta:
+                line = key_lines.get(bad.key, row.line_of("meta"))
+                problems.append(Problem(name, line, f"meta.{bad.key}", str(bad)))
         out: list[JobSpec | Problem | str] = []
         if references and not problems:
             warning = self._check_budget(row, references, state)
@@ -113,7 +139,7 @@ class Expander:
             self._first_use(out, model, row.line, state, own="model" in values)
         refs = tuple(references)
         if matrix:
-            jobs = self._build_matrix(row, values, prompt, model, refs, matrix, state)
+            jobs = self._build_matrix(row, values, prompt, model, refs, matrix, templates, state)
         else:
             jobs = self._build_plain(row, values, prompt, model, refs, state)
         if n_jobs <= _EAGER_JOBS:
@@ -139,12 +165,9 @@ class Expander:
         where = f"{self._name}:{line}: model"
         if not own and self.cli_model is not None and model == self.cli_model:
             where = "--model"
-        if model in _DEPRECATED_MODELS:
-            why = _DEPRECATED_MODELS[model]
-            out.append(f"{where} {model} is deprecated ({why})")
-        elif model not in KNOWN_MODELS:
-            hint = did_you_mean(model, KNOWN_MODELS)
-            out.append(f"{where} {model!r} is not one batchgen knows{hint}; sent as is")
+        info = self._models.get(model)
+        if info is not None and info.deprecated:
+            out.append(f"{where} {model} is deprecated ({info.deprecated})")
 
     def _prompt_only(self, line: int, prompt: str, state: State) -> list[JobSpec | Problem | str]:
         """A row that is a prompt and nothing else: one job with every default.
@@ -218,6 +241,8 @@ class Expander:
         temperature: float | None = values.get("temperature")
         seed: int | None = values.get("seed")
         meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
+        extras = mx.extras_of(values)
+        hashed = mx.hashed(extras)
         identities = [r.sha256 or r.source for r in references] if references else []
         prefix = ids.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
         requests = state.requests
@@ -226,7 +251,7 @@ class Expander:
         for sample in range(count):
             digest, key = job_digest(
                 model, prompt, identities, aspect_ratio, image_size, output_text, temperature,
-                seed, sample, user_id,
+                seed, sample, user_id, hashed,
             )  # fmt: skip
             # Sample 0 keeps the bare prefix whatever the count, so raising `count: 1` to
             # `count: 2` keeps the id (and the image) of the job already made.
@@ -239,7 +264,7 @@ class Expander:
                 requests[key] = line
             yield new_job(
                 job_id, prompt, model, references, aspect_ratio, image_size, output_text,
-                temperature, seed, sample, user_id, source, line, (), meta,
+                temperature, seed, sample, user_id, source, line, (), meta, extras,
             )  # fmt: skip
 
     def _build_matrix(
@@ -250,6 +275,7 @@ class Expander:
         model: str,
         references: tuple[Reference, ...],
         matrix: tuple[tuple[str, tuple[str, ...]], ...],
+        templates: dict[str, str],
         state: State,
     ) -> Iterator[JobSpec | Problem]:
         user_id: str | None = values.get("id")
@@ -260,17 +286,21 @@ class Expander:
         temperature: float | None = values.get("temperature")
         seed: int | None = values.get("seed")
         meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
+        extras: RequestExtras | None = mx.extras_of(values)
+        hashed = mx.hashed(extras)
         identities = [r.sha256 or r.source for r in references]
         id_prefix = mf.sanitise_id(user_id) if user_id is not None else ""
         names = [n for n, _ in matrix]
         for combo in itertools.product(*(v for _, v in matrix)):
             pairs = tuple(zip(names, combo, strict=True))
-            prompt = template.format_map(dict(pairs))
+            filled = dict(pairs)
+            prompt = template.format_map(filled)
+            job_meta = mx.fill_meta(meta, templates, filled) if templates else meta
             prefix = ids.job_prefix(id_prefix, combo, prompt)
             for sample in range(count):
                 digest, key = job_digest(
                     model, prompt, identities, aspect_ratio, image_size, output_text,
-                    temperature, seed, sample, user_id,
+                    temperature, seed, sample, user_id, hashed,
                 )  # fmt: skip
                 job_id = f"{prefix}-{sample}-{digest}" if sample else f"{prefix}-{digest}"
                 if state.requests is not None:
@@ -294,5 +324,6 @@ class Expander:
                     source_file=self._name,
                     source_line=row.line,
                     vars=pairs,
-                    meta=meta,
+                    meta=job_meta,
+                    extras=extras,
                 )

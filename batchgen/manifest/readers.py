@@ -16,18 +16,21 @@ import orjson
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
+from batchgen.manifest.base import Bad
+from batchgen.manifest.columns import ColumnMap, split_meta_key, typed_cell
 from batchgen.manifest.fields import (
     JOB_FIELDS,
     MAX_LINE_BYTES,
     MAX_PROMPT_CHARS,
     META_PREFIX,
     PARSERS,
-    Bad,
     Row,
 )
 from batchgen.manifest.yaml_reader import YamlMap, YamlSeq
 
 _NO_LINES: Mapping[str, int] = {}
+# Misspelt columns whose cells are read as the field they probably name (see csv_rows).
+_ROUTED = ("prompt", "images")
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -96,8 +99,9 @@ def too_long(name: str, lineno: int) -> Problem:
                    f"{MAX_PROMPT_CHARS:,} characters); is this the right file?")
 
 
-def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
+def jsonl_rows(path: Path, name: str, columns: ColumnMap | None = None) -> Iterator[Row | Problem]:
     loads = orjson.loads
+    rename = columns.keys if columns is not None and columns.by_header else None
     with path.open("rb", buffering=1 << 16) as fh:
         lines = capped_lines(fh)
         first = next(lines, b"")
@@ -118,10 +122,10 @@ def jsonl_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             if type(obj) is not dict:
                 yield Problem(name, lineno, "", "each line must be a JSON object")
                 continue
-            yield Row(lineno, obj, _NO_LINES, False)
+            yield Row(lineno, rename(obj) if rename else obj, _NO_LINES, False)
 
 
-def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
+def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterator[Row | Problem]:
     """Rows keyed by column; strict quoting, with the line a broken row starts on."""
     # A quoted prompt may span lines: the field limit is the line cap, not csv's 128 KiB, so
     # the prompt's own cap (and message) applies in CSV as in JSONL and YAML.
@@ -145,13 +149,23 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             )
             yield Problem(name, 1, "", msg)
             return
+        if mapping is not None and mapping.by_header:
+            header, absent = mapping.header(header)
+            for column in absent:
+                msg = f"no column {column!r} in the header ({', '.join(header)})"
+                yield Problem(name, 1, f"--column {mapping.by_header[column]}={column}", msg)
         columns, meta_columns, header_problems, guessed, unnamed = _columns(header, name)
+        meta_types = {i: kind for i, (key, kind) in list(meta_columns.items()) if kind}
+        meta_keys = {i: key for i, (key, _) in meta_columns.items()}
         yield from header_problems
-        # Without a prompt column every row would fail the same way and the header problem says
-        # it all; only the values under misspelt headers are still worth checking.
+        # A misspelt header must not hide the rest of the file's problems (a missing reference
+        # in another column): its cells are read as the field it probably names, and without any
+        # prompt column each row gets a stand-in, so the rows are checked all the same. The
+        # header's problem has already made the file fail; none of these jobs is ever sent.
         headless = "prompt" not in columns.values()
-        if headless and not guessed:
-            return
+        taken = set(columns.values())
+        routed = {i: meant for i, (_, meant) in guessed.items()
+                  if meant in _ROUTED and meant not in taken}  # fmt: skip
         ncols = len(header)
         prev = reader.line_num
         while True:
@@ -190,20 +204,34 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
             for i, (raw_col, meant) in guessed.items():
                 # A misspelt header must not hide its column's bad values: check them as the
                 # field it probably names.
-                if cells[i].strip():
+                if cells[i].strip() and i not in routed:
                     try:
                         PARSERS[meant](cells[i], True)
                     except Bad as exc:
                         yield Problem(name, start, raw_col, str(exc))
-            if headless:
-                continue
             fields: dict[str, Any] = {
                 col: cells[i] for i, col in columns.items() if cells[i].strip()
             }
+            if routed:
+                fields.update((meant, cells[i]) for i, meant in routed.items() if cells[i].strip())
+            if headless and "prompt" not in fields:
+                fields["prompt"] = f"(no prompt column: line {start})"
             # An empty cell is no value, as for every other column.
-            meta = {key: cells[i] for i, key in meta_columns.items() if cells[i].strip()}
+            meta: dict[str, Any] = {
+                key: cells[i] for i, key in meta_keys.items() if cells[i].strip()
+            }
+            bad_cell = False
+            for i, kind in meta_types.items():
+                if cells[i].strip():
+                    try:
+                        meta[meta_keys[i]] = typed_cell(cells[i], kind)
+                    except Bad as exc:
+                        yield Problem(name, start, f"{META_PREFIX}{meta_keys[i]}", str(exc))
+                        bad_cell = True
+            if bad_cell:
+                continue
             if prev > start:
-                cells_by_column = {**fields, **{META_PREFIX + k: v for k, v in meta.items()}}
+                cells_by_column = {**fields, **{META_PREFIX + k: str(v) for k, v in meta.items()}}
                 swallowed = _swallowed_row(cells_by_column, columns, ncols)
                 if swallowed:
                     msg = (
@@ -220,27 +248,31 @@ def csv_rows(path: Path, name: str) -> Iterator[Row | Problem]:
 def _columns(
     header: list[str], name: str
 ) -> tuple[
-    dict[int, str], dict[int, str], list[Problem], dict[int, tuple[str, str]], list[int]
+    dict[int, str],
+    dict[int, tuple[str, str | None]],
+    list[Problem],
+    dict[int, tuple[str, str]],
+    list[int],
 ]:
-    """Column index -> field for the known columns, index -> key for the ``meta.<key>``
-    columns, the header's problems, the misspelt columns (index -> (header, the field it
-    probably names)), and the unnamed columns."""
+    """Column index -> field for the known columns, index -> (key, type or None) for the
+    ``meta.<key>[:type]`` columns, the header's problems, the misspelt columns (index ->
+    (header, the field it probably names)), and the unnamed columns."""
     columns: dict[int, str] = {}
-    meta: dict[int, str] = {}
+    meta: dict[int, tuple[str, str | None]] = {}
     problems: list[Problem] = []
     guessed: dict[int, tuple[str, str]] = {}
     unnamed: list[int] = []
     for index, raw in enumerate(header):
         col = raw.strip().lower()
         if col.startswith(META_PREFIX):
-            key = raw.strip()[len(META_PREFIX) :].strip()
+            key, kind = split_meta_key(raw.strip()[len(META_PREFIX) :].strip())
             if not key:
                 msg = f"a metadata column needs a name after {META_PREFIX!r}, e.g. meta.sku"
                 problems.append(Problem(name, 1, raw.strip(), msg))
-            elif key in meta.values():
+            elif key in (k for k, _ in meta.values()):
                 problems.append(Problem(name, 1, f"{META_PREFIX}{key}", "column appears twice"))
             else:
-                meta[index] = key
+                meta[index] = (key, kind)
         elif col == "meta":
             msg = "CSV metadata goes in columns named meta.<name>, e.g. meta.sku"
             problems.append(Problem(name, 1, col, msg))
@@ -253,7 +285,7 @@ def _columns(
             unnamed.append(index)
         else:
             meant = hints.close_match(col, JOB_FIELDS)
-            if meant is not None and meant not in ("prompt", "id", "meta"):
+            if meant is not None and meant not in ("id", "meta"):
                 guessed[index] = (raw.strip(), meant)
             known = ", ".join(f for f in JOB_FIELDS if f != "meta")
             hint = f"; did you mean {meant}?" if meant and meant != "meta" else ""

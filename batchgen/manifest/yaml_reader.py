@@ -12,7 +12,8 @@ import yaml
 
 from batchgen.errors import Problem
 from batchgen.manifest import hints
-from batchgen.manifest.fields import MANIFEST_KEYS, PARSERS, Bad, parse_model, unknown_field
+from batchgen.manifest.base import Bad
+from batchgen.manifest.fields import MANIFEST_KEYS, PARSERS, parse_model, unknown_field
 
 PROVIDERS = ("anyfast", "google")
 

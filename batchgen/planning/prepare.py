@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..catalog import ModelTable, builtin_table
 from ..errors import BatchgenError, InputError, StorageError
 from ..folder.appender import LedgerWriter
 from ..folder.current import CurrentWriter
@@ -65,13 +66,30 @@ def default_out(manifest: Path) -> Path:
     return Path("jobs") / manifest.stem
 
 
-def open_manifest(path: Path, model: str | None, provider: str | None) -> Manifest:
-    """Open with the request limit of the provider that will be used."""
-    first = Manifest(path, model=model)
+def open_manifest(
+    path: Path,
+    model: str | None,
+    provider: str | None,
+    *,
+    prices: Path | None = None,
+    columns: tuple[tuple[str, str], ...] = (),
+    defaults: tuple[tuple[str, str], ...] = (),
+) -> Manifest:
+    """Open with the request limit of the provider that will be used, and the model table with
+    ``prices``' models in it (a broken prices file is reported after the manifest's problems,
+    as ever: until then the built-in table checks the models)."""
+    try:
+        models = ModelTable.load(prices)
+    except InputError:
+        models = builtin_table()
+    first = Manifest(path, model=model, models=models, columns=columns, defaults=defaults)
     chosen = resolve_provider(provider or first.header.provider, path)
     if PROVIDERS[chosen].max_request_bytes == 20 * 1024 * 1024:
         return first
-    return Manifest(path, model=model, max_request_bytes=PROVIDERS[chosen].max_request_bytes)
+    return Manifest(
+        path, model=model, max_request_bytes=PROVIDERS[chosen].max_request_bytes,
+        models=models, columns=columns, defaults=defaults,
+    )  # fmt: skip
 
 
 def prepare(options: RunOptions) -> Prepared:
@@ -83,7 +101,10 @@ def prepare(options: RunOptions) -> Prepared:
     in the same order as ever (manifest, key, prices, run folder): one found early waits its turn.
     """
     target, selection = options.target, options.selection
-    manifest = open_manifest(target.manifest, target.model, target.provider)
+    manifest = open_manifest(
+        target.manifest, target.model, target.provider, prices=target.prices,
+        columns=target.columns, defaults=target.defaults,
+    )  # fmt: skip
     prices: PriceTable | None = None
     prices_error: InputError | None = None
     try:

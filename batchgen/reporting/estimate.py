@@ -50,6 +50,8 @@ class EstimateRequest:
     model: str | None = None
     provider: str | None = None
     selection: Selection = field(default_factory=Selection)
+    columns: tuple[tuple[str, str], ...] = ()  # --column FIELD=HEADER
+    defaults: tuple[tuple[str, str], ...] = ()  # --set FIELD=VALUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,10 @@ def estimate(req: EstimateRequest) -> Estimate:
     """Validate the manifest (raises InputError), then plan against the run folder's ledger."""
     from ..planning.prepare import default_out, open_manifest
 
-    manifest = open_manifest(req.manifest, req.model, req.provider)
+    manifest = open_manifest(
+        req.manifest, req.model, req.provider, prices=req.prices, columns=req.columns,
+        defaults=req.defaults,
+    )  # fmt: skip
     run_dir = req.out or default_out(req.manifest)
     try:
         prices = PriceTable.load(req.prices)

@@ -14,7 +14,7 @@ from batchgen.fake import ThreadedFakeServer
 from tests.helpers.cli import REPO, cli, ledger_lines, run_against
 from tests.helpers.images import make_image
 
-PRICES: dict[str, Any] = json.loads((REPO / "batchgen" / "data" / "prices.json").read_text())
+PRICES: dict[str, Any] = json.loads((REPO / "batchgen" / "data" / "models.json").read_text())
 
 
 TEXT_TOKENS = 300  # the typical thinking + text output the estimate assumes per image

@@ -209,9 +209,10 @@ def test_a_model_or_size_without_a_price_is_refused(
              else cli("estimate", m, "--prices", prices, "--out", tmp_path / "run"))
         assert r.code == 2, r.output
         lines = r.stderr.strip().splitlines()
-        assert f"batchgen: {prices}: gemini-9: image_tokens: no price for image size 4K" in (
-            r.stderr), r.stderr
-        assert f"batchgen: {prices}: gemini-10: no price for this model" in r.stderr
+        # The model table (with --prices' models in it) refuses both at validation (issue 20).
+        assert (f"batchgen: {m}:2: image_size: 4K is not offered by gemini-9 (its sizes: 1K)"
+                in r.stderr), r.stderr
+        assert f"batchgen: {m}:5: model: unknown model 'gemini-10'" in r.stderr
         assert len(lines) == 2 and "Traceback" not in r.stderr  # preview kept its 4K price
     assert server.stats.requests == 0
     assert not (tmp_path / "run").exists()

@@ -493,7 +493,7 @@ def test_spreadsheet_mistakes_get_hints(tmp_path: Path) -> None:
     # The misspelt column's values are still checked, as the field it names.
     assert any(":2: aspect_raito: '16:09:00' is not one of" in x and "did you mean 16:9?" in x
                and "as a time" in x for x in lines)
-    assert any(":2: image_size: '1024' is not one of 1K, 2K, 4K; did you mean 1K?" in x
+    assert any(":2: image_size: '1024' is not one of 512, 1K, 2K, 4K; did you mean 1K?" in x
                for x in lines)
     assert not any(": count:" in x or "has no name" in x for x in lines)  # 2.0, empty columns
     assert len(lines) == 3, r.stderr
@@ -531,14 +531,15 @@ def test_semicolons_encodings_and_yaml_get_the_same_hints(tmp_path: Path) -> Non
     assert r.code == 2
     assert f"{y}:2: promt: unknown field; did you mean prompt?" in r.stderr
     # The same message as the CSV reader gives for the cell 1024.
-    assert f"{y}:4: image_size: '1024' is not one of 1K, 2K, 4K; did you mean 1K?" in r.stderr
+    assert f"{y}:4: image_size: '1024' is not one of 512, 1K, 2K, 4K; did you mean 1K?" in r.stderr
     assert ": count:" not in r.stderr
 
 
 def test_a_model_typo_names_the_flag_not_a_manifest_line(tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.yaml", ["a", "b"])
     r = cli("validate", m, "--model", "gemini-3-pro-imag")
-    assert r.code == 0, r.output
-    assert ("warning: --model 'gemini-3-pro-imag' is not one batchgen knows "
-            "(did you mean gemini-3-pro-image?)") in r.stderr
-    assert "m.yaml:" not in r.stderr
+    # An error now (issue 20): the model table knows every model, and --prices adds to it.
+    assert r.code == 2, r.output
+    assert ("batchgen: --model: unknown model 'gemini-3-pro-imag'; did you mean "
+            "gemini-3-pro-image?") in r.stderr
+    assert "m.yaml:" not in r.stderr and len(r.stderr.splitlines()) == 1

@@ -419,7 +419,7 @@ def test_yaml_syntax_error_line(tmp_path: Path) -> None:
 def test_yaml_duplicate_key_and_bad_jobs(tmp_path: Path) -> None:
     path = write(tmp_path / "m.yaml", "jobs:\n  - prompt: a\n    prompt: b\n")
     assert where(problems_of(path)) == {(3, "prompt")}
-    path = write(tmp_path / "n.yaml", "model: x\n")
+    path = write(tmp_path / "n.yaml", "model: gemini-3-pro-image\n")
     assert where(problems_of(path)) == {(1, "jobs")}
     path = write(tmp_path / "o.yaml", "jobs: []\n")
     assert where(problems_of(path)) == {(0, "jobs")}
@@ -467,7 +467,9 @@ def test_csv_problems(tmp_path: Path) -> None:
     problems = problems_of(path)
     assert where(problems) == {(1, "colour"), (3, "count"), (4, ""), (6, "prompt"), (7, "")}
     assert "line 2" in next(p.message for p in problems if p.line == 7)
-    assert where(problems_of(write(tmp_path / "n.csv", "id,images\nx,a.png\n"))) == {(1, "prompt")}
+    # Without a prompt column the rows are still checked (issue 20): the missing a.png too.
+    assert where(problems_of(write(tmp_path / "n.csv", "id,images\nx,a.png\n"))) == {
+        (1, "prompt"), (2, "images")}
 
 
 def test_seed_must_fit_the_apis_int32(tmp_path: Path) -> None:
@@ -619,11 +621,12 @@ def test_iter_jobs_without_validate_raises_first_problem(tmp_path: Path) -> None
 def test_model_precedence(tmp_path: Path) -> None:
     path = write(
         tmp_path / "m.yaml",
-        "model: top-model\ndefaults: {model: default-model}\n"
-        "jobs:\n  - {prompt: a}\n  - {prompt: b, model: job-model}\n",
+        "model: gemini-3.1-flash-image\ndefaults: {model: gemini-2.5-flash-image}\n"
+        "jobs:\n  - {prompt: a}\n  - {prompt: b, model: gemini-3-pro-image}\n",
     )
-    assert [j.model for j in jobs_of(path)] == ["default-model", "job-model"]
-    assert [j.model for j in jobs_of(path, model="cli-model")] == ["cli-model", "job-model"]
+    flash, pro, lite = "gemini-2.5-flash-image", "gemini-3-pro-image", "gemini-3.1-flash-lite-image"
+    assert [j.model for j in jobs_of(path)] == [flash, pro]
+    assert [j.model for j in jobs_of(path, model=lite)] == [lite, pro]
     assert where(problems_of(path, model="bad/model")) == {(0, "model")}
 
 
