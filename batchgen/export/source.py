@@ -38,7 +38,8 @@ SUCCEEDED = "succeeded"
 _CACHE_KIB = 8 * 1024
 
 # The provenance columns, in the order every format writes them. A meta field named like one of
-# these (or like a format's own column) is written as ``meta_<name>``.
+# these (or like a format's own column) is written as ``meta_<name>``; one that ``datasets``
+# would load as a file (``*file_name``) gets ``_text`` (MetaSchema.columns).
 PROVENANCE = (
     "job_id", "name", "prompt", "model", "image_size", "aspect_ratio", "width", "height",
     "seed", "temperature", "sha256", "mime_type", "cost_usd", "attempts", "finished_at",
@@ -76,16 +77,33 @@ class MetaSchema:
             self.kinds.setdefault(key, set()).add(_kind(value))
 
     def columns(self) -> dict[str, tuple[str, str]]:
-        """meta key -> (column name, type: "bool" | "int" | "float" | "string"), by key."""
+        """meta key -> (column name, type: "bool" | "int" | "float" | "string"), by key.
+
+        A key keeps its own name unless a format needs it; only then is it renamed, and never
+        onto a name another key has as its own (a user's ``meta_image`` stays ``meta_image``
+        when ``image`` has to move).
+        """
         out: dict[str, tuple[str, str]] = {}
-        taken = set(RESERVED)
-        for key in sorted(self.kinds):
+        keys = sorted(self.kinds)
+        own = {k for k in keys if k not in RESERVED and not _read_as_file(k)}
+        taken = set(RESERVED) | own
+        for key in keys:
             name = key
-            while name in taken:
-                name = f"meta_{name}"
-            taken.add(name)
+            if key not in own:
+                name = f"meta_{key}" if key in RESERVED else key
+                if _read_as_file(name):
+                    name = f"{name}_text"
+                while name in taken:
+                    name = f"meta_{name}"
+                taken.add(name)
             out[key] = (name, _common_type(self.kinds[key] - {"null"}))
         return out
+
+
+def _read_as_file(column: str) -> bool:
+    """``datasets`` loads every ``file_name``/``*_file_name`` (and ``*_file_names``) column of
+    an imagefolder as files to open, so a text column may not end so; it gets ``_text``."""
+    return column in ("file_name", "file_names") or column.endswith(("_file_name", "_file_names"))
 
 
 def _kind(value: Any) -> str:

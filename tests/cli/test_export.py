@@ -234,6 +234,28 @@ def test_imagefolder_metadata_keeps_its_types_for_datasets(hf: Any, tmp_path: Pa
             assert row["rare"] == (7 if row["job_id"] == last else None)
 
 
+def test_meta_named_like_a_file_column_loads_as_text(hf: Any, tmp_path: Path) -> None:
+    """datasets opens every `*file_name` column of an imagefolder as a file: such meta keys are
+    text columns under another name, and a user's own `meta_image` keeps its name."""
+    lines = synth_run(tmp_path / "run", 4, legacy=False)
+    with (tmp_path / "run" / "ledger.jsonl").open("a") as fh:
+        for job_id, rec in lines.items():
+            rec["meta"] = {"file_name": f"orig-{job_id}.png", "mask_file_name": "m.png",
+                           "image": "hero", "meta_image": "own"}
+            fh.write(json.dumps(rec) + "\n")
+    out = tmp_path / "if"
+    res = export(tmp_path / "run", "imagefolder", out)
+    assert res.code == 0, res.output
+    ds = load(hf, "imagefolder", tmp_path, data_dir=str(out))["train"]
+    assert len(ds) == 4
+    for row in ds:
+        assert row["meta_file_name_text"] == f"orig-{row['job_id']}.png"
+        assert row["mask_file_name_text"] == "m.png"
+        assert row["meta_image"] == "own" and row["meta_meta_image"] == "hero"
+        assert_image_ok(row["image"], row)
+    assert not any(c.endswith("file_name") for c in ds.column_names)
+
+
 # --- parquet -----------------------------------------------------------------------------------
 
 def test_parquet_loads_with_pyarrow_and_datasets(run: Path, hf: Any, tmp_path: Path) -> None:
