@@ -95,13 +95,21 @@ class Selection:
     shard: tuple[int, int] | None = None
     limit: int | None = None
     redo_missing: bool = False
+    # --preview N: N pending jobs spread over the manifest (planning/preview.py picks them).
+    preview: int | None = None
+    # --redo-rejected: the jobs whose image now was rejected (folder/verdicts.py), sent again.
+    redo_rejected: bool = False
+    # The jobs a preview or a redo chose: only these are sent (None: no such choice).
+    ids: frozenset[str] | None = None
 
     def in_scope(self, job_id: str) -> bool:
         """Whether the job belongs to this run folder at all (this machine's shard)."""
         return self.shard is None or shard_of(job_id, self.shard[1]) == self.shard[0]
 
     def picked(self, job_id: str) -> bool:
-        """Whether ``--only`` picks the job for this invocation."""
+        """Whether ``--only`` (and a preview's or a redo's choice) picks the job."""
+        if self.ids is not None and job_id not in self.ids:
+            return False
         return self.only is None or fnmatch.fnmatchcase(job_id, self.only)
 
 

@@ -160,3 +160,32 @@ def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None)
 
     setup_logging(0)
     sys.exit(cancel_command(run_dir, yes, provider, base_url))
+
+
+@click.command()
+@run_dir_argument
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--reject", "verdict", flag_value="rejected", help="Reject these images.")
+@click.option("--accept", "verdict", flag_value="accepted", help="Accept these images.")
+@click.option("--clear", "verdict", flag_value="cleared", help="Unreviewed again.")
+@click.option("--note", default="", help="Why (kept with the verdict, and on a redo's line).")
+@guarded
+def mark(run_dir: Path, ids: tuple[str, ...], verdict: str | None, note: str) -> None:
+    """Accept or reject the images of job IDs (or globs, as --only takes); DIR/reviews.jsonl."""
+    from ..errors import InputError
+    from ..folder.reviews import Verdict
+    from ..folder.runfolder import read_meta
+    from ..folder.verdicts import mark as mark_jobs
+    from ..words import plural
+
+    setup_logging(0)
+    if verdict is None:
+        raise InputError("say what to do: --reject, --accept or --clear")
+    done = mark_jobs(run_dir, ids, Verdict(verdict), note)
+    what = {"rejected": "rejected", "accepted": "accepted", "cleared": "cleared the verdict of"}
+    shown = ", ".join(r.job_id for r in done[:5]) + (", ..." if len(done) > 5 else "")
+    click.echo(f"{what[verdict]} {plural(len(done), 'image')}: {shown}", err=True)
+    if verdict == "rejected":
+        manifest = read_meta(run_dir).get("manifest") or "MANIFEST"
+        click.echo(f"to make them again: batchgen run {manifest} --out {run_dir} --redo-rejected",
+                   err=True)

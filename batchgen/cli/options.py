@@ -133,6 +133,12 @@ run_parameters: Decorator[CommandFunction] = _stack(
         shard="Run only this machine's share of the jobs.",
         redo_missing="Run again the succeeded jobs whose image file is gone (costs money).",
     ),
+    click.option("--preview", type=click.IntRange(1), metavar="N",
+                 help="Run N pending jobs live, chosen to show every row and var value, then "
+                      "say what the rest would cost."),
+    click.option("--redo-rejected", is_flag=True,
+                 help="Run again the jobs whose image was rejected (batchgen mark); the "
+                      "rejected images are kept in DIR/rejected/."),
     prices_option,
     spreadsheet_options,
     click.option("--no-progress", is_flag=True, help="No progress bar."),
@@ -183,7 +189,20 @@ def _selection(o: dict[str, Any], retry_failed: tuple[str, ...] | None,
     from ..settings import Selection
 
     return Selection(retry_failed=retry_failed, only=o["only"], shard=shard, limit=o["limit"],
-                     redo_missing=o["redo_missing"])
+                     redo_missing=o["redo_missing"], preview=o.get("preview"),
+                     redo_rejected=bool(o.get("redo_rejected")))
+
+
+def _check_loop_options(o: dict[str, Any]) -> None:
+    """--preview and --redo-rejected each choose the jobs: not with each other or --limit."""
+    from ..errors import InputError
+
+    if o["preview"] is not None:
+        for name, clash in (("--limit", o["limit"] is not None),
+                            ("--redo-rejected", o["redo_rejected"]),
+                            ("--mode batch", o["mode"] == "batch")):
+            if clash:
+                raise InputError(f"--preview runs a few jobs live, chosen by itself: drop {name}")
 
 
 def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
@@ -199,6 +218,7 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
         Timeouts,
     )
 
+    _check_loop_options(o)
     shard = parse_shard(o["shard"])
     selection = _selection(o, parse_retry_kinds(o["retry_failed"]), shard)
     return RunOptions(

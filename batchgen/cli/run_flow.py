@@ -50,6 +50,11 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     if c.in_batch:
         click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
                    "them)", err=True)
+    if selection.redo_rejected:
+        click.echo(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
+                   f"rejected images go to {prep.folder.path / 'rejected'}", err=True)
+    elif selection.preview is not None:
+        click.echo(f"preview: {c.pending} of the pending jobs, spread over the manifest", err=True)
     click.echo(
         f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
         f"estimated ${c.estimate_usd:.2f}",
@@ -76,11 +81,37 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         wanted=tally.wanted if tally is not None else c.pending,
         limited=selection.limit is not None,
     )
-    return summarize(result, prep.folder.path, gallery, end)
+    code = summarize(result, prep.folder.path, gallery, end)
+    if prep.preview_rest is not None and result.stop_reason is StopReason.COMPLETED:
+        click.echo(preview_rest_line(prep, cmd), err=True)
+    return code
+
+
+def preview_rest_line(prep: Prepared, cmd: CommandLine) -> str:
+    """After ``--preview``: what the jobs it left out would cost, and the command for them, at
+    batch prices where the provider has the Batch API."""
+    from ..spec import Provider
+
+    rest = prep.preview_rest
+    assert rest is not None
+    if rest.jobs == 0:
+        return "the preview ran every pending job"
+    head = f"the other {plural(rest.jobs, 'job')}: "
+    plain = cmd.render(drop=("preview",))
+    if prep.client.provider is Provider.GOOGLE:
+        batch = cmd.render(drop=("preview",), set={"mode": "batch"})
+        return (f"{head}~${rest.batch_usd:.2f} with --mode batch, ~${rest.live_usd:.2f} live; "
+                f"to run them: {batch}  (or live: {plain})")
+    return (f"{head}~${rest.live_usd:.2f} live (at batch prices ~${rest.batch_usd:.2f} with "
+            f"--provider google --mode batch); to run them: {plain}")
 
 
 def _nothing_to_do(c: PlanCounts, tally: Tally | None, selection: Selection,
                    cmd: CommandLine) -> int:
+    if selection.redo_rejected:
+        click.echo("nothing to redo: no job's image is rejected (batchgen mark DIR --reject ID "
+                   "rejects one)", err=True)
+        return ExitCode.OK
     if selection.only is not None:
         pending = tally.open if tally is not None else 0
         fail(f"--only {selection.only!r} matched no pending job "

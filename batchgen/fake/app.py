@@ -45,7 +45,7 @@ from .batch_api import BatchService
 from .faults import FAULT_NAMES, FakeConfig, FaultChooser, RateWindow, apply_config_json
 from .file_store import FileStore
 from .files_api import FilesApi
-from .images import EncodedImage, ImageCache, colour_bucket
+from .images import COLOUR_BUCKETS, EncodedImage, ImageCache, colour_bucket
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request
 
@@ -97,6 +97,9 @@ class FakeServer:
         self.stats = FakeStats()
         self.images = ImageCache()
         self._chooser = FaultChooser(self.config.seed)
+        # Images drawn per prompt (by hash): the service draws a new picture for each request,
+        # so the second answer to a prompt (a redo of a rejected image) must not repeat the first.
+        self._drawn: dict[int, int] = {}
         self._rpm = RateWindow()
         self._ipm = RateWindow()
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -354,6 +357,10 @@ class FakeServer:
         thinking = not is_flash(model)  # 2.5 flash image does not think
         size = "1K" if is_flash(model) else req.size
         bucket = colour_bucket(req.prompt)
+        key = hash(req.prompt)
+        drawn = self._drawn.get(key, 0)
+        self._drawn[key] = drawn + 1
+        bucket = (bucket + drawn * 23) % COLOUR_BUCKETS  # 23: coprime with 64, all 64 in turn
         jpeg = self._chooser.chance(cfg.mislabel_jpeg_rate)
         final = self.images.final(
             req.ratio, size, bucket, full_size=cfg.full_size, image_bytes=cfg.image_bytes, jpeg=jpeg

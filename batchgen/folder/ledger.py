@@ -80,6 +80,10 @@ class LedgerRecord:
     vars: dict[str, str] = field(default_factory=dict)
     request: dict[str, Any] = field(default_factory=dict)
     grounding: Any = None
+    # A redo of a rejected image (run --redo-rejected): that image's sha256, and the note it was
+    # rejected with.
+    replaces: str | None = None
+    note: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -132,6 +136,9 @@ class LedgerRecord:
             d["request"] = self.request
         if self.grounding is not None:
             d["grounding"] = self.grounding
+        if self.replaces is not None:
+            d["replaces"] = self.replaces
+            d["note"] = self.note
         return d
 
     def to_line(self) -> bytes:
@@ -173,6 +180,8 @@ class LedgerRecord:
             vars=dict(d.get("vars") or {}),
             request=dict(d.get("request") or {}),
             grounding=d.get("grounding"),
+            replaces=d.get("replaces"),
+            note=str(d.get("note") or ""),
         )
 
 

@@ -23,6 +23,7 @@ from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
+from ..folder.verdicts import Redos
 from ..pacing.gate import FirstAnswerGate
 from ..pacing.pacer import Pacing
 from ..pricing import PriceTable
@@ -55,6 +56,7 @@ class Runner:
         progress: Progress,
         spent_before_usd: float = 0.0,
         intents: IntentJournal | None = None,
+        redos: Redos | None = None,
     ) -> None:
         self.settings = settings
         self.progress = progress
@@ -94,7 +96,7 @@ class Runner:
             stop=self.stop,
         )
         self.recorder = Recorder(store=store, ledger=ledger, intents=intents, progress=progress,
-                                 result=self.result, stop=self.stop)
+                                 result=self.result, stop=self.stop, redos=redos)
 
     # -- stopping ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from ..api.retrying import is_retryable
 from ..folder import records
 from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
+from ..folder.verdicts import Redos
 from ..progress import Progress
 from ..spec import JobSpec
 from ..store.images import ImageStore
@@ -43,6 +44,7 @@ class Recorder:
     progress: Progress
     result: RunResult
     stop: StopRun
+    redos: Redos | None = None
 
     def note_error(self, exc: e.APIError) -> None:
         kind = exc.kind.value
@@ -51,9 +53,12 @@ class Recorder:
     async def success(
         self, spec: JobSpec, state: JobState, image: GeneratedImage, started: str, latency: float
     ) -> None:
+        fields = self._fields(spec, state, started, latency)
+        if fields is None:
+            return
         record = records.success_record(
             spec,
-            _fields(spec, state, started, latency),
+            fields,
             output=self.store.relpath(spec.job_id, image.mime_type),
             data=image.data,
             mime_type=image.mime_type,
@@ -105,9 +110,10 @@ class Recorder:
     ) -> None:
         """``retryable`` given: a stopped job's spend, kept while the job stays pending."""
         retry = is_retryable(exc) if retryable is None else retryable
-        record = records.failure_record(
-            _fields(spec, state, started, latency), exc, retryable=retry, message=exc.message
-        )
+        fields = self._fields(spec, state, started, latency)
+        if fields is None:
+            return
+        record = records.failure_record(fields, exc, retryable=retry, message=exc.message)
         try:
             self.ledger.append_line(record.to_line())
         except e.StorageError as err:
@@ -119,6 +125,19 @@ class Recorder:
             if not retry:
                 self.result.failed_permanent += 1
             self.progress.job_done(ok=False)
+
+    def _fields(self, spec: JobSpec, state: JobState, started: str, latency: float
+                ) -> dict[str, Any] | None:
+        """The line's fields; a redo's say what they replace, once its rejected image is set
+        aside (None, and the run stopped, if it cannot be)."""
+        fields = _fields(spec, state, started, latency)
+        if self.redos:
+            try:
+                fields.update(self.redos.before_line(spec.job_id))
+            except e.StorageError as exc:
+                self.stop(StopReason.STORAGE, str(exc))
+                return None
+        return fields
 
     def _settle(self, spec: JobSpec, state: JobState) -> None:
         """The job's ledger line is written: it settles its intents, and is fsync'd soon."""

@@ -12,6 +12,7 @@ from ..errors import StorageError
 from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
+from ..folder.verdicts import Redos
 from ..planning.plan import manifest_meta
 from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
@@ -65,6 +66,7 @@ async def execute(prep: Prepared, options: RunOptions) -> RunResult:
                 progress=progress,
                 spent_before_usd=prep.spent_before_usd,
                 intents=intents,
+                redos=Redos(folder.path, prep.redos) if prep.redos else None,
             )
             restore = install_signals(loop, runner.interrupt)
             beat = asyncio.create_task(progress.heartbeat())

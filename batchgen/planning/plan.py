@@ -44,6 +44,9 @@ IN_BATCH = "in_batch"
 # Succeeded, but the image file is gone (deleted by hand): not done, and not re-run (and paid
 # for again) unless the user asks with --redo-missing.
 MISSING = "missing"
+# Succeeded, but its image now was rejected in review: set only by --redo-rejected, which sends
+# these again (and only these).
+REJECTED = "rejected"
 # Bigger than the default 8 KiB: a 750 MB ledger is then 12,000 reads instead of 92,000.
 _READ_BUFFER = 1 << 16
 
@@ -219,6 +222,8 @@ class Plan:
             return True
         if state == MISSING:
             return self.selection.redo_missing
+        if state == REJECTED:
+            return self.selection.redo_rejected
         retry = self.selection.retry_failed
         return retry is not None and (not retry or state in retry)
 
@@ -233,7 +238,7 @@ class Plan:
         state = self.index.states.get(job_id)
         if state is None:
             c.new += 1
-            wanted = sel.only is None or sel.picked(job_id)
+            wanted = sel.picked(job_id)
         elif state == SUCCEEDED:
             c.done += 1
             return
@@ -244,6 +249,11 @@ class Plan:
             c.missing += 1
             wanted = self._wants(job_id, state)
             if not wanted:
+                return
+        elif state == REJECTED:
+            wanted = self._wants(job_id, state)
+            if not wanted:
+                c.done += 1
                 return
         else:
             wanted = self._wants(job_id, state)

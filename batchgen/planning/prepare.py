@@ -22,13 +22,16 @@ from ..folder.ledger import LedgerRecord
 from ..folder.ownership import owner_problem
 from ..folder.runfolder import RunFolder
 from ..folder.superseded import restore_superseded
+from ..folder.verdicts import Redo, rejected_jobs
 from ..manifest import Manifest, ValidationSummary
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, check_base_url, resolve_key, resolve_provider
 from ..redact import register_secret
-from ..settings import ClientSettings, RunOptions
+from ..settings import ClientSettings, RunOptions, Selection
+from ..store.recovery import adopt_redone
 from .plan import (
     MISSING,
+    REJECTED,
     SUCCEEDED,
     LedgerIndex,
     Plan,
@@ -38,6 +41,7 @@ from .plan import (
     mark_in_batch,
     read_index,
 )
+from .preview import Rest, pick, rest_of
 from .session import FAKE_KEY
 from .tally import Tally as _Tally
 from .tally import describe_resume
@@ -60,6 +64,10 @@ class Prepared:
     orphans: list[LedgerRecord]
     lock_fd: int
     tally: _Tally | None = None
+    # --redo-rejected: job id -> the rejected image to keep aside and the note; --preview: what
+    # the jobs it left out would take.
+    redos: dict[str, Redo] = dataclasses.field(default_factory=dict)
+    preview_rest: Rest | None = None
 
 
 def default_out(manifest: Path) -> Path:
@@ -132,11 +140,15 @@ def prepare(options: RunOptions) -> Prepared:
     # The current-jobs file is written in the same pass (straight into the folder if it is ours).
     current = CurrentWriter(folder.path if lock is not None and lock_error is None else None)
     in_scope = selection.in_scope
+    redos: dict[str, Redo] = {}
+    rest: Rest | None = None
     try:
         if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)
             orphans = find_orphans(folder, index)
             mark_in_batch(folder.path, index)
+            if selection.redo_rejected:
+                selection, redos = _redo_rejected(folder, index, orphans, selection)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
         tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
@@ -181,6 +193,8 @@ def prepare(options: RunOptions) -> Prepared:
                 if index.states.get(job_id) == MISSING:
                     index.states[job_id] = SUCCEEDED
             plan.count(price)
+        if selection.preview is not None and prices is not None:
+            rest = _choose_preview(manifest, plan, prices)
         counts = plan.counts
         change = describe_resume(old_meta, new_sha, counts, tally.untouched, tally.previous)
     except BaseException:
@@ -211,6 +225,8 @@ def prepare(options: RunOptions) -> Prepared:
         orphans=orphans,
         lock_fd=lock,
         tally=tally,
+        redos=redos,
+        preview_rest=rest,
     )
 
 
@@ -235,3 +251,38 @@ def adopt_orphans(prep: Prepared) -> None:
     prep.orphans = []
 
 
+
+
+def _redo_rejected(folder: RunFolder, index: LedgerIndex, orphans: list[LedgerRecord],
+                   selection: Selection) -> tuple[Selection, dict[str, Redo]]:
+    """``--redo-rejected``: the jobs whose image now is rejected become the only ones to send.
+
+    A redo whose new image reached the disk but not the ledger (a ``kill -9``) is adopted
+    instead, as any orphan is: it was paid for."""
+    redos = rejected_jobs(folder.path)
+    for rec in adopt_redone(folder.path, {k: r.sha256 for k, r in redos.items()}):
+        orphans.append(rec)
+        del redos[rec.job_id]
+        index.cost_usd += rec.cost_usd
+        index.unsettled.settle(rec.job_id, rec.started_at)
+    for job_id in redos:
+        index.states[job_id] = REJECTED
+    return dataclasses.replace(selection, ids=frozenset(redos)), redos
+
+
+def _choose_preview(manifest: Manifest, plan: Plan, prices: PriceTable) -> Rest:
+    """``--preview N``: the plan narrowed to N pending jobs that spread over the manifest (and
+    counted again); what the others would take."""
+    assert plan.selection.preview is not None
+    states = plan.index.states
+    wants = plan.wants
+    chosen = frozenset(pick(
+        (job for job in manifest.iter_jobs() if wants(job)),
+        plan.selection.preview,
+        shown=(job for job in manifest.iter_jobs() if states.get(job.job_id) == SUCCEEDED),
+    ))
+    rest = rest_of((job for job in manifest.iter_jobs() if wants(job)), chosen, prices.estimate,
+                   lambda model: prices.price(model).batch_discount)
+    plan.selection = dataclasses.replace(plan.selection, ids=chosen)
+    plan.count(prices.estimate)
+    return rest

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..folder.current import CurrentWriter, current_ids
 from ..spec import JobSpec
-from .plan import RETRYABLE, SUCCEEDED, Plan
+from .plan import REJECTED, RETRYABLE, SUCCEEDED, Plan
 
 
 class Tally:
@@ -30,7 +30,8 @@ class Tally:
         self.untouched = 0  # no ledger line, but the manifest already held it last time
         self._open = 0  # in scope, not done, and a plain run (no --only, no --limit) would send
         self._wanted = 0  # what this run would send without --limit
-        self._fast = previous is None and plan.selection.only is None
+        self._fast = (previous is None and plan.selection.only is None
+                      and plan.selection.ids is None)
         self.visit = self._make_visit()
 
     @property
@@ -52,7 +53,7 @@ class Tally:
         count_job = plan.count_job
         states = plan.index.states
         sel = plan.selection
-        shard, only, retry = sel.shard, sel.only, sel.retry_failed
+        shard, retry = sel.shard, sel.retry_failed
         in_scope, picked = sel.in_scope, sel.picked
         add = self.current.add
         if self._fast and shard is None:
@@ -84,10 +85,11 @@ class Tally:
             if state is None:
                 if previous is not None and job_id in previous:
                     self.untouched += 1
-            elif state != RETRYABLE and (retry is None or (retry and state not in retry)):
+            elif state not in (RETRYABLE, REJECTED) and (
+                    retry is None or (retry and state not in retry)):
                 return  # a permanent failure this run leaves alone
             self._open += 1
-            if only is None or picked(job_id):
+            if picked(job_id):
                 self._wanted += 1
 
         return visit

@@ -16,7 +16,9 @@ from ..folder.intents import read_unsettled
 from ..folder.layout import IMAGES_DIR, count_images
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.liveness import describe_state
+from ..folder.reviews import Verdict
 from ..folder.runfolder import read_meta
+from ..folder.verdicts import has_reviews, verdicts
 from ..words import plural
 
 
@@ -37,6 +39,11 @@ class Status:
     # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
     # until `batchgen prune`, and they are not counted as succeeded.
     superseded: int = 0
+    # Verdicts on the current images (reviews.jsonl; None: nothing was ever reviewed), and the
+    # redos of rejected images: jobs redone, redos in all.
+    review: dict[str, int] | None = None
+    redone_jobs: int = 0
+    redos: int = 0
 
     @property
     def pending(self) -> int:
@@ -54,6 +61,8 @@ class Status:
             "unsettled_usd": round(self.unsettled_usd, 4),
             "unsettled_requests": self.unsettled_requests,
             "errors": dict(sorted(self.errors.items())),
+            **({"review": self.review} if self.review is not None else {}),
+            **({"redos": {"jobs": self.redone_jobs, "redos": self.redos}} if self.redos else {}),
         }
 
 
@@ -75,6 +84,9 @@ def load_status(run_dir: Path) -> Status:
     # job id -> True if its last record succeeded, else its error kind (None: no error given)
     latest: dict[str, bool | str | None] = {}
     outputs: dict[str, tuple[str, ...]] = {}
+    reviewed = has_reviews(run_dir)
+    shas: dict[str, str] = {}
+    redos: dict[str, int] = {}
     cost = 0.0
     for rec in iter_ledger(run_dir / LEDGER_NAME):
         latest[rec.job_id] = True if rec.succeeded else (
@@ -82,6 +94,12 @@ def load_status(run_dir: Path) -> Status:
         )
         if rec.succeeded:
             outputs[rec.job_id] = rec.outputs
+            if reviewed and rec.sha256:
+                shas[rec.job_id] = rec.sha256
+            if rec.replaces:
+                redos[rec.job_id] = redos.get(rec.job_id, 0) + 1
+        elif reviewed:
+            shas.pop(rec.job_id, None)
         cost += rec.cost_usd
         if unsettled:
             unsettled.settle(rec.job_id, rec.started_at)
@@ -89,6 +107,8 @@ def load_status(run_dir: Path) -> Status:
     counted = 0
     errors: dict[str, int] = {}
     check = _some_missing(run_dir, len(outputs))
+    found = verdicts(run_dir, shas) if reviewed else {}
+    accepted = rejected = 0
     for job_id, outcome in latest.items():
         if current is not None and job_id not in current:
             superseded += outcome is True
@@ -99,11 +119,19 @@ def load_status(run_dir: Path) -> Status:
                 missing += 1
             else:
                 succeeded += 1
+                verdict = found.get(job_id)
+                if verdict is not None:
+                    accepted += verdict.verdict is Verdict.ACCEPTED
+                    rejected += verdict.verdict is Verdict.REJECTED
         elif isinstance(outcome, str):
             errors[outcome] = errors.get(outcome, 0) + 1
     st = make_status(run_dir, meta, counted, succeeded, cost, errors, missing=missing,
                      current=current, superseded=superseded)
     st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
+    if reviewed:
+        st.review = {"accepted": accepted, "rejected": rejected,
+                     "unreviewed": succeeded - accepted - rejected}
+    st.redone_jobs, st.redos = len(redos), sum(redos.values())
     return st
 
 
@@ -181,6 +209,12 @@ def format_status(st: Status) -> str:
             f"  superseded {st.superseded}  (images of edited or removed rows, not counted above;"
             f" batchgen prune {st.run_dir} moves them aside)"
         )
+    if st.review is not None:
+        r = st.review
+        lines.append(f"  reviewed   {r['accepted']} accepted, {r['rejected']} rejected, "
+                     f"{r['unreviewed']} unreviewed")
+    if st.redos:
+        lines.append(f"  redone     {plural(st.redone_jobs, 'job')} ({plural(st.redos, 'redo')})")
     lines.append(f"  spent      ${st.cost_usd:.2f}")
     if st.unsettled_requests:
         lines.append(

@@ -96,3 +96,30 @@ def adopt_orphans(run_dir: Path, done: set[str]) -> list[LedgerRecord]:
             adopted.append(replace(record, adopted=True))
     return adopted
 
+
+
+def adopt_redone(run_dir: Path, rejected: dict[str, str]) -> list[LedgerRecord]:
+    """Redos of rejected images (``rejected``: job id -> the rejected sha256) saved with their
+    sidecar but whose ledger line never got written: the ledger still names the rejected image,
+    the disk holds the new one, paid for. Adopted, so ``--redo-rejected`` does not pay again."""
+    from ..folder.layout import subdir
+
+    images_dir = run_dir / IMAGES_DIR
+    adopted: list[LedgerRecord] = []
+    # adopt_orphans, run first, has finished the .tmp pairs (the rejected image had been moved
+    # aside, so a redo's pair is finished too).
+    for job_id, old_sha in rejected.items():
+        sidecar = images_dir / subdir(job_id) / f"{job_id}.json"
+        try:
+            record = LedgerRecord.from_dict(orjson.loads(sidecar.read_bytes()))
+        except FileNotFoundError:
+            continue
+        except (OSError, orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+            log.warning("%s: unreadable sidecar, ignored", sidecar)
+            continue
+        if (record.status is not JobStatus.SUCCEEDED or not record.outputs
+                or record.job_id != job_id or record.sha256 in (None, old_sha)):
+            continue
+        if all((run_dir / out).is_file() for out in record.outputs):
+            adopted.append(replace(record, adopted=True))
+    return adopted

@@ -1,0 +1,234 @@
+"""The dataset loop (issue 21): --preview a spread sample, mark images, --redo-rejected them,
+export what is good; through the CLI against the fake server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from batchgen.fake import ThreadedFakeServer
+from tests.helpers.cli import cli, ledger_lines, run_against
+from tests.helpers.runs import status
+
+ANIMALS = ["cat", "dog", "owl", "fox"]
+STYLES = ["oil", "ink", "pixel"]
+
+
+def matrix(path: Path) -> Path:
+    path.write_text(
+        "jobs:\n"
+        "  - id: pet\n"
+        "    prompt: a {animal} in {style}\n"
+        f"    vars: {{animal: [{', '.join(ANIMALS)}], style: [{', '.join(STYLES)}]}}\n"
+    )
+    return path
+
+
+def received(server: ThreadedFakeServer) -> list[str]:
+    return sorted(server.stats.prompts.elements())
+
+
+def parse(prompt: str) -> tuple[str, str]:
+    m = re.fullmatch(r"a (\w+) in (\w+)", prompt)
+    assert m, prompt
+    return m.group(1), m.group(2)
+
+
+# -- --preview -------------------------------------------------------------------------------
+
+
+def test_preview_4_of_a_4x3_matrix_shows_every_value_of_both_vars(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m = matrix(tmp_path / "m.yaml")
+    out = tmp_path / "run"
+    r = run_against(server, m, out, "--no-gallery", "--preview", "4")
+    assert r.code == 0, r.output
+    sent = [parse(p) for p in received(server)]
+    assert len(sent) == 4
+    assert {a for a, _ in sent} == set(ANIMALS)
+    assert {s for _, s in sent} == set(STYLES)
+    # the rest, priced, with the command that runs it (anyfast has no batch mode)
+    line = next(x for x in r.stderr.splitlines() if x.startswith("the other "))
+    assert line.startswith("the other 8 jobs: ~$")
+    assert f"batchgen run {m} " in line and "--preview" not in line.split("to run them:")[1]
+    # preview jobs are ordinary jobs: the full run sends only the 8 others
+    server.stats.reset()
+    r = run_against(server, m, out, "--no-gallery")
+    assert r.code == 0, r.output
+    rest = [parse(p) for p in received(server)]
+    assert len(rest) == 8 and not set(rest) & set(sent)
+    assert set(rest) | set(sent) == set(itertools.product(ANIMALS, STYLES))
+
+
+def test_preview_prices_the_rest_at_batch_prices_where_the_provider_has_batch(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m = matrix(tmp_path / "m.yaml")
+    out = tmp_path / "run"
+    r = run_against(server, m, out, "--no-gallery", "--preview", "3", provider="google")
+    assert r.code == 0, r.output
+    line = next(x for x in r.stderr.splitlines() if x.startswith("the other "))
+    got = re.match(r"the other 9 jobs: ~\$([\d.]+) with --mode batch, ~\$([\d.]+) live; "
+                   r"to run them: (.*) \(or live: (.*)\)$", line)
+    assert got, line
+    batch, live = float(got.group(1)), float(got.group(2))
+    est = cli("estimate", m, "--out", out, "--json")
+    assert est.code == 0, est.output
+    assert live == pytest.approx(json.loads(est.stdout)["cost_usd"], abs=0.01)
+    assert batch == pytest.approx(live / 2, abs=0.01)
+    assert "--mode batch" in got.group(3) and "--preview" not in got.group(3)
+
+
+def test_preview_spreads_plain_rows_over_the_manifest_and_skips_what_is_done(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text("jobs:\n" + "".join(f"  - prompt: row {i}\n" for i in range(16)))
+    out = tmp_path / "run"
+    r = run_against(server, m, out, "--no-gallery", "--preview", "4")
+    assert r.code == 0, r.output
+    first = sorted(int(p.split()[1]) for p in received(server))
+    assert first == [0, 4, 8, 12]  # spread, not the head of the list
+    server.stats.reset()
+    r = run_against(server, m, out, "--no-gallery", "--preview", "4")
+    assert r.code == 0, r.output
+    second = sorted(int(p.split()[1]) for p in received(server))
+    assert len(second) == 4 and not set(second) & set(first)
+    assert "the other 8 jobs" in r.stderr
+
+
+@pytest.mark.parametrize("clash", [["--limit", "2"], ["--redo-rejected"]])
+def test_preview_with_another_choice_of_jobs_is_bad_usage(
+    server: ThreadedFakeServer, tmp_path: Path, clash: list[str]
+) -> None:
+    m = matrix(tmp_path / "m.yaml")
+    r = run_against(server, m, tmp_path / "run", "--preview", "2", *clash)
+    assert r.code == 2, r.output
+    assert "--preview" in r.stderr and clash[0] in r.stderr
+    assert server.stats.requests == 0 and not (tmp_path / "run").exists()
+
+
+# -- mark, status, --redo-rejected ----------------------------------------------------------
+
+
+def run_all(server: ThreadedFakeServer, tmp_path: Path) -> tuple[Path, Path, dict[str, dict]]:
+    m = matrix(tmp_path / "m.yaml")
+    out = tmp_path / "run"
+    r = run_against(server, m, out, "--no-gallery")
+    assert r.code == 0, r.output
+    by_prompt = {str(x["prompt"]): x for x in ledger_lines(out)}
+    server.stats.reset()
+    return m, out, by_prompt
+
+
+def job(by_prompt: dict[str, dict], prompt: str) -> str:
+    return str(by_prompt[prompt]["job_id"])
+
+
+def test_mark_writes_verdicts_and_status_counts_them(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    _, out, jobs = run_all(server, tmp_path)
+    assert "review" not in status(out)
+    cat_oil, dog_ink = job(jobs, "a cat in oil"), job(jobs, "a dog in ink")
+    r = cli("mark", out, "--reject", cat_oil, dog_ink, "--note", "extra legs")
+    assert r.code == 0, r.output
+    assert "rejected 2 images" in r.stderr and "--redo-rejected" in r.stderr
+    r = cli("mark", out, "--accept", "pet-owl*")  # a glob, as --only takes
+    assert r.code == 0, r.output
+    lines = [json.loads(x) for x in (out / "reviews.jsonl").read_text().splitlines()]
+    assert [(x["job_id"], x["verdict"], x["note"]) for x in lines[:2]] == sorted(
+        [(cat_oil, "rejected", "extra legs"), (dog_ink, "rejected", "extra legs")])
+    assert lines[0]["sha256"] == jobs["a cat in oil"]["sha256"]
+    assert len(lines) == 5
+    assert status(out)["review"] == {"accepted": 3, "rejected": 2, "unreviewed": 7}
+    r = cli("mark", out, "--clear", dog_ink)
+    assert r.code == 0, r.output
+    assert status(out)["review"] == {"accepted": 3, "rejected": 1, "unreviewed": 8}
+    text = cli("status", out).stdout
+    assert "reviewed   3 accepted, 1 rejected, 8 unreviewed" in text
+    assert server.stats.requests == 0
+
+
+def test_mark_of_an_unknown_id_is_exit_2_and_writes_nothing(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    _, out, jobs = run_all(server, tmp_path)
+    r = cli("mark", out, "--reject", job(jobs, "a cat in oil"), "no-such-job", "zebra-*")
+    assert r.code == 2, r.output
+    assert "'no-such-job'" in r.stderr and "'zebra-*'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (out / "reviews.jsonl").exists()
+    r = cli("mark", out, job(jobs, "a cat in oil"))
+    assert r.code == 2 and "--reject" in r.stderr
+
+
+def test_redo_rejected_sends_exactly_the_rejected_jobs_and_keeps_the_old_images(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m, out, jobs = run_all(server, tmp_path)
+    rejected = {"a cat in oil": "extra legs", "a fox in pixel": ""}
+    for prompt, note in rejected.items():
+        assert cli("mark", out, "--reject", job(jobs, prompt), "--note", note).code == 0
+    old = {p: jobs[p] for p in rejected}
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert received(server) == sorted(rejected)
+    latest = {str(x["job_id"]): x for x in ledger_lines(out)}
+    for prompt, note in rejected.items():
+        new = latest[job(jobs, prompt)]
+        assert new["status"] == "succeeded"
+        assert new["replaces"] == old[prompt]["sha256"] and new["note"] == note
+        assert new["sha256"] != old[prompt]["sha256"]
+        # the rejected image and its sidecar are kept aside, whole
+        kept = list((out / "rejected").rglob(f"{job(jobs, prompt)}.*"))
+        image = next(p for p in kept if p.suffix != ".json")
+        assert {p.suffix for p in kept} == {image.suffix, ".json"}
+        import hashlib
+
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == old[prompt]["sha256"]
+        Image.open(image).verify()
+        assert (out / str(new["outputs"][0])).is_file()
+    # the new images are unreviewed; the redos are counted
+    st = status(out)
+    assert st["review"] == {"accepted": 0, "rejected": 0, "unreviewed": 12}
+    assert st["redos"] == {"jobs": 2, "redos": 2}
+    # nothing is rejected now: a second --redo-rejected sends nothing
+    server.stats.reset()
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert "nothing to redo" in r.stderr and server.stats.requests == 0
+    # rejected again, redone again: two redos for that job
+    cat = job(jobs, "a cat in oil")
+    assert cli("mark", out, "--reject", cat, "--note", "still wrong").code == 0
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert received(server) == ["a cat in oil"]
+    assert len(list((out / "rejected").rglob(f"{cat}.*"))) == 4
+    assert status(out)["redos"] == {"jobs": 2, "redos": 3}
+    assert "redone     2 jobs (3 redos)" in cli("status", out).stdout
+
+
+def test_redo_rejected_keeps_to_the_budget_and_the_limit(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m, out, jobs = run_all(server, tmp_path)
+    ids = [job(jobs, p) for p in ("a cat in oil", "a dog in oil", "a owl in oil")]
+    assert cli("mark", out, "--reject", *ids).code == 0
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected", "--limit", "1")
+    assert r.code == 0, r.output
+    assert "1 to run" in r.stderr
+    assert server.stats.requests == 1
+    spent = sum(float(x["cost_usd"]) for x in ledger_lines(out))  # type: ignore[arg-type]
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected", "--budget", f"{spent:.4f}")
+    assert r.code != 0 and "budget" in r.stderr
+    assert server.stats.requests == 1
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert server.stats.requests == 3
