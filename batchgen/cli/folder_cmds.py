@@ -128,12 +128,16 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
               help="Bytes per Parquet file or WebDataset shard, at most (about, for Parquet).")
 @click.option("--include-failed", is_flag=True,
               help="Failed jobs too, without an image (parquet and webdataset).")
+@click.option("--reviewed", type=click.Choice(["default", "accepted", "all"]), default="default",
+              show_default=True,
+              help="default: all but rejected images; accepted: only accepted ones; all: all.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @guarded
 def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_file: int,
-               shard_size: str, include_failed: bool, no_progress: bool) -> None:
+               shard_size: str, include_failed: bool, reviewed: str, no_progress: bool) -> None:
     """Write a run folder's images and metadata as a dataset (imagefolder, webdataset, parquet)."""
     from ..export import ExportFormat, ExportRequest, export, parse_size, summary
+    from ..export.source import Reviewed
 
     setup_logging(0)
     try:
@@ -141,6 +145,7 @@ def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_fi
             run_dir=run_dir, fmt=ExportFormat(fmt), out=out, split=split,
             rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
             include_failed=include_failed, progress=not no_progress,
+            reviewed=Reviewed(reviewed),
         ))
     except KeyboardInterrupt:
         fail(f"interrupted; {out} is as it was", ExitCode.INTERRUPTED)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, StorageError
 from .fs import Target, open_target
-from .source import MetaSchema, RunSource, column_types
+from .source import MetaSchema, Reviewed, RunSource, column_types
 from .split import Splits, parse_split
 from .writer import MissingImage, Writer
 
@@ -60,6 +60,7 @@ class ExportRequest:
     shard_bytes: int = DEFAULT_SHARD_BYTES
     include_failed: bool = False
     progress: bool = True
+    reviewed: Reviewed = Reviewed.DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,8 @@ class ExportResult:
     missing: int
     failed_left_out: int
     not_current: int
+    review_left_out: int = 0
+    reviewed: Reviewed = Reviewed.DEFAULT
     meta_columns: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
     notes: tuple[str, ...] = ()
@@ -129,7 +132,8 @@ def export(req: ExportRequest) -> ExportResult:
         from .parquet import check_available
 
         check_available()
-    with RunSource(req.run_dir, include_failed=req.include_failed) as source:
+    with RunSource(req.run_dir, include_failed=req.include_failed,
+                   reviewed=req.reviewed) as source:
         schema = MetaSchema()
         total = 0
         for _, d in source.raw():
@@ -140,6 +144,8 @@ def export(req: ExportRequest) -> ExportResult:
                 else "no finished jobs"
             if source.not_current:
                 why += f", {source.not_current} no longer in the manifest (jobs.jsonl)"
+            if source.review_left_out:
+                why += f", {source.review_left_out} {_left_by(req.reviewed)}"
             raise InputError(f"{req.run_dir}: nothing to export ({why})")
         meta_columns = schema.columns()
         types = column_types(meta_columns, include_failed=req.include_failed)
@@ -203,11 +209,19 @@ def export(req: ExportRequest) -> ExportResult:
         missing=missing,
         failed_left_out=source.failed_left_out,
         not_current=source.not_current,
+        review_left_out=source.review_left_out,
+        reviewed=req.reviewed,
         meta_columns={k: v[0] for k, v in meta_columns.items()},
         elapsed_s=time.monotonic() - t0,
         notes=("metadata.parquet, not .jsonl: a column has values in one split and none in "
                "another, which JSON cannot type",) if plan is not None and plan.typed else (),
     )
+
+
+def _left_by(reviewed: Reviewed) -> str:
+    if reviewed is Reviewed.ACCEPTED:
+        return "not accepted left out (--reviewed accepted)"
+    return "rejected left out (--reviewed all keeps them)"
 
 
 def _n(count: int, what: str) -> str:
@@ -227,6 +241,8 @@ def summary(res: ExportResult) -> str:
         parts.append(f"{_n(res.failed_left_out, 'failed job')} left out")
     if res.not_current:
         parts.append(f"{_n(res.not_current, 'job')} no longer in the manifest left out")
+    if res.review_left_out:
+        parts.append(f"{_n(res.review_left_out, 'image')} {_left_by(res.reviewed)}")
     if res.missing:
         parts.append(f"{_n(res.missing, 'image')} missing from the run folder")
     parts += res.notes

@@ -13,6 +13,7 @@ is a fraction of the ledger. It lives in the system's temporary folder (``TMPDIR
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sqlite3
@@ -29,6 +30,8 @@ from ..errors import InputError
 from ..folder.current import CURRENT_NAME, iter_current
 from ..folder.layout import RUN_FILE
 from ..folder.ledger import LEDGER_NAME, iter_lines
+from ..folder.reviews import Review, Verdict, current_verdicts, read_reviews
+from ..folder.verdicts import has_reviews
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,21 @@ PROVENANCE = (
     "source", "references",
 )
 FAILED_COLUMNS = ("status", "error_kind", "error_message")
+# The review of each image (reviews.jsonl): "accepted", "rejected" or "unreviewed", and its note.
+REVIEW_COLUMNS = ("verdict", "verdict_note")
+
+
+class Reviewed(str, enum.Enum):
+    """``export --reviewed``: which images by their verdict."""
+
+    DEFAULT = "default"  # all but the rejected ones
+    ACCEPTED = "accepted"
+    ALL = "all"
 # What the manifest's current jobs (jobs.jsonl) say over the ledger: edited labels, and the var
 # values of jobs run before they were recorded (their ids and prompts are unchanged).
 _CURRENT_KEYS = ("name", "meta", "source", "vars")
-RESERVED = frozenset(PROVENANCE + FAILED_COLUMNS + ("file_name", "image", "split", "meta"))
+RESERVED = frozenset(PROVENANCE + FAILED_COLUMNS + REVIEW_COLUMNS
+                     + ("file_name", "image", "split", "meta"))
 INT_COLUMNS = frozenset({"width", "height", "seed", "attempts"})
 FLOAT_COLUMNS = frozenset({"temperature", "cost_usd"})
 
@@ -179,7 +193,8 @@ class RunSource:
     Use as a context manager: the temporary index is deleted on exit.
     """
 
-    def __init__(self, run_dir: Path, *, include_failed: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, include_failed: bool = False,
+                 reviewed: Reviewed = Reviewed.DEFAULT) -> None:
         if not run_dir.is_dir():
             raise InputError(f"{run_dir}: no such run folder")
         self.run_dir = run_dir
@@ -189,6 +204,10 @@ class RunSource:
                 "no ledger.jsonl")
             raise InputError(f"{run_dir}: not a batchgen run folder with results ({hint})")
         self.include_failed = include_failed
+        self.reviewed = reviewed
+        self.verdicts: dict[str, Review] = {}
+        # Rows the verdicts left out, in the last pass over raw(): rejected, or not accepted.
+        self.review_left_out = 0
         self.jobs_file = run_dir / CURRENT_NAME
         self.has_jobs_file = self.jobs_file.is_file()
         self.failed_left_out = 0
@@ -227,16 +246,28 @@ class RunSource:
                  for d in iter_current(self.run_dir)),
             )
 
+        reviewed = {r.job_id for r in read_reviews(self.run_dir)} if has_reviews(
+            self.run_dir) else set()
+        shas: dict[str, str] = {}
+
         def rows() -> Iterator[tuple[str, int, bytes | None]]:
             for _, _, d in iter_lines(self.ledger):
                 job_id = d.get("job_id")
                 if not isinstance(job_id, str):
                     continue
                 ok = d.get("status") == SUCCEEDED
+                if job_id in reviewed:
+                    sha = d.get("sha256")
+                    if ok and isinstance(sha, str):
+                        shas[job_id] = sha
+                    else:
+                        shas.pop(job_id, None)
                 # A failure that is not exported still replaces an earlier line of the job.
                 yield job_id, int(ok), dumps(_project(d)) if ok or self.include_failed else None
 
         db.executemany("INSERT OR REPLACE INTO rec VALUES (?, ?, ?)", rows())
+        if reviewed:
+            self.verdicts = current_verdicts(self.run_dir, shas)
         where = "" if self.include_failed else " WHERE r.ok = 1"
         if not self.include_failed:
             self.failed_left_out = db.execute("SELECT count(*) FROM rec WHERE ok = 0").fetchone()[0]
@@ -255,9 +286,20 @@ class RunSource:
     def raw(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(job id, the projected record with the manifest's current name/meta/source applied)."""
         loads = orjson.loads
+        verdicts, which = self.verdicts, self.reviewed
+        self.review_left_out = 0
         # A cursor of its own, so two iterations never share state.
         for job_id, body, current in self._db.cursor().execute(self._query):
+            review = verdicts.get(job_id)
+            verdict = review.verdict if review is not None else None
+            if (which is Reviewed.DEFAULT and verdict is Verdict.REJECTED) or (
+                    which is Reviewed.ACCEPTED and verdict is not Verdict.ACCEPTED):
+                self.review_left_out += 1
+                continue
             d = loads(body)
+            if d.get("status") == SUCCEEDED:
+                d["verdict"] = verdict.value if verdict is not None else "unreviewed"
+                d["verdict_note"] = review.note if review is not None else ""
             if current is not None:
                 d.update(loads(current))
             if not isinstance(d.get("meta"), dict):
@@ -297,6 +339,8 @@ class RunSource:
         meta = d["meta"]
         for key, (column, kind) in meta_columns.items():
             cols[column] = coerce(meta.get(key), kind)
+        cols["verdict"] = d.get("verdict")
+        cols["verdict_note"] = d.get("verdict_note")
         if self.include_failed:
             ok = d.get("status") == SUCCEEDED
             cols["status"] = "succeeded" if ok else "failed"
@@ -335,6 +379,7 @@ def column_types(meta_columns: dict[str, tuple[str, str]], *, include_failed: bo
     out = {name: kind(name) for name in head}
     out.update({column: k for column, k in meta_columns.values()})
     out.update({name: kind(name) for name in PROVENANCE if name not in head})
+    out.update({name: "string" for name in REVIEW_COLUMNS})
     if include_failed:
         out.update({name: "string" for name in FAILED_COLUMNS})
     return out

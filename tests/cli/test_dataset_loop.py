@@ -232,3 +232,123 @@ def test_redo_rejected_keeps_to_the_budget_and_the_limit(
     r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
     assert r.code == 0, r.output
     assert server.stats.requests == 3
+
+
+# -- a kill -9 during a redo -----------------------------------------------------------------
+
+
+def sha_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kept_aside(out: Path) -> dict[str, str]:
+    """sha256 -> image, of every image in rejected/."""
+    return {sha_of(p): str(p) for p in (out / "rejected").rglob("*") if p.is_file()
+            and p.suffix != ".json"}
+
+
+def test_kill_9_during_a_redo_loses_nothing_and_pays_nothing_twice(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    from tests.helpers.cli import SECRET, clean_env, spawn, wait_for, write_manifest
+    from tests.helpers.runs import run_args
+
+    prompts = [f"redo {i}" for i in range(24)]
+    m = write_manifest(tmp_path / "m.yaml", prompts)
+    out = tmp_path / "run"
+    assert run_against(server, m, out, "--no-gallery").code == 0
+    first = {str(x["prompt"]): x for x in ledger_lines(out)}
+    rejected = {p: str(first[p]["sha256"]) for p in prompts[:16]}
+    assert cli("mark", out, "--reject", *(str(first[p]["job_id"]) for p in rejected)).code == 0
+    server.stats.reset()
+    server.config.latency_s = 0.25
+
+    def redone() -> list[dict]:
+        return [x for x in ledger_lines(out) if x.get("replaces")]
+
+    proc = spawn(*run_args(server, m, out, "--redo-rejected", "--concurrency", "4"),
+                 env=clean_env(BATCHGEN_API_KEY=SECRET))
+    assert wait_for(lambda: len(redone()) >= 5)
+    proc.send_signal(9)
+    proc.wait(10)
+    assert wait_for(lambda: server.stats.in_flight == 0)
+    before = {str(x["prompt"]) for x in redone()}
+    assert 5 <= len(before) < 16
+    billed_before = server.stats.billed_images
+    server.config.latency_s = 0.0
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    # nothing redone before the kill was sent again; the rest was sent once more at most
+    sent = server.stats.prompts
+    assert all(sent[p] == 1 for p in before), sent
+    assert server.stats.billed_images - billed_before <= 16 - len(before)
+    # every rejected job has a new image now; every rejected image is kept, whole
+    latest = {str(x["prompt"]): x for x in ledger_lines(out)}
+    aside = kept_aside(out)
+    for p, old in rejected.items():
+        assert latest[p]["status"] == "succeeded" and latest[p]["sha256"] != old
+        assert latest[p]["replaces"] == old
+        Image.open(out / str(latest[p]["outputs"][0])).load()
+        assert old in aside, f"the rejected image of {p} is gone"
+    for p in prompts[16:]:
+        assert latest[p] == first[p]  # not rejected: not touched
+    st = status(out)
+    assert st["review"] == {"accepted": 0, "rejected": 0, "unreviewed": 24}
+    assert st["redos"] == {"jobs": 16, "redos": 16}
+
+
+def test_a_redo_saved_but_not_in_the_ledger_is_adopted_not_paid_again(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m, out, jobs = run_all(server, tmp_path)
+    cat = job(jobs, "a cat in oil")
+    assert cli("mark", out, "--reject", cat, "--note", "blurry").code == 0
+    assert run_against(server, m, out, "--no-gallery", "--redo-rejected").code == 0
+    # The state a kill between the redo's image rename and its ledger line leaves behind.
+    ledger = out / "ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    assert json.loads(lines[-1])["replaces"]
+    ledger.write_text("\n".join(lines[:-1]) + "\n")
+    server.stats.reset()
+    r = run_against(server, m, out, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert server.stats.requests == 0
+    last = ledger_lines(out)[-1]
+    assert last["job_id"] == cat and last["adopted"] is True and last["note"] == "blurry"
+    assert status(out)["redos"] == {"jobs": 1, "redos": 1}
+
+
+# -- exports obey the verdicts ---------------------------------------------------------------
+
+
+def exported(out: Path, dest: Path, *extra: str) -> dict[str, dict]:
+    r = cli("export", out, "--format", "imagefolder", "--out", dest, "--no-progress", *extra)
+    assert r.code == 0, r.output
+    rows = [json.loads(x) for x in (dest / "metadata.jsonl").read_text().splitlines()]
+    for row in rows:
+        Image.open(dest / row["file_name"]).verify()
+    return {row["prompt"]: row for row in rows}
+
+
+def test_exports_leave_rejected_out_by_default_and_carry_the_verdicts(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    _, out, jobs = run_all(server, tmp_path)
+    assert cli("mark", out, "--reject", job(jobs, "a cat in oil"), "--note", "two tails").code == 0
+    assert cli("mark", out, "--accept", job(jobs, "a dog in ink"), job(jobs, "a owl in ink"),
+               "--note", "lovely").code == 0
+    rows = exported(out, tmp_path / "default")
+    assert len(rows) == 11 and "a cat in oil" not in rows
+    assert rows["a dog in ink"]["verdict"] == "accepted"
+    assert rows["a dog in ink"]["verdict_note"] == "lovely"
+    assert rows["a fox in oil"]["verdict"] == "unreviewed"
+    rows = exported(out, tmp_path / "accepted", "--reviewed", "accepted")
+    assert set(rows) == {"a dog in ink", "a owl in ink"}
+    rows = exported(out, tmp_path / "all", "--reviewed", "all")
+    assert len(rows) == 12
+    assert (rows["a cat in oil"]["verdict"], rows["a cat in oil"]["verdict_note"]) == (
+        "rejected", "two tails")
+    r = cli("export", out, "--format", "imagefolder", "--out", tmp_path / "x", "--no-progress")
+    assert "1 image rejected left out" in r.stderr
