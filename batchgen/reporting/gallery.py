@@ -27,8 +27,10 @@ from ..folder.current import current_ids, iter_current
 from ..folder.durable import atomic_write
 from ..folder.layout import thumb_relpath
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from ..folder.reviews import Review, Verdict
 from ..folder.runfolder import read_meta
 from ..folder.superseded import SUPERSEDED_DIR
+from ..folder.verdicts import has_reviews, verdicts
 from ..words import plural
 from .status import make_status
 
@@ -138,6 +140,7 @@ class _Card(NamedTuple):
     tail: bytes
     output: str | None  # the first output of a succeeded job, as the ledger names it
     succeeded: bool
+    sha256: str | None = None  # kept only when the folder has reviews (its verdict is by it)
 
 
 def _card_head(r: LedgerRecord) -> bytes:
@@ -167,23 +170,26 @@ def _card_head(r: LedgerRecord) -> bytes:
         d["x"] = r.text
     if r.width and r.height:
         d["w"], d["h"] = r.width, r.height
+    if r.replaces:
+        d["rp"] = r.replaces
     return orjson.dumps(d)[:-1]
 
 
-def _card(r: LedgerRecord) -> _Card:
+def _card(r: LedgerRecord, keep_sha: bool = False) -> _Card:
     tail = b""
     if r.error is not None:
         tail = orjson.dumps({"ek": r.error.kind, "em": r.error.message})[1:]
     output = r.outputs[0] if r.succeeded and r.outputs else None
-    return _Card(_card_head(r), tail, output, r.succeeded)
+    sha = r.sha256 if keep_sha and r.succeeded else None
+    return _Card(_card_head(r), tail, output, r.succeeded, sha)
 
 
-def _read_cards(ledger: Path) -> tuple[dict[str, _Card], float]:
+def _read_cards(ledger: Path, keep_sha: bool = False) -> tuple[dict[str, _Card], float]:
     """The last record per job, as its card, and the spend over every line: one pass."""
     cards: dict[str, _Card] = {}
     cost = 0.0
     for rec in iter_ledger(ledger):
-        cards[rec.job_id] = _card(rec)
+        cards[rec.job_id] = _card(rec, keep_sha)
         cost += rec.cost_usd
     return cards, cost
 
@@ -227,7 +233,10 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     started = time.monotonic()
     meta = read_meta(run_dir)  # raises InputError when this is no run folder
     page = out or run_dir / GALLERY_NAME
-    cards, cost = _read_cards(run_dir / LEDGER_NAME)
+    reviewed = has_reviews(run_dir)
+    cards, cost = _read_cards(run_dir / LEDGER_NAME, keep_sha=reviewed)
+    found = verdicts(run_dir, {k: c.sha256 for k, c in cards.items() if c.sha256}) \
+        if reviewed else {}
     current = current_ids(run_dir)
     if current is not None:
         cards = _manifest_order(cards, run_dir)
@@ -265,9 +274,11 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     status = make_status(run_dir, meta, counted, succeeded, cost, None, current=current,
                          superseded=superseded)
     title = f"batchgen: {run_dir.resolve().name}"
+    rejected = sum(1 for v in found.values() if v.verdict is Verdict.REJECTED)
     summary = (
         f"{plural(status.succeeded, 'image')}, {status.failed} failed, {status.pending} pending; "
         + (f"{superseded} superseded (edited or removed rows); " if superseded else "")
+        + (f"{len(found) - rejected} accepted, {rejected} rejected; " if found else "")
         + f"spent ${status.cost_usd:.2f}"
     )
     template = resources.files("batchgen").joinpath(_TEMPLATE).read_text("utf-8")
@@ -287,7 +298,8 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
             fh.write(sep)
             sep = b","
             old = current is not None and job_id not in current
-            fh.write(_escape(_card_json(card, images.get(job_id), base, broken, old)))
+            fh.write(_escape(_card_json(card, images.get(job_id), base, broken, old,
+                                        found.get(job_id))))
         fh.write(b"]")
         fh.write(after.encode("utf-8"))
     return GalleryResult(
@@ -318,12 +330,14 @@ def _manifest_order(cards: dict[str, _Card], run_dir: Path) -> dict[str, _Card]:
 
 def _card_json(
     card: _Card, image: tuple[str, str] | None, base: str, broken: set[str],
-    superseded: bool = False,
+    superseded: bool = False, review: Review | None = None,
 ) -> bytes:
     """The card's JSON object: head, then the image fields, then the error fields."""
     parts = [card.head]
     if superseded:
         parts.append(b',"old":true')
+    if review is not None:
+        parts += (b",", orjson.dumps({"v": review.verdict.value, "vn": review.note})[1:-1])
     if image is not None:
         extra: dict[str, Any] = {"im": _href(image[0], base)}
         if image[0] not in broken:

@@ -15,11 +15,13 @@ from typing import Any
 from ..folder.current import current_ids
 from ..folder.intents import read_unsettled
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
+from ..folder.reviews import Verdict
 from ..folder.runfolder import read_meta
 from ..words import plural
-from .status import Status, format_status, status_from_latest
+from .status import Status, add_review, format_status, status_from_latest
 
 THROUGHPUT_BUCKETS = 10
+REJECTED_SHOWN = 10  # rejected images listed with their notes; the rest counted
 MIN_SPAN_S = 1.0
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -69,6 +71,8 @@ class Report:
     bucket_s: float
     buckets: tuple[Bucket, ...]
     meta: dict[str, Any]
+    # The current images rejected in review: (job id, note), by job id.
+    rejected: tuple[tuple[str, str], ...] = ()
 
     @property
     def per_image_usd(self) -> float | None:
@@ -115,6 +119,8 @@ class Report:
                 "per_image_usd": None if per_image is None else round(per_image, 4),
             },
             "by_size": dict(sorted(self.by_size.items())),
+            **({"rejected": [{"job_id": k, "note": n} for k, n in self.rejected]}
+               if self.rejected else {}),
             "throughput": {
                 "images_per_min": None if per_min is None else round(per_min, 2),
                 "span_s": round(self.span_s, 3),
@@ -154,11 +160,14 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     latest: dict[str, LedgerRecord] = {}
     requests_per_job: dict[str, int] = {}
     cost = 0.0
+    redos: dict[str, int] = {}
     unsettled = read_unsettled(run_dir)
     for rec in iter_ledger(run_dir / LEDGER_NAME):
         latest[rec.job_id] = rec
         cost += rec.cost_usd
         requests_per_job[rec.job_id] = requests_per_job.get(rec.job_id, 0) + rec.attempts
+        if rec.replaces and rec.succeeded:
+            redos[rec.job_id] = redos.get(rec.job_id, 0) + 1
         if unsettled:
             unsettled.settle(rec.job_id, rec.started_at)
     current = current_ids(run_dir)
@@ -166,6 +175,9 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     status.unsettled_usd, status.unsettled_requests = unsettled.usd, unsettled.count
     if current is not None:
         latest = {k: r for k, r in latest.items() if k in current}
+    found = add_review(status, latest, redos)
+    rejected = tuple(sorted((k, v.note) for k, v in found.items()
+                            if v.verdict is Verdict.REJECTED))
     errors: dict[str, ErrorKindSummary] = {}
     latencies: list[float] = []
     times: list[float] = []
@@ -214,6 +226,7 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
         bucket_s=width,
         buckets=slices,
         meta=meta,
+        rejected=rejected,
     )
 
 
@@ -239,6 +252,14 @@ def format_report(rep: Report) -> str:
             how = "retryable" if e.retryable else "permanent"
             lines.append(f"  {kind:<16} {e.count:>6}  {how}  e.g. {e.example_job}:")
             lines.append(f"      {_clip(e.example)}")
+        lines.append("")
+    if rep.rejected:
+        lines.append(f"rejected in review ({len(rep.rejected)}; run --redo-rejected makes them "
+                     "again):")
+        for job_id, note in rep.rejected[:REJECTED_SHOWN]:
+            lines.append(f"  {job_id}" + (f"  {_clip(note, 70)}" if note else ""))
+        if len(rep.rejected) > REJECTED_SHOWN:
+            lines.append(f"  ... and {len(rep.rejected) - REJECTED_SHOWN} more")
         lines.append("")
     if rep.latency:
         lat = rep.latency

@@ -16,7 +16,7 @@ from ..folder.intents import read_unsettled
 from ..folder.layout import IMAGES_DIR, count_images
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.liveness import describe_state
-from ..folder.reviews import Verdict
+from ..folder.reviews import Review, Verdict
 from ..folder.runfolder import read_meta
 from ..folder.verdicts import has_reviews, verdicts
 from ..words import plural
@@ -189,6 +189,22 @@ def status_from_latest(
             errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
     return make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing,
                        current=current, superseded=superseded)
+
+
+def add_review(st: Status, latest: dict[str, LedgerRecord], redos: dict[str, int]
+               ) -> dict[str, Review]:
+    """The verdicts on ``latest``'s current images (and the redos) into ``st``; the verdicts,
+    job id -> Review, for a caller that shows them."""
+    st.redone_jobs, st.redos = len(redos), sum(redos.values())
+    if not has_reviews(st.run_dir):
+        return {}
+    found = verdicts(st.run_dir, {k: r.sha256 for k, r in latest.items()
+                                  if r.succeeded and r.sha256})
+    accepted = sum(1 for v in found.values() if v.verdict is Verdict.ACCEPTED)
+    rejected = sum(1 for v in found.values() if v.verdict is Verdict.REJECTED)
+    st.review = {"accepted": accepted, "rejected": rejected,
+                 "unreviewed": max(st.succeeded - accepted - rejected, 0)}
+    return found
 
 
 def format_status(st: Status) -> str:

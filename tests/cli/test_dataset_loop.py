@@ -352,3 +352,37 @@ def test_exports_leave_rejected_out_by_default_and_carry_the_verdicts(
         "rejected", "two tails")
     r = cli("export", out, "--format", "imagefolder", "--out", tmp_path / "x", "--no-progress")
     assert "1 image rejected left out" in r.stderr
+
+
+# -- report and the static gallery show the verdicts ----------------------------------------
+
+
+def test_report_and_gallery_show_the_verdicts(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m, out, jobs = run_all(server, tmp_path)
+    cat, dog = job(jobs, "a cat in oil"), job(jobs, "a dog in ink")
+    assert cli("mark", out, "--reject", cat, "--note", "six <legs>").code == 0
+    assert cli("mark", out, "--accept", dog).code == 0
+    r = cli("report", out)
+    assert r.code == 0, r.output
+    assert "reviewed   1 accepted, 1 rejected, 10 unreviewed" in r.stdout
+    assert f"  {cat}  six <legs>" in r.stdout
+    rep = json.loads(cli("report", out, "--json").stdout)
+    assert rep["review"] == {"accepted": 1, "rejected": 1, "unreviewed": 10}
+    assert rep["rejected"] == [{"job_id": cat, "note": "six <legs>"}]
+    r = cli("gallery", out)
+    assert r.code == 0, r.output
+    page = (out / "gallery.html").read_text()
+    blob = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
+    assert blob and "six <legs>" not in page  # escaped inside the script
+    cards = {c["id"]: c for c in json.loads(blob.group(1))}
+    assert (cards[cat]["v"], cards[cat]["vn"]) == ("rejected", "six <legs>")
+    assert cards[dog]["v"] == "accepted" and "v" not in cards[job(jobs, "a fox in oil")]
+    assert "1 accepted, 1 rejected" in page
+    # after the redo, the new image is unreviewed and names what it replaces
+    assert run_against(server, m, out, "--no-gallery", "--redo-rejected").code == 0
+    assert cli("gallery", out).code == 0
+    page = (out / "gallery.html").read_text()
+    blob = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
+    assert blob
+    cards = {c["id"]: c for c in json.loads(blob.group(1))}
+    assert "v" not in cards[cat] and cards[cat]["rp"] == jobs["a cat in oil"]["sha256"]
