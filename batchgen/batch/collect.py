@@ -37,6 +37,7 @@ from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from ..folder.layout import now_iso
 from ..folder.ledger import LedgerRecord, iter_ledger
+from ..folder.verdicts import Redos
 from ..folder.records import failure_record, job_fields, success_record
 from ..manifest.references import sniff_image_type
 from ..planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex
@@ -91,8 +92,10 @@ class Recorder:
     """Writes batch-mode outcomes to the store and the ledger, and keeps the plan's index true."""
 
     def __init__(self, store: ImageStore, ledger: LedgerWriter, prices: PriceTable,
-                 index: LedgerIndex, tally: Tally) -> None:
+                 index: LedgerIndex, tally: Tally, redos: Redos | None = None) -> None:
         self.store = store
+        # Jobs whose image now is rejected: a result for one is a redo (run --redo-rejected).
+        self.redos = redos
         self.ledger = ledger
         self.prices = prices  # at batch prices
         self.index = index
@@ -104,6 +107,8 @@ class Recorder:
                             started_at=started)
         fields.update(mode="batch", batch=batch,
                       extra={} if line is None else {"batch_line": line})
+        if self.redos:
+            fields.update(self.redos.before_line(spec.job_id))
         return fields
 
     def _charge(self, cost: float) -> None:

@@ -25,6 +25,7 @@ from ..api.client import GeminiClient
 from ..exits import ExitCode
 from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase
+from ..folder.verdicts import Redos, rejected_jobs
 from ..planning.plan import IN_BATCH, Plan, manifest_meta
 from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
@@ -132,7 +133,10 @@ class BatchRun:
             settings=settings_meta(self.options), state="running", mode="batch",
             runs=int(meta.get("runs", 0)) + 1, command=command_line(),
         )
-        recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally)
+        # Computed afresh: the batch that redoes a rejected image may be collected by a later
+        # run, without --redo-rejected.
+        redos = Redos(folder.path, rejected_jobs(folder.path))
+        recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally, redos)
         bar = self.bar = _Bar(self.options.ui.progress and sys.stderr.isatty())
         loop = asyncio.get_running_loop()
         restore = install_signals(loop, self._interrupt)

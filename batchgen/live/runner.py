@@ -12,7 +12,7 @@ from ..errors import StorageError
 from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
-from ..folder.verdicts import Redos
+from ..folder.verdicts import Redos, has_reviews, rejected_jobs
 from ..planning.plan import manifest_meta
 from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
@@ -66,7 +66,7 @@ async def execute(prep: Prepared, options: RunOptions) -> RunResult:
                 progress=progress,
                 spent_before_usd=prep.spent_before_usd,
                 intents=intents,
-                redos=Redos(folder.path, prep.redos) if prep.redos else None,
+                redos=_redos(prep),
             )
             restore = install_signals(loop, runner.interrupt)
             beat = asyncio.create_task(progress.heartbeat())
@@ -91,3 +91,11 @@ async def execute(prep: Prepared, options: RunOptions) -> RunResult:
         folder.update_meta(state=state)
     return result
 
+
+
+def _redos(prep: Prepared) -> Redos | None:
+    """The jobs whose lines say what rejected image they replace: those --redo-rejected chose,
+    else a redo that ended in a retryable failure and is sent again by a plain run."""
+    jobs = prep.redos or (rejected_jobs(prep.folder.path) if has_reviews(prep.folder.path)
+                          else {})
+    return Redos(prep.folder.path, jobs) if jobs else None

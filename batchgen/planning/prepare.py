@@ -146,9 +146,9 @@ def prepare(options: RunOptions) -> Prepared:
         if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)
             orphans = find_orphans(folder, index)
-            mark_in_batch(folder.path, index)
-            if selection.redo_rejected:
+            if selection.redo_rejected:  # first: a redo already in a running batch waits
                 selection, redos = _redo_rejected(folder, index, orphans, selection)
+            mark_in_batch(folder.path, index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
         tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))

@@ -386,3 +386,38 @@ def test_report_and_gallery_show_the_verdicts(server: ThreadedFakeServer, tmp_pa
     assert blob
     cards = {c["id"]: c for c in json.loads(blob.group(1))}
     assert "v" not in cards[cat] and cards[cat]["rp"] == jobs["a cat in oil"]["sha256"]
+
+
+# -- --redo-rejected --mode batch ------------------------------------------------------------
+
+
+def test_redo_rejected_in_batch_mode_even_when_collected_by_a_later_run(tmp_path: Path) -> None:
+    from batchgen.exits import ExitCode
+    from batchgen.fake import FakeConfig
+    from tests.helpers.cli import SECRET, clean_env
+    from tests.helpers.cli import write_manifest as plain_manifest
+
+    def brun(*extra: str, code: int = 0) -> None:
+        r = cli("run", m, "--out", out, "--base-url", srv.url, "--mode", "batch",
+                "--provider", "google", "--no-progress", "--no-gallery", "--poll-interval", "0.1",
+                *extra, env=clean_env(BATCHGEN_API_KEY=SECRET), timeout=90)
+        assert r.code == code, r.output
+
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, batch_seconds=0.3)) as srv:
+        prompts = [f"batch {i}" for i in range(6)]
+        m = plain_manifest(tmp_path / "m.yaml", prompts)
+        out = tmp_path / "run"
+        brun("--wait")
+        first = {str(x["prompt"]): x for x in ledger_lines(out)}
+        redo = ["batch 1", "batch 4"]
+        assert cli("mark", out, "--reject", *(str(first[p]["job_id"]) for p in redo),
+                   "--note", "too dark").code == 0
+        brun("--redo-rejected", code=ExitCode.RUNNING)  # submitted, not waited for
+        brun("--wait")  # a plain run collects it
+        assert sorted(srv.stats.batch_billed_by_prompt.elements()) == sorted(prompts + redo)
+        latest = {str(x["prompt"]): x for x in ledger_lines(out)}
+        for p in redo:
+            assert latest[p]["replaces"] == first[p]["sha256"]
+            assert latest[p]["note"] == "too dark" and latest[p]["mode"] == "batch"
+            assert str(first[p]["sha256"]) in kept_aside(out)
+        assert status(out)["review"] == {"accepted": 0, "rejected": 0, "unreviewed": 6}
