@@ -37,8 +37,8 @@ from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from ..folder.layout import now_iso
 from ..folder.ledger import LedgerRecord, iter_ledger
-from ..folder.verdicts import Redos
 from ..folder.records import failure_record, job_fields, success_record
+from ..folder.verdicts import Redos
 from ..manifest.references import sniff_image_type
 from ..planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex
 from ..pricing import PriceTable

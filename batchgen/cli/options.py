@@ -178,6 +178,8 @@ estimate_parameters: Decorator[CommandFunction] = _stack(
         shard="Only this machine's share of the jobs.",
         redo_missing="Count the succeeded jobs whose image file is gone, as run --redo-missing.",
     ),
+    click.option("--redo-rejected", is_flag=True,
+                 help="Count only the jobs whose image was rejected, as run --redo-rejected."),
     json_option,
     click.option("--mode", type=click.Choice(["live", "batch"]), default="live",
                  show_default=True, help="batch: show live and batch cost side by side."),

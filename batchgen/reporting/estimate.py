@@ -7,6 +7,7 @@ what is still to do is counted. Prices come from :class:`~batchgen.pricing.Price
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Any
 from ..errors import InputError
 from ..folder.ownership import owner_problem
 from ..folder.runfolder import RunFolder
-from ..planning.plan import LedgerIndex, Plan, mark_in_batch, read_index
+from ..folder.verdicts import rejected_jobs
+from ..planning.plan import REJECTED, LedgerIndex, Plan, mark_in_batch, read_index
 from ..pricing import TYPICAL_TEXT_TOKENS, PriceTable
 from ..settings import Selection
 from ..spec import JobSpec
@@ -193,10 +195,15 @@ def estimate(req: EstimateRequest) -> Estimate:
     # The ledger first, so the plan is counted in the same pass that validates the manifest.
     owner = owner_problem(RunFolder(run_dir).read_meta(), req.manifest, run_dir)
     index = read_index(RunFolder(run_dir).ledger_path) if owner is None else LedgerIndex()
+    selection = req.selection
     if owner is None:
+        if selection.redo_rejected:  # what run --redo-rejected would send: the rejected jobs
+            redos = rejected_jobs(run_dir)
+            index.states.update(dict.fromkeys(redos, REJECTED))
+            selection = dataclasses.replace(selection, ids=frozenset(redos))
         mark_in_batch(run_dir, index)
     breakdown = _Breakdown(prices)
-    plan = Plan(manifest.iter_jobs, index, req.selection, breakdown)
+    plan = Plan(manifest.iter_jobs, index, selection, breakdown)
     summary = manifest.validate(visit=plan.count_job)
     if owner is not None:
         raise InputError(owner)  # after the manifest's own problems, as run reports them

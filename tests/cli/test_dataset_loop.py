@@ -221,6 +221,11 @@ def test_redo_rejected_keeps_to_the_budget_and_the_limit(
     m, out, jobs = run_all(server, tmp_path)
     ids = [job(jobs, p) for p in ("a cat in oil", "a dog in oil", "a owl in oil")]
     assert cli("mark", out, "--reject", *ids).code == 0
+    est = cli("estimate", m, "--out", out, "--json", "--redo-rejected")
+    assert est.code == 0, est.output
+    plain = json.loads(cli("estimate", m, "--out", tmp_path / "fresh", "--json").stdout)
+    assert json.loads(est.stdout)["jobs"] == 3
+    assert json.loads(est.stdout)["cost_usd"] == pytest.approx(plain["cost_usd"] / 4, abs=1e-3)
     r = run_against(server, m, out, "--no-gallery", "--redo-rejected", "--limit", "1")
     assert r.code == 0, r.output
     assert "1 to run" in r.stderr
