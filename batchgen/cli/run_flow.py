@@ -83,11 +83,11 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     )
     code = summarize(result, prep.folder.path, gallery, end)
     if prep.preview_rest is not None and result.stop_reason is StopReason.COMPLETED:
-        click.echo(preview_rest_line(prep, cmd), err=True)
+        click.echo(preview_rest_line(prep, cmd, fake=options.target.fake), err=True)
     return code
 
 
-def preview_rest_line(prep: Prepared, cmd: CommandLine) -> str:
+def preview_rest_line(prep: Prepared, cmd: CommandLine, *, fake: bool = False) -> str:
     """After ``--preview``: what the jobs it left out would cost, and the command for them, at
     batch prices where the provider has the Batch API."""
     from ..spec import Provider
@@ -99,7 +99,9 @@ def preview_rest_line(prep: Prepared, cmd: CommandLine) -> str:
     head = f"the other {plural(rest.jobs, 'job')}: "
     plain = cmd.render(drop=("preview",))
     if prep.client.provider is Provider.GOOGLE:
-        batch = cmd.render(drop=("preview",), set={"mode": "batch"})
+        # The built-in fake's batches end with the command: it must wait for them.
+        batch = cmd.render(drop=("preview",), set={"mode": "batch", **({"wait": True} if fake
+                                                                       else {})})
         return (f"{head}~${rest.batch_usd:.2f} with --mode batch, ~${rest.live_usd:.2f} live; "
                 f"to run them: {batch}  (or live: {plain})")
     return (f"{head}~${rest.live_usd:.2f} live (at batch prices ~${rest.batch_usd:.2f} with "

@@ -98,8 +98,11 @@ class FakeServer:
         self.images = ImageCache()
         self._chooser = FaultChooser(self.config.seed)
         # Images drawn per prompt (by hash): the service draws a new picture for each request,
-        # so the second answer to a prompt (a redo of a rejected image) must not repeat the first.
+        # so the second answer to a prompt (a redo of a rejected image) must not repeat the first;
+        # the salt varies the pictures from one server to the next (`run --fake` starts one per
+        # run), where the count starts again.
         self._drawn: dict[int, int] = {}
+        self._salt = secrets.randbelow(COLOUR_BUCKETS)
         self._rpm = RateWindow()
         self._ipm = RateWindow()
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -360,7 +363,8 @@ class FakeServer:
         key = hash(req.prompt)
         drawn = self._drawn.get(key, 0)
         self._drawn[key] = drawn + 1
-        bucket = (bucket + drawn * 23) % COLOUR_BUCKETS  # 23: coprime with 64, all 64 in turn
+        # 23: coprime with 64, so a prompt's pictures go through all 64 before one comes back.
+        bucket = (bucket + self._salt + drawn * 23) % COLOUR_BUCKETS
         jpeg = self._chooser.chance(cfg.mislabel_jpeg_rate)
         final = self.images.final(
             req.ratio, size, bucket, full_size=cfg.full_size, image_bytes=cfg.image_bytes, jpeg=jpeg
