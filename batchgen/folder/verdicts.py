@@ -112,8 +112,15 @@ def set_aside(run_dir: Path, redo: Redo) -> list[Path]:
     """Move the rejected image and its sidecar to ``rejected/``; what was moved. Done once: a
     file already gone (moved by an earlier, interrupted redo) is skipped."""
     moved: list[Path] = []
-    sources: list[Path] = [run_dir / out for out in redo.outputs]
-    sources += [p.with_suffix(".json") for p in list(sources)]
+    images = [run_dir / out for out in redo.outputs]
+    # An image there that is not the rejected one is the redo's own, saved by a run cut short
+    # before its ledger line: it stays (the redo saves the same bytes over it).
+    try:
+        if any(p.is_file() and _sha256_of(p) != redo.sha256 for p in images):
+            return moved
+    except OSError as exc:
+        raise StorageError(f"cannot read the rejected image of {redo.job_id}: {why(exc)}") from exc
+    sources = images + [p.with_suffix(".json") for p in images]
     for src in sources:
         if not src.is_file():
             continue
@@ -131,6 +138,16 @@ def set_aside(run_dir: Path, redo: Redo) -> list[Path]:
             fsync_dir(folder)
         log.info("%s: rejected image kept in %s", redo.job_id, moved[0].parent)
     return moved
+
+
+def _sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class Redos:
