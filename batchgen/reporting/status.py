@@ -39,8 +39,8 @@ class Status:
     # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
     # until `batchgen prune`, and they are not counted as succeeded.
     superseded: int = 0
-    # Verdicts on the current images (reviews.jsonl; None: nothing was ever reviewed), and the
-    # redos of rejected images: jobs redone, redos in all.
+    # Verdicts on the current images (reviews.jsonl; None: nothing was ever reviewed, so every
+    # image is unreviewed), and the redos of rejected images: jobs redone, redos in all.
     review: dict[str, int] | None = None
     redone_jobs: int = 0
     redos: int = 0
@@ -61,8 +61,9 @@ class Status:
             "unsettled_usd": round(self.unsettled_usd, 4),
             "unsettled_requests": self.unsettled_requests,
             "errors": dict(sorted(self.errors.items())),
-            **({"review": self.review} if self.review is not None else {}),
-            **({"redos": {"jobs": self.redone_jobs, "redos": self.redos}} if self.redos else {}),
+            "review": self.review if self.review is not None else {
+                "accepted": 0, "rejected": 0, "unreviewed": self.succeeded},
+            "redos": {"jobs": self.redone_jobs, "redos": self.redos},
         }
 
 

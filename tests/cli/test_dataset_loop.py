@@ -135,7 +135,7 @@ def test_mark_writes_verdicts_and_status_counts_them(
     server: ThreadedFakeServer, tmp_path: Path
 ) -> None:
     _, out, jobs = run_all(server, tmp_path)
-    assert "review" not in status(out)
+    assert status(out)["review"] == {"accepted": 0, "rejected": 0, "unreviewed": 12}
     cat_oil, dog_ink = job(jobs, "a cat in oil"), job(jobs, "a dog in ink")
     r = cli("mark", out, "--reject", cat_oil, dog_ink, "--note", "extra legs")
     assert r.code == 0, r.output

@@ -227,6 +227,8 @@ def test_status_reads_folder_alone(server: ThreadedFakeServer, tmp_path: Path) -
     cost = round(sum(float(x["cost_usd"]) for x in ledger_lines(out)), 4)  # type: ignore[arg-type]
     assert st == {"jobs": 3, "succeeded": 2, "missing": 0, "failed": 1, "pending": 0,
                   "superseded": 0, "cost_usd": cost, "unsettled_usd": 0.0,
-                  "unsettled_requests": 0, "errors": {"blocked": 1}}
+                  "unsettled_requests": 0, "errors": {"blocked": 1},
+                  "review": {"accepted": 0, "rejected": 0, "unreviewed": 2},
+                  "redos": {"jobs": 0, "redos": 0}}
     human = cli("status", out)
     assert "succeeded  2" in human.stdout and "blocked" in human.stdout
