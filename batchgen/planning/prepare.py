@@ -142,6 +142,8 @@ def prepare(options: RunOptions) -> Prepared:
     in_scope = selection.in_scope
     redos: dict[str, Redo] = {}
     rest: Rest | None = None
+    if selection.redo_rejected:  # nothing, until the folder's reviews say which
+        selection = dataclasses.replace(selection, ids=frozenset())
     try:
         if lock is not None and lock_error is None:
             index = read_index(folder.ledger_path)

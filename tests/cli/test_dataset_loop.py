@@ -426,3 +426,11 @@ def test_redo_rejected_in_batch_mode_even_when_collected_by_a_later_run(tmp_path
             assert latest[p]["note"] == "too dark" and latest[p]["mode"] == "batch"
             assert str(first[p]["sha256"]) in kept_aside(out)
         assert status(out)["review"] == {"accepted": 0, "rejected": 0, "unreviewed": 6}
+
+
+def test_redo_rejected_in_a_new_folder_sends_nothing(server: ThreadedFakeServer,
+                                                     tmp_path: Path) -> None:
+    m = matrix(tmp_path / "m.yaml")
+    r = run_against(server, m, tmp_path / "run", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert "nothing to redo" in r.stderr and server.stats.requests == 0
