@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ..pricing import PriceTable
 from ..providers import PROVIDERS, check_base_url, resolve_key, resolve_provider
 from ..redact import register_secret
 from ..settings import ClientSettings, RunOptions, Selection
+from ..spec import JobSpec
 from ..store.recovery import adopt_redone
 from .plan import (
     MISSING,
@@ -41,7 +43,7 @@ from .plan import (
     mark_in_batch,
     read_index,
 )
-from .preview import Rest, pick, rest_of
+from .preview import Rest, pick
 from .session import FAKE_KEY
 from .tally import Tally as _Tally
 from .tally import describe_resume
@@ -273,18 +275,38 @@ def _redo_rejected(folder: RunFolder, index: LedgerIndex, orphans: list[LedgerRe
 
 
 def _choose_preview(manifest: Manifest, plan: Plan, prices: PriceTable) -> Rest:
-    """``--preview N``: the plan narrowed to N pending jobs that spread over the manifest (and
-    counted again); what the others would take."""
+    """``--preview N``: the plan narrowed to N pending jobs that spread over the manifest, and
+    what the others would take. One more pass over the manifest, which chooses and prices; the
+    plan's counts are narrowed from what it kept (a recount would be a pass more: +1.2 s at
+    100,000 jobs)."""
+    from array import array
+
     assert plan.selection.preview is not None
-    states = plan.index.states
-    wants = plan.wants
-    chosen = frozenset(pick(
-        (job for job in manifest.iter_jobs() if wants(job)),
-        plan.selection.preview,
-        shown=(job for job in manifest.iter_jobs() if states.get(job.job_id) == SUCCEEDED),
-    ))
-    rest = rest_of((job for job in manifest.iter_jobs() if wants(job)), chosen, prices.estimate,
-                   lambda model: prices.price(model).batch_discount)
-    plan.selection = dataclasses.replace(plan.selection, ids=chosen)
-    plan.count(prices.estimate)
+    states, wants = plan.index.states, plan.wants
+    ids: list[str] = []
+    sizes: list[str] = []
+    live, batch = array("d"), array("d")
+
+    def jobs() -> Iterator[tuple[JobSpec, bool]]:
+        for job in manifest.iter_jobs():
+            if wants(job):
+                usd = prices.estimate(job)
+                ids.append(job.job_id)
+                sizes.append(job.image_size)
+                live.append(usd)
+                batch.append(usd * prices.price(job.model).batch_discount)
+                yield job, True
+            elif states.get(job.job_id) == SUCCEEDED:
+                yield job, False
+
+    chosen = pick(jobs(), plan.selection.preview)
+    rest = Rest(len(ids) - len(chosen), sum(live) - sum(live[i] for i in chosen),
+                sum(batch) - sum(batch[i] for i in chosen))
+    plan.selection = dataclasses.replace(plan.selection, ids=frozenset(ids[i] for i in chosen))
+    c = plan.counts
+    c.pending = len(chosen)
+    c.estimate_usd = sum(live[i] for i in chosen)
+    c.by_size = {}
+    for i in chosen:
+        c.by_size[sizes[i]] = c.by_size.get(sizes[i], 0) + 1
     return rest

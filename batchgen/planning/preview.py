@@ -17,7 +17,7 @@ heap operations per pick, not a pass over the million.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..spec import JobSpec
@@ -50,24 +50,20 @@ def _spread_rank(i: int, bits: int) -> int:
     return int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
 
 
-def pick(
-    candidates: Iterable[JobSpec],
-    n: int,
-    shown: Iterable[JobSpec] = (),
-) -> list[str]:
-    """The ids of up to ``n`` of ``candidates`` (in manifest order), chosen to spread."""
+def pick(jobs: Iterable[tuple[JobSpec, bool]], n: int) -> list[int]:
+    """Up to ``n`` of the candidates in ``jobs`` ((job, True); (job, False): a job already done,
+    which counts as shown), chosen to spread: their positions among the candidates, in order."""
     intern: dict[tuple[str, ...], int] = {}
     covered: set[int] = set()
-    for job in shown:
-        covered.update(features(job, intern))
-    ids: list[str] = []
     feats: list[tuple[int, ...]] = []
-    for job in candidates:
-        ids.append(job.job_id)
-        feats.append(features(job, intern))
-    total = len(ids)
+    for job, candidate in jobs:
+        if candidate:
+            feats.append(features(job, intern))
+        else:
+            covered.update(features(job, intern))
+    total = len(feats)
     if total <= n:
-        return ids
+        return list(range(total))
     bits = (total - 1).bit_length()
     ranks = [_spread_rank(i, bits) for i in range(total)]
 
@@ -92,23 +88,4 @@ def pick(
             continue
         chosen.append(i)
         covered.update(feats[i])
-    return [ids[i] for i in sorted(chosen)]
-
-
-def rest_of(
-    candidates: Iterable[JobSpec],
-    chosen: frozenset[str],
-    price: Callable[[JobSpec], float],
-    discount: Callable[[str], float],
-) -> Rest:
-    """The pending jobs a preview did not choose: how many, and their cost live and batch."""
-    jobs = 0
-    live = batch = 0.0
-    for job in candidates:
-        if job.job_id in chosen:
-            continue
-        usd = price(job)
-        jobs += 1
-        live += usd
-        batch += usd * discount(job.model)
-    return Rest(jobs, live, batch)
+    return sorted(chosen)

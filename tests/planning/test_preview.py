@@ -19,38 +19,39 @@ def jobs(rows: int, **vars: list[str]) -> list[JobSpec]:
     return out
 
 
-def shown(chosen: list[str], all_jobs: list[JobSpec]) -> list[JobSpec]:
-    return [j for j in all_jobs if j.job_id in chosen]
+def choose(candidates: list[JobSpec], n: int, done: tuple[JobSpec, ...] = ()) -> list[JobSpec]:
+    stream = [(j, False) for j in done] + [(j, True) for j in candidates]
+    return [candidates[i] for i in pick(stream, n)]
 
 
 def test_a_4x3_matrix_with_4_shows_all_of_both_vars() -> None:
     js = jobs(1, a=["1", "2", "3", "4"], b=["x", "y", "z"])
-    got = shown(pick(js, 4), js)
+    got = choose(js, 4)
     assert {dict(j.vars)["a"] for j in got} == {"1", "2", "3", "4"}
     assert {dict(j.vars)["b"] for j in got} == {"x", "y", "z"}
 
 
 def test_every_row_before_any_repeat_and_spread_over_the_manifest() -> None:
     js = jobs(10, a=["1", "2"])
-    got = shown(pick(js, 10), js)
+    got = choose(js, 10)
     assert sorted(j.source_line for j in got) == list(range(1, 11))
     assert {dict(j.vars)["a"] for j in got} == {"1", "2"}
     plain = jobs(100)
-    lines = sorted(j.source_line for j in shown(pick(plain, 4), plain))
+    lines = sorted(j.source_line for j in choose(plain, 4))
     assert lines[0] == 1 and min(b - a for a, b in itertools.pairwise(lines)) >= 20
 
 
 def test_what_is_done_counts_as_shown_and_all_fit_when_n_is_large() -> None:
     js = jobs(1, a=["1", "2", "3"])
-    done, pending = js[:1], js[1:]
-    got = shown(pick(pending, 2, shown=done), js)
+    pending = js[1:]
+    got = choose(pending, 2, (js[0],))
     assert {dict(j.vars)["a"] for j in got} == {"2", "3"}
-    assert pick(pending, 5) == [j.job_id for j in pending]
+    assert choose(pending, 5) == pending
 
 
 def test_a_second_round_starts_when_everything_is_shown() -> None:
     js = jobs(1, a=["1", "2"], b=["x", "y"])
-    got = shown(pick(js, 3), js)
+    got = choose(js, 3)
     assert len(got) == 3
     # after two jobs show every value, the third still differs from both in one var at least
     assert len({j.vars for j in got}) == 3
