@@ -27,7 +27,7 @@ from ..folder.current import current_ids, iter_current
 from ..folder.durable import atomic_write
 from ..folder.layout import thumb_relpath
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
-from ..folder.reviews import Review, Verdict
+from ..folder.reviews import Review, Verdict, read_reviews
 from ..folder.runfolder import read_meta
 from ..folder.superseded import SUPERSEDED_DIR
 from ..folder.verdicts import has_reviews, verdicts
@@ -184,12 +184,14 @@ def _card(r: LedgerRecord, keep_sha: bool = False) -> _Card:
     return _Card(_card_head(r), tail, output, r.succeeded, sha)
 
 
-def _read_cards(ledger: Path, keep_sha: bool = False) -> tuple[dict[str, _Card], float]:
-    """The last record per job, as its card, and the spend over every line: one pass."""
+def _read_cards(ledger: Path, reviewed: set[str] | frozenset[str] = frozenset()
+                ) -> tuple[dict[str, _Card], float]:
+    """The last record per job, as its card (with its sha256 if it is ``reviewed``), and the
+    spend over every line: one pass."""
     cards: dict[str, _Card] = {}
     cost = 0.0
     for rec in iter_ledger(ledger):
-        cards[rec.job_id] = _card(rec, keep_sha)
+        cards[rec.job_id] = _card(rec, rec.job_id in reviewed)
         cost += rec.cost_usd
     return cards, cost
 
@@ -233,8 +235,8 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
     started = time.monotonic()
     meta = read_meta(run_dir)  # raises InputError when this is no run folder
     page = out or run_dir / GALLERY_NAME
-    reviewed = has_reviews(run_dir)
-    cards, cost = _read_cards(run_dir / LEDGER_NAME, keep_sha=reviewed)
+    reviewed = {r.job_id for r in read_reviews(run_dir)} if has_reviews(run_dir) else set()
+    cards, cost = _read_cards(run_dir / LEDGER_NAME, reviewed)
     found = verdicts(run_dir, {k: c.sha256 for k, c in cards.items() if c.sha256}) \
         if reviewed else {}
     current = current_ids(run_dir)

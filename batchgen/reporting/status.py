@@ -16,7 +16,7 @@ from ..folder.intents import read_unsettled
 from ..folder.layout import IMAGES_DIR, count_images
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.liveness import describe_state
-from ..folder.reviews import Review, Verdict
+from ..folder.reviews import Review, Verdict, read_reviews
 from ..folder.runfolder import read_meta
 from ..folder.verdicts import has_reviews, verdicts
 from ..words import plural
@@ -85,7 +85,8 @@ def load_status(run_dir: Path) -> Status:
     # job id -> True if its last record succeeded, else its error kind (None: no error given)
     latest: dict[str, bool | str | None] = {}
     outputs: dict[str, tuple[str, ...]] = {}
-    reviewed = has_reviews(run_dir)
+    # Only the reviewed jobs' images are looked at: a million shas would be ~150 MB.
+    reviewed = {r.job_id for r in read_reviews(run_dir)} if has_reviews(run_dir) else set()
     shas: dict[str, str] = {}
     redos: dict[str, int] = {}
     cost = 0.0
@@ -95,11 +96,11 @@ def load_status(run_dir: Path) -> Status:
         )
         if rec.succeeded:
             outputs[rec.job_id] = rec.outputs
-            if reviewed and rec.sha256:
+            if rec.job_id in reviewed and rec.sha256:
                 shas[rec.job_id] = rec.sha256
             if rec.replaces:
                 redos[rec.job_id] = redos.get(rec.job_id, 0) + 1
-        elif reviewed:
+        elif rec.job_id in reviewed:
             shas.pop(rec.job_id, None)
         cost += rec.cost_usd
         if unsettled:
