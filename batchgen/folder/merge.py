@@ -271,6 +271,7 @@ def _merge(sources: list[Path], out: Path) -> MergeResult:
                 shutil.copyfileobj(fh, history)
             commit_tmp(history, tmp_history, folder.ledger_path)
         _merge_intents(readers, out)
+        _merge_reviews(readers, out)
     except OSError as exc:
         raise StorageError(f"cannot merge into {out}: {exc}") from exc
     finally:
@@ -321,6 +322,33 @@ def _merge_intents(readers: list[Path], out: Path) -> None:
     with tmp.open("wb") as fh:
         for intent in found.values():
             fh.write(intent.to_line())
+        commit_tmp(fh, tmp, path)
+
+
+def _merge_reviews(readers: list[Path], out: Path) -> None:
+    """Every input's verdicts (each about one image, so they stay true in the merged folder) in
+    the order they were given, and the rejected images kept aside."""
+    from .reviews import REVIEWS_FILE, read_reviews
+    from .verdicts import REJECTED_DIR
+
+    found: dict[bytes, float] = {}
+    for src in readers:
+        for review in read_reviews(src):
+            found.setdefault(review.to_line(), review.at)
+        aside = src / REJECTED_DIR
+        if src != out and aside.is_dir():
+            for path in aside.rglob("*"):
+                if path.is_file():
+                    target = out / REJECTED_DIR / path.relative_to(aside)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _place(path, target)
+    if not found:
+        return
+    path = out / REVIEWS_FILE
+    tmp = path.with_name(REVIEWS_FILE + ".merge.tmp")
+    with tmp.open("wb") as fh:
+        for line in sorted(found, key=found.__getitem__):  # stable: ties keep their order
+            fh.write(line)
         commit_tmp(fh, tmp, path)
 
 

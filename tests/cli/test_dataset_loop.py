@@ -434,3 +434,27 @@ def test_redo_rejected_in_a_new_folder_sends_nothing(server: ThreadedFakeServer,
     r = run_against(server, m, tmp_path / "run", "--redo-rejected")
     assert r.code == 0, r.output
     assert "nothing to redo" in r.stderr and server.stats.requests == 0
+
+
+def test_merge_carries_the_verdicts_and_the_rejected_images(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    m = matrix(tmp_path / "m.yaml")
+    shards = [tmp_path / "s1", tmp_path / "s2"]
+    for k, out in enumerate(shards, 1):
+        assert run_against(server, m, out, "--no-gallery", "--shard", f"{k}/2").code == 0
+    one, two = (str(ledger_lines(s)[0]["job_id"]) for s in shards)
+    assert cli("mark", shards[0], "--reject", one, "--note", "bad").code == 0
+    assert run_against(server, m, shards[0], "--no-gallery", "--shard", "1/2",
+                       "--redo-rejected").code == 0
+    assert cli("mark", shards[0], "--reject", one, "--note", "worse").code == 0
+    assert cli("mark", shards[1], "--accept", two).code == 0
+    merged = tmp_path / "merged"
+    r = cli("merge", *shards, "--out", merged)
+    assert r.code == 0, r.output
+    assert status(merged)["review"] == {"accepted": 1, "rejected": 1, "unreviewed": 10}
+    assert len(kept_aside(merged)) == 1
+    r = run_against(server, m, merged, "--no-gallery", "--redo-rejected")
+    assert r.code == 0, r.output
+    assert status(merged)["redos"] == {"jobs": 1, "redos": 2}
+    assert len(kept_aside(merged)) == 2
