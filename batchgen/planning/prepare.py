@@ -255,8 +255,6 @@ def adopt_orphans(prep: Prepared) -> None:
     prep.orphans = []
 
 
-
-
 def _redo_rejected(folder: RunFolder, index: LedgerIndex, orphans: list[LedgerRecord],
                    selection: Selection) -> tuple[Selection, dict[str, Redo]]:
     """``--redo-rejected``: the jobs whose image now is rejected become the only ones to send.
