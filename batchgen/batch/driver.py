@@ -137,8 +137,9 @@ class BatchRun:
         loop = asyncio.get_running_loop()
         restore = install_signals(loop, self._interrupt)
         try:
-            async with endpoint(prep.client, self.target.fake) as cs, BatchAPI(cs) as api:
-                return await self._loop(api, cs, recorder, bar)
+            async with endpoint(prep.client, self.target.fake) as cs, BatchAPI(cs) as api, \
+                    GeminiClient(cs) as client:
+                return await self._loop(api, client, recorder, bar)
         finally:
             restore()
             bar.close()
@@ -146,10 +147,10 @@ class BatchRun:
             with contextlib.suppress(e.StorageError):
                 ledger.close()
 
-    async def _loop(self, api: BatchAPI, cs: ClientSettings, recorder: Recorder,
+    async def _loop(self, api: BatchAPI, client: GeminiClient, recorder: Recorder,
                     bar: _Bar) -> Outcome:
         collector = Collector(api, self.journal, recorder, self.stop)
-        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.batch,
+        submitter = Submitter(api, self.journal, client, recorder, self.batch,
                               self.options.settings.budget_usd, self.stop)
         interval = self.batch.poll_interval_s
         delay = interval
