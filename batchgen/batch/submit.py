@@ -40,6 +40,7 @@ from ..planning.plan import IN_BATCH
 from ..settings import BatchSettings
 from ..spec import JobSpec, Reference
 from .collect import Recorder, crash_point
+from .margin import duplicate_margin
 from .wire import BatchAPI, batch_info
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,13 @@ class Submitter:
         self.budget_usd = budget_usd
 
     # -- money ------------------------------------------------------------------------------
+
+    def reserve_factor(self) -> float:
+        """What a job of a new batch holds back, as a multiple of its worst case: 1 plus the
+        duplicate margin from every result this folder has collected (:mod:`.margin`)."""
+        index, tally = self.rec.index, self.rec.tally
+        return 1.0 + duplicate_margin(index.batch_results + tally.succeeded,
+                                      index.batch_duplicates + tally.duplicates)
 
     def committed_usd(self) -> float:
         """Spent (the ledger), plus the worst case of every batch that may still bill and of
@@ -103,10 +111,11 @@ class Submitter:
         group = _Group(self.journal)
         budget = self.budget_usd
         committed = self.committed_usd()
+        factor = self.reserve_factor()
         for spec in jobs:
             if self.stop.is_set():
                 break
-            reserve = self.rec.prices.reserve(spec)
+            reserve = self.rec.prices.reserve(spec) * factor
             if budget is not None and committed + group.reserve_usd + reserve > budget:
                 out.budget_cut = True
                 break

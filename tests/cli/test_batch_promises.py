@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shlex
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -189,3 +192,57 @@ def test_a_truncated_png_reference_is_refused_in_both_modes(
 
 
 
+
+
+# -- 8 and 15: --budget against the service's duplicates, and the budget it suggests ----------
+
+
+def lighthouses(tmp: Path, n: int) -> Path:
+    return write_jobs(tmp / "m.yaml", [{"prompt": f"a lighthouse {i}"} for i in range(n)])
+
+
+def spent(out: Path) -> float:
+    return sum(float(r["cost_usd"]) for r in ledger_lines(out))  # type: ignore[arg-type]
+
+
+def test_budget_holds_when_the_service_bills_many_duplicates(
+    bserver: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    bserver.config.batch_duplicate_rate = 0.6
+    m = lighthouses(tmp_path, 40)
+    out = tmp_path / "out"
+    r = brun(bserver, m, out, "--budget", "1.00", "--wait")
+    assert r.code == 3, r.output
+    st = bserver.stats
+    assert st.batch_duplicate_lines > 0  # the fault was on, and billed
+    # What the service billed, by its own counter, and what the ledger says, both within it.
+    assert st.batch_billed_usd <= 1.00, (st.batch_billed_usd, r.output)
+    assert st.batch_billed_usd - 1e-6 <= spent(out) <= 1.00
+    # Not stopped at once either: most of the budget went on images.
+    assert st.batch_billed_usd > 0.5 and st.batch_billed_images > 6
+    assert "duplicate margin" in r.output
+
+
+def test_budget_reached_suggests_a_budget_the_run_goes_on_with(
+    bserver: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    bserver.config.batch_duplicate_rate = 0.6
+    m = lighthouses(tmp_path, 20)
+    out = tmp_path / "out"
+    first = brun(bserver, m, out, "--budget", "0.50", "--wait")
+    assert first.code == 3, first.output
+    last = first.stderr.strip().splitlines()
+    (line,) = [x for x in last if x.startswith("budget reached: ")]
+    head, _, command = line.partition("raise --budget: ")
+    argv = shlex.split(command)
+    assert argv[:2] == ["batchgen", "run"], command
+    suggested = float(argv[argv.index("--budget") + 1])
+    assert suggested > 0.50, line  # never the budget that just stopped it
+    done_before = len({r["job_id"] for r in ledger_lines(out) if r["status"] == "succeeded"})
+    assert f"{20 - done_before} jobs not submitted" in head, line
+
+    again = subprocess.run([sys.executable, "-m", "batchgen", *argv[1:]], capture_output=True,
+                           text=True, env=clean_env(BATCHGEN_API_KEY=SECRET), timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len({r["job_id"] for r in ledger_lines(out) if r["status"] == "succeeded"}) == 20
+    assert bserver.stats.batch_billed_usd - 1e-6 <= spent(out) <= suggested
