@@ -79,7 +79,7 @@ def budget_stop_line(stop: BudgetStop, cmd: CommandLine) -> str:
     what is spent plus each job's reserve (its worst case and the duplicate margin), so the
     suggested command does not stop at the budget again before submitting."""
     new = suggest_budget(stop.needed_usd, 0.0, stop.budget_usd)
-    margin = f" plus a {stop.margin:.0%} duplicate margin" if stop.margin >= 0.005 else ""
+    margin = f" plus a duplicate margin of {stop.margin:.0%}" if stop.margin >= 0.005 else ""
     return (
         f"budget reached: spent ${stop.spent_usd:.2f} of the ${stop.budget_usd:.2f} budget; "
         f"{plural(stop.pending, 'job')} not submitted, estimated ${stop.estimate_usd:.2f} at "
