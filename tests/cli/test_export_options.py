@@ -35,7 +35,7 @@ jobs:
 """
 
 
-def export(run: Path, fmt: str, out: Path, *extra: str) -> Result:
+def export(run: Path, fmt: str, out: Path | str, *extra: str) -> Result:
     """The CLI in this process (a subprocess would cost seconds of imports; the code is the same)."""
     from click.testing import CliRunner
 
@@ -316,3 +316,26 @@ def test_include_failed_counts_images_and_failures_apart(tmp_path: Path) -> None
     res = export(tmp_path / "run", "webdataset", tmp_path / "wds2")
     assert res.stderr.startswith(f"exported 2 images to {tmp_path / 'wds2'} as webdataset")
     assert "3 failed jobs left out" in res.stderr
+
+
+def test_object_storage_gets_names_reencoded_images_and_the_replacing_line(tmp_path: Path
+                                                                            ) -> None:
+    import fsspec
+
+    synth_run(tmp_path / "run", [{"size": (300, 200), "meta": {"label": "a"}},
+                                 {"size": (60, 40), "meta": {"label": "a"}}])
+    url = "memory://bucket/i20b-ds"
+    res = export(tmp_path / "run", "webdataset", url)
+    assert res.code == 0, res.output
+    res = export(tmp_path / "run", "imagefolder", url, "--name", "{label}",
+                 "--max-side", "100")
+    assert res.code == 0, res.output
+    fs = fsspec.filesystem("memory")
+    assert any(line.startswith("replacing the webdataset export at memory://")
+               for line in res.stderr.splitlines())
+    rows = [json.loads(x) for x in fs.cat_file("/bucket/i20b-ds/metadata.jsonl").splitlines()]
+    assert sorted(Path(r["file_name"]).name for r in rows) == ["a-2.png", "a.png"]
+    for r in rows:
+        with Image.open(io.BytesIO(fs.cat_file(f"/bucket/i20b-ds/{r['file_name']}"))) as im:
+            assert im.size == (r["width"], r["height"]) and max(im.size) <= 100
+    assert not [p for p in fs.find("/bucket/i20b-ds") if p.endswith(".tar")]

@@ -199,3 +199,18 @@ def test_import_batchgen_loads_none_of_the_pipeline() -> None:
     assert "run" in dir(batchgen)
     with pytest.raises(AttributeError):
         batchgen.nothing_here  # noqa: B018
+
+
+def test_a_budget_stop_is_a_result_not_an_exception(server: ThreadedFakeServer,
+                                                     tmp_path: Path) -> None:
+    jobs = [{"prompt": f"a mug, take {i}"} for i in range(6)]
+    opts = fast(server)
+    opts["settings"] = batchgen.RunSettings(concurrency=1, budget_usd=0.3)
+    res = batchgen.run(jobs, out=tmp_path / "b", **opts)
+    assert res.stop_reason == "budget" and not res.ok
+    assert 0 < res.succeeded < 6 and res.folder_spent_usd <= 0.3
+    assert server.stats.billed_images == res.succeeded
+    # selection and a raised budget: the rest, one at a time.
+    opts["settings"] = batchgen.RunSettings(concurrency=1, budget_usd=10.0)
+    more = batchgen.run(jobs, out=tmp_path / "b", selection=batchgen.Selection(limit=1), **opts)
+    assert (more.succeeded, more.already_done) == (1, res.succeeded)
