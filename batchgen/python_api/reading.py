@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from ..reporting.status import Status
 
 PathLike = str | os.PathLike[str]
+# A library prints nothing unless its caller configures logging (else Python's last-resort
+# handler would write batchgen's warnings to stderr).
+logging.getLogger("batchgen").addHandler(logging.NullHandler())
 
 
 def _folder(folder: PathLike) -> Path:
@@ -135,16 +139,20 @@ def to_dataset(folder: PathLike, *, include_failed: bool = False) -> Any:
                          "installed: pip install datasets") from None
     from ..export.source import MetaSchema, RunSource, column_types
 
+    total = 0
     with RunSource(path, include_failed=include_failed) as source:
         schema = MetaSchema()
         for _, d in source.raw():
             schema.see(d["meta"])
+            total += 1
     meta_columns = schema.columns()
     types = column_types(meta_columns, include_failed=include_failed)
     features = datasets.Features({"image": datasets.Image(), **{
         name: _feature(datasets, kind) for name, kind in types.items()}})
     stamp = hashlib.sha256(repr([_stat(path / name) for name in (LEDGER_NAME, CURRENT_NAME)])
                            .encode()).hexdigest()
+    if total == 0:  # from_generator refuses a generator that yields nothing
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:

@@ -17,6 +17,7 @@ from PIL import Image
 
 import batchgen
 from batchgen.fake import FakeConfig, ThreadedFakeServer
+from batchgen.fake.faults import Rule
 from tests.helpers.cli import SECRET, clean_env, cli, ledger_lines
 
 MANIFEST = """\
@@ -214,3 +215,26 @@ def test_a_budget_stop_is_a_result_not_an_exception(server: ThreadedFakeServer,
     opts["settings"] = batchgen.RunSettings(concurrency=1, budget_usd=10.0)
     more = batchgen.run(jobs, out=tmp_path / "b", selection=batchgen.Selection(limit=1), **opts)
     assert (more.succeeded, more.already_done) == (1, res.succeeded)
+
+
+def test_reading_a_folder_of_failures_prints_nothing(server: ThreadedFakeServer, tmp_path: Path,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "hf"
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(home),
+                      HF_DATASETS_CACHE=str(home / "datasets"))
+    server.config.rules = [Rule(match="forbidden", fault="block")]
+    res = batchgen.run([{"prompt": "a forbidden cat"}, {"prompt": "a forbidden dog"}],
+                       out=tmp_path / "f",
+                       **fast(server))
+    assert (res.succeeded, res.failed, res.ok) == (0, 2, False)
+    assert res.errors == {"blocked": 2}
+    with (tmp_path / "f" / "ledger.jsonl").open("a") as fh:
+        fh.write('{"job_id": "torn-1", "status": "succ\n')  # a torn line: warned about, in logging
+    recs = list(batchgen.records(tmp_path / "f"))
+    assert [r.status for r in recs] == ["failed", "failed"] and all(r.image is None for r in recs)
+    assert [r.error.kind for r in recs if r.error] == ["blocked", "blocked"]
+    assert list(batchgen.records(tmp_path / "f", failed=False)) == []
+    assert batchgen.to_dataset(tmp_path / "f").num_rows == 0
+    failures = batchgen.to_dataset(tmp_path / "f", include_failed=True)
+    assert failures.num_rows == 2 and set(failures["status"]) == {"failed"}
+    assert capfd.readouterr() == ("", "")
