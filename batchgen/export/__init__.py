@@ -246,13 +246,20 @@ def _write(req: ExportRequest, source: RunSource, target: Target,
     bar = tqdm(total=total, unit="img", file=sys.stderr, smoothing=0.1,
                disable=not (req.progress and sys.stderr.isatty()))
 
+    encoding = req.reencode.active
+
     def named() -> Iterator[Row]:
         for row in source.rows(meta_columns):
-            yield row if namer is None else dataclasses.replace(row, stem=namer.name(row))
+            if namer is not None:
+                row = dataclasses.replace(row, stem=namer.name(row))
+            if encoding:
+                # Decided on the columns as they are: re-encoding changes width, height, ...
+                row = dataclasses.replace(row, split=split_of(row))
+            yield row
 
     try:
         for row in transformed(named(), req.reencode):
-            split = split_of(row)
+            split = row.split if encoding else split_of(row)
             writer = writers.get(split)
             if writer is None:
                 writer = writers[split] = _writer(req, target, f"{split}/" if split else "",

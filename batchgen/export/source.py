@@ -66,6 +66,7 @@ class Row:
     ext: str  # "png", "jpg", "webp"; "" without an image
     stem: str = ""  # its file's name in the dataset, without extension (--name); "": the job id
     data: bytes | None = None  # the image re-encoded (--max-side, --image-format); None: as is
+    split: str = ""  # its split (--split), decided before re-encoding changes its columns
 
     @property
     def file_stem(self) -> str:

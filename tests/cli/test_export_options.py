@@ -339,3 +339,20 @@ def test_object_storage_gets_names_reencoded_images_and_the_replacing_line(tmp_p
         with Image.open(io.BytesIO(fs.cat_file(f"/bucket/i20b-ds/{r['file_name']}"))) as im:
             assert im.size == (r["width"], r["height"]) and max(im.size) <= 100
     assert not [p for p in fs.find("/bucket/i20b-ds") if p.endswith(".tar")]
+
+
+def test_stratify_by_a_column_that_reencoding_changes(tmp_path: Path) -> None:
+    synth_run(tmp_path / "run", [{"size": (300, 200)}] * 10 + [{"size": (60, 40)}] * 10)
+    args = ("--split", "train=0.5,test=0.5", "--stratify", "width")
+    assert export(tmp_path / "run", "parquet", tmp_path / "a", *args).code == 0
+    res = export(tmp_path / "run", "parquet", tmp_path / "b", *args, "--max-side", "100")
+    assert res.code == 0, res.output
+    for out in ("a", "b"):
+        test = read_parquet(tmp_path / out / "test")
+        assert len(test) == 10
+    # The same rows in each split, by the widths the run folder has (300 and 60).
+    ids = {out: sorted(r["job_id"] for r in read_parquet(tmp_path / out / "test"))
+           for out in ("a", "b")}
+    assert ids["a"] == ids["b"]
+    widths = sorted(r["width"] for r in read_parquet(tmp_path / "b" / "test"))
+    assert widths == [60] * 5 + [100] * 5
