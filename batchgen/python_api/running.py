@@ -18,7 +18,7 @@ import concurrent.futures
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -122,8 +122,30 @@ def run(
     except RuntimeError:
         return _run(options)
     # A loop runs in this thread (Jupyter): the run gets a thread, and a loop, of its own.
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchgen-run") as pool:
-        return pool.submit(_run, options).result()
+    return _in_thread(options)
+
+
+def _in_thread(options: RunOptions) -> RunResult:
+    """The run in a worker thread; a Ctrl-C here (Jupyter's "interrupt the kernel") is passed
+    on to it as a signal would be: the first stops it gracefully and the call returns its
+    result, the second abandons the requests in flight and raises."""
+    stops: list[Callable[[str], None]] = []
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchgen-run")
+    try:
+        future = pool.submit(_run, options, stops.append)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if not stops:
+                raise
+            stops[0]("SIGINT")
+            try:
+                return future.result()
+            except KeyboardInterrupt:
+                stops[0]("SIGINT")
+                raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _pairs(values: Mapping[str, Any] | None, what: str) -> tuple[tuple[str, str], ...]:
@@ -194,7 +216,8 @@ def _absolute_images(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run(options: RunOptions) -> RunResult:
+def _run(options: RunOptions,
+         interrupter: Callable[[Callable[[str], None]], None] | None = None) -> RunResult:
     from ..live.runner import execute
     from ..planning.prepare import adopt_orphans, prepare
 
@@ -209,7 +232,7 @@ def _run(options: RunOptions) -> RunResult:
                 failed=0, failed_permanent=0, already_done=c.done, spent_usd=0.0,
                 folder_spent_usd=prep.spent_before_usd, stop_reason=StopReason.COMPLETED,
                 warnings=warnings)
-        result = asyncio.run(execute(prep, options))
+        result = asyncio.run(execute(prep, options, interrupter=interrupter))
     finally:
         os.close(prep.lock_fd)
     out = RunResult(

@@ -238,3 +238,36 @@ def test_reading_a_folder_of_failures_prints_nothing(server: ThreadedFakeServer,
     failures = batchgen.to_dataset(tmp_path / "f", include_failed=True)
     assert failures.num_rows == 2 and set(failures["status"]) == {"failed"}
     assert capfd.readouterr() == ("", "")
+
+
+def test_ctrl_c_in_a_notebook_stops_the_run_in_its_thread_gracefully(tmp_path: Path) -> None:
+    import signal
+
+    jobs = [{"prompt": f"a lamp, take {i}"} for i in range(20)]
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.15)) as slow:
+        opts = fast(slow)
+        opts["settings"] = batchgen.RunSettings(concurrency=1, backoff_initial_s=0.01)
+
+        def interrupt_when_two_are_done() -> None:
+            deadline = 200
+            while slow.stats.billed_images < 2 and deadline:
+                threading.Event().wait(0.02)
+                deadline -= 1
+            os.kill(os.getpid(), signal.SIGINT)  # what Jupyter's "interrupt the kernel" does
+
+        async def cell() -> batchgen.RunResult:
+            threading.Thread(target=interrupt_when_two_are_done, daemon=True).start()
+            return batchgen.run(jobs, out=tmp_path / "i", **opts)
+
+        # Not asyncio.run, whose own SIGINT handler cancels the task: a kernel's loop leaves
+        # SIGINT to Python, which raises KeyboardInterrupt in the main thread.
+        loop = asyncio.new_event_loop()
+        try:
+            res = loop.run_until_complete(cell())
+        finally:
+            loop.close()
+        assert res.stop_reason == "interrupted"
+        assert 2 <= res.succeeded < 20
+        # The request in flight was waited for and saved: everything billed is in the ledger.
+        assert slow.stats.billed_images == res.succeeded
+        assert len(ledger_lines(tmp_path / "i")) == res.succeeded
