@@ -24,7 +24,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"planning"}),
     frozenset({"live", "batch"}),
     frozenset({"reporting", "export"}),
-    frozenset({"cli"}),
+    # The CLI and batchgen from Python (python_api/): two faces of the same pipeline.
+    frozenset({"cli", "python_api"}),
 )
 LAYER_OF = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 MAX_TOP_LEVEL = 12
@@ -85,8 +86,10 @@ def graph(sources: Mapping[str, str]) -> dict[str, set[str]]:
 def layer_violations(sources: Mapping[str, str]) -> list[str]:
     found = []
     for mod, targets in graph(sources).items():
-        if mod == "batchgen.__main__":
-            continue  # `python -m batchgen`: the CLI itself
+        if mod in ("batchgen.__main__", "batchgen"):
+            # `python -m batchgen`: the CLI itself; `batchgen/__init__.py`: the public face,
+            # which names python_api's functions (imported when first used).
+            continue
         src_unit = unit_of(mod)
         for target in sorted(targets):
             dst_unit = unit_of(target)

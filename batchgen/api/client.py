@@ -27,6 +27,7 @@ from ..manifest.references import (
     reference_budget,
     shrink_image_bytes,
     sniff_image_type,
+    whole_image_problem,
 )
 from ..redact import redact
 from ..spec import JobSpec, Reference
@@ -58,7 +59,7 @@ class GeneratedImage:
     grounding: Any = None  # a grounded answer's groundingMetadata, kept in the sidecar
 
 
-def _where(spec: JobSpec) -> str:
+def source_prefix(spec: JobSpec) -> str:
     """Where a job came from (``file:line: images: ``), to name in a reference's error."""
     if not spec.source_file:
         return ""
@@ -96,7 +97,7 @@ class GeminiClient(SessionOwner):
             sized: list[Reference] = []
             for i, ref in enumerate(refs):
                 if ref.url:
-                    fetched[i] = await self._fetch_reference(ref.url)
+                    fetched[i] = await self.fetch_reference(ref.url)
                     sized.append(dataclasses.replace(ref, size_bytes=len(fetched[i][0])))
                 else:
                     sized.append(ref)
@@ -117,7 +118,7 @@ class GeminiClient(SessionOwner):
                 del raw
         except e.ReferenceError_ as exc:
             # Name the job's manifest line, so the ledger says which row to fix.
-            raise e.ReferenceError_(_where(spec) + exc.message) from exc
+            raise e.ReferenceError_(source_prefix(spec) + exc.message) from exc
         return request_body(spec, parts)
 
     async def generate(self, spec: JobSpec) -> GeneratedImage:
@@ -255,9 +256,11 @@ class GeminiClient(SessionOwner):
         assert last is not None
         raise last
 
-    async def _fetch_reference(self, url: str) -> tuple[bytearray, str]:
-        """A URL reference's bytes, within ``--reference-timeout``; any failure is the
-        reference's (kind ``reference``, not retried), never an API connection error."""
+    async def fetch_reference(self, url: str) -> tuple[bytearray, str]:
+        """A URL reference's bytes, within ``--reference-timeout`` and the 100 MiB cap counted
+        after decompression, checked to decode whole; any failure is the reference's (kind
+        ``reference``, not retried), never an API connection error. Live requests and batch
+        mode's uploads both fetch through here, so both keep the same limits."""
         shown = redact(url)
         limit = self.settings.reference_timeout_s
         timeout = aiohttp.ClientTimeout(total=limit)
@@ -268,10 +271,18 @@ class GeminiClient(SessionOwner):
                 f"reference {shown}: no answer within {limit:g}s (--reference-timeout)"
             ) from exc
         except e.APIError as exc:
-            raise e.ReferenceError_(f"reference {shown}: {exc.message}") from exc
+            # read_capped's own message already starts "reference URL is larger ...".
+            said = exc.message if exc.message.startswith(f"reference {shown} ") else (
+                f"reference {shown}: {exc.message}")
+            raise e.ReferenceError_(said) from exc
         mime = sniff_image_type(bytes(data[:64]))
         if mime is None:
             raise e.ReferenceError_(f"reference {shown} is not an image")
+        if mime in ("image/png", "image/jpeg", "image/webp"):  # Pillow has no HEIF decoder
+            # In the shrink thread: a decode holds the pixels, and one thread holds one image.
+            why = await in_shrink_thread(whole_image_problem, data)
+            if why is not None:
+                raise e.ReferenceError_(f"reference {shown}: {why}")
         return data, mime
 
 

@@ -52,10 +52,23 @@ def check_provider(provider: Provider) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetStop:
+    """Why a run stopped at --budget, and what budget would let it submit the rest."""
+
+    budget_usd: float
+    spent_usd: float  # the folder's spend, and what earlier runs' requests may still bill
+    pending: int
+    estimate_usd: float  # the pending jobs, typically, at batch prices
+    needed_usd: float  # spent + every pending job's reserve: a budget under which all fit
+    margin: float  # the duplicate margin each reserve carries (0.25: worst case + 25%)
+
+
 @dataclass(slots=True)
 class Outcome:
     code: ExitCode
     finished: bool  # every job settled: refresh the gallery
+    budget: BudgetStop | None = None  # exit 3: the CLI words the way on
 
 
 class _Bar:
@@ -105,6 +118,7 @@ class BatchRun:
         self.exhausted: set[str] = set()  # retryable, but out of attempts in this invocation
         self.budget_cut = False
         self.bar = _Bar(False)
+        self.submitter: Submitter | None = None
 
     def _interrupt(self, signame: str = "SIGINT") -> None:
         if self.interrupted:
@@ -141,8 +155,9 @@ class BatchRun:
         loop = asyncio.get_running_loop()
         restore = install_signals(loop, self._interrupt)
         try:
-            async with endpoint(prep.client, self.target.fake) as cs, BatchAPI(cs) as api:
-                return await self._loop(api, cs, recorder, bar)
+            async with endpoint(prep.client, self.target.fake) as cs, BatchAPI(cs) as api, \
+                    GeminiClient(cs) as client:
+                return await self._loop(api, client, recorder, bar)
         finally:
             restore()
             bar.close()
@@ -150,11 +165,11 @@ class BatchRun:
             with contextlib.suppress(e.StorageError):
                 ledger.close()
 
-    async def _loop(self, api: BatchAPI, cs: ClientSettings, recorder: Recorder,
+    async def _loop(self, api: BatchAPI, client: GeminiClient, recorder: Recorder,
                     bar: _Bar) -> Outcome:
         collector = Collector(api, self.journal, recorder, self.stop)
-        submitter = Submitter(api, self.journal, GeminiClient(cs), recorder, self.batch,
-                              self.options.settings.budget_usd, self.stop)
+        submitter = self.submitter = Submitter(api, self.journal, client, recorder, self.batch,
+                                               self.options.settings.budget_usd, self.stop)
         interval = self.batch.poll_interval_s
         delay = interval
         first = True
@@ -277,13 +292,21 @@ class BatchRun:
             self.say(f"{jobs} jobs in {_batches(len(open_recs))} running; re-run this "
                        f"command to collect: {cmd}")
             return Outcome(ExitCode.RUNNING, False)
-        counts = self.prep.plan.count()
-        if self.budget_cut and counts.pending:
-            spent = self.prep.plan.index.cost_usd
-            self.say(f"budget reached: spent ${spent:.2f} of the "
-                       f"${self.options.settings.budget_usd:.2f} budget; {counts.pending} jobs not "
-                       f"submitted; to continue, raise --budget: {cmd}")
-            return Outcome(ExitCode.BUDGET, True)
+        typical = [0.0]
+
+        def reserve(spec: JobSpec) -> float:
+            typical[0] += self.prices.estimate(spec)
+            return self.prices.reserve(spec)
+
+        counts = self.prep.plan.count(reserve if self.budget_cut else None)
+        if self.budget_cut and counts.pending and self.submitter is not None:
+            factor = self.submitter.reserve_factor()
+            committed = self.submitter.committed_usd()
+            stop = BudgetStop(
+                budget_usd=self.options.settings.budget_usd or 0.0, spent_usd=committed,
+                pending=counts.pending, estimate_usd=typical[0],
+                needed_usd=committed + counts.estimate_usd * factor, margin=factor - 1.0)
+            return Outcome(ExitCode.BUDGET, True, stop)
         failed = counts.failed_skipped + len(self.exhausted)
         self.say(f"done: {counts.done} of {counts.total} succeeded, {failed} failed; "
                    f"spent ${self.prep.plan.index.cost_usd:.2f}; images in "

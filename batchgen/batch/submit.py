@@ -32,14 +32,15 @@ from typing import Any
 import orjson
 
 from .. import errors as e
-from ..api.client import GeminiClient
+from ..api.client import GeminiClient, source_prefix
 from ..folder.batches import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
 from ..folder.durable import commit_tmp
-from ..manifest.references import load_reference_bytes, sniff_image_type
+from ..manifest.references import load_reference_bytes
 from ..planning.plan import IN_BATCH
 from ..settings import BatchSettings
 from ..spec import JobSpec, Reference
 from .collect import Recorder, crash_point
+from .margin import duplicate_margin
 from .wire import BatchAPI, batch_info
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,20 @@ class Submitter:
         self.stop = stop  # Ctrl-C: no new batch is started; the one being created finishes
         self.api = api
         self.journal = journal
-        self.client = client  # builds request bodies only; sends nothing
+        self.client = client  # builds request bodies and fetches URL references; sends nothing
+        self._bad_urls: dict[str, str] = {}
         self.rec = recorder
         self.settings = settings
         self.budget_usd = budget_usd
 
     # -- money ------------------------------------------------------------------------------
+
+    def reserve_factor(self) -> float:
+        """What a job of a new batch holds back, as a multiple of its worst case: 1 plus the
+        duplicate margin from every result this folder has collected (:mod:`.margin`)."""
+        index, tally = self.rec.index, self.rec.tally
+        return 1.0 + duplicate_margin(index.batch_results + tally.succeeded,
+                                      index.batch_duplicates + tally.duplicates)
 
     def committed_usd(self) -> float:
         """Spent (the ledger), plus the worst case of every batch that may still bill and of
@@ -102,10 +111,11 @@ class Submitter:
         group = _Group(self.journal)
         budget = self.budget_usd
         committed = self.committed_usd()
+        factor = self.reserve_factor()
         for spec in jobs:
             if self.stop.is_set():
                 break
-            reserve = self.rec.prices.reserve(spec)
+            reserve = self.rec.prices.reserve(spec) * factor
             if budget is not None and committed + group.reserve_usd + reserve > budget:
                 out.budget_cut = True
                 break
@@ -193,8 +203,12 @@ class Submitter:
     async def _request_line(self, spec: JobSpec) -> bytes:
         body = await self.client.build_request(replace(spec, references=()))
         parts = body["contents"][0]["parts"]
-        for ref in spec.references:
-            parts.append({"fileData": await self._reference(ref)})
+        try:
+            for ref in spec.references:
+                parts.append({"fileData": await self._reference(ref)})
+        except e.ReferenceError_ as exc:
+            # Name the job's manifest line, as live mode's ledger does.
+            raise e.ReferenceError_(source_prefix(spec) + exc.message) from exc
         return orjson.dumps({"key": spec.job_id, "request": body}) + b"\n"
 
     async def _reference(self, ref: Reference) -> dict[str, str]:
@@ -217,30 +231,22 @@ class Submitter:
                              "mime": mime})
         return {"mimeType": mime, "fileUri": uri}
 
-    async def _reference_bytes(self, ref: Reference) -> tuple[bytes, str]:
+    async def _reference_bytes(self, ref: Reference) -> tuple[bytes | bytearray, str]:
         if ref.url is None:
             try:
                 return load_reference_bytes(ref, max_bytes=None)
             except OSError as exc:
                 raise e.ReferenceError_(f"{ref.source}: {exc.strerror}") from exc
+        # The live client's reader: --reference-timeout, the 100 MiB cap after decompression,
+        # a whole decode. A URL that failed once fails every row naming it without a fetch.
+        failed = self._bad_urls.get(ref.url)
+        if failed is not None:
+            raise e.ReferenceError_(failed)
         try:
-            data = await self.api.retried(f"GET {ref.url}", lambda: self._get(str(ref.url)))
-        except e.APIError as exc:
-            raise e.ReferenceError_(f"reference {ref.source}: {exc.message}") from exc
-        mime = sniff_image_type(data)
-        if mime is None:
-            raise e.ReferenceError_(f"reference {ref.source} is not an image")
-        return data, mime
-
-    async def _get(self, url: str) -> bytes:
-        from ..api.translate import translating
-
-        with translating():
-            async with self.api.session.get(url) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise e.ConnectionError_(f"HTTP {resp.status}", http_status=resp.status)
-                return data
+            return await self.client.fetch_reference(ref.url)
+        except e.ReferenceError_ as exc:
+            self._bad_urls[ref.url] = exc.message
+            raise
 
 
 class _Group:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..batch.driver import cancel_batches, check_provider, run_batch
+from ..batch.driver import BudgetStop, cancel_batches, check_provider, run_batch
 from ..errors import InputError
 from ..exits import ExitCode
 from ..folder.batches import BatchRecord, Journal
@@ -23,9 +23,11 @@ from ..redact import register_secret
 from ..reporting.estimate import Estimate
 from ..settings import ClientSettings, RunOptions
 from ..spec import DEFAULT_MODEL, Provider
+from ..words import plural
+from .messages import CommandLine, suggest_budget
 
 
-def run_command(options: RunOptions) -> int:
+def run_command(options: RunOptions, cmd: CommandLine) -> int:
     """``batchgen run --mode batch``: the exit code."""
     from ..planning.prepare import adopt_orphans, open_manifest, prepare
     from ..providers import resolve_provider
@@ -63,11 +65,27 @@ def run_command(options: RunOptions) -> int:
         outcome = run_batch(prep, options, lambda text: click.echo(text, err=True))
     finally:
         os.close(prep.lock_fd)
+    if outcome.budget is not None:
+        click.echo(budget_stop_line(outcome.budget, cmd), err=True)
     if outcome.finished and ui.gallery:
         gallery = refresh_gallery(prep.folder.path)
         if gallery is not None:
             click.echo(f"gallery: {gallery}", err=True)
     return outcome.code
+
+
+def budget_stop_line(stop: BudgetStop, cmd: CommandLine) -> str:
+    """Exit 3's last line, with a --budget that lets the next run submit every pending job:
+    what is spent plus each job's reserve (its worst case and the duplicate margin), so the
+    suggested command does not stop at the budget again before submitting."""
+    new = suggest_budget(stop.needed_usd, 0.0, stop.budget_usd)
+    margin = f" plus a duplicate margin of {stop.margin:.0%}" if stop.margin >= 0.005 else ""
+    return (
+        f"budget reached: spent ${stop.spent_usd:.2f} of the ${stop.budget_usd:.2f} budget; "
+        f"{plural(stop.pending, 'job')} not submitted, estimated ${stop.estimate_usd:.2f} at "
+        f"batch prices; a batch holds back its jobs' worst case{margin} until it is "
+        f"collected, so to submit them all, raise --budget: {cmd.render(set={'budget': new})}"
+    )
 
 
 def _client_settings(run_dir: Path, provider: str | None, base_url: str | None) -> ClientSettings:

@@ -126,6 +126,18 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
               help="Rows per Parquet file, samples per WebDataset shard.")
 @click.option("--shard-size", default="500MB", show_default=True,
               help="Bytes per Parquet file or WebDataset shard, at most (about, for Parquet).")
+@click.option("--stratify", metavar="KEY",
+              help="With --split: split each value of this column (or meta.KEY) in the asked "
+                   "proportions.")
+@click.option("--name", "name_template", metavar="TEMPLATE",
+              help="File names from columns, e.g. '{meta.sku}-{animal}' (sanitised, made "
+                   "unique) [the job id].")
+@click.option("--max-side", type=click.IntRange(16), metavar="PIXELS",
+              help="Shrink images whose longer side is above this (aspect ratio kept).")
+@click.option("--image-format", type=click.Choice(["jpeg", "png", "webp"]),
+              help="Re-encode the images [as generated].")
+@click.option("--quality", type=click.IntRange(1, 100),
+              help="JPEG/WebP quality when re-encoding [95].")
 @click.option("--include-failed", is_flag=True,
               help="Failed jobs too, without an image (parquet and webdataset).")
 @click.option("--reviewed", type=click.Choice(["default", "accepted", "all"]), default="default",
@@ -134,9 +146,12 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @guarded
 def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_file: int,
-               shard_size: str, include_failed: bool, reviewed: str, no_progress: bool) -> None:
+               shard_size: str, stratify: str | None, name_template: str | None,
+               max_side: int | None, image_format: str | None, quality: int | None,
+               include_failed: bool, reviewed: str, no_progress: bool) -> None:
     """Write a run folder's images and metadata as a dataset (imagefolder, webdataset, parquet)."""
     from ..export import ExportFormat, ExportRequest, export, parse_size, summary
+    from ..export.encode import ImageFormat, Reencode
     from ..export.source import Reviewed
 
     setup_logging(0)
@@ -146,7 +161,10 @@ def export_cmd(run_dir: Path, fmt: str, out: str, split: str | None, rows_per_fi
             rows_per_file=rows_per_file, shard_bytes=parse_size(shard_size, "--shard-size"),
             include_failed=include_failed, progress=not no_progress,
             reviewed=Reviewed(reviewed),
-        ))
+            name=name_template, stratify=stratify,
+            reencode=Reencode(max_side=max_side, quality=quality,
+                              fmt=ImageFormat(image_format) if image_format else None),
+        ), say=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
         fail(f"interrupted; {out} is as it was", ExitCode.INTERRUPTED)
     click.echo(summary(res), err=True)

@@ -40,7 +40,7 @@ def run(manifest: Path, **o: Any) -> None:
     if options.mode == "batch":
         from .batch_cmd import run_command
 
-        sys.exit(run_command(options))
+        sys.exit(run_command(options, cmd))
     prep = prepare(options)
     adopt_orphans(prep)
     from .run_flow import go

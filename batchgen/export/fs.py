@@ -25,6 +25,7 @@ import importlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -61,6 +62,8 @@ class Target:
     """Files of one export, written aside and swapped in by :meth:`commit`."""
 
     url: str
+    # The marker of the export this one will replace (its format, rows, ...); None: none.
+    previous: dict[str, Any] | None = None
 
     def open(self, rel: str) -> IO[bytes]:
         raise NotImplementedError
@@ -68,6 +71,12 @@ class Target:
     def place(self, src: Path, rel: str) -> str:
         """Put a copy of ``src`` at ``rel``; returns "linked", "copied" or "uploaded"."""
         raise NotImplementedError
+
+    def put(self, data: bytes, rel: str) -> str:
+        """Write ``data`` (an image re-encoded for the export) at ``rel``."""
+        with self.open(rel) as fh:
+            fh.write(data)
+        return "re-encoded"
 
     def commit(self, marker: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -80,6 +89,14 @@ def open_target(out: str) -> Target:
     if is_url(out):
         return RemoteTarget(out)
     return LocalTarget(Path(out.removeprefix("file://")))
+
+
+def _read_marker(read: Callable[[], bytes]) -> dict[str, Any] | None:
+    try:
+        found = orjson.loads(read())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -121,6 +138,7 @@ class LocalTarget(Target):
                 f"--out {path}: the folder holds files but no batchgen export; name a new or "
                 "empty folder (an export replaces what was there)"
             )
+        self.previous = _read_marker((path / MARKER).read_bytes) if path.is_dir() else None
         self._clean_stale()
         self.staging = path.with_name(f"{path.name}.partial-{os.getpid()}")
         try:
@@ -226,6 +244,8 @@ class RemoteTarget(Target):
                 f"--out {url}: the prefix holds files but no batchgen export; name a new or "
                 "empty prefix (an export replaces what was there)"
             )
+        if MARKER in existing:
+            self.previous = _read_marker(lambda: bytes(self.fs.cat_file(f"{self.root}/{MARKER}")))
         if self.fs.exists(self.staging):
             self.fs.rm(self.staging, recursive=True)
 

@@ -34,8 +34,9 @@ from .writer import MissingImage, Writer
 _PARQUET_BATCH = 10_000
 
 
-def image_name(job_id: str, ext: str) -> str:
-    return f"images/{subdir(job_id)}/{job_id}.{ext}"
+def image_name(stem: str, ext: str) -> str:
+    """``images/<xx>/<stem>.<ext>``: the stem is the job id, or the ``--name`` it was given."""
+    return f"images/{subdir(stem)}/{stem}.{ext}"
 
 
 class ImageFolderWriter(Writer):
@@ -54,9 +55,10 @@ class ImageFolderWriter(Writer):
     def add(self, row: Row) -> None:
         if row.image is None:
             raise MissingImage(row.job_id)
-        name = image_name(row.job_id, row.ext)
+        name = image_name(row.file_stem, row.ext)
         try:
-            how = self.target.place(row.image, self.prefix + name)
+            how = (self.target.place(row.image, self.prefix + name) if row.data is None
+                   else self.target.put(row.data, self.prefix + name))
         except FileNotFoundError:
             if not row.image.exists():
                 raise MissingImage(row.job_id) from None

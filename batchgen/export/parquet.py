@@ -78,7 +78,7 @@ class ParquetWriter(Writer):
 
     def add(self, row: Row) -> None:
         data = read_image(row)
-        image = None if data is None else {"bytes": data, "path": f"{row.job_id}.{row.ext}"}
+        image = None if data is None else {"bytes": data, "path": f"{row.file_stem}.{row.ext}"}
         self._buf["image"].append(image)
         for name in self.columns:
             self._buf[name].append(row.columns[name])

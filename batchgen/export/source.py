@@ -78,6 +78,13 @@ class Row:
     columns: dict[str, Any]
     image: Path | None  # None: a failed job (--include-failed), or its image is missing
     ext: str  # "png", "jpg", "webp"; "" without an image
+    stem: str = ""  # its file's name in the dataset, without extension (--name); "": the job id
+    data: bytes | None = None  # the image re-encoded (--max-side, --image-format); None: as is
+    split: str = ""  # its split (--split), decided before re-encoding changes its columns
+
+    @property
+    def file_stem(self) -> str:
+        return self.stem or self.job_id
 
 
 @dataclass(slots=True)

@@ -68,7 +68,7 @@ class WebDatasetWriter(Writer):
             self._tar = tarfile.open(  # noqa: SIM115
                 fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)
             self.files += 1
-        key = sample_key(row.job_id)
+        key = sample_key(row.file_stem)
         mtime = _mtime(row.columns.get("finished_at"))
         if data is not None:
             self._member(f"{key}.{row.ext}", data, mtime)

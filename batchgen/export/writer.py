@@ -28,6 +28,8 @@ class Writer:
 
 def read_image(row: Row) -> bytes | None:
     """The image's bytes; None for a row without one (a failed job, with --include-failed)."""
+    if row.data is not None:
+        return row.data
     if row.image is None:
         if row.columns.get("status", "succeeded") == "succeeded":
             raise MissingImage(row.job_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from ..api.client import GeminiClient
 from ..errors import StorageError
@@ -25,7 +26,12 @@ from .pool import Runner, RunResult, StopReason
 log = logging.getLogger(__name__)
 
 
-async def execute(prep: Prepared, options: RunOptions) -> RunResult:
+async def execute(prep: Prepared, options: RunOptions, *,
+                  interrupter: Callable[[Callable[[str], None]], None] | None = None
+                  ) -> RunResult:
+    """Run the plan. ``interrupter``, when given, receives a function that stops the run as a
+    signal would, callable from any thread (a run in a worker thread has no signals: its caller
+    passes the main thread's Ctrl-C on)."""
     folder, target = prep.folder, options.target
     store = ImageStore(folder.path)
     store.prepare()
@@ -69,6 +75,12 @@ async def execute(prep: Prepared, options: RunOptions) -> RunResult:
                 redos=_redos(prep),
             )
             restore = install_signals(loop, runner.interrupt)
+            if interrupter is not None:
+                def from_any_thread(name: str) -> None:
+                    with contextlib.suppress(RuntimeError):  # the run (and its loop) ended
+                        loop.call_soon_threadsafe(runner.interrupt, name)
+
+                interrupter(from_any_thread)
             beat = asyncio.create_task(progress.heartbeat())
             try:
                 result = await runner.run(prep.plan)

@@ -208,10 +208,49 @@ def _open_problem(source: Path | io.BytesIO) -> str | None:
 
 def _pixel_problem(path: str) -> str | None:
     """A pixel bomb (a few KB of PNG claiming 20000 x 10000), from the header alone: whatever its
-    size in bytes, the service or the shrinker would have to decode it. Files Pillow cannot read
-    (HEIC without a plugin) are left to the service, which takes them."""
+    size in bytes, the service or the shrinker would have to decode it; then whether the rest of
+    the file is a whole image. Files Pillow cannot read (HEIC without a plugin) are left to the
+    service, which takes them."""
     why = _open_problem(Path(path))
-    return None if why == _UNDECODABLE else why
+    if why == _UNDECODABLE:
+        return None
+    return why or whole_image_problem(Path(path))
+
+
+# A full decode holds every pixel (4 bytes each): up to this many it is done, which covers
+# every output size (4K at 21:9 is 17.0 M) and a 24 MP camera photo in 100 MB. A larger PNG
+# is checked by its chunks' CRCs through IEND instead; a JPEG is always decoded whole at 1/8
+# scale (libjpeg's DCT scaling still reads every scan, in 1/64 of the memory).
+WHOLE_DECODE_MAX_PIXELS = 25_000_000
+
+
+def whole_image_problem(source: Path | bytes | bytearray) -> str | None:
+    """Why the file or bytes are not one whole image (cut short, torn, corrupt), or None.
+
+    The first bytes and the header say what an image claims to be; only decoding it says that
+    the rest is there. A truncated PNG with a valid header would otherwise be uploaded or sent,
+    and the service would refuse or, worse, bill for a request made from half a picture.
+    """
+    def opened() -> Image.Image:
+        return Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+
+    try:
+        with opened() as img:
+            fmt, pixels = img.format, img.width * img.height
+            if fmt == "PNG":
+                img.verify()  # every chunk's CRC, through IEND
+            elif fmt == "JPEG":
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+                return None
+        if pixels <= WHOLE_DECODE_MAX_PIXELS:
+            with opened() as img:
+                img.load()
+    except Image.DecompressionBombError as exc:
+        return f"too large to decode ({exc})"
+    except (OSError, EOFError, SyntaxError, UnidentifiedImageError, ValueError) as exc:
+        return f"not a whole image: cut short or corrupt (Pillow: {exc})"
+    return None
 
 
 async def in_shrink_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:

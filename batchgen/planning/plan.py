@@ -59,6 +59,10 @@ class LedgerIndex:
     states: dict[str, str] = field(default_factory=dict)
     cost_usd: float = 0.0
     unsettled: Unsettled = field(default_factory=Unsettled)
+    # Batch results that succeeded (first copies) and the extra copies the service billed: what
+    # batch mode's budget reserves for duplicates from (batch/margin.py).
+    batch_results: int = 0
+    batch_duplicates: int = 0
 
     def get(self, job_id: str) -> str | None:
         return self.states.get(job_id)
@@ -81,6 +85,7 @@ def read_index(ledger: Path) -> LedgerIndex:
     unsettled = index.unsettled = read_unsettled(ledger.parent)
     settle = unsettled.settle if unsettled else None
     cost = 0.0
+    results = duplicates = 0
     try:
         fh = ledger.open("rb", buffering=_READ_BUFFER)
     except FileNotFoundError:
@@ -105,6 +110,12 @@ def read_index(ledger: Path) -> LedgerIndex:
                     cost += amount(usd)
                 if settle is not None:
                     settle(job_id, str(d.get("started_at", "")))
+                if state == SUCCEEDED and d.get("batch"):
+                    extra = d.get("extra")
+                    if type(extra) is dict and extra.get("duplicate"):
+                        duplicates += 1
+                    else:
+                        results += 1
             except BadAmount as exc:
                 raise bad_amount(ledger, lineno, exc) from None
             except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError too
@@ -113,6 +124,7 @@ def read_index(ledger: Path) -> LedgerIndex:
                 continue
             states[job_id] = state
     index.cost_usd = cost
+    index.batch_results, index.batch_duplicates = results, duplicates
     _find_missing(ledger, states)
     return index
 

@@ -251,7 +251,7 @@ def test_budget_cuts_a_batch_down_and_nothing_fitting_exits_3(bserver: ThreadedF
     none = brun(bserver, m, out, "--budget", "0.01")
     assert none.code == 3, none.output
     assert bserver.stats.batches_created == 0
-    res = brun(bserver, m, out, "--budget", "0.45")  # about 5 jobs' worst case at batch prices
+    res = brun(bserver, m, out, "--budget", "0.45")  # 2 jobs: worst case + 100% duplicate margin
     assert res.code == 5, res.output
     batch = batch_rows(out)
     assert len(batch) == 1 and 0 < batch[0]["jobs"] < 10
