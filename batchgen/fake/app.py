@@ -360,11 +360,12 @@ class FakeServer:
         thinking = not is_flash(model)  # 2.5 flash image does not think
         size = "1K" if is_flash(model) else req.size
         bucket = colour_bucket(req.prompt)
-        key = hash(req.prompt)
-        drawn = self._drawn.get(key, 0)
-        self._drawn[key] = drawn + 1
-        # 23: coprime with 64, so a prompt's pictures go through all 64 before one comes back.
-        bucket = (bucket + self._salt + drawn * 23) % COLOUR_BUCKETS
+        if cfg.fresh_pictures:
+            key = hash(req.prompt)
+            drawn = self._drawn.get(key, 0)
+            self._drawn[key] = drawn + 1
+            # 23: coprime with 64, so a prompt's pictures go through all 64 before one is back.
+            bucket = (bucket + self._salt + drawn * 23) % COLOUR_BUCKETS
         jpeg = self._chooser.chance(cfg.mislabel_jpeg_rate)
         final = self.images.final(
             req.ratio, size, bucket, full_size=cfg.full_size, image_bytes=cfg.image_bytes, jpeg=jpeg

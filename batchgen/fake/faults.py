@@ -73,6 +73,9 @@ class FakeConfig:
     full_size: bool = False
     image_bytes: int | None = None
     thought_images: int = 1
+    # A new picture per request, as the service draws (a redo gets another image); False: a
+    # prompt's picture is the same every time (a test comparing two answers' bytes).
+    fresh_pictures: bool = True
     mislabel_jpeg_rate: float = 0.0
     url_output: str | None = None
     rpm_limit: int | None = None
