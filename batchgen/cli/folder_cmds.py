@@ -188,12 +188,13 @@ def cancel(run_dir: Path, yes: bool, provider: str | None, base_url: str | None)
 @click.command()
 @run_dir_argument
 @click.argument("ids", nargs=-1, required=True, metavar="ID...")
-@click.option("--reject", "verdict", flag_value="rejected", help="Reject these images.")
-@click.option("--accept", "verdict", flag_value="accepted", help="Accept these images.")
-@click.option("--clear", "verdict", flag_value="cleared", help="Unreviewed again.")
+@click.option("--reject", is_flag=True, help="Reject these images.")
+@click.option("--accept", is_flag=True, help="Accept these images.")
+@click.option("--clear", is_flag=True, help="Unreviewed again.")
 @click.option("--note", default="", help="Why (kept with the verdict, and on a redo's line).")
 @guarded
-def mark(run_dir: Path, ids: tuple[str, ...], verdict: str | None, note: str) -> None:
+def mark(run_dir: Path, ids: tuple[str, ...], reject: bool, accept: bool, clear: bool,
+         note: str) -> None:
     """Accept or reject the images of job IDs (or globs, as --only takes); DIR/reviews.jsonl."""
     from ..errors import InputError
     from ..folder.reviews import Verdict
@@ -202,8 +203,11 @@ def mark(run_dir: Path, ids: tuple[str, ...], verdict: str | None, note: str) ->
     from ..words import plural
 
     setup_logging(0)
-    if verdict is None:
-        raise InputError("say what to do: --reject, --accept or --clear")
+    chosen = [name for name, on in (("rejected", reject), ("accepted", accept),
+                                    ("cleared", clear)) if on]
+    if len(chosen) != 1:
+        raise InputError("say what to do, once: --reject, --accept or --clear")
+    verdict = chosen[0]
     done = mark_jobs(run_dir, ids, Verdict(verdict), note)
     what = {"rejected": "rejected", "accepted": "accepted", "cleared": "cleared the verdict of"}
     shown = ", ".join(r.job_id for r in done[:5]) + (", ..." if len(done) > 5 else "")

@@ -167,6 +167,9 @@ def test_mark_of_an_unknown_id_is_exit_2_and_writes_nothing(
     assert not (out / "reviews.jsonl").exists()
     r = cli("mark", out, job(jobs, "a cat in oil"))
     assert r.code == 2 and "--reject" in r.stderr
+    r = cli("mark", out, "--reject", job(jobs, "a cat in oil"), "--accept", job(jobs, "a dog in ink"))
+    assert r.code == 2 and "once" in r.stderr
+    assert not (out / "reviews.jsonl").exists()
 
 
 def test_redo_rejected_sends_exactly_the_rejected_jobs_and_keeps_the_old_images(
