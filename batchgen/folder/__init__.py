@@ -9,6 +9,7 @@
     records.py     the one builder of ledger lines, live and batch
     intents.py     intents.jsonl: requests that may have been billed
     reviews.py     reviews.jsonl: accepted / rejected verdicts, each about one image (sha256)
+    verdicts.py    the verdicts of the current images, jobs to redo, mark, rejected/ kept aside
     current.py     jobs.jsonl: the jobs the manifest holds now
     superseded.py  prune, and images put back when their job is current again
     batches.py     batches.jsonl: batch mode's journal
