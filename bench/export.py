@@ -32,6 +32,7 @@ from pathlib import Path
 
 import orjson
 from PIL import Image
+from results_md import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -168,12 +169,7 @@ def main() -> None:
     ])
     print(section)
     if not args.no_write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        RESULTS.write_text(text)
+        write_section(section, BEGIN, END, RESULTS)
 
 
 if __name__ == "__main__":
