@@ -96,7 +96,7 @@ class _Reading:
     processed: int  # requests the service says it finished (succeeded + failed)
     billed: int  # of them, succeeded: each billed
     seen: set[str] = field(default_factory=set)  # jobs with a readable line
-    bad: dict[str, Line] = field(default_factory=dict)  # jobs whose own line does not read
+    bad: dict[int, Line] = field(default_factory=dict)  # lines naming a job that do not read
     unkeyed: int = 0  # lines of this download that do not read and name no job
     downloads: int = 0
     gone: str = ""  # why the results file cannot be had any more
@@ -241,11 +241,11 @@ class Collector:
         """Why this download does not account for every job the service finished, if so."""
         if got.torn:
             return e.BadResponseError(f"{file}: the download ended inside line {got.lines}")
-        if not r.unread():
-            return None
-        if r.bad or r.unkeyed:
+        if r.bad or r.unkeyed:  # a billed copy of a kept result is money too
             return e.BadResponseError(
                 f"{file}: {len(r.bad) + r.unkeyed} result lines could not be read")
+        if not r.unread():
+            return None
         accounted = len(r.accounted())
         if accounted < r.processed:
             return e.BadResponseError(
@@ -291,7 +291,7 @@ class Collector:
                     continue
                 spec = spec_from_line(d)
                 r.seen.add(spec.job_id)
-                r.bad.pop(spec.job_id, None)
+                r.bad.pop(line.number, None)
                 if line.number in r.done.lines:
                     continue
                 await self._one(spec, line.obj, r.done, kw)
@@ -312,21 +312,18 @@ class Collector:
         if d is None:
             r.unkeyed += 1
             return
+        if line.number in r.done.lines:
+            return
         spec = spec_from_line(d)
         job_id = spec.job_id
-        if job_id in r.seen or job_id in r.done.failed:
-            return
-        if line.number in r.done.lines:
+        if not line.problem.endswith("size cap"):
+            r.bad[line.number] = line  # read again with the next download
             return
         cost = self.rec.prices.estimate(spec) if line.response else 0.0
         kept = r.done.kept.get(job_id)
-        if not line.problem.endswith("size cap"):
-            if kept is None:
-                r.bad[job_id] = line
-            return
         if kept is not None:
             self.rec.duplicate(kept, cost, line.number)
-        else:
+        elif job_id not in r.done.failed:
             r.done.failed.add(job_id)
             cap = ANSWER_MAX_BYTES // MiB
             self.rec.failure(spec, e.BodyTooLargeError(
@@ -343,29 +340,39 @@ class Collector:
                 "latency": seconds_since(started) if started else 0.0}
         charged = 0.0
         lost = 0
-        for job_id in [j for j in r.unread() if j in r.bad]:
-            line = r.bad.pop(job_id)
+        for number, line in sorted(r.bad.items()):
+            assert line.key is not None
+            job_id = line.key
             spec = spec_from_line(r.jobs[job_id])
             cost = self.rec.prices.estimate(spec) if line.response else 0.0
+            kept = r.done.kept.get(job_id)
+            if kept is not None or job_id in r.seen or job_id in r.done.failed:
+                if cost and kept is not None:
+                    self.rec.duplicate(kept, cost, number)  # a billed copy we cannot read
+                    charged += cost
+                continue
             if line.response:
                 r.done.responded.add(job_id)
             self.rec.failure(spec, e.ResultLostError(
-                f"result line {line.number} still does not read after {r.downloads} "
+                f"result line {number} still does not read after {r.downloads} "
                 f"downloads: {line.problem}", maybe_billed=line.response),
-                cost=cost, line=line.number, **base)
+                cost=cost, line=number, **base)
             r.done.failed.add(job_id)
             charged += cost
             lost += 1
+        r.bad.clear()
+        # Which unread job is which of the service's counts cannot be known: as many as it
+        # says succeeded (billed) beyond those read are lost and charged; the rest, which it
+        # failed or never ran, were not billed and go back to pending.
         rest = r.unread()
-        n_lost = min(len(rest), max(0, r.processed - len(r.accounted())))
-        n_billed = min(n_lost, max(0, r.billed - len(r.done.responded & set(r.jobs))))
+        n_lost = min(len(rest), max(0, r.billed - len(r.done.responded & set(r.jobs))))
         why = r.gone or "the results file holds no readable line for it"
-        for i, job_id in enumerate(rest[:n_lost]):
+        for job_id in rest[:n_lost]:
             spec = spec_from_line(r.jobs[job_id])
-            cost = self.rec.prices.estimate(spec) if i < n_billed else 0.0
+            cost = self.rec.prices.estimate(spec)
             self.rec.failure(spec, e.ResultLostError(
-                f"{why}; the service counted this request as done", maybe_billed=cost > 0),
-                cost=cost, line=None, **base)
+                f"{why}; the service counted this request as succeeded (billed)",
+                maybe_billed=True), cost=cost, line=None, **base)
             r.done.failed.add(job_id)
             charged += cost
             lost += 1

@@ -126,8 +126,8 @@ class BatchRun:
             raise KeyboardInterrupt
         self.interrupted = True
         self.stop.set()
-        Progress.write("stopping: the batches keep running on the service; Ctrl-C again to quit "
-                       "at once")
+        Progress.write("stopping: nothing is lost, the service goes on with the batches; Ctrl-C "
+                       "again to quit at once")
 
     async def run(self) -> Outcome:
         prep = self.prep

@@ -209,6 +209,8 @@ class BatchService:
             fail=cfg.batch_fail,
             line_error_rate=cfg.batch_line_error_rate,
             output_lag=cfg.batch_output_lag,
+            garbled_lines=cfg.batch_garbled_lines,
+            oversized_lines=cfg.batch_oversized_lines,
         )
         self._batches[batch_id] = batch
         self.server.stats.record_batch_created(display_name)
