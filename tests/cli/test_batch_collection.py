@@ -127,10 +127,10 @@ def test_a_results_download_cut_cleanly_is_downloaded_again(bserver: ThreadedFak
     bserver.config.batch_download_script = ["cut", "cut"]
     res = brun(bserver, m, out, "--wait")
     assert res.code == 0, res.output
-    assert "downloading the results again" in res.output
     assert bserver.config.batch_download_script == []  # both cuts were served
     assert bserver.stats.batches_created == 1, "jobs of a short file were resubmitted"
     assert_paid_once_and_kept(bserver, out, 20)
+    assert "downloading the results again" in res.output
     assert bserver.stats.files_deleted == 2  # the request and results file, once read whole
 
 
