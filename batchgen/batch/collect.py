@@ -32,7 +32,6 @@ import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import errors as e
@@ -41,13 +40,21 @@ from ..api.http_body import ANSWER_MAX_BYTES, MiB
 from ..api.response import data_url_bytes, parse_answer
 from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
-from ..folder.ledger import LedgerRecord, iter_ledger
 from ..spec import JobSpec
 from .recorder import Recorder as Recorder
 from .recorder import Tally as Tally
 from .recorder import crash_point as crash_point
 from .recorder import decode_image
-from .results import Line, Pass, UnknownKeys, file_lines, inline_lines
+from .results import (
+    Done,
+    Line,
+    Pass,
+    Reading,
+    UnknownKeys,
+    already_recorded,
+    file_lines,
+    inline_lines,
+)
 from .wire import BatchAPI, line_error, output_of, stats_of
 
 log = logging.getLogger(__name__)
@@ -58,55 +65,6 @@ class Verdict(str, enum.Enum):
     CLOSED = "closed"  # its results file is gone: what was billed is charged, the rest pending
     UNFINISHED = "unfinished"  # not read whole yet: nothing resubmitted, nothing deleted
     STOPPED = "stopped"  # Ctrl-C part-way: the rest next time, nothing twice
-
-
-@dataclass(slots=True)
-class _Done:
-    """What the ledger already holds for one batch (a collection that was cut short)."""
-
-    lines: set[int] = field(default_factory=set)
-    kept: dict[str, LedgerRecord] = field(default_factory=dict)
-    failed: set[str] = field(default_factory=set)
-    responded: set[str] = field(default_factory=set)  # jobs whose line was a (billed) response
-
-
-def _already_recorded(journal: Journal, batch: str) -> _Done:
-    done = _Done()
-    for rec in iter_ledger(journal.run_dir / "ledger.jsonl"):
-        if rec.batch != batch:
-            continue
-        line = rec.extra.get("batch_line")
-        if isinstance(line, int):
-            done.lines.add(line)
-        if rec.succeeded or rec.cost_usd > 0:
-            done.responded.add(rec.job_id)
-        if rec.succeeded:
-            done.kept.setdefault(rec.job_id, rec)
-        else:
-            done.failed.add(rec.job_id)
-    return done
-
-
-@dataclass(slots=True)
-class _Reading:
-    """One batch's collection across its downloads: what is accounted for, what is not."""
-
-    jobs: dict[str, dict[str, Any]]
-    done: _Done
-    processed: int  # requests the service says it finished (succeeded + failed)
-    billed: int  # of them, succeeded: each billed
-    seen: set[str] = field(default_factory=set)  # jobs with a readable line
-    bad: dict[int, Line] = field(default_factory=dict)  # lines naming a job that do not read
-    unkeyed: int = 0  # lines of this download that do not read and name no job
-    downloads: int = 0
-    gone: str = ""  # why the results file cannot be had any more
-
-    def accounted(self) -> set[str]:
-        return self.seen | set(self.done.kept) | self.done.failed
-
-    def unread(self) -> list[str]:
-        accounted = self.accounted()
-        return [job_id for job_id in self.jobs if job_id not in accounted]
 
 
 # Saves in flight while the next lines are read: each waits for its fsyncs, and the store's
@@ -160,7 +118,7 @@ class Collector:
         assert batch.name is not None
         output = output_of(op)
         jobs = {str(d["k"]): d for d in self.journal.iter_jobs(batch.display_name)}
-        done = _already_recorded(self.journal, batch.name) if batch.collecting else _Done()
+        done = already_recorded(self.journal, batch.name) if batch.collecting else Done()
         if not batch.collecting:
             self.journal.update(batch.display_name, collecting=True,
                                 responses_file=(output or {}).get("responsesFile"))
@@ -169,7 +127,7 @@ class Collector:
         billed = stats["successfulRequestCount"]
         if not processed:  # no counts on the wire: every request may have been billed
             processed = billed = len(jobs)
-        r = _Reading(jobs, done, min(processed, len(jobs)), min(billed, len(jobs)))
+        r = Reading(jobs, done, min(processed, len(jobs)), min(billed, len(jobs)))
         try:
             verdict = await self._read_whole(batch, output or {}, r)
         finally:
@@ -192,7 +150,7 @@ class Collector:
         return verdict
 
     async def _read_whole(self, batch: BatchRecord, output: dict[str, Any],
-                          r: _Reading) -> Verdict:
+                          r: Reading) -> Verdict:
         """Download and read until every job the service finished is accounted for, as
         :func:`should_retry` allows; a transport error or a short file is one more try."""
         assert batch.name is not None
@@ -237,7 +195,7 @@ class Collector:
                     attempt, problem.message)
         return Verdict.UNFINISHED
 
-    def _short(self, file: str, got: Pass, r: _Reading) -> e.BadResponseError | None:
+    def _short(self, file: str, got: Pass, r: Reading) -> e.BadResponseError | None:
         """Why this download does not account for every job the service finished, if so."""
         if got.torn:
             return e.BadResponseError(f"{file}: the download ended inside line {got.lines}")
@@ -269,7 +227,7 @@ class Collector:
         task.result()
         return not self.stop.is_set()
 
-    async def _read(self, batch: BatchRecord, source: AsyncIterator[Line], r: _Reading) -> None:
+    async def _read(self, batch: BatchRecord, source: AsyncIterator[Line], r: Reading) -> None:
         assert batch.name is not None
         name = batch.name
         started = batch.created_at or batch.intent_at
@@ -303,7 +261,7 @@ class Collector:
         finally:
             unknown.summary()
 
-    def _unreadable(self, line: Line, d: dict[str, Any] | None, r: _Reading,
+    def _unreadable(self, line: Line, d: dict[str, Any] | None, r: Reading,
                     kw: dict[str, Any]) -> None:
         """A line that does not read: an oversized one is its job's failure at once (it
         would be as big next time); one that is not JSON waits for the next download."""
@@ -331,7 +289,7 @@ class Collector:
                 cost=cost, **kw)
         r.done.lines.add(line.number)
 
-    def _settle(self, batch: BatchRecord, r: _Reading) -> tuple[int, float, int]:
+    def _settle(self, batch: BatchRecord, r: Reading) -> tuple[int, float, int]:
         """Jobs still unread once the file is read whole (or gone): the ones the service
         counted are charged as lost, the rest go back to pending. (lost, charged, returned)"""
         assert batch.name is not None
@@ -382,7 +340,7 @@ class Collector:
             self.rec.tally.came_back(job_id)
         return lost, charged, len(returned)
 
-    async def _one(self, spec: JobSpec, obj: dict[str, Any], done: _Done,
+    async def _one(self, spec: JobSpec, obj: dict[str, Any], done: Done,
                    kw: dict[str, Any]) -> None:
         job_id = spec.job_id
         kept = done.kept.get(job_id)

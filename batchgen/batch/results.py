@@ -7,6 +7,9 @@ counting the jobs it accounted for against the batch's own ``batchStats``. This 
 one download and says, line by line, what it found: a result, a line that is not JSON or is
 over the cap (with the key it seems to carry, so the job can be charged), or a torn last line.
 
+:class:`Reading` is the tally across one batch's downloads (jobs accounted for, lines that did
+not read); :class:`Done` is what the ledger already holds from a collection cut short.
+
 The read is bounded by the batch's request count (:func:`line_bound`): a file that never ends
 is not read forever, and the "unknown key" warning is given a few times, then counted.
 """
@@ -16,11 +19,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ..folder.batches import Journal
+from ..folder.ledger import LedgerRecord, iter_ledger
 from .wire import BatchAPI
 
 log = logging.getLogger(__name__)
@@ -137,3 +142,52 @@ class UnknownKeys:
             log.warning("%s: %d more result lines with unknown keys, skipped", self.batch,
                         self.count - UNKNOWN_KEY_WARNINGS)
         self.count = 0
+
+
+@dataclass(slots=True)
+class Done:
+    """What the ledger already holds for one batch (a collection that was cut short)."""
+
+    lines: set[int] = field(default_factory=set)
+    kept: dict[str, LedgerRecord] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    responded: set[str] = field(default_factory=set)  # jobs whose line was a (billed) response
+
+
+def already_recorded(journal: Journal, batch: str) -> Done:
+    done = Done()
+    for rec in iter_ledger(journal.run_dir / "ledger.jsonl"):
+        if rec.batch != batch:
+            continue
+        line = rec.extra.get("batch_line")
+        if isinstance(line, int):
+            done.lines.add(line)
+        if rec.succeeded or rec.cost_usd > 0:
+            done.responded.add(rec.job_id)
+        if rec.succeeded:
+            done.kept.setdefault(rec.job_id, rec)
+        else:
+            done.failed.add(rec.job_id)
+    return done
+
+
+@dataclass(slots=True)
+class Reading:
+    """One batch's collection across its downloads: what is accounted for, what is not."""
+
+    jobs: dict[str, dict[str, Any]]
+    done: Done
+    processed: int  # requests the service says it finished (succeeded + failed)
+    billed: int  # of them, succeeded: each billed
+    seen: set[str] = field(default_factory=set)  # jobs with a readable line
+    bad: dict[int, Line] = field(default_factory=dict)  # lines naming a job that do not read
+    unkeyed: int = 0  # lines of this download that do not read and name no job
+    downloads: int = 0
+    gone: str = ""  # why the results file cannot be had any more
+
+    def accounted(self) -> set[str]:
+        return self.seen | set(self.done.kept) | self.done.failed
+
+    def unread(self) -> list[str]:
+        accounted = self.accounted()
+        return [job_id for job_id in self.jobs if job_id not in accounted]
