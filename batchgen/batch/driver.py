@@ -373,9 +373,17 @@ def run_batch(prep: Prepared, options: RunOptions, say: Callable[[str], None]) -
 # -- cancel ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    batches: int  # cancelled on the service
+    jobs: int  # their jobs, pending again
+    finished: tuple[str, ...] = ()  # finished before cancel: what the next run does with each
+
+
 async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
-                         confirm: Callable[[list[BatchRecord]], bool]) -> tuple[int, int]:
-    """Cancel the folder's open batches; their jobs go back to pending. (cancelled, jobs)."""
+                         confirm: Callable[[list[BatchRecord]], bool]) -> Cancelled:
+    """Cancel the folder's open batches; their jobs go back to pending. A batch that finished
+    first is left for the next run to collect: its results were billed."""
     async with BatchAPI(run_dir_settings) as api:
         unnamed = [r for r in journal.open_records() if r.name is None]
         if unnamed:
@@ -390,8 +398,10 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                                    state=batch_info(op).get("state") or "")
         targets = [r for r in journal.open_records() if r.name is not None]
         if not targets or not confirm(targets):
-            return 0, 0
+            return Cancelled(0, 0)
         jobs = 0
+        cancelled = 0
+        finished: list[str] = []
         for rec in targets:
             assert rec.name is not None
             op = await api.get(rec.name)
@@ -400,10 +410,21 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                 await api.cancel(rec.name)
                 op = await api.get(rec.name)
                 state = str(batch_info(op).get("state") or "BATCH_STATE_CANCELLED")
-            if output_of(op) is not None:
-                # Finished (or cancelled with results): the next run collects it, nothing lost.
+            output = output_of(op)
+            if output is not None:
+                # Finished (or cancelled with results): the next run collects it, nothing lost;
+                # one whose results file is gone is closed by it, its billed results charged.
                 journal.update(rec.display_name, state=state, counts=stats_of(op))
+                file = output.get("responsesFile")
+                if file and await api.get_file(str(file)) is None:
+                    finished.append(
+                        f"{rec.name} finished, but its results file {file} is gone: the next "
+                        "run closes it, charges the results the service billed (estimated) "
+                        "and returns the jobs it did not bill to pending")
+                else:
+                    finished.append(f"{rec.name} finished: the next run collects its results")
                 continue
+            cancelled += 1
             journal.update(rec.display_name, phase=Phase.CLOSED, state=state, returned=rec.jobs,
                            note="cancelled")
             journal.jobs_path(rec.display_name).unlink(missing_ok=True)
@@ -411,4 +432,4 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                 with contextlib.suppress(e.APIError):
                     await api.delete_file(rec.input_file)
             jobs += rec.jobs
-        return len(targets), jobs
+        return Cancelled(cancelled, jobs, tuple(finished))

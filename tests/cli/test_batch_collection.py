@@ -202,6 +202,11 @@ def test_a_results_file_that_is_gone_closes_the_batch_and_counts_its_spend(
     out = tmp_path / "out"
     submit_and_finish(bserver, m, out)
     service(bserver, "DELETE", f"v1beta/{results_file(bserver)}")  # or past its 48 h life
+    env = clean_env(BATCHGEN_API_KEY=SECRET)
+    told = cli("cancel", out, "--base-url", bserver.url, "--yes", env=env)
+    assert told.code == 0, told.output
+    assert "is gone: the next run closes it" in told.output
+    assert "cancelled" not in told.output  # a finished batch is not cancelled: it was billed
     res = brun(bserver, m, out, "--wait")
     assert res.code == 1, res.output  # 20 failed, not exit 4 "fix the cause"
     assert "is gone (HTTP 403" in res.output
@@ -218,8 +223,7 @@ def test_a_results_file_that_is_gone_closes_the_batch_and_counts_its_spend(
     (row,) = batch_rows(out)
     assert row["phase"] == "closed" and row["lost"] == 20 and "gone" in row["note"]
     assert "gone" in cli("status", out).output
-    cancel = cli("cancel", out, "--base-url", bserver.url, "--yes",
-                 env=clean_env(BATCHGEN_API_KEY=SECRET))
+    cancel = cli("cancel", out, "--base-url", bserver.url, "--yes", env=env)
     assert cancel.code == 0 and "no running batches" in cancel.output
     # Live mode no longer skips them as "in a batch": they are failures it can retry.
     live = cli("run", m, "--out", out, "--base-url", bserver.url, "--no-progress",
