@@ -107,6 +107,7 @@ class FakeConfig:
     batch_output_lag: int = 0  # reads of a succeeded batch that show it without its output
     batch_inline_max_bytes: int = 20 * 1024 * 1024  # a create with inline requests, at most
     batch_download_script: list[str] = field(default_factory=list)  # DOWNLOAD_FAULTS, in turn
+    batch_get_503: int = 0  # the next N reads of a batch (get) answer 503
     batch_garbled_lines: int = 0  # the first N result lines of a batch are written unreadable
     batch_oversized_lines: int = 0  # the first N responses of a batch are over 256 MiB
 
@@ -127,9 +128,9 @@ class FakeConfig:
         for rate in ("batch_duplicate_rate", "batch_line_error_rate"):
             if not 0.0 <= getattr(self, rate) <= 1.0:
                 raise ValueError(f"{rate} must be between 0 and 1")
-        if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag,
+        if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag, self.batch_get_503,
                self.batch_garbled_lines, self.batch_oversized_lines) < 0:
-            raise ValueError("batch_seconds, batch_create_503, batch_output_lag, "
+            raise ValueError("batch_seconds, batch_create_503, batch_output_lag, batch_get_503, "
                              "batch_garbled_lines and batch_oversized_lines must be >= 0")
         for name in self.batch_download_script:
             if name not in DOWNLOAD_FAULTS:

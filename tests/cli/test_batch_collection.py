@@ -285,6 +285,19 @@ def test_wait_retries_a_dropped_download_and_a_503(bserver: ThreadedFakeServer,
     assert_paid_once_and_kept(bserver, out, 10)
 
 
+def test_wait_goes_on_polling_through_a_run_of_503s(bserver: ThreadedFakeServer,
+                                                    tmp_path: Path) -> None:
+    m = manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    submit_and_finish(bserver, m, out)
+    bserver.config.batch_get_503 = 8  # past the 6 tries one poll makes
+    res = brun(bserver, m, out, "--wait")
+    assert res.code == 0, res.output
+    assert "could not be polled" in res.output and "fix the cause" not in res.output
+    assert bserver.config.batch_get_503 == 0
+    assert_paid_once_and_kept(bserver, out, 6)
+
+
 # -- case 12: a file that never ends; Ctrl-C while collecting --------------------------------------
 
 
