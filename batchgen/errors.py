@@ -15,6 +15,7 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
         │   ├── ConnectionError_       refused, reset, dropped
         │   └── BadResponseError       truncated, HTML or non-JSON body
         │       ├── BodyTooLargeError      over the size cap (not retried: see retrying.py)
+        │       ├── ResultLostError        a billed batch result that cannot be read (not retried)
         │       └── EmptyAnswerError       HTTP 200 with no candidates and no block reason
         ├── PermanentError         recorded once, not retried
         │   ├── InvalidRequestError    400 INVALID_ARGUMENT / FAILED_PRECONDITION
@@ -147,6 +148,12 @@ class BadResponseError(TransientError):
 
 class BodyTooLargeError(BadResponseError):
     """A body over its cap (API answer, URL reference or URL output), counted after gzip."""
+
+
+class ResultLostError(BadResponseError):
+    """A batch result the service billed that cannot be read: a line still unreadable after
+    the file was downloaded again, or a results file that is gone. Charged at its estimate and
+    not resubmitted by itself (that would pay again); ``--retry-failed bad_response`` does."""
 
 
 class EmptyAnswerError(BadResponseError):

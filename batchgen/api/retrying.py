@@ -18,6 +18,7 @@ from ..errors import (
     ErrorKind,
     FatalError,
     PermanentError,
+    ResultLostError,
     ServerWaitError,
     TransientError,
 )
@@ -49,8 +50,11 @@ def is_retryable(exc: APIError) -> bool:
     next attempt would be as big (a proxy or server that misbehaves, an endless stream), and
     every attempt after an HTTP 200 may be billed. It is recorded once, as bad_response;
     ``--retry-failed bad_response`` runs it again once the endpoint is fixed.
+    A batch result that is lost (:class:`ResultLostError`) is not either: it was billed, and
+    a resubmission is billed again.
     """
-    return isinstance(exc, TransientError) and not isinstance(exc, BodyTooLargeError)
+    return isinstance(exc, TransientError) and not isinstance(
+        exc, BodyTooLargeError | ResultLostError)
 
 
 def should_retry(

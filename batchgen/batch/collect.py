@@ -11,6 +11,15 @@ The service may return one key more than once, each billed. The first success is
 further billed line adds a ledger line for the same job (a copy of the kept record with the
 extra cost), so the ledger's spend stays true and its last line per job still names the image.
 
+A batch is collected only when every one of its jobs is accounted for, as far as the service's
+own ``batchStats`` say it finished them. A download that ends early, cleanly or not, a line that
+does not read, or fewer results than the service counted: the file is downloaded again (with
+:func:`~batchgen.api.retrying.should_retry`'s backoff), lines already recorded are skipped,
+and the file is neither deleted from the service nor its jobs resubmitted until it has been
+read whole. A line still unreadable after that is charged as a failed job; so is every job the
+service counted whose results file is gone (403/404): :class:`~batchgen.errors.ResultLostError`.
+Jobs the service says it did not finish go back to pending.
+
 Every ledger line written here carries ``extra.batch_line``, the line's number in the results
 file. A collection cut short (``kill -9``) is simply run again: lines already in the ledger for
 this batch are skipped, so nothing is recorded or charged twice.
@@ -19,206 +28,43 @@ this batch are skipped, so nothing is recorded or charged twice.
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
+import enum
 import logging
-import os
-import signal
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
-import orjson
-from PIL import Image, UnidentifiedImageError
-
 from .. import errors as e
+from ..aio import wait_event
+from ..api.http_body import ANSWER_MAX_BYTES, MiB
 from ..api.response import data_url_bytes, parse_answer
-from ..api.retrying import is_retryable
-from ..folder.appender import LedgerWriter
+from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
-from ..folder.layout import now_iso
-from ..folder.ledger import LedgerRecord, iter_ledger
-from ..folder.records import failure_record, job_fields, success_record
-from ..folder.verdicts import Redos
-from ..manifest.references import sniff_image_type
-from ..planning.plan import RETRYABLE, SUCCEEDED, LedgerIndex
-from ..pricing import PriceTable
 from ..spec import JobSpec
-from ..store.images import ImageStore
-from .wire import BatchAPI, line_error, output_of
+from .recorder import Recorder as Recorder
+from .recorder import Tally as Tally
+from .recorder import crash_point as crash_point
+from .recorder import decode_image
+from .results import (
+    Done,
+    Line,
+    Pass,
+    Reading,
+    UnknownKeys,
+    already_recorded,
+    file_lines,
+    inline_lines,
+)
+from .wire import BatchAPI, line_error, output_of, stats_of
 
 log = logging.getLogger(__name__)
 
-CRASH_ENV = "BATCHGEN_TEST_CRASH_AT"
-_crash_counts: dict[str, int] = {}
 
-
-def crash_point(name: str) -> None:
-    """Test hook: ``BATCHGEN_TEST_CRASH_AT=name`` (or ``name:N``, the Nth time) kills this
-    process with SIGKILL right here, so crash tests stop it at a deterministic point."""
-    want = os.environ.get(CRASH_ENV)
-    if not want:
-        return
-    point, _, nth = want.partition(":")
-    if point != name:
-        return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass(slots=True)
-class Tally:
-    """What one invocation collected."""
-
-    succeeded: int = 0
-    failed: int = 0
-    failed_permanent: int = 0
-    retryable: int = 0
-    duplicates: int = 0
-    spent_usd: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-    # Jobs that came back in this invocation (retryable line, no result, batch ended without
-    # results), with how often: what caps their resubmissions.
-    comebacks: dict[str, int] = field(default_factory=dict)
-
-    def came_back(self, job_id: str) -> None:
-        self.comebacks[job_id] = self.comebacks.get(job_id, 0) + 1
-
-    def note_error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-
-class Recorder:
-    """Writes batch-mode outcomes to the store and the ledger, and keeps the plan's index true."""
-
-    def __init__(self, store: ImageStore, ledger: LedgerWriter, prices: PriceTable,
-                 index: LedgerIndex, tally: Tally, redos: Redos | None = None) -> None:
-        self.store = store
-        # Jobs whose image now is rejected: a result for one is a redo (run --redo-rejected).
-        self.redos = redos
-        self.ledger = ledger
-        self.prices = prices  # at batch prices
-        self.index = index
-        self.tally = tally
-
-    def _fields(self, spec: JobSpec, *, batch: str | None, started: str, latency: float,
-                cost: float, usage: dict[str, Any] | None, line: int | None) -> dict[str, Any]:
-        fields = job_fields(spec, attempts=1, usage=usage, cost_usd=cost, latency_s=latency,
-                            started_at=started)
-        fields.update(mode="batch", batch=batch,
-                      extra={} if line is None else {"batch_line": line})
-        if self.redos:
-            fields.update(self.redos.before_line(spec.job_id))
-        return fields
-
-    def _charge(self, cost: float) -> None:
-        self.tally.spent_usd += cost
-        self.index.cost_usd += cost
-
-    def success_record(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
-                       text: str | None, grounding: Any = None, **kw: Any) -> LedgerRecord:
-        return success_record(
-            spec, self._fields(spec, **kw), output=self.store.relpath(spec.job_id, mime),
-            data=data, mime_type=mime, width=size[0], height=size[1], text=text,
-            grounding=grounding,
-        )
-
-    async def save_success(self, record: LedgerRecord, data: bytes) -> None:
-        """Image and sidecar durable, then the ledger line: the order live mode keeps."""
-        line = record.to_line()
-        assert record.mime_type is not None
-        await self.store.save(record.job_id, data, record.mime_type, sidecar=line)
-        self.ledger.append_line(line)
-        self.ledger.sync_soon()
-        self.index.states[record.job_id] = SUCCEEDED
-        self._charge(record.cost_usd)
-        self.tally.succeeded += 1
-
-    def duplicate(self, kept: LedgerRecord, cost: float, line: int) -> None:
-        """A further billed line for a job already kept: its cost, on a copy of the kept record."""
-        extra = {**kept.extra, "batch_line": line, "duplicate": True}
-        record = replace(kept, cost_usd=round(cost, 6), finished_at=now_iso(), extra=extra)
-        self.ledger.append(record)
-        self.ledger.sync_soon()
-        self._charge(record.cost_usd)
-        self.tally.duplicates += 1
-
-    def failure(self, spec: JobSpec, exc: e.APIError, *, cost: float = 0.0, **kw: Any) -> None:
-        retryable = is_retryable(exc) or isinstance(exc, e.DailyQuotaError)
-        record = failure_record(self._fields(spec, cost=cost, usage=exc.usage, **kw), exc,
-                                retryable=retryable, message=e.APIError.__str__(exc))
-        self.ledger.append(record)
-        self.ledger.sync_soon()
-        self.index.states[spec.job_id] = RETRYABLE if retryable else exc.kind.value
-        self._charge(record.cost_usd)
-        self.tally.failed += 1
-        if retryable:
-            self.tally.retryable += 1
-            self.tally.came_back(spec.job_id)
-        else:
-            self.tally.failed_permanent += 1
-        self.tally.note_error(exc.kind.value)
-
-
-def decode_image(data: bytes) -> tuple[str, tuple[int, int]]:
-    """The image's real type (from its bytes) and pixel size; BadResponseError if it is none."""
-    mime = sniff_image_type(data)
-    if mime is None or mime not in ("image/png", "image/jpeg", "image/webp"):
-        raise e.BadResponseError(f"the image bytes are not PNG, JPEG or WebP ({len(data)} bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            size = img.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise e.BadResponseError(f"the image does not decode: {exc}") from exc
-    if not (size[0] and size[1]):
-        raise e.BadResponseError("the image has no size")
-    return mime, size
-
-
-@dataclass(slots=True)
-class _Done:
-    """What the ledger already holds for one batch (a collection that was cut short)."""
-
-    lines: set[int] = field(default_factory=set)
-    kept: dict[str, LedgerRecord] = field(default_factory=dict)
-    failed: set[str] = field(default_factory=set)
-
-
-def _already_recorded(journal: Journal, batch: str) -> _Done:
-    done = _Done()
-    for rec in iter_ledger(journal.run_dir / "ledger.jsonl"):
-        if rec.batch != batch:
-            continue
-        line = rec.extra.get("batch_line")
-        if isinstance(line, int):
-            done.lines.add(line)
-        if rec.succeeded:
-            done.kept.setdefault(rec.job_id, rec)
-        else:
-            done.failed.add(rec.job_id)
-    return done
-
-
-async def _lines(api: BatchAPI, output: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """Result lines as ``{"key", "response" | "error"}`` objects, from a file or inline."""
-    file = output.get("responsesFile")
-    if file:
-        async for raw in api.download_lines(str(file)):
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                log.warning("%s: a result line that is not JSON (%d bytes), skipped", file,
-                            len(raw))
-                yield {}
-                continue
-            yield obj if isinstance(obj, dict) else {}
-        return
-    inline = output.get("inlinedResponses") or {}
-    items = inline.get("inlinedResponses") if isinstance(inline, dict) else inline
-    for item in items or []:
-        if isinstance(item, dict):
-            meta = item.get("metadata") or {}
-            yield {**item, "key": meta.get("key") if isinstance(meta, dict) else None}
+class Verdict(str, enum.Enum):
+    COLLECTED = "collected"  # every job accounted for; the service's copies deleted
+    CLOSED = "closed"  # its results file is gone: what was billed is charged, the rest pending
+    UNFINISHED = "unfinished"  # not read whole yet: nothing resubmitted, nothing deleted
+    STOPPED = "stopped"  # Ctrl-C part-way: the rest next time, nothing twice
 
 
 # Saves in flight while the next lines are read: each waits for its fsyncs, and the store's
@@ -228,11 +74,12 @@ SAVES_IN_FLIGHT = 64
 
 class Collector:
     def __init__(self, api: BatchAPI, journal: Journal, recorder: Recorder,
-                 stop: asyncio.Event) -> None:
+                 stop: asyncio.Event, policy: RetryPolicy | None = None) -> None:
         self.api = api
         self.journal = journal
         self.rec = recorder
         self.stop = stop
+        self.policy = policy or api.policy
         self._slots = asyncio.Semaphore(SAVES_IN_FLIGHT)
         self._saves: set[asyncio.Task[None]] = set()
         self._by_job: dict[str, asyncio.Task[None]] = {}
@@ -266,62 +113,234 @@ class Collector:
             if isinstance(result, BaseException):
                 raise result
 
-    async def collect(self, batch: BatchRecord, op: dict[str, Any]) -> bool:
-        """Put every result of a finished batch into the store and ledger; False if stopped
-        part-way (Ctrl-C): the rest is collected next time, nothing twice."""
+    async def collect(self, batch: BatchRecord, op: dict[str, Any]) -> Verdict:
+        """Put every result of a finished batch into the store and ledger, or say why not."""
         assert batch.name is not None
-        name = batch.name
         output = output_of(op)
         jobs = {str(d["k"]): d for d in self.journal.iter_jobs(batch.display_name)}
-        done = _already_recorded(self.journal, name) if batch.collecting else _Done()
+        done = already_recorded(self.journal, batch.name) if batch.collecting else Done()
         if not batch.collecting:
             self.journal.update(batch.display_name, collecting=True,
                                 responses_file=(output or {}).get("responsesFile"))
-        seen: set[str] = set()
+        stats = stats_of(op)
+        processed = stats["successfulRequestCount"] + stats["failedRequestCount"]
+        billed = stats["successfulRequestCount"]
+        if not processed:  # no counts on the wire: every request may have been billed
+            processed = billed = len(jobs)
+        r = Reading(jobs, done, min(processed, len(jobs)), min(billed, len(jobs)))
         try:
-            if output is not None:
-                await self._read(name, batch, output, jobs, done, seen)
+            verdict = await self._read_whole(batch, output or {}, r)
         finally:
             await self._drain()
         if self.stop.is_set():
-            return False
-        returned = sum(1 for job_id in jobs if job_id not in seen and job_id not in done.kept)
-        for job_id in jobs:
-            if job_id not in seen and job_id not in done.kept:
-                self.rec.index.states.pop(job_id, None)  # pending again: submitted anew
-                self.rec.tally.came_back(job_id)
+            return Verdict.STOPPED
+        if verdict is Verdict.UNFINISHED:
+            return verdict
+        lost, charged, returned = self._settle(batch, r)
         kept, failed = len(done.kept), len(done.failed - set(done.kept))
-        self.journal.update(batch.display_name, phase=Phase.COLLECTED, collecting=False,
-                            succeeded=kept, failed=failed, returned=returned)
+        phase = Phase.CLOSED if r.gone else Phase.COLLECTED
+        note = ""
+        if r.gone:
+            note = (f"{r.gone}: {lost} results lost, charged ${charged:.2f} estimated; "
+                    f"{returned} jobs pending again")
+            log.warning("%s (%s): %s", batch.name, batch.display_name, note)
+        self.journal.update(batch.display_name, phase=phase, collecting=False, succeeded=kept,
+                            failed=failed, returned=returned, lost=lost, note=note)
         await self._clean_up(batch)
-        return True
+        return verdict
 
-    async def _read(self, name: str, batch: BatchRecord, output: dict[str, Any],
-                    jobs: dict[str, dict[str, Any]], done: _Done, seen: set[str]) -> None:
+    async def _read_whole(self, batch: BatchRecord, output: dict[str, Any],
+                          r: Reading) -> Verdict:
+        """Download and read until every job the service finished is accounted for, as
+        :func:`should_retry` allows; a transport error or a short file is one more try."""
+        assert batch.name is not None
+        file = output.get("responsesFile")
+        attempt = 0
+        while True:
+            attempt += 1
+            got = Pass()
+            r.unkeyed = 0
+            r.downloads += 1
+            problem: e.APIError | None
+            try:
+                source = (file_lines(self.api, str(file), len(r.jobs), got) if file
+                          else inline_lines(output))
+                if not await self._unless_stopped(self._read(batch, source, r)):
+                    return Verdict.STOPPED
+            except (e.AuthError, e.ModelNotFoundError) as exc:
+                if not file or not exc.answered:
+                    raise
+                # The batch was just read with this key: the file is gone, not the key wrong.
+                r.gone = (f"its results file {file} is gone (HTTP {exc.http_status}: deleted, "
+                          "or past its 48 h life)")
+                return Verdict.CLOSED
+            except e.TransientError as exc:
+                problem = exc
+            else:
+                problem = self._short(str(file or "the inline results"), got, r)
+                if problem is None or not file:
+                    return Verdict.COLLECTED
+            if not should_retry(problem, attempt=attempt, stochastic_failures=0,
+                                policy=self.policy):
+                break
+            delay = backoff_delay(problem, attempt=attempt, policy=self.policy)
+            log.warning("%s: %s; downloading the results again in %.1fs", batch.name,
+                        problem.message, delay)
+            if await wait_event(self.stop, delay):
+                return Verdict.STOPPED
+        if isinstance(problem, e.BadResponseError) and not got.torn:
+            return Verdict.COLLECTED  # whole, as often as read: what does not read is charged
+        log.warning("%s: its results could not be read whole after %d downloads (%s); nothing "
+                    "is resubmitted or deleted, the next run downloads them again", batch.name,
+                    attempt, problem.message)
+        return Verdict.UNFINISHED
+
+    def _short(self, file: str, got: Pass, r: Reading) -> e.BadResponseError | None:
+        """Why this download does not account for every job the service finished, if so."""
+        if got.torn:
+            return e.BadResponseError(f"{file}: the download ended inside line {got.lines}")
+        if r.bad or r.unkeyed:  # a billed copy of a kept result is money too
+            return e.BadResponseError(
+                f"{file}: {len(r.bad) + r.unkeyed} result lines could not be read")
+        if not r.unread():
+            return None
+        accounted = len(r.accounted())
+        if accounted < r.processed:
+            return e.BadResponseError(
+                f"{file}: results for {accounted} of the {r.processed} requests the service "
+                "finished")
+        return None  # the service says it did not finish the rest: they go back to pending
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> bool:
+        """Run ``work`` unless Ctrl-C comes first (a download that stalls is not waited out)."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        task.result()
+        return not self.stop.is_set()
+
+    async def _read(self, batch: BatchRecord, source: AsyncIterator[Line], r: Reading) -> None:
+        assert batch.name is not None
+        name = batch.name
         started = batch.created_at or batch.intent_at
         latency = seconds_since(started) if started else 0.0
-        lineno = 0
-        async for obj in _lines(self.api, output):
-            lineno += 1
-            if self.stop.is_set():
-                return
-            key = obj.get("key")
-            d = jobs.get(str(key)) if key is not None else None
-            if d is None:
-                if obj:
-                    log.warning("%s: result line %d has an unknown key %r", name, lineno, key)
-                continue
-            spec = spec_from_line(d)
-            seen.add(spec.job_id)
-            if lineno in done.lines:
-                continue
-            kw = {"batch": name, "started": started, "latency": latency, "line": lineno}
-            await self._one(spec, obj, done, kw)
-            crash_point("mid_collect")
-            if lineno % 64 == 0:
-                await asyncio.sleep(0)  # let Ctrl-C and the progress bar in
+        unknown = UnknownKeys(name)
+        count = 0
+        try:
+            async for line in source:
+                if self.stop.is_set():
+                    return
+                kw = {"batch": name, "started": started, "latency": latency,
+                      "line": line.number}
+                d = r.jobs.get(line.key) if line.key is not None else None
+                if line.obj is None:
+                    self._unreadable(line, d, r, kw)
+                    continue
+                if d is None:
+                    unknown.saw(line.number, line.key)
+                    continue
+                spec = spec_from_line(d)
+                r.seen.add(spec.job_id)
+                r.bad.pop(line.number, None)
+                if line.number in r.done.lines:
+                    continue
+                await self._one(spec, line.obj, r.done, kw)
+                r.done.lines.add(line.number)
+                crash_point("mid_collect")
+                count += 1
+                if count % 64 == 0:
+                    await asyncio.sleep(0)  # let Ctrl-C and the progress bar in
+        finally:
+            unknown.summary()
 
-    async def _one(self, spec: JobSpec, obj: dict[str, Any], done: _Done,
+    def _unreadable(self, line: Line, d: dict[str, Any] | None, r: Reading,
+                    kw: dict[str, Any]) -> None:
+        """A line that does not read: an oversized one is its job's failure at once (it
+        would be as big next time); one that is not JSON waits for the next download."""
+        if line.torn:
+            return
+        if d is None:
+            r.unkeyed += 1
+            return
+        if line.number in r.done.lines:
+            return
+        spec = spec_from_line(d)
+        job_id = spec.job_id
+        if not line.problem.endswith("size cap"):
+            r.bad[line.number] = line  # read again with the next download
+            return
+        cost = self.rec.prices.estimate(spec) if line.response else 0.0
+        kept = r.done.kept.get(job_id)
+        if kept is not None:
+            self.rec.duplicate(kept, cost, line.number)
+        elif job_id not in r.done.failed:
+            r.done.failed.add(job_id)
+            cap = ANSWER_MAX_BYTES // MiB
+            self.rec.failure(spec, e.BodyTooLargeError(
+                f"result line {line.number} is over the {cap} MiB cap", maybe_billed=True),
+                cost=cost, **kw)
+        r.done.lines.add(line.number)
+
+    def _settle(self, batch: BatchRecord, r: Reading) -> tuple[int, float, int]:
+        """Jobs still unread once the file is read whole (or gone): the ones the service
+        counted are charged as lost, the rest go back to pending. (lost, charged, returned)"""
+        assert batch.name is not None
+        started = batch.created_at or batch.intent_at
+        base = {"batch": batch.name, "started": started,
+                "latency": seconds_since(started) if started else 0.0}
+        charged = 0.0
+        lost = 0
+        for number, line in sorted(r.bad.items()):
+            assert line.key is not None
+            job_id = line.key
+            spec = spec_from_line(r.jobs[job_id])
+            cost = self.rec.prices.estimate(spec) if line.response else 0.0
+            kept = r.done.kept.get(job_id)
+            if kept is not None or job_id in r.seen or job_id in r.done.failed:
+                if cost and kept is not None:
+                    self.rec.duplicate(kept, cost, number)  # a billed copy we cannot read
+                    charged += cost
+                continue
+            if line.response:
+                r.done.responded.add(job_id)
+            self.rec.failure(spec, e.ResultLostError(
+                f"result line {number} still does not read after {r.downloads} "
+                f"downloads: {line.problem}", maybe_billed=line.response),
+                cost=cost, line=number, **base)
+            r.done.failed.add(job_id)
+            charged += cost
+            lost += 1
+        r.bad.clear()
+        # Which unread job is which of the service's counts cannot be known: as many as it
+        # says succeeded (billed) beyond those read are lost and charged; the rest, which it
+        # failed or never ran, were not billed and go back to pending.
+        rest = r.unread()
+        n_lost = min(len(rest), max(0, r.billed - len(r.done.responded & set(r.jobs))))
+        why = r.gone or "the results file holds no readable line for it"
+        for job_id in rest[:n_lost]:
+            spec = spec_from_line(r.jobs[job_id])
+            cost = self.rec.prices.estimate(spec)
+            self.rec.failure(spec, e.ResultLostError(
+                f"{why}; the service counted this request as succeeded (billed)",
+                maybe_billed=True), cost=cost, line=None, **base)
+            r.done.failed.add(job_id)
+            charged += cost
+            lost += 1
+        returned = rest[n_lost:]
+        for job_id in returned:
+            self.rec.index.states.pop(job_id, None)  # pending again: submitted anew
+            self.rec.tally.came_back(job_id)
+        return lost, charged, len(returned)
+
+    async def _one(self, spec: JobSpec, obj: dict[str, Any], done: Done,
                    kw: dict[str, Any]) -> None:
         job_id = spec.job_id
         kept = done.kept.get(job_id)
@@ -330,6 +349,7 @@ class Collector:
             resp = obj["response"]
             usage = resp.get("usageMetadata") if isinstance(resp, dict) else None
             cost = prices.from_usage(spec, usage) if usage else prices.estimate(spec)
+            done.responded.add(job_id)
             if kept is not None:
                 await self._kept_saved(job_id)
                 self.rec.duplicate(kept, cost, kw["line"])  # billed again; keep the first

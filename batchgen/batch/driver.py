@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .. import errors as e
 from ..aio import wait_event
 from ..api.client import GeminiClient
+from ..api.retrying import RetryPolicy
 from ..exits import ExitCode
 from ..folder.appender import LedgerWriter
 from ..folder.batches import BatchRecord, Journal, Phase
@@ -35,7 +36,7 @@ from ..redact import redact
 from ..settings import ClientSettings, RunOptions, Selection
 from ..spec import JobSpec, Provider
 from ..store.images import ImageStore
-from .collect import Collector, Recorder, Tally
+from .collect import Collector, Recorder, Tally, Verdict
 from .submit import Submitted, Submitter
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
@@ -125,8 +126,8 @@ class BatchRun:
             raise KeyboardInterrupt
         self.interrupted = True
         self.stop.set()
-        Progress.write("stopping: the batches keep running on the service; Ctrl-C again to quit "
-                       "at once")
+        Progress.write("stopping: nothing is lost, the service goes on with the batches; Ctrl-C "
+                       "again to quit at once")
 
     async def run(self) -> Outcome:
         prep = self.prep
@@ -155,8 +156,12 @@ class BatchRun:
         loop = asyncio.get_running_loop()
         restore = install_signals(loop, self._interrupt)
         try:
-            async with endpoint(prep.client, self.target.fake) as cs, BatchAPI(cs) as api, \
-                    GeminiClient(cs) as client:
+            settings = self.options.settings
+            # Batch calls retry as live requests do: --backoff sets the first wait.
+            policy = RetryPolicy(max_attempts=6, backoff_initial_s=settings.backoff_initial_s,
+                                 backoff_max_s=30.0)
+            async with endpoint(prep.client, self.target.fake) as cs, \
+                    BatchAPI(cs, policy) as api, GeminiClient(cs) as client:
                 return await self._loop(api, client, recorder, bar)
         finally:
             restore()
@@ -220,7 +225,10 @@ class BatchRun:
             yield job
 
     async def _poll(self, api: BatchAPI, collector: Collector) -> int:
-        """Poll every created batch; collect or close each finished one. How many finished."""
+        """Poll every created batch; collect or close each finished one. How many finished.
+
+        A transient fault (after the wire's own retries) leaves that batch open for the next
+        poll, as a fault in any request would: --wait goes on, a single pass exits 5."""
         finished = 0
         for rec in [r for r in self.journal.open_records() if r.name is not None]:
             assert rec.name is not None
@@ -230,15 +238,20 @@ class BatchRun:
                 self._close(rec, "deleted")
                 finished += 1
                 continue
+            except e.TransientError as exc:
+                log.warning("%s: could not be polled (%s); trying again later", rec.name, exc)
+                continue
             state = str(batch_info(op).get("state") or "")
             if state != rec.state:
                 self.journal.update(rec.display_name, state=state, counts=stats_of(op))
             if state not in FINAL_STATES:
                 continue
             if output_of(op) is not None:
-                if not await collector.collect(rec, op):
+                verdict = await collector.collect(rec, op)
+                if verdict is Verdict.STOPPED:
                     return finished  # stopped part-way
-                finished += 1
+                if verdict is not Verdict.UNFINISHED:
+                    finished += 1
             elif state == "BATCH_STATE_SUCCEEDED":
                 continue  # succeeded a moment before its output shows: poll again
             else:
@@ -276,9 +289,10 @@ class BatchRun:
                 + f"; ${t.spent_usd:.2f} at batch prices")
         open_recs = self.journal.open_records()
         cmd = command_line()
+        ended = [r for r in open_recs if r.state in FINAL_STATES]
+        running = len(open_recs) - len(ended)
         if not settled_pass:
-            self.say(f"stopped waiting; {len(open_recs)} batches keep running on the service; "
-                       f"to collect them: {cmd}")
+            self.say(f"stopped; {_open_words(running, len(ended))}; to collect: {cmd}")
             return Outcome(ExitCode.INTERRUPTED, False)
         if open_recs:
             jobs = sum(r.jobs for r in open_recs)
@@ -289,7 +303,7 @@ class BatchRun:
             if sub.batches:
                 self.say(f"submitted {sub.jobs} jobs in {_batches(sub.batches)}, estimated "
                            f"${sub.estimate_usd:.2f} at batch prices")
-            self.say(f"{jobs} jobs in {_batches(len(open_recs))} running; re-run this "
+            self.say(f"{jobs} jobs in {_open_words(running, len(ended))}; re-run this "
                        f"command to collect: {cmd}")
             return Outcome(ExitCode.RUNNING, False)
         typical = [0.0]
@@ -320,6 +334,18 @@ def _batches(n: int) -> str:
     return f"{n} batch{'es' if n != 1 else ''}"
 
 
+def _open_words(running: int, ended: int) -> str:
+    """Open batches as they are: a finished one whose results are not all in is not running."""
+    parts = []
+    if running:
+        parts.append(f"{_batches(running)} still running on the service (they keep running "
+                     "without batchgen)")
+    if ended:
+        parts.append(f"{_batches(ended)} finished, results not collected yet (they wait on "
+                     "the service)")
+    return " and ".join(parts) or "no batches open"
+
+
 def run_batch(prep: Prepared, options: RunOptions, say: Callable[[str], None]) -> Outcome:
     """One ``run --mode batch``; ``say`` reports progress and the outcome (the CLI: stderr)."""
     check_provider(prep.client.provider)
@@ -347,9 +373,17 @@ def run_batch(prep: Prepared, options: RunOptions, say: Callable[[str], None]) -
 # -- cancel ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    batches: int  # cancelled on the service
+    jobs: int  # their jobs, pending again
+    finished: tuple[str, ...] = ()  # finished before cancel: what the next run does with each
+
+
 async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
-                         confirm: Callable[[list[BatchRecord]], bool]) -> tuple[int, int]:
-    """Cancel the folder's open batches; their jobs go back to pending. (cancelled, jobs)."""
+                         confirm: Callable[[list[BatchRecord]], bool]) -> Cancelled:
+    """Cancel the folder's open batches; their jobs go back to pending. A batch that finished
+    first is left for the next run to collect: its results were billed."""
     async with BatchAPI(run_dir_settings) as api:
         unnamed = [r for r in journal.open_records() if r.name is None]
         if unnamed:
@@ -364,8 +398,10 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                                    state=batch_info(op).get("state") or "")
         targets = [r for r in journal.open_records() if r.name is not None]
         if not targets or not confirm(targets):
-            return 0, 0
+            return Cancelled(0, 0)
         jobs = 0
+        cancelled = 0
+        finished: list[str] = []
         for rec in targets:
             assert rec.name is not None
             op = await api.get(rec.name)
@@ -374,10 +410,21 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                 await api.cancel(rec.name)
                 op = await api.get(rec.name)
                 state = str(batch_info(op).get("state") or "BATCH_STATE_CANCELLED")
-            if output_of(op) is not None:
-                # Finished (or cancelled with results): the next run collects it, nothing lost.
+            output = output_of(op)
+            if output is not None:
+                # Finished (or cancelled with results): the next run collects it, nothing lost;
+                # one whose results file is gone is closed by it, its billed results charged.
                 journal.update(rec.display_name, state=state, counts=stats_of(op))
+                file = output.get("responsesFile")
+                if file and await api.get_file(str(file)) is None:
+                    finished.append(
+                        f"{rec.name} finished, but its results file {file} is gone: the next "
+                        "run closes it, charges the results the service billed (estimated) "
+                        "and returns the jobs it did not bill to pending")
+                else:
+                    finished.append(f"{rec.name} finished: the next run collects its results")
                 continue
+            cancelled += 1
             journal.update(rec.display_name, phase=Phase.CLOSED, state=state, returned=rec.jobs,
                            note="cancelled")
             journal.jobs_path(rec.display_name).unlink(missing_ok=True)
@@ -385,4 +432,4 @@ async def cancel_batches(run_dir_settings: ClientSettings, journal: Journal,
                 with contextlib.suppress(e.APIError):
                     await api.delete_file(rec.input_file)
             jobs += rec.jobs
-        return len(targets), jobs
+        return Cancelled(cancelled, jobs, tuple(finished))

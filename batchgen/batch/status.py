@@ -38,4 +38,6 @@ def format_batches(rows: list[dict[str, Any]]) -> str:
             f"  {r['name'] or '(not created)':<44} {state:<10} {r['jobs']:>6} jobs "
             f"{r['succeeded']:>6} ok {r['failed']:>5} failed  {age(str(r['created_at']))} old"
         )
+        if r.get("note"):
+            lines.append(f"    {r['note']}")
     return "\n".join(lines)

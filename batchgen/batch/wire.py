@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urljoin
@@ -49,6 +50,19 @@ FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 # google.rpc.Code numbers a result line may carry, as the HTTP status the error table knows.
 _RPC_TO_HTTP = {1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400,
                 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
+
+
+# What is kept of a line over the cap: enough to find its key and whether it was a response.
+LINE_HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RawLine:
+    """One line of a downloaded results file."""
+
+    data: bytes  # the line; of an oversized one, its first LINE_HEAD_BYTES
+    oversized: bool = False
+    ended: bool = True  # False: the download stopped with no newline after it
 
 
 def line_error(status: Any) -> e.APIError:
@@ -264,8 +278,14 @@ class BatchAPI(SessionOwner):
         except (e.AuthError, e.ModelNotFoundError):
             return None
 
-    async def download_lines(self, name: str) -> AsyncIterator[bytes]:
-        """The lines of a generated file, streamed: at most one line and one chunk in memory."""
+    async def download_lines(self, name: str, cap: int = ANSWER_MAX_BYTES
+                             ) -> AsyncIterator[RawLine]:
+        """The lines of a generated file, streamed: at most one line and one chunk in memory.
+
+        A line over ``cap`` is skipped to its newline and handed on as its first bytes only
+        (``oversized``), so one bad line does not end the file. A last piece with no newline
+        after it comes with ``ended=False``: the caller decides whether it is whole.
+        """
         query, headers = self._auth()
         query["alt"] = "media"
         url = self._url(f"download/{API}/{name}:download")
@@ -277,27 +297,36 @@ class BatchAPI(SessionOwner):
                     body = await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
                     raise _answered(error_from_http(resp.status, bytes(body), resp.headers))
                 buf = bytearray()
+                head: bytes | None = None  # set while skipping an oversized line
                 async for chunk in resp.content.iter_any():
                     start = 0
                     while True:
                         nl = chunk.find(b"\n", start)
                         if nl < 0:
-                            buf += chunk[start:]
-                            if len(buf) > ANSWER_MAX_BYTES:  # one answer is never this big
-                                raise e.BodyTooLargeError(
-                                    f"{name}: a result line over {ANSWER_MAX_BYTES} bytes")
+                            if head is None:
+                                buf += chunk[start:]
+                                if len(buf) > cap:
+                                    head = bytes(buf[:LINE_HEAD_BYTES])
+                                    buf = bytearray()
                             break
-                        if buf:
+                        if head is not None:
+                            line, head, oversized = head, None, True
+                        elif buf:
                             buf += chunk[start:nl]
-                            line = bytes(buf)
+                            line, oversized = bytes(buf), len(buf) > cap
                             buf.clear()
                         else:
                             line = chunk[start:nl]
+                            oversized = len(line) > cap
                         start = nl + 1
-                        if line.strip():
-                            yield line
-                if buf.strip():
-                    yield bytes(buf)
+                        if oversized:
+                            yield RawLine(line[:LINE_HEAD_BYTES], oversized=True)
+                        elif line.strip():
+                            yield RawLine(line)
+                if head is not None:
+                    yield RawLine(head, oversized=True, ended=False)
+                elif buf.strip():
+                    yield RawLine(bytes(buf), ended=False)
 
     # -- Batch API --------------------------------------------------------------------------
 

@@ -120,13 +120,15 @@ def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str
                 raise InputError("cancel asks before it cancels; give --yes to run it unattended")
             return click.confirm("Cancel them?", default=False)
 
-        cancelled, jobs = asyncio.run(cancel_batches(settings, journal, confirm))
+        result = asyncio.run(cancel_batches(settings, journal, confirm))
     finally:
         os.close(lock)
-    if cancelled:
-        click.echo(f"cancelled {cancelled} batches; {jobs} jobs are pending again "
-                   "(finished batches are collected by the next run)", err=True)
-    else:
+    if result.batches:
+        click.echo(f"cancelled {result.batches} batches; {result.jobs} jobs are pending again",
+                   err=True)
+    for line in result.finished:
+        click.echo(line, err=True)
+    if not result.batches and not result.finished:
         click.echo("no running batches to cancel", err=True)
     return ExitCode.OK
 

@@ -209,6 +209,8 @@ class BatchService:
             fail=cfg.batch_fail,
             line_error_rate=cfg.batch_line_error_rate,
             output_lag=cfg.batch_output_lag,
+            garbled_lines=cfg.batch_garbled_lines,
+            oversized_lines=cfg.batch_oversized_lines,
         )
         self._batches[batch_id] = batch
         self.server.stats.record_batch_created(display_name)
@@ -275,6 +277,9 @@ class BatchService:
     async def handle_get(self, request: web.Request) -> web.Response:
         try:
             check_key(request, self.cfg)
+            if self.cfg.batch_get_503 > 0:
+                self.cfg.batch_get_503 -= 1
+                raise ApiError(503, "UNAVAILABLE", "The service is currently unavailable.")
             batch = self._get(request.match_info["name"])
             await self.runner.settle(batch)
             return json_response(operation(batch, time.monotonic(), lag=True))

@@ -27,6 +27,7 @@ from typing import IO, Any
 import orjson
 
 from .answers import TEXT_ONLY, answer, blocked, empty_answer, fault_error, usage
+from .downloads import garble_line
 from .faults import FakeConfig
 from .file_store import FileStore
 from .host import BatchHost
@@ -83,6 +84,8 @@ class Batch:
     fail: bool
     line_error_rate: float
     output_lag: int = 0  # reads of the finished batch that still show no output
+    garbled_lines: int = 0  # result lines still to write unreadable (billed all the same)
+    oversized_lines: int = 0  # responses still to write over 256 MiB
     final: BatchState | None = None
     ended: float | None = None
     succeeded: int = 0
@@ -135,6 +138,13 @@ class _Shuffler:
         self.out.write(line)
         self.hasher.update(line)
         self.size += len(line)
+
+    def write_now(self, chunks: Iterator[bytes]) -> None:
+        """A line too big to hold: written at once, a chunk at a time."""
+        for chunk in chunks:
+            self.out.write(chunk)
+            self.hasher.update(chunk)
+            self.size += len(chunk)
 
     def flush(self) -> None:
         while self.held:
@@ -261,7 +271,15 @@ class BatchRunner:
                 # Other top-level fields of an input line come back with its result.
                 head = orjson.dumps(data)
                 for kind, payload in self._results(batch, request, rng):
-                    shuffler.push(_wrap(head, kind, payload) + b"\n")
+                    if kind == b"response" and batch.oversized_lines > 0:
+                        batch.oversized_lines -= 1
+                        shuffler.write_now(_oversized(head))
+                        continue
+                    line = _wrap(head, kind, payload) + b"\n"
+                    if batch.garbled_lines > 0:
+                        batch.garbled_lines -= 1
+                        line = garble_line(line)
+                    shuffler.push(line)
                 n += 1
                 if n % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -346,6 +364,25 @@ class BatchRunner:
             return b"error", orjson.dumps({"code": 502, "message": "Bad Gateway"})
         err = fault_error(fault, model, cfg)
         return b"error", orjson.dumps({"code": err.code, "message": err.message})
+
+
+# A response line over the client's 256 MiB cap for one answer, by 1 MiB.
+OVERSIZED_LINE_BYTES = 257 * 1024 * 1024
+_CHUNK = 8 * 1024 * 1024
+
+
+def _oversized(head: bytes) -> Iterator[bytes]:
+    """A response line of OVERSIZED_LINE_BYTES: one text part of padding, never held whole."""
+    start = _wrap(head, b"response", b'{"candidates":[{"content":{"parts":[{"text":"')
+    start = start[:-1]  # _wrap closed the object; the padding goes inside
+    end = b'"}]}}]}}\n'
+    left = OVERSIZED_LINE_BYTES - len(start) - len(end)
+    yield start
+    pad = b"A" * _CHUNK
+    while left > 0:
+        yield pad[: min(left, _CHUNK)]
+        left -= _CHUNK
+    yield end
 
 
 def _wrap(head: bytes, kind: bytes, payload: bytes) -> bytes:

@@ -39,6 +39,12 @@ FAULT_NAMES: tuple[str, ...] = (
     "empty",
 )
 URL_OUTPUT_MODES: tuple[str, ...] = ("file_data", "text", "markdown", "escaped", "data")
+# What a results download can do wrong (FakeConfig.batch_download_script), one per download:
+# "cut" ends cleanly after half the file (HTTP/1.0 style: no Content-Length, no chunking, the
+# connection closed), "drop" hangs up half-way short of its Content-Length, "503" refuses,
+# "garble" corrupts one line in transit, "endless" follows the file with lines forever, "stall"
+# sends half and then nothing.
+DOWNLOAD_FAULTS: tuple[str, ...] = ("ok", "cut", "drop", "503", "garble", "endless", "stall")
 # How the quota limiter counts: over the last ``rate_window_s`` seconds, or per fixed window.
 WINDOW_KINDS: tuple[str, ...] = ("sliding", "fixed")
 # What its refusals look like: a quota 429 with RetryInfo, or an overload 429 with no delay.
@@ -100,6 +106,10 @@ class FakeConfig:
     batch_line_error_rate: float = 0.0  # share of lines that come back as retryable errors
     batch_output_lag: int = 0  # reads of a succeeded batch that show it without its output
     batch_inline_max_bytes: int = 20 * 1024 * 1024  # a create with inline requests, at most
+    batch_download_script: list[str] = field(default_factory=list)  # DOWNLOAD_FAULTS, in turn
+    batch_get_503: int = 0  # the next N reads of a batch (get) answer 503
+    batch_garbled_lines: int = 0  # the first N result lines of a batch are written unreadable
+    batch_oversized_lines: int = 0  # the first N responses of a batch are over 256 MiB
 
     def __post_init__(self) -> None:
         # Catch typos at construction: a misspelt fault would otherwise silently mean "ok".
@@ -118,8 +128,14 @@ class FakeConfig:
         for rate in ("batch_duplicate_rate", "batch_line_error_rate"):
             if not 0.0 <= getattr(self, rate) <= 1.0:
                 raise ValueError(f"{rate} must be between 0 and 1")
-        if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag) < 0:
-            raise ValueError("batch_seconds, batch_create_503 and batch_output_lag must be >= 0")
+        if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag, self.batch_get_503,
+               self.batch_garbled_lines, self.batch_oversized_lines) < 0:
+            raise ValueError("batch_seconds, batch_create_503, batch_output_lag, batch_get_503, "
+                             "batch_garbled_lines and batch_oversized_lines must be >= 0")
+        for name in self.batch_download_script:
+            if name not in DOWNLOAD_FAULTS:
+                raise ValueError(f"unknown download fault {name!r}; known: "
+                                 f"{', '.join(DOWNLOAD_FAULTS)}")
         self.models = tuple(self.models)
 
     def to_json(self) -> dict[str, Any]:
@@ -154,8 +170,9 @@ def apply_config_json(config: FakeConfig, data: object) -> None:
         updates["rules"] = [Rule(**r) for r in rules]
     if "models" in updates:
         updates["models"] = tuple(updates["models"])
-    if "script" in updates:
-        updates["script"] = list(updates["script"])
+    for name in ("script", "batch_download_script"):
+        if name in updates:
+            updates[name] = list(updates[name])
     # Build a throwaway config to run the same validation the constructor does.
     merged = {f.name: getattr(config, f.name) for f in fields(FakeConfig)}
     merged.update(updates)

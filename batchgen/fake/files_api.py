@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .downloads import serve_fault
 from .faults import FakeConfig
 from .file_store import FileStore, UploadSession
 from .validate import ApiError, invalid, snake
@@ -236,5 +237,9 @@ class FilesApi:
                 raise invalid(f"Only generated files can be downloaded, not files/{file_id}.")
         except ApiError as err:
             return error_response(err)
+        script = self.cfg.batch_download_script
+        fault = script.pop(0) if script else "ok"
+        if fault != "ok":
+            return await serve_fault(request, stored.path, stored.mime_type, fault)
         return web.FileResponse(stored.path, headers={"Content-Type": stored.mime_type})
 

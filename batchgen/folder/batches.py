@@ -81,6 +81,7 @@ class BatchRecord:
     failed: int = 0
     duplicates: int = 0
     returned: int = 0
+    lost: int = 0  # results the service counted that could not be had (charged, not pending)
     cost_usd: float = 0.0
     files_deleted: bool = False
     note: str = ""
@@ -95,6 +96,8 @@ class BatchRecord:
             "succeeded": self.succeeded or self.counts.get("successfulRequestCount", 0),
             "failed": self.failed or self.counts.get("failedRequestCount", 0),
             "created_at": self.created_at or self.intent_at,
+            "lost": self.lost,
+            "note": self.note,
         }
 
 
