@@ -107,8 +107,15 @@ run_parameters: Decorator[CommandFunction] = _stack(
     click.option("--base-url", help="Point the provider at another host."),
     model_option("Model id for every job [gemini-3-pro-image]."),
     concurrency_option,
-    click.option("--timeout", type=click.FloatRange(0.1), default=300.0, show_default=True,
-                 help="Seconds per request."),
+    click.option("--timeout", type=click.FloatRange(0.1), default=None,
+                 help="Seconds per request [300; 1200 with --tier flex, whose answers take "
+                      "1-15 minutes]."),
+    click.option("--tier", metavar="TIER[,TIER]",
+                 help="Service tier (google only): standard, flex (half price, answers in 1-15 "
+                      "min, may be shed) or priority; flex,standard: a job moves to standard "
+                      "after --fallback-after sheds in a row."),
+    click.option("--fallback-after", type=click.IntRange(1, 100), default=3, show_default=True,
+                 metavar="SHEDS", help="With --tier flex,standard: sheds before a job moves on."),
     click.option("--reference-timeout", type=click.FloatRange(0.1), default=60.0,
                  show_default=True, help="Seconds to fetch one URL reference image."),
     click.option("--max-attempts", type=click.IntRange(1, 100), default=6, show_default=True),
@@ -218,9 +225,12 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
         RunSettings,
         Target,
         Timeouts,
+        tier_timeout,
     )
 
     _check_loop_options(o)
+    tiers = parse_tiers(o["tier"], o["mode"])
+    timeout = o["timeout"] if o["timeout"] is not None else tier_timeout(tiers)
     shard = parse_shard(o["shard"])
     selection = _selection(o, parse_retry_kinds(o["retry_failed"]), shard)
     return RunOptions(
@@ -228,7 +238,7 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
                       base_url=o["base_url"], model=o["model"], prices=o["prices"],
                       columns=o["columns"], defaults=o["defaults"]),
         mode=o["mode"],
-        timeouts=Timeouts(request_s=o["timeout"], reference_s=o["reference_timeout"]),
+        timeouts=Timeouts(request_s=timeout, reference_s=o["reference_timeout"]),
         settings=RunSettings(
             concurrency=o["concurrency"],
             max_attempts=o["max_attempts"],
@@ -239,7 +249,9 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
             burst=o["burst"],
             retry_blocked=o["retry_blocked"],
             budget_usd=o["budget"],
-            grace_s=o["timeout"],  # a request in flight may take its whole timeout to end
+            grace_s=timeout,  # a request in flight may take its whole timeout to end
+            tiers=tiers,
+            fallback_after_sheds=o["fallback_after"],
         ),
         selection=selection,
         batch=BatchSettings(batch_size=o["batch_size"],
@@ -249,6 +261,26 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
                        progress=not o["no_progress"], log_every_s=o["log_every"],
                        verbose=o["verbose"], gallery=not o["no_gallery"]),
     )
+
+
+def parse_tiers(value: str | None, mode: str) -> tuple[str, ...]:
+    """--tier flex or flex,standard -> ("flex", "standard"); a usage error otherwise."""
+    from ..errors import InputError
+    from ..spec import SERVICE_TIERS
+
+    if value is None:
+        return ()
+    tiers = tuple(t.strip().lower() for t in value.split(","))
+    for t in tiers:
+        if t not in SERVICE_TIERS:
+            known = ", ".join(SERVICE_TIERS)
+            raise InputError(f"--tier {value}: {t!r} is not a tier; one of {known}")
+    if len(set(tiers)) != len(tiers):
+        raise InputError(f"--tier {value}: a tier named twice")
+    if mode == "batch":
+        raise InputError(f"--tier {value}: service tiers are for live requests; batch mode has "
+                         "its own price (drop --tier or --mode batch)")
+    return tiers
 
 
 def estimate_request(manifest: Path, o: dict[str, Any]) -> EstimateRequest:
