@@ -29,6 +29,14 @@ FLEX_TIMEOUT_S = 1200.0
 FALLBACK_AFTER_SHEDS = 3
 
 
+def tier_note(tiers: tuple[str, ...], timeout_s: float) -> str:
+    """What the bar and the log say of a run on these tiers ("" for a standard run)."""
+    if "flex" not in tiers:
+        return f"tier {tiers[0]}" if tiers else ""
+    then = f", then {', '.join(tiers[tiers.index('flex') + 1:])}" if tiers[-1] != "flex" else ""
+    return f"flex tier{then}: answers take 1-15 min (timeout {timeout_s:g}s)"
+
+
 def tier_timeout(tiers: tuple[str, ...]) -> float:
     """The default --timeout for a run on these tiers: the slowest tier's."""
     return FLEX_TIMEOUT_S if "flex" in tiers else STANDARD_TIMEOUT_S

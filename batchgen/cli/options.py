@@ -189,7 +189,7 @@ estimate_parameters: Decorator[CommandFunction] = _stack(
                  help="Count only the jobs whose image was rejected, as run --redo-rejected."),
     json_option,
     click.option("--mode", type=click.Choice(["live", "batch"]), default="live",
-                 show_default=True, help="batch: show live and batch cost side by side."),
+                 show_default=True, help="batch: show standard, flex and batch cost side by side."),
 )
 
 

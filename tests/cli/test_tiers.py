@@ -24,6 +24,8 @@ def test_flex_runs_every_job_at_half_price_with_sheds_retried(
     lines = ledger_lines(out)
     assert len(lines) == 12 and all(x["status"] == "succeeded" for x in lines)
     assert {x["tier"] for x in lines} == {"flex"}
+    # Flex answers take minutes: the default timeout follows, and the run says so.
+    assert "flex tier: answers take 1-15 min (timeout 1200s)" in r.stderr
     sent = server.stats.requests_seen()
     assert {x["service_tier"] for x in sent} == {"flex"}
     shed = server.stats.faults["flex_shed"]
@@ -67,6 +69,7 @@ def test_flex_then_standard_falls_back_after_three_sheds(
     out = tmp_path / "run"
     r = run_against(server, m, out, "--tier", "flex,standard", provider="google")
     assert r.code == 0, r.stderr
+    assert "flex tier, then standard" in r.stderr
     lines = ledger_lines(out)
     assert {x["tier"] for x in lines} == {"standard"}
     assert all(x["attempts"] == 4 for x in lines), [x["attempts"] for x in lines]
