@@ -42,6 +42,10 @@ def tier_timeout(tiers: tuple[str, ...]) -> float:
     return FLEX_TIMEOUT_S if "flex" in tiers else STANDARD_TIMEOUT_S
 
 
+# A batch's results file is kept under 1 GB by its expected output (README "Batch mode"): under
+# the 1.2 GB batch reported unfetchable and half the Files API's 2 GB a file.
+MAX_RESULT_BYTES = 1000**3
+
 # Jobs per batch by default; README "Batch mode" gives the figures behind it.
 DEFAULT_BATCH_SIZE = 1000
 # The service takes request files up to 2 GB; keep a margin for the last line written.
@@ -181,6 +185,8 @@ class BatchSettings:
 
     batch_size: int = DEFAULT_BATCH_SIZE
     max_file_bytes: int = MAX_FILE_BYTES
+    # A batch's expected results file, at most (catalog.result_line_bytes per job).
+    max_result_bytes: int = MAX_RESULT_BYTES
     wait: bool = False  # poll until every batch is collected
     poll_interval_s: float = 30.0
 

@@ -165,6 +165,8 @@ run_parameters: Decorator[CommandFunction] = _stack(
                  help="Batch mode with --wait: seconds between polls, at least."),
     click.option("--max-file-bytes", type=click.IntRange(1024), default=None, hidden=True,
                  help="Batch mode: request file size cap (for tests; the service's is 2 GB)."),
+    click.option("--max-result-bytes", type=click.IntRange(1024), default=None, hidden=True,
+                 help="Batch mode: expected results file cap (for tests; 1 GB)."),
 )
 
 estimate_parameters: Decorator[CommandFunction] = _stack(
@@ -219,6 +221,7 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
     usage error, in that order)."""
     from ..settings import (
         MAX_FILE_BYTES,
+        MAX_RESULT_BYTES,
         BatchSettings,
         Interaction,
         RunOptions,
@@ -256,6 +259,7 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
         selection=selection,
         batch=BatchSettings(batch_size=o["batch_size"],
                             max_file_bytes=o["max_file_bytes"] or MAX_FILE_BYTES,
+                            max_result_bytes=o["max_result_bytes"] or MAX_RESULT_BYTES,
                             wait=o["wait"], poll_interval_s=o["poll_interval"]),
         ui=Interaction(yes=o["yes"], confirm_above_usd=o["confirm_above"],
                        progress=not o["no_progress"], log_every_s=o["log_every"],
