@@ -35,6 +35,8 @@ T = TypeVar("T")
 API = "v1beta"
 CHUNK_BYTES = 8 * 1024 * 1024  # what the SDK sends per upload chunk
 LIST_PAGE_SIZE = 100
+# Drops a results download survives, each resumed where it stopped.
+DOWNLOAD_RESUMES = 8
 JSONL_MIME = "application/jsonl"
 
 # Batch states on the wire, and which of them are final.
@@ -265,19 +267,17 @@ class BatchAPI(SessionOwner):
             return None
 
     async def download_lines(self, name: str) -> AsyncIterator[bytes]:
-        """The lines of a generated file, streamed: at most one line and one chunk in memory."""
-        query, headers = self._auth()
-        query["alt"] = "media"
-        url = self._url(f"download/{API}/{name}:download")
-        with translating():
-            async with self.session.get(url, params=query, headers=headers,
-                                        allow_redirects=False) as resp:
-                _no_redirect(resp)
-                if resp.status != 200:
-                    body = await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
-                    raise _answered(error_from_http(resp.status, bytes(body), resp.headers))
-                buf = bytearray()
-                async for chunk in resp.content.iter_any():
+        """The lines of a generated file, streamed: at most one line and one chunk in memory.
+
+        A connection dropped part way resumes from the last byte received, with a Range request
+        where the service honours one (206), else by skipping what was already read; each line
+        is yielded once either way."""
+        buf = bytearray()
+        received, drops = 0, 0
+        while True:
+            try:
+                async for chunk in self._download_from(name, received):
+                    received += len(chunk)
                     start = 0
                     while True:
                         nl = chunk.find(b"\n", start)
@@ -296,8 +296,39 @@ class BatchAPI(SessionOwner):
                         start = nl + 1
                         if line.strip():
                             yield line
-                if buf.strip():
-                    yield bytes(buf)
+                break
+            except e.TransientError as exc:  # dropped, cut off, timed out, a 5xx
+                drops += 1
+                if isinstance(exc, e.BodyTooLargeError) or drops >= DOWNLOAD_RESUMES:
+                    raise
+                log.info("%s: download dropped at byte %d (%s); resuming", name, received, exc)
+                await asyncio.sleep(min(0.1 * 2**drops, 5.0))
+        if buf.strip():
+            yield bytes(buf)
+
+    async def _download_from(self, name: str, offset: int) -> AsyncIterator[bytes]:
+        """The file's bytes from ``offset`` on: a Range request when resuming."""
+        query, headers = self._auth()
+        query["alt"] = "media"
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        url = self._url(f"download/{API}/{name}:download")
+        with translating():
+            async with self.session.get(url, params=query, headers=headers,
+                                        allow_redirects=False) as resp:
+                _no_redirect(resp)
+                if resp.status not in (200, 206):
+                    body = await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
+                    raise _answered(error_from_http(resp.status, bytes(body), resp.headers))
+                # A 200 to a Range request is the whole file again: skip what was read.
+                skip = offset if resp.status == 200 else 0
+                async for chunk in resp.content.iter_any():
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk, skip = chunk[dropped:], skip - dropped
+                        if not chunk:
+                            continue
+                    yield chunk
 
     # -- Batch API --------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ class FakeServer:
         # Files and Batch API: uploads live in a temp dir made on first use.
         self.file_store = FileStore(self.stats)
         self.batches = BatchService(self, self.file_store)
-        self._files_api = FilesApi(self.file_store, lambda: self.config)
+        self.files_api = FilesApi(self.file_store, lambda: self.config)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,7 +124,7 @@ class FakeServer:
         app.router.add_post("/_fake/config", self._handle_config)
         app.router.add_post("/_fake/reset", self._handle_reset)
         app.router.add_get("/_fake/files/{name}", self._handle_file)
-        self._files_api.add_routes(app)
+        self.files_api.add_routes(app)
         self.batches.add_routes(app)
         return app
 

@@ -115,6 +115,11 @@ class FakeConfig:
     # flex_shed_status (429 or 503); extra seconds a flex answer takes; the tiers each model
     # refuses with a 400 (default: what the model table's "tiers" lacks, flex only, since no
     # model lists priority and the service has it).
+    # Results downloads: the next download_cuts answers hang up after download_cut_bytes of
+    # what they send; download_ranges: whether a Range request is honoured (206) or ignored.
+    download_cut_bytes: int = 0
+    download_cuts: int = 0
+    download_ranges: bool = True
     flex_shed_rate: float = 0.0
     flex_shed_status: int = 429
     flex_latency_s: float = 0.0
