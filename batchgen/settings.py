@@ -189,6 +189,7 @@ class BatchSettings:
     max_result_bytes: int = MAX_RESULT_BYTES
     wait: bool = False  # poll until every batch is collected
     poll_interval_s: float = 30.0
+    running_ok: bool = False  # --running-ok: exit 0 instead of 5 while batches still run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -71,7 +71,19 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
         gallery = refresh_gallery(prep.folder.path)
         if gallery is not None:
             click.echo(f"gallery: {gallery}", err=True)
+    if outcome.code == ExitCode.RUNNING and options.batch.running_ok:
+        return ExitCode.OK  # --running-ok: "still running" is not a failure to `set -e`
     return outcome.code
+
+
+def refresh_command(run_dir: Path, provider: str | None, base_url: str | None) -> None:
+    """``status --refresh``: one poll of the service for the folder's open batches."""
+    from ..batch.watch import refresh_states
+
+    if not (run_dir / JOURNAL_NAME).exists():
+        return
+    settings = _client_settings(run_dir, provider, base_url)
+    asyncio.run(refresh_states(settings, run_dir))
 
 
 def budget_stop_line(stop: BudgetStop, cmd: CommandLine) -> str:
@@ -123,6 +135,8 @@ def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str
         cancelled, jobs = asyncio.run(cancel_batches(settings, journal, confirm))
     finally:
         os.close(lock)
+    if cancelled and not Journal(run_dir).open_records():
+        folder.update_meta(state="batches cancelled")  # the status headline follows the rows
     if cancelled:
         click.echo(f"cancelled {cancelled} batches; {jobs} jobs are pending again "
                    "(finished batches are collected by the next run)", err=True)
