@@ -76,3 +76,12 @@ async def test_flex_requests_are_shed_at_the_configured_share(
     # Standard requests are never shed.
     standard = [(await post(session, srv, request_body(f"s{i}")))[0] for i in range(20)]
     assert standard == [200] * 20
+
+
+def test_fake_server_command_checks_its_tier_knobs() -> None:
+    from tests.helpers.cli import cli
+
+    r = cli("fake-server", "--refuse-tier", "gemini-3-pro-image=cheap")
+    assert r.code == 2 and "--refuse-tier" in r.output and "flex" in r.output
+    r = cli("fake-server", "--flex-shed", "1.5")
+    assert r.code == 2 and "--flex-shed" in r.output
