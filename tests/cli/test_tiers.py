@@ -90,3 +90,22 @@ def test_tier_needs_the_google_provider_and_a_priced_tier(
     r = run_against(server, m, tmp_path / "c", "--tier", "cheap", provider="google")
     assert r.code == 2 and "cheap" in r.stderr, r.stderr
     assert server.stats.requests == 0
+
+
+def test_estimate_shows_standard_flex_and_batch(tmp_path: Path) -> None:
+    import json
+
+    from tests.helpers.cli import cli
+
+    m = write_manifest(tmp_path / "m.yaml", [f"e {i}" for i in range(4)])
+    est = json.loads(cli("estimate", m, "--out", tmp_path / "x", "--json").stdout)
+    assert est["flex_cost_usd"] == pytest.approx(est["cost_usd"] / 2, rel=1e-3)
+    assert est["batch_cost_usd"] == pytest.approx(est["cost_usd"] / 2, rel=1e-3)
+    text = cli("estimate", m, "--out", tmp_path / "x").stdout
+    assert f"flex ${est['flex_cost_usd']:.2f} (run --tier flex)" in text
+    lite = write_manifest(tmp_path / "l.yaml", ["l"], model="gemini-3.1-flash-lite-image")
+    est = json.loads(cli("estimate", lite, "--out", tmp_path / "y", "--json").stdout)
+    assert est["flex_cost_usd"] is None and est["batch_cost_usd"] > 0
+    side = cli("estimate", lite, "--out", tmp_path / "y", "--mode", "batch").stdout
+    total = [x.split() for x in side.splitlines() if x.lstrip().startswith("total")][-1]
+    assert total[-2] == "-", side  # the flex column: no flex price for this model
