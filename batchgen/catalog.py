@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .spec import ASPECT_RATIOS, MAX_REFERENCE_IMAGES
+from .spec import ASPECT_RATIOS, BASE_PIXELS, MAX_REFERENCE_IMAGES, SIZE_SCALE, output_pixels
 
 BUILTIN = "batchgen/data/models.json"
+BYTES_PER_PIXEL = 1.43
+RESULT_LINE_OVERHEAD = 16 * 1024
 # What a model entry may carry beside its prices (pricing.py checks the prices).
 CAPABILITY_FIELDS = (
     "label", "deprecated", "aspect_ratios", "sends_image_size", "max_references",
-    "google_search", "tiers", "sources",
+    "google_search", "tiers", "sources", "image_bytes",
 )  # fmt: skip
 
 
@@ -37,6 +39,8 @@ class ModelInfo:
     max_references: int
     google_search: bool
     deprecated: str | None = None
+    # Expected PNG bytes of one 1:1 image per size (other ratios scale by their pixels).
+    image_bytes: tuple[tuple[str, int], ...] = ()
 
 
 def load_builtin() -> dict[str, Any]:
@@ -97,6 +101,11 @@ def _info(name: str, fields: dict[str, Any], source: str) -> ModelInfo:
     if isinstance(refs, bool) or not isinstance(refs, int) or not 0 <= refs <= 100:
         raise InputError(f"{source}: {name}: max_references: must be a whole number 0-100")
     tokens = fields.get("image_tokens")
+    sizes = fields.get("image_bytes") or {}
+    if not isinstance(sizes, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes.values()
+    ):
+        raise InputError(f"{source}: {name}: image_bytes: must map sizes to whole byte counts")
     return ModelInfo(
         name=name,
         aspect_ratios=tuple(str(r) for r in ratios) if isinstance(ratios, list) else ASPECT_RATIOS,
@@ -105,6 +114,7 @@ def _info(name: str, fields: dict[str, Any], source: str) -> ModelInfo:
         max_references=refs,
         google_search=fields.get("google_search", True) is not False,
         deprecated=fields.get("deprecated") if isinstance(fields.get("deprecated"), str) else None,
+        image_bytes=tuple((str(k), int(v)) for k, v in sizes.items()),
     )
 
 
@@ -138,3 +148,18 @@ class ModelTable:
 @functools.cache
 def builtin_table() -> ModelTable:
     return ModelTable.load()
+
+
+def result_line_bytes(model: str, image_size: str, aspect_ratio: str | None) -> int:
+    """What one image adds to a batch's results file: its base64 (x4/3), and the JSON, text
+    and thought signature around it (interim thought images are not counted: the cap's margin
+    under the Files API's 2 GB is for them)."""
+    info = builtin_table().get(model)
+    ratio = aspect_ratio if aspect_ratio in BASE_PIXELS else "1:1"
+    size = image_size if image_size in SIZE_SCALE else "1K"
+    w, h = output_pixels(ratio, size)
+    sq_w, sq_h = output_pixels("1:1", size)
+    square = dict(info.image_bytes).get(size) if info is not None else None
+    # No figure in the table: the density of the reported 2K image (6 MB for 4.2 MP).
+    raw = square * (w * h) / (sq_w * sq_h) if square else w * h * BYTES_PER_PIXEL
+    return int(raw * 4 / 3) + RESULT_LINE_OVERHEAD

@@ -27,7 +27,8 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
             ├── ModelNotFoundError     404
             ├── DailyQuotaError        429 with a PerDay quota
             ├── ServerWaitError        a 503 / 5xx asking to wait longer than the ceiling
-            └── RedirectError          the API endpoint answered 3xx (never followed: the key)
+            ├── RedirectError          the API endpoint answered 3xx (never followed: the key)
+            └── TierNotOfferedError    400: the model does not offer the --tier asked for
 
 Whether to retry is decided in one place, :func:`batchgen.retrying.should_retry`.
 """
@@ -53,6 +54,7 @@ class ErrorKind(str, enum.Enum):
     DAILY_QUOTA = "daily_quota"
     SERVER_WAIT = "server_wait"
     REDIRECT = "redirect"
+    TIER_NOT_OFFERED = "tier_not_offered"
 
 
 class BatchgenError(Exception):
@@ -203,3 +205,9 @@ class ServerWaitError(FatalError):
 
 class RedirectError(FatalError):
     kind = ErrorKind.REDIRECT
+
+
+class TierNotOfferedError(FatalError):
+    """Every request on that tier would be refused the same way: stop, like a wrong key."""
+
+    kind = ErrorKind.TIER_NOT_OFFERED

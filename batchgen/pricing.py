@@ -37,6 +37,7 @@ class ModelPrice:
     batch_discount: float = 0.5
     # Service tier -> multiplier of the standard prices above (Flex: 0.5).
     tiers: tuple[tuple[str, float], ...] = (("standard", 1.0),)
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,7 @@ def _model_price(source: str, model: str, fields: dict[str, Any]) -> ModelPrice:
         input_image_tokens=tokens,
         batch_discount=float(fields.get("batch_discount", 0.5)),
         tiers=tuple((str(k), float(v)) for k, v in tiers.items()),
+        model=model,
     )
 
 
@@ -140,25 +142,48 @@ class PriceTable:
         *,
         batch: bool = False,
         source: str = BUILTIN_PRICES,
+        tier: str = "standard",
     ) -> None:
         self.models = models
         self.batch = batch
+        # Live mode's service tier (run --tier): its multiplier from the table's "tiers".
+        self.tier = tier
+        self.unpriced_tiers: set[tuple[str, str]] = set()
+        self.seen: set[str] = set()
         self.source = source
         # What jobs asked for that the table could not price exactly (see check_covered).
         self.unpriced: set[tuple[str, str]] = set()
         self.unknown_models: set[str] = set()
 
     @classmethod
-    def load(cls, override: Path | None = None, *, batch: bool = False) -> PriceTable:
+    def load(
+        cls, override: Path | None = None, *, batch: bool = False, tier: str = "standard"
+    ) -> PriceTable:
         raw = load_raw(override)
         source = str(override) if override is not None else BUILTIN_PRICES
         models: dict[str, ModelPrice] = {}
         for model, fields in raw.items():
             models[model] = _model_price(source, model, fields)
-        return cls(models, batch=batch, source=source)
+        return cls(models, batch=batch, source=source, tier=tier)
+
+    def at_tier(self, tier: str) -> PriceTable:
+        """The same table priced at another service tier (the estimate's columns, a fallback)."""
+        other = PriceTable(self.models, batch=False, source=self.source, tier=tier)
+        other.unpriced, other.unknown_models = self.unpriced, self.unknown_models
+        other.unpriced_tiers, other.seen = self.unpriced_tiers, self.seen
+        return other
+
+    def check_tiers(self, tiers: tuple[str, ...]) -> None:
+        """Every model priced so far must have a price at each tier a run may fall back to."""
+        for tier in tiers:
+            other = self.at_tier(tier)
+            for model in sorted(self.seen):
+                other._factor(self.models[model])
 
     def price(self, model: str) -> ModelPrice:
         found = self.models.get(model)
+        if found is not None:
+            self.seen.add(model)
         if found is None:
             # Priced like the default model so the pass can go on; check_covered refuses it.
             self.unknown_models.add(model)
@@ -189,12 +214,30 @@ class PriceTable:
             )
             for model, size in sorted(self.unpriced)
         ]
+        problems += [
+            Problem(
+                self.source, 0, f"{model}: tiers",
+                f"no price for the {tier} tier, which this run uses (--tier); add it, e.g. "
+                f'"tiers": {{"{tier}": MULTIPLIER}} (of the standard price), or use another '
+                "tier",
+            )
+            for model, tier in sorted(self.unpriced_tiers)
+        ]
         if problems:
             raise InputError(problems)
         return []
 
     def _factor(self, price: ModelPrice) -> float:
-        return price.batch_discount if self.batch else 1.0
+        if self.batch:
+            return price.batch_discount
+        if self.tier == "standard":
+            return 1.0
+        found = dict(price.tiers).get(self.tier)
+        if found is None:
+            # Priced at the dearest tier the table knows, until check_covered stops it.
+            self.unpriced_tiers.add((price.model, self.tier))
+            return max(max((v for _, v in price.tiers), default=1.0), 1.0)
+        return found
 
     def image_unit(self, model: str, image_size: str) -> float:
         p = self.price(model)

@@ -28,8 +28,11 @@ def one_line(value: object, width: int = ONE_LINE_MAX) -> str:
 
 class Progress:
     def __init__(
-        self, total: int, *, enabled: bool, spent_usd: float = 0.0, log_every_s: float = 0.0
+        self, total: int, *, enabled: bool, spent_usd: float = 0.0, log_every_s: float = 0.0,
+        note: str = "",
     ) -> None:
+        # What the bar and every progress line add, e.g. "flex: answers take 1-15 min".
+        self.note = note
         tty = sys.stderr.isatty()
         self.enabled = enabled and tty
         self.total = total
@@ -52,6 +55,7 @@ class Progress:
                 ncols=size.columns,
                 nrows=size.lines,
                 smoothing=0.1,
+                desc=note or None,
             )
             self._refresh()
 
@@ -100,6 +104,7 @@ class Progress:
             f"{self.failed} failed), {self.retries} retrying, {per_min:.1f} img/min, "
             f"spent this run ${self.spent_usd - self.spent_before_usd:.2f} "
             f"(folder ${self.spent_usd:.2f}), ETA {eta}"
+            + (f"; {self.note}" if self.note else "")
         )
 
     async def heartbeat(self) -> None:

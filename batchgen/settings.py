@@ -19,6 +19,33 @@ from .providers import PROVIDERS, MiB
 from .redact import redact
 from .spec import Provider
 
+# Seconds per request by default: standard answers come in well under a minute; Flex targets
+# 1-15 minutes (shared/gemini-api.md "Service tiers"), so its requests get the target's end
+# plus a third, before one counts as lost.
+STANDARD_TIMEOUT_S = 300.0
+FLEX_TIMEOUT_S = 1200.0
+# --tier flex,standard: a job moves to the next tier after this many sheds in a row (README
+# "The Flex tier" gives the arithmetic behind 3).
+FALLBACK_AFTER_SHEDS = 3
+
+
+def tier_note(tiers: tuple[str, ...], timeout_s: float) -> str:
+    """What the bar and the log say of a run on these tiers ("" for a standard run)."""
+    if "flex" not in tiers:
+        return f"tier {tiers[0]}" if tiers else ""
+    then = f", then {', '.join(tiers[tiers.index('flex') + 1:])}" if tiers[-1] != "flex" else ""
+    return f"flex tier{then}: answers take 1-15 min (timeout {timeout_s:g}s)"
+
+
+def tier_timeout(tiers: tuple[str, ...]) -> float:
+    """The default --timeout for a run on these tiers: the slowest tier's."""
+    return FLEX_TIMEOUT_S if "flex" in tiers else STANDARD_TIMEOUT_S
+
+
+# A batch's results file is kept under 1 GB by its expected output (README "Batch mode"): under
+# the 1.2 GB batch reported unfetchable and half the Files API's 2 GB a file.
+MAX_RESULT_BYTES = 1000**3
+
 # Jobs per batch by default; README "Batch mode" gives the figures behind it.
 DEFAULT_BATCH_SIZE = 1000
 # The service takes request files up to 2 GB; keep a margin for the last line written.
@@ -73,6 +100,10 @@ class RunSettings:
     retry_blocked: int = 0
     budget_usd: float | None = None
     grace_s: float = 300.0  # how long Ctrl-C waits for requests in flight (they are paid for)
+    # --tier: the service tiers to send on, in order ("flex", "standard": fall back after
+    # fallback_after_sheds sheds); () sends no service_tier (the service's standard).
+    tiers: tuple[str, ...] = ()
+    fallback_after_sheds: int = FALLBACK_AFTER_SHEDS
 
 
 def shard_of(job_id: str, n: int) -> int:
@@ -154,8 +185,11 @@ class BatchSettings:
 
     batch_size: int = DEFAULT_BATCH_SIZE
     max_file_bytes: int = MAX_FILE_BYTES
+    # A batch's expected results file, at most (catalog.result_line_bytes per job).
+    max_result_bytes: int = MAX_RESULT_BYTES
     wait: bool = False  # poll until every batch is collected
     poll_interval_s: float = 30.0
+    running_ok: bool = False  # --running-ok: exit 0 instead of 5 while batches still run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -74,6 +74,19 @@ DEFAULT_ASPECT_RATIO = "1:1"
 IMAGE_SIZES = ("512", "1K", "2K", "4K")
 DEFAULT_IMAGE_SIZE = "1K"
 MAX_REFERENCE_IMAGES = 14
+# Synchronous service tiers (shared/gemini-api.md "Service tiers"); the body's service_tier.
+SERVICE_TIERS = ("standard", "flex", "priority")
+SERVICE_TIER_ENUM = "type.googleapis.com/google.ai.generativelanguage.v1beta.ServiceTier"
+
+
+def tier_name(value: object) -> str | None:
+    """A ``service_tier`` value read as the service reads it: the docs write both "flex" and
+    "FLEX", so case is ignored. ValueError for anything else."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in SERVICE_TIERS:
+        raise ValueError(repr(value))
+    return value.lower()
 INPUT_MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
 
 # gemini-3-pro-image output at 1K; 2K doubles and 4K quadruples each side.

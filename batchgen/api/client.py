@@ -57,6 +57,7 @@ class GeneratedImage:
     text: str | None
     usage: dict[str, Any] | None
     grounding: Any = None  # a grounded answer's groundingMetadata, kept in the sidecar
+    tier: str | None = None  # the x-gemini-service-tier answer header: the tier that served it
 
 
 def source_prefix(spec: JobSpec) -> str:
@@ -121,13 +122,17 @@ class GeminiClient(SessionOwner):
             raise e.ReferenceError_(source_prefix(spec) + exc.message) from exc
         return request_body(spec, parts)
 
-    async def generate(self, spec: JobSpec) -> GeneratedImage:
+    async def generate(self, spec: JobSpec, tier: str | None = None) -> GeneratedImage:
         """One attempt. Raises a :class:`batchgen.errors.APIError` subclass on any failure."""
-        return await self.send(spec, await self.encode_request(spec))
+        return await self.send(spec, await self.encode_request(spec, tier))
 
-    async def encode_request(self, spec: JobSpec) -> bytes:
-        """The request body, references loaded and encoded: the part that needs no server."""
-        return orjson.dumps(await self.build_request(spec))
+    async def encode_request(self, spec: JobSpec, tier: str | None = None) -> bytes:
+        """The request body, references loaded and encoded: the part that needs no server.
+        ``tier``: the body's ``service_tier`` (None: not sent, the service's standard)."""
+        body = await self.build_request(spec)
+        if tier is not None:
+            body["service_tier"] = tier
+        return orjson.dumps(body)
 
     async def _local_reference(
         self, ref: Reference, per_ref: int | None
@@ -213,7 +218,9 @@ class GeminiClient(SessionOwner):
                     data, _ = data_url_bytes(parsed.url)
                 else:
                     data = await self._download_output(parsed.url)
-            return _finish(data, parsed.text, usage, parsed.grounding)
+            made = _finish(data, parsed.text, usage, parsed.grounding)
+            served = headers.get(TIER_HEADER) if headers is not None else None
+            return dataclasses.replace(made, tier=served.lower()) if served else made
         except e.TransientError as err:
             # The image was made, so it was paid for, but it did not reach us intact; an empty
             # answer made none.
@@ -284,6 +291,9 @@ class GeminiClient(SessionOwner):
             if why is not None:
                 raise e.ReferenceError_(f"reference {shown}: {why}")
         return data, mime
+
+
+TIER_HEADER = "x-gemini-service-tier"
 
 
 def _b64(data: bytes | bytearray) -> str:

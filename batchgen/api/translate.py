@@ -97,6 +97,8 @@ def error_from_http(status: int, body: bytes | bytearray, headers: Any) -> e.API
         return cls(message + wait, **kw)
     if status == 429:
         return e.RateLimitError(message, **kw)
+    if status == 400 and re.search(r"service[ _]tier", message, re.IGNORECASE):
+        return e.TierNotOfferedError(message, **kw)
     if status == 400 and "API_KEY_INVALID" in reasons:
         return e.AuthError(message, **kw)
     if status in (401, 403):

@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import NoReturn
-
-from tqdm import tqdm
 
 from .. import errors as e
 from ..aio import wait_event
@@ -25,7 +21,7 @@ from ..api.client import GeminiClient
 from ..api.retrying import RetryPolicy
 from ..exits import ExitCode
 from ..folder.appender import LedgerWriter
-from ..folder.batches import BatchRecord, Journal, Phase
+from ..folder.batches import BatchRecord, Journal, Phase, record_seen
 from ..folder.verdicts import Redos, rejected_jobs
 from ..planning.plan import IN_BATCH, Plan, manifest_meta
 from ..planning.prepare import Prepared
@@ -38,6 +34,7 @@ from ..spec import JobSpec, Provider
 from ..store.images import ImageStore
 from .collect import Collector, Recorder, Tally, Verdict
 from .submit import Submitted, Submitter
+from .watch import Watch
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
 log = logging.getLogger(__name__)
@@ -72,36 +69,6 @@ class Outcome:
     budget: BudgetStop | None = None  # exit 3: the CLI words the way on
 
 
-class _Bar:
-    """Batches and jobs collected, on a terminal only (tqdm, on stderr)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: tqdm[NoReturn] | None = None
-
-    def show(self, journal: Journal, tally: Tally) -> None:
-        if not self.enabled:
-            return
-        recs = [r for r in journal.all_records() if r.jobs]
-        if self.bar is None:
-            size = shutil.get_terminal_size((120, 24))
-            self.bar = tqdm(total=0, file=sys.stderr, unit="job", ncols=size.columns,
-                            nrows=size.lines)
-        bar = self.bar
-        bar.total = sum(r.jobs for r in recs)
-        bar.n = sum(r.jobs for r in recs if not r.phase.open)
-        done = sum(1 for r in recs if not r.phase.open)
-        bar.set_description_str(f"batches {done}/{len(recs)}", refresh=False)
-        bar.set_postfix_str(f"ok={tally.succeeded} failed={tally.failed} "
-                            f"${tally.spent_usd:.2f}", refresh=False)
-        bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 class BatchRun:
     def __init__(self, prep: Prepared, options: RunOptions, say: Callable[[str], None]) -> None:
         self.say = say
@@ -118,7 +85,7 @@ class BatchRun:
         self.new_jobs = 0
         self.exhausted: set[str] = set()  # retryable, but out of attempts in this invocation
         self.budget_cut = False
-        self.bar = _Bar(False)
+        self.bar = Watch(tty=False, log_every_s=0.0)
         self.submitter: Submitter | None = None
 
     def _interrupt(self, signame: str = "SIGINT") -> None:
@@ -152,7 +119,9 @@ class BatchRun:
         # run, without --redo-rejected.
         redos = Redos(folder.path, rejected_jobs(folder.path))
         recorder = Recorder(store, ledger, self.prices, prep.plan.index, self.tally, redos)
-        bar = self.bar = _Bar(self.options.ui.progress and sys.stderr.isatty())
+        ui = self.options.ui
+        bar = self.bar = Watch(tty=sys.stderr.isatty(), enabled=ui.progress,
+                               log_every_s=ui.log_every_s if self.batch.wait else 0.0)
         loop = asyncio.get_running_loop()
         restore = install_signals(loop, self._interrupt)
         try:
@@ -171,7 +140,7 @@ class BatchRun:
                 ledger.close()
 
     async def _loop(self, api: BatchAPI, client: GeminiClient, recorder: Recorder,
-                    bar: _Bar) -> Outcome:
+                    bar: Watch) -> Outcome:
         collector = Collector(api, self.journal, recorder, self.stop)
         submitter = self.submitter = Submitter(api, self.journal, client, recorder, self.batch,
                                                self.options.settings.budget_usd, self.stop)
@@ -192,10 +161,11 @@ class BatchRun:
                         f"batch{'es' if sub.batches != 1 else ''}; estimated "
                         f"${sub.estimate_usd:.2f} at batch prices")
             first = False
-            bar.show(self.journal, self.tally)
             if not self.journal.open_records() or not self.batch.wait:
+                bar.show(self.journal, self.tally)
                 return self._finish(True)
             delay = interval if changed else min(delay * 1.5, interval * MAX_POLL_FACTOR)
+            bar.show(self.journal, self.tally, delay)
             if await wait_event(self.stop, delay):
                 return self._finish(False)
 
@@ -230,6 +200,15 @@ class BatchRun:
         A transient fault (after the wire's own retries) leaves that batch open for the next
         poll, as a fault in any request would: --wait goes on, a single pass exits 5."""
         finished = 0
+        seen: dict[str, str] = {}
+        try:
+            finished = await self._poll_each(api, collector, seen)
+        finally:
+            record_seen(self.prep.folder.path, seen)
+        return finished
+
+    async def _poll_each(self, api: BatchAPI, collector: Collector, seen: dict[str, str]) -> int:
+        finished = 0
         for rec in [r for r in self.journal.open_records() if r.name is not None]:
             assert rec.name is not None
             try:
@@ -242,6 +221,7 @@ class BatchRun:
                 log.warning("%s: could not be polled (%s); trying again later", rec.name, exc)
                 continue
             state = str(batch_info(op).get("state") or "")
+            seen[rec.display_name] = state
             if state != rec.state:
                 self.journal.update(rec.display_name, state=state, counts=stats_of(op))
             if state not in FINAL_STATES:

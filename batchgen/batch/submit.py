@@ -33,6 +33,7 @@ import orjson
 
 from .. import errors as e
 from ..api.client import GeminiClient, source_prefix
+from ..catalog import result_line_bytes
 from ..folder.batches import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
 from ..folder.durable import commit_tmp
 from ..manifest.references import load_reference_bytes
@@ -124,11 +125,14 @@ class Submitter:
             except e.ReferenceError_ as exc:
                 self.rec.failure(spec, exc, batch=None, started="", latency=0.0, line=None)
                 continue
+            out_bytes = result_line_bytes(spec.model, spec.image_size, spec.aspect_ratio)
             if group.jobs and (group.jobs >= self.settings.batch_size
-                               or group.bytes + len(line) > self.settings.max_file_bytes):
+                               or group.bytes + len(line) > self.settings.max_file_bytes
+                               or group.result_bytes + out_bytes > self.settings.max_result_bytes):
                 committed += await self._seal(group, out)
                 group = _Group(self.journal)
             group.add(spec, line, reserve, self.rec.prices.estimate(spec))
+            group.result_bytes += out_bytes
         if group.jobs and not self.stop.is_set():
             await self._seal(group, out)
         else:
@@ -263,6 +267,7 @@ class _Group:
         self.ids: list[str] = []
         self.model = ""
         self.bytes = 0
+        self.result_bytes = 0  # the expected results file
         self.reserve_usd = 0.0
         self.estimate_usd = 0.0
 
@@ -288,6 +293,7 @@ class _Group:
         commit_tmp(self._jobs, self.jobs_tmp, j.jobs_path(name))
         j.update(name, phase=Phase.INTENT, seq=self.seq, model=self.model, jobs=self.jobs,
                  reserve_usd=round(self.reserve_usd, 6), request_bytes=self.bytes,
+                 expected_result_bytes=self.result_bytes,
                  intent_at=_now())
         return j.records[name]
 

@@ -36,6 +36,8 @@ T = TypeVar("T")
 API = "v1beta"
 CHUNK_BYTES = 8 * 1024 * 1024  # what the SDK sends per upload chunk
 LIST_PAGE_SIZE = 100
+# Drops a results download survives, each resumed where it stopped.
+DOWNLOAD_RESUMES = 8
 JSONL_MIME = "application/jsonl"
 
 # Batch states on the wire, and which of them are final.
@@ -286,47 +288,80 @@ class BatchAPI(SessionOwner):
         (``oversized``), so one bad line does not end the file. A last piece with no newline
         after it comes with ``ended=False``: the caller decides whether it is whole.
         """
+        buf = bytearray()
+        head: bytes | None = None  # set while skipping an oversized line
+        async for chunk in self._download_resuming(name):
+            start = 0
+            while True:
+                nl = chunk.find(b"\n", start)
+                if nl < 0:
+                    if head is None:
+                        buf += chunk[start:]
+                        if len(buf) > cap:
+                            head = bytes(buf[:LINE_HEAD_BYTES])
+                            buf = bytearray()
+                    break
+                if head is not None:
+                    line, head, oversized = head, None, True
+                elif buf:
+                    buf += chunk[start:nl]
+                    line, oversized = bytes(buf), len(buf) > cap
+                    buf.clear()
+                else:
+                    line = chunk[start:nl]
+                    oversized = len(line) > cap
+                start = nl + 1
+                if oversized:
+                    yield RawLine(line[:LINE_HEAD_BYTES], oversized=True)
+                elif line.strip():
+                    yield RawLine(line)
+        if head is not None:
+            yield RawLine(head, oversized=True, ended=False)
+        elif buf.strip():
+            yield RawLine(bytes(buf), ended=False)
+
+    async def _download_resuming(self, name: str) -> AsyncIterator[bytes]:
+        """The file's bytes once each. A connection dropped part way resumes from the last byte
+        received, with a Range request where the service honours one (206), else by skipping
+        what was already read. A download that ends early but cleanly is not seen here: the
+        collector counts its lines against the batch's own counts."""
+        received, drops = 0, 0
+        while True:
+            try:
+                async for chunk in self._download_from(name, received):
+                    received += len(chunk)
+                    yield chunk
+                return
+            except e.TransientError as exc:  # dropped, cut off, timed out, a 5xx
+                drops += 1
+                if isinstance(exc, e.BodyTooLargeError) or drops >= DOWNLOAD_RESUMES:
+                    raise
+                log.info("%s: download dropped at byte %d (%s); resuming", name, received, exc)
+                await asyncio.sleep(min(0.1 * 2**drops, 5.0))
+
+    async def _download_from(self, name: str, offset: int) -> AsyncIterator[bytes]:
+        """The file's bytes from ``offset`` on: a Range request when resuming."""
         query, headers = self._auth()
         query["alt"] = "media"
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         url = self._url(f"download/{API}/{name}:download")
         with translating():
             async with self.session.get(url, params=query, headers=headers,
                                         allow_redirects=False) as resp:
                 _no_redirect(resp)
-                if resp.status != 200:
+                if resp.status not in (200, 206):
                     body = await read_capped(resp, ERROR_BODY_MAX_BYTES, "the error answer")
                     raise _answered(error_from_http(resp.status, bytes(body), resp.headers))
-                buf = bytearray()
-                head: bytes | None = None  # set while skipping an oversized line
+                # A 200 to a Range request is the whole file again: skip what was read.
+                skip = offset if resp.status == 200 else 0
                 async for chunk in resp.content.iter_any():
-                    start = 0
-                    while True:
-                        nl = chunk.find(b"\n", start)
-                        if nl < 0:
-                            if head is None:
-                                buf += chunk[start:]
-                                if len(buf) > cap:
-                                    head = bytes(buf[:LINE_HEAD_BYTES])
-                                    buf = bytearray()
-                            break
-                        if head is not None:
-                            line, head, oversized = head, None, True
-                        elif buf:
-                            buf += chunk[start:nl]
-                            line, oversized = bytes(buf), len(buf) > cap
-                            buf.clear()
-                        else:
-                            line = chunk[start:nl]
-                            oversized = len(line) > cap
-                        start = nl + 1
-                        if oversized:
-                            yield RawLine(line[:LINE_HEAD_BYTES], oversized=True)
-                        elif line.strip():
-                            yield RawLine(line)
-                if head is not None:
-                    yield RawLine(head, oversized=True, ended=False)
-                elif buf.strip():
-                    yield RawLine(bytes(buf), ended=False)
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk, skip = chunk[dropped:], skip - dropped
+                        if not chunk:
+                            continue
+                    yield chunk
 
     # -- Batch API --------------------------------------------------------------------------
 

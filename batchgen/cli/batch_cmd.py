@@ -71,7 +71,19 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
         gallery = refresh_gallery(prep.folder.path)
         if gallery is not None:
             click.echo(f"gallery: {gallery}", err=True)
+    if outcome.code == ExitCode.RUNNING and options.batch.running_ok:
+        return ExitCode.OK  # --running-ok: "still running" is not a failure to `set -e`
     return outcome.code
+
+
+def refresh_command(run_dir: Path, provider: str | None, base_url: str | None) -> None:
+    """``status --refresh``: one poll of the service for the folder's open batches."""
+    from ..batch.watch import refresh_states
+
+    if not (run_dir / JOURNAL_NAME).exists():
+        return
+    settings = _client_settings(run_dir, provider, base_url)
+    asyncio.run(refresh_states(settings, run_dir))
 
 
 def budget_stop_line(stop: BudgetStop, cmd: CommandLine) -> str:
@@ -123,6 +135,8 @@ def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str
         result = asyncio.run(cancel_batches(settings, journal, confirm))
     finally:
         os.close(lock)
+    if result.batches and not Journal(run_dir).open_records():
+        folder.update_meta(state="batches cancelled")  # the status headline follows the rows
     if result.batches:
         click.echo(f"cancelled {result.batches} batches; {result.jobs} jobs are pending again",
                    err=True)
@@ -134,18 +148,34 @@ def cancel_command(run_dir: Path, yes: bool, provider: str | None, base_url: str
 
 
 def estimate_side_by_side(est: Estimate, prices_path: Path | None) -> tuple[str, dict[str, Any]]:
-    """Live and batch cost of an estimate's rows, next to each other."""
+    """Standard, flex and batch cost of an estimate's rows, next to each other (a model the
+    table lists without flex shows "-" there, and the flex total is then None)."""
     prices = PriceTable.load(prices_path)
-    lines = ["", "", f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'live':>10} "
-             f"{'batch':>10}"]
-    batch_total = 0.0
+
+    def money(usd: float | None) -> str:
+        return "-" if usd is None else "$" + format(usd, ".2f")
+
+    lines = ["", "", f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'standard':>10} "
+             f"{'flex':>10} {'batch':>10}"]
+    batch_total, flex_total = 0.0, 0.0
+    flex_ok = True
     for r in est.rows:
-        batch = r.subtotal_usd * prices.price(r.model).batch_discount
+        price = prices.price(r.model)
+        batch = r.subtotal_usd * price.batch_discount
         batch_total += batch
+        factor = dict(price.tiers).get("flex")
+        flex = None if factor is None else r.subtotal_usd * factor
+        flex_total += flex or 0.0
+        flex_ok = flex_ok and flex is not None
         lines.append(f"  {r.item:<26} {r.model:<22} {r.image_size or '':>4} {r.quantity:>7} "
-                     f"{'$' + format(r.subtotal_usd, '.2f'):>10} {'$' + format(batch, '.2f'):>10}")
+                     f"{money(r.subtotal_usd):>10} {money(flex):>10} {money(batch):>10}")
+    shown_flex = flex_total if flex_ok else None
     lines.append(f"  {'total (estimated)':<26} {'':<22} {'':>4} {est.jobs:>7} "
-                 f"{'$' + format(est.cost_usd, '.2f'):>10} {'$' + format(batch_total, '.2f'):>10}")
-    lines.append("  batch mode: results within 24 h (usually much sooner), at batch prices")
-    return "\n".join(lines), {"mode": "batch", "live_cost_usd": round(est.cost_usd, 4),
-                              "batch_cost_usd": round(batch_total, 4)}
+                 f"{money(est.cost_usd):>10} {money(shown_flex):>10} {money(batch_total):>10}")
+    lines.append("  standard: live, now; flex: live, answers in 1-15 min, may be shed (run --tier "
+                 "flex); batch: results within 24 h (usually much sooner)")
+    return "\n".join(lines), {
+        "mode": "batch", "live_cost_usd": round(est.cost_usd, 4),
+        "flex_cost_usd": None if shown_flex is None else round(shown_flex, 4),
+        "batch_cost_usd": round(batch_total, 4),
+    }

@@ -34,12 +34,23 @@ from .common import fail
 @click.option("--batch-fault", "batch_faults", multiple=True, metavar="NAME=VALUE",
               help="duplicate_rate=0.1, line_error_rate=0.1, create_503=1, expire=1, fail=1, "
                    "output_lag=2.")
+@click.option("--flex-shed", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of --tier flex requests shed (answered --flex-shed-status).")
+@click.option("--flex-shed-status", type=click.Choice(["429", "503"]), default="429",
+              show_default=True, help="What a shed flex request gets back.")
+@click.option("--flex-latency", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Extra seconds a flex answer takes.")
+@click.option("--refuse-tier", "refuse_tiers", multiple=True, metavar="MODEL=TIER",
+              help="Answer 400 to this tier on this model (repeatable; default: the tiers the "
+                   "model table does not list for it, flex only).")
 def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
                 faults: tuple[str, ...], rpm: int | None, ipm: int | None, rate_window: float,
                 rate_window_kind: str, rate_limit_style: str, url_output: str | None,
-                batch_seconds: float, batch_faults: tuple[str, ...]) -> None:
+                batch_seconds: float, batch_faults: tuple[str, ...], flex_shed: float,
+                flex_shed_status: str, flex_latency: float, refuse_tiers: tuple[str, ...]) -> None:
     """Serve the fake Gemini API on loopback, for trying batchgen without a key."""
     from ..fake import FAULT_NAMES, FakeConfig, run_forever
+    from ..spec import SERVICE_TIERS
 
     rates: dict[str, float] = {}
     for item in faults:
@@ -63,11 +74,23 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             batch[f"batch_{name}"] = kinds[name](float(value))
         except ValueError:
             fail(f"--batch-fault {item!r}: expected NAME=NUMBER, e.g. duplicate_rate=0.1")
+    tier_cfg: dict[str, Any] = {"flex_shed_rate": flex_shed, "flex_latency_s": flex_latency,
+                                "flex_shed_status": int(flex_shed_status)}
+    if refuse_tiers:
+        refused: dict[str, list[str]] = {}
+        for item in refuse_tiers:
+            model, _, tier = item.partition("=")
+            if not model or tier.lower() not in SERVICE_TIERS:
+                fail(f"--refuse-tier {item!r}: expected MODEL=TIER, TIER one of "
+                     f"{', '.join(SERVICE_TIERS)}")
+            refused.setdefault(model, []).append(tier.lower())
+        tier_cfg["tiers_refused"] = refused
     try:
         config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
                             rpm_limit=rpm, ipm_limit=ipm, rate_window_s=rate_window,
                             rate_window_kind=rate_window_kind, rate_limit_style=rate_limit_style,
-                            url_output=url_output, batch_seconds=batch_seconds, **batch)
+                            url_output=url_output, batch_seconds=batch_seconds, **batch,
+                            **tier_cfg)
     except ValueError as exc:
         fail(str(exc))
     run_forever(config, host, port)

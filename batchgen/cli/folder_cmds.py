@@ -17,21 +17,37 @@ from .options import json_option, run_dir_argument
 @click.command()
 @run_dir_argument
 @json_option
+@click.option("--refresh", is_flag=True,
+              help="Batch mode: ask the service for the batches' states first (needs the key).")
+@click.option("--provider", type=click.Choice(["anyfast", "google"]),
+              help="With --refresh [from run.json]")
+@click.option("--base-url", help="With --refresh [from run.json]")
 @guarded
-def status(run_dir: Path, as_json: bool) -> None:
-    """Counts and spend of a run folder (needs no manifest and no key)."""
-    from ..batch.status import batch_rows, format_batches
+def status(run_dir: Path, as_json: bool, refresh: bool, provider: str | None,
+           base_url: str | None) -> None:
+    """Counts and spend of a run folder (needs no manifest and no key, but --refresh does)."""
+    import dataclasses
+
+    from ..batch.status import batch_rows, format_batches, headline
     from ..reporting.status import format_status, load_status
 
+    if refresh:
+        from .batch_cmd import refresh_command
+
+        setup_logging(0)
+        refresh_command(run_dir, provider, base_url)
     st = load_status(run_dir)
     batches = batch_rows(run_dir)
+    if batches:
+        st = dataclasses.replace(st, state=headline(batches, st.state))
     if as_json:
         import orjson
 
         extra = {"batches": batches} if batches else {}  # only a folder batch mode used
         click.echo(orjson.dumps({**st.to_json(), **extra}).decode())
     else:
-        click.echo(format_status(st) + ("\n" + format_batches(batches) if batches else ""))
+        click.echo(format_status(st)
+                   + ("\n" + format_batches(batches, run_dir) if batches else ""))
 
 
 @click.command()

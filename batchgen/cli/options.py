@@ -107,8 +107,15 @@ run_parameters: Decorator[CommandFunction] = _stack(
     click.option("--base-url", help="Point the provider at another host."),
     model_option("Model id for every job [gemini-3-pro-image]."),
     concurrency_option,
-    click.option("--timeout", type=click.FloatRange(0.1), default=300.0, show_default=True,
-                 help="Seconds per request."),
+    click.option("--timeout", type=click.FloatRange(0.1), default=None,
+                 help="Seconds per request [300; 1200 with --tier flex, whose answers take "
+                      "1-15 minutes]."),
+    click.option("--tier", metavar="TIER[,TIER]",
+                 help="Service tier (google only): standard, flex (half price, answers in 1-15 "
+                      "min, may be shed) or priority; flex,standard: a job moves to standard "
+                      "after --fallback-after sheds in a row."),
+    click.option("--fallback-after", type=click.IntRange(1, 100), default=3, show_default=True,
+                 metavar="SHEDS", help="With --tier flex,standard: sheds before a job moves on."),
     click.option("--reference-timeout", type=click.FloatRange(0.1), default=60.0,
                  show_default=True, help="Seconds to fetch one URL reference image."),
     click.option("--max-attempts", type=click.IntRange(1, 100), default=6, show_default=True),
@@ -152,12 +159,16 @@ run_parameters: Decorator[CommandFunction] = _stack(
         help="batch: the Gemini Batch API, half price, results within 24 h (google only).",
     ),
     click.option("--wait", is_flag=True, help="Batch mode: poll until every batch is collected."),
+    click.option("--running-ok", is_flag=True,
+                 help="Batch mode: exit 0, not 5, when batches are still running (set -e)."),
     click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
                  help="Batch mode: jobs per batch at most."),
     click.option("--poll-interval", type=click.FloatRange(0.01), default=30.0, show_default=True,
                  help="Batch mode with --wait: seconds between polls, at least."),
     click.option("--max-file-bytes", type=click.IntRange(1024), default=None, hidden=True,
                  help="Batch mode: request file size cap (for tests; the service's is 2 GB)."),
+    click.option("--max-result-bytes", type=click.IntRange(1024), default=None, hidden=True,
+                 help="Batch mode: expected results file cap (for tests; 1 GB)."),
 )
 
 estimate_parameters: Decorator[CommandFunction] = _stack(
@@ -182,7 +193,7 @@ estimate_parameters: Decorator[CommandFunction] = _stack(
                  help="Count only the jobs whose image was rejected, as run --redo-rejected."),
     json_option,
     click.option("--mode", type=click.Choice(["live", "batch"]), default="live",
-                 show_default=True, help="batch: show live and batch cost side by side."),
+                 show_default=True, help="batch: show standard, flex and batch cost side by side."),
 )
 
 
@@ -212,15 +223,19 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
     usage error, in that order)."""
     from ..settings import (
         MAX_FILE_BYTES,
+        MAX_RESULT_BYTES,
         BatchSettings,
         Interaction,
         RunOptions,
         RunSettings,
         Target,
         Timeouts,
+        tier_timeout,
     )
 
     _check_loop_options(o)
+    tiers = parse_tiers(o["tier"], o["mode"])
+    timeout = o["timeout"] if o["timeout"] is not None else tier_timeout(tiers)
     shard = parse_shard(o["shard"])
     selection = _selection(o, parse_retry_kinds(o["retry_failed"]), shard)
     return RunOptions(
@@ -228,7 +243,7 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
                       base_url=o["base_url"], model=o["model"], prices=o["prices"],
                       columns=o["columns"], defaults=o["defaults"]),
         mode=o["mode"],
-        timeouts=Timeouts(request_s=o["timeout"], reference_s=o["reference_timeout"]),
+        timeouts=Timeouts(request_s=timeout, reference_s=o["reference_timeout"]),
         settings=RunSettings(
             concurrency=o["concurrency"],
             max_attempts=o["max_attempts"],
@@ -239,16 +254,40 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
             burst=o["burst"],
             retry_blocked=o["retry_blocked"],
             budget_usd=o["budget"],
-            grace_s=o["timeout"],  # a request in flight may take its whole timeout to end
+            grace_s=timeout,  # a request in flight may take its whole timeout to end
+            tiers=tiers,
+            fallback_after_sheds=o["fallback_after"],
         ),
         selection=selection,
         batch=BatchSettings(batch_size=o["batch_size"],
                             max_file_bytes=o["max_file_bytes"] or MAX_FILE_BYTES,
-                            wait=o["wait"], poll_interval_s=o["poll_interval"]),
+                            max_result_bytes=o["max_result_bytes"] or MAX_RESULT_BYTES,
+                            wait=o["wait"], poll_interval_s=o["poll_interval"],
+                            running_ok=o["running_ok"]),
         ui=Interaction(yes=o["yes"], confirm_above_usd=o["confirm_above"],
                        progress=not o["no_progress"], log_every_s=o["log_every"],
                        verbose=o["verbose"], gallery=not o["no_gallery"]),
     )
+
+
+def parse_tiers(value: str | None, mode: str) -> tuple[str, ...]:
+    """--tier flex or flex,standard -> ("flex", "standard"); a usage error otherwise."""
+    from ..errors import InputError
+    from ..spec import SERVICE_TIERS
+
+    if value is None:
+        return ()
+    tiers = tuple(t.strip().lower() for t in value.split(","))
+    for t in tiers:
+        if t not in SERVICE_TIERS:
+            known = ", ".join(SERVICE_TIERS)
+            raise InputError(f"--tier {value}: {t!r} is not a tier; one of {known}")
+    if len(set(tiers)) != len(tiers):
+        raise InputError(f"--tier {value}: a tier named twice")
+    if mode == "batch":
+        raise InputError(f"--tier {value}: service tiers are for live requests; batch mode has "
+                         "its own price (drop --tier or --mode batch)")
+    return tiers
 
 
 def estimate_request(manifest: Path, o: dict[str, Any]) -> EstimateRequest:

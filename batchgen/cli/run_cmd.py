@@ -87,11 +87,20 @@ def estimate(manifest: Path, as_json: bool, mode: str, **o: Any) -> None:
     est = make_estimate(req)
     for warning in est.warnings:
         click.echo(f"warning: {warning}", err=True)
-    side, extra = "", dict[str, Any]()
-    if mode == "batch":
-        from .batch_cmd import estimate_side_by_side
+    from .batch_cmd import estimate_side_by_side
 
-        side, extra = estimate_side_by_side(est, req.prices)
+    side, extra = estimate_side_by_side(est, req.prices)
+    if mode != "batch" and est.jobs:
+        # The other two ways to run it, in one line: --mode batch shows them row by row.
+        flex = extra["flex_cost_usd"]
+        side = (f"\n  the same as flex ${flex:.2f} (run --tier flex) or batch "
+                f"${extra['batch_cost_usd']:.2f} (--mode batch); estimate --mode batch shows "
+                "them row by row" if flex is not None else
+                f"\n  the same as batch ${extra['batch_cost_usd']:.2f} (--mode batch); not every "
+                "model here offers flex")
+        extra = {k: extra[k] for k in ("flex_cost_usd", "batch_cost_usd")}
+    elif mode != "batch":
+        side, extra = "", {}
     if as_json:
         import orjson
 

@@ -23,7 +23,7 @@ from ..planning.prepare import Prepared
 from ..planning.tally import Tally
 from ..redact import redact
 from ..reporting.gallery import build_gallery, gallery_hint, too_big_to_refresh
-from ..settings import RunOptions, Selection
+from ..settings import RunOptions, Selection, tier_note
 from ..words import plural
 from .common import fail
 from .messages import CommandLine, check_budget, suggest_budget
@@ -60,6 +60,9 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         f"estimated ${c.estimate_usd:.2f}",
         err=True,
     )
+    note = tier_note(options.settings.tiers, options.timeouts.request_s)
+    if note:
+        click.echo(note, err=True)
     if c.pending == 0:
         return _nothing_to_do(c, tally, selection, cmd)
     if budget.warning:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import tiers
 from .answers import (
     HTML_200,
     HTML_502,
@@ -110,7 +111,7 @@ class FakeServer:
         # Files and Batch API: uploads live in a temp dir made on first use.
         self.file_store = FileStore(self.stats)
         self.batches = BatchService(self, self.file_store)
-        self._files_api = FilesApi(self.file_store, lambda: self.config)
+        self.files_api = FilesApi(self.file_store, lambda: self.config)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class FakeServer:
         app.router.add_post("/_fake/config", self._handle_config)
         app.router.add_post("/_fake/reset", self._handle_reset)
         app.router.add_get("/_fake/files/{name}", self._handle_file)
-        self._files_api.add_routes(app)
+        self.files_api.add_routes(app)
         self.batches.add_routes(app)
         return app
 
@@ -215,13 +216,16 @@ class FakeServer:
         # still billed when the work completes, as the service does. aiohttp does not cancel
         # a handler on disconnect (handler_cancellation=False, pinned in start()), and billing
         # follows the last await with none in between, so only a server stop can prevent it.
-        await self._think(cfg)
-        return await self._serve(request, fault, model, req, cfg)
+        await self._think(cfg, tiers.extra_latency(cfg, req))
+        resp, status = await self._serve(request, fault, model, req, cfg)
+        if not resp.prepared:
+            resp.headers[tiers.TIER_HEADER] = tiers.served_tier(req)
+        return resp, status
 
     @staticmethod
-    async def _think(cfg: FakeConfig) -> None:
-        if cfg.latency_s > 0:
-            await asyncio.sleep(cfg.latency_s)
+    async def _think(cfg: FakeConfig, extra_s: float = 0.0) -> None:
+        if cfg.latency_s + extra_s > 0:
+            await asyncio.sleep(cfg.latency_s + extra_s)
 
     async def _admit(
         self, request: web.Request, model: str, cfg: FakeConfig
@@ -244,8 +248,9 @@ class FakeServer:
         req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
         self.stats.record_request(req.extras())
-
+        tiers.refuse_tier(cfg, model, req)
         self._check_quota(cfg, model, req, now)
+        tiers.shed(cfg, req, self._chooser, self.stats)
         fault = self._chooser.choose(cfg, req.prompt)
         if cfg.rpm_limit is not None:
             self._rpm.add(now, cfg)
@@ -336,7 +341,7 @@ class FakeServer:
             model, req, cfg, lambda final, sig: self._final_part(request, final, cfg, sig)
         )
         if price is not None:
-            self.stats.record_billed(req.prompt, price)
+            self.stats.record_billed(req.prompt, price * tiers.factor(model, req))
             if cfg.ipm_limit is not None:
                 self._ipm.add(time.monotonic(), cfg)
         return body

@@ -13,6 +13,8 @@ import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from batchgen.catalog import load_builtin
+
 logger = logging.getLogger(__name__)
 
 # Every fault the server knows. "ok" is listed so scripts can say "no fault this time".
@@ -67,6 +69,15 @@ class Rule:
         check_fault(self.fault)
 
 
+def default_tiers_refused() -> dict[str, list[str]]:
+    table = load_builtin()
+    return {
+        name: ["flex"]
+        for name, fields in table.items()
+        if not name.startswith("_") and "flex" not in (fields.get("tiers") or {})
+    }
+
+
 @dataclass
 class FakeConfig:
     api_key: str = "fake-key"
@@ -110,6 +121,19 @@ class FakeConfig:
     batch_get_503: int = 0  # the next N reads of a batch (get) answer 503
     batch_garbled_lines: int = 0  # the first N result lines of a batch are written unreadable
     batch_oversized_lines: int = 0  # the first N responses of a batch are over 256 MiB
+    # Service tiers (fake/tiers.py). The share of flex requests shed, answered with
+    # flex_shed_status (429 or 503); extra seconds a flex answer takes; the tiers each model
+    # refuses with a 400 (default: what the model table's "tiers" lacks, flex only, since no
+    # model lists priority and the service has it).
+    # Results downloads: the next download_cuts answers hang up after download_cut_bytes of
+    # what they send; download_ranges: whether a Range request is honoured (206) or ignored.
+    download_cut_bytes: int = 0
+    download_cuts: int = 0
+    download_ranges: bool = True
+    flex_shed_rate: float = 0.0
+    flex_shed_status: int = 429
+    flex_latency_s: float = 0.0
+    tiers_refused: dict[str, list[str]] = field(default_factory=default_tiers_refused)
 
     def __post_init__(self) -> None:
         # Catch typos at construction: a misspelt fault would otherwise silently mean "ok".
@@ -125,7 +149,11 @@ class FakeConfig:
             raise ValueError("rate_window_s must be positive")
         if not 0 <= self.thought_images <= 2:
             raise ValueError("thought_images must be 0, 1 or 2")
-        for rate in ("batch_duplicate_rate", "batch_line_error_rate"):
+        if self.flex_shed_status not in (429, 503):
+            raise ValueError("flex_shed_status must be 429 or 503")
+        if self.flex_latency_s < 0:
+            raise ValueError("flex_latency_s must be >= 0")
+        for rate in ("batch_duplicate_rate", "batch_line_error_rate", "flex_shed_rate"):
             if not 0.0 <= getattr(self, rate) <= 1.0:
                 raise ValueError(f"{rate} must be between 0 and 1")
         if min(self.batch_seconds, self.batch_create_503, self.batch_output_lag, self.batch_get_503,

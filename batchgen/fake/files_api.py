@@ -7,6 +7,7 @@ at explicit offsets, and a finalize answer of ``{"file": File}``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -51,6 +52,8 @@ class FilesApi:
     def __init__(self, store: FileStore, get_config: Any) -> None:
         self.store = store
         self._config = get_config
+        self.downloads_cut = 0  # answers cut short so far (download_cuts in the config)
+        self.range_requests = 0  # downloads that asked for a Range
 
     def add_routes(self, app: web.Application) -> None:
         # The service answers on v1 and v1beta alike; google-genai 3.x defaults to v1.
@@ -241,5 +244,42 @@ class FilesApi:
         fault = script.pop(0) if script else "ok"
         if fault != "ok":
             return await serve_fault(request, stored.path, stored.mime_type, fault)
+        cfg = self.cfg
+        if "Range" in request.headers:
+            self.range_requests += 1
+        if cfg.download_cuts > self.downloads_cut and cfg.download_cut_bytes > 0:
+            self.downloads_cut += 1
+            return await self._cut(request, stored.path, stored.size, cfg)
+        if not cfg.download_ranges:
+            return web.FileResponse(stored.path, headers={"Content-Type": stored.mime_type,
+                                                          "Accept-Ranges": "none"})
+        # aiohttp's FileResponse answers a Range with 206 and says Accept-Ranges: bytes.
         return web.FileResponse(stored.path, headers={"Content-Type": stored.mime_type})
 
+    async def _cut(
+        self, request: web.Request, path: Any, size: int, cfg: FakeConfig
+    ) -> web.StreamResponse:
+        """A download that hangs up part way, as a dropped connection at 3 GB does."""
+        start = 0
+        wanted = request.headers.get("Range", "")
+        if cfg.download_ranges and wanted.startswith("bytes=") and wanted.endswith("-"):
+            start = int(wanted[6:-1] or 0)
+        status = 206 if start else 200
+        resp = web.StreamResponse(status=status, headers={
+            "Content-Type": "application/jsonl",
+            "Accept-Ranges": "bytes" if cfg.download_ranges else "none"})
+        resp.content_length = size - start
+        if start:
+            resp.headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        await resp.prepare(request)
+        await resp.write(await asyncio.to_thread(_read_part, path, start, cfg.download_cut_bytes))
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+
+
+
+def _read_part(path: Any, start: int, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        return fh.read(length)

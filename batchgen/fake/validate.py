@@ -19,23 +19,16 @@ import orjson
 
 from batchgen import spec
 from batchgen.catalog import builtin_table
+from batchgen.spec import SERVICE_TIER_ENUM, tier_name
 
 from .images import nearest_ratio, probe_image
 
 _CAMEL = re.compile(r"(?<!^)([A-Z])")
 
-_TOP_FIELDS = frozenset(
-    {
-        "contents",
-        "tools",
-        "tool_config",
-        "safety_settings",
-        "system_instruction",
-        "generation_config",
-        "cached_content",
-        "model",
-    }
-)
+_TOP_FIELDS = frozenset({
+    "contents", "tools", "tool_config", "safety_settings", "system_instruction",
+    "generation_config", "cached_content", "model", "service_tier",
+})  # fmt: skip
 _CONTENT_FIELDS = frozenset({"role", "parts"})
 _PART_FIELDS = frozenset(
     {
@@ -186,6 +179,8 @@ class ParsedRequest:
     system_instruction: str | None = None
     safety_settings: tuple[tuple[str, str], ...] = ()
     google_search: bool = False
+    # service_tier as sent, lower case ("flex"); None when the body has none (standard).
+    service_tier: str | None = None
 
     def extras(self) -> dict[str, Any]:
         """What the fake records of a request beside its prompt (see FakeStats.requests)."""
@@ -196,6 +191,7 @@ class ParsedRequest:
             "google_search": self.google_search,
             "image_size": self.image_size,
             "aspect_ratio": self.aspect_ratio,
+            "service_tier": self.service_tier,
         }
 
     @property
@@ -347,7 +343,16 @@ def parse_request_obj(
         system_instruction=instruction,
         safety_settings=safety,
         google_search=search,
+        service_tier=_tier(top.get("service_tier")),
     )
+
+
+
+def _tier(value: object) -> str | None:
+    try:
+        return tier_name(value)
+    except ValueError as exc:
+        raise invalid(f"Invalid value at 'service_tier' ({SERVICE_TIER_ENUM}), {exc}") from None
 
 
 def _system_text(system: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ import orjson
 from ..errors import StorageError
 from ..spec import JobSpec, Reference
 from .appender import repair_tail
+from .durable import replace_atomically
 from .layout import JOURNAL_NAME, now_iso
 from .ledger import check_job_id
 
@@ -85,6 +86,8 @@ class BatchRecord:
     cost_usd: float = 0.0
     files_deleted: bool = False
     note: str = ""
+    state_at: str = ""
+    expected_result_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +101,7 @@ class BatchRecord:
             "created_at": self.created_at or self.intent_at,
             "lost": self.lost,
             "note": self.note,
+            "state_at": self.state_at,
         }
 
 
@@ -171,6 +175,8 @@ class Journal:
         rec = self.records.get(dn)
         if rec is None:
             rec = self.records[dn] = BatchRecord(display_name=dn)
+        if "state" in ev and "at" in ev:
+            rec.state_at = str(ev["at"])  # when a poll (or the create) last saw it change
         for key, value in ev.items():
             if key in ("ev", "display_name", "at"):
                 continue
@@ -274,3 +280,27 @@ def digest_ids(ids: list[str]) -> str:
         h.update(job_id.encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+SEEN_NAME = "seen.json"
+
+
+def record_seen(run_dir: Path, states: dict[str, str]) -> None:
+    """The states a poll of the service just saw, with when (``batches/seen.json``, replaced
+    whole each poll; the journal keeps only changes, so it does not grow with every poll)."""
+    if not states:
+        return
+    path = run_dir / BATCH_DIR / SEEN_NAME
+    seen = read_seen(run_dir)
+    at = now_iso()
+    seen.update({name: {"state": state, "seen_at": at} for name, state in states.items()})
+    replace_atomically(path, orjson.dumps(seen), parents=True)
+
+
+def read_seen(run_dir: Path) -> dict[str, dict[str, str]]:
+    """display name -> {"state", "seen_at"} of the last poll that saw it; {} when none has."""
+    try:
+        data = orjson.loads((run_dir / BATCH_DIR / SEEN_NAME).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

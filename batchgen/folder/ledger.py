@@ -84,6 +84,9 @@ class LedgerRecord:
     # rejected with.
     replaces: str | None = None
     note: str = ""
+    # Live mode's service tier (run --tier): the one the image was made and billed at (the
+    # ``x-gemini-service-tier`` answer header when there is one); None: standard, or batch.
+    tier: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -139,6 +142,8 @@ class LedgerRecord:
         if self.replaces is not None:
             d["replaces"] = self.replaces
             d["note"] = self.note
+        if self.tier is not None:
+            d["tier"] = self.tier
         return d
 
     def to_line(self) -> bytes:
@@ -182,6 +187,7 @@ class LedgerRecord:
             grounding=d.get("grounding"),
             replaces=d.get("replaces"),
             note=str(d.get("note") or ""),
+            tier=d.get("tier") if isinstance(d.get("tier"), str) else None,
         )
 
 

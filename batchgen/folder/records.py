@@ -25,6 +25,7 @@ def job_fields(
     cost_usd: float,
     latency_s: float,
     started_at: str,
+    tier: str | None = None,
 ) -> dict[str, Any]:
     """The fields every ledger line of ``spec`` has, success or failure, live or batch."""
     return {
@@ -50,6 +51,7 @@ def job_fields(
         "references": tuple(references_of(spec)),
         "seed": spec.seed,
         "temperature": spec.temperature,
+        "tier": tier,
     }
 
 

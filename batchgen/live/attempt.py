@@ -9,6 +9,7 @@ the charge and the outcome reported to the pacer. The retries around it are the 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from .. import errors as e
@@ -22,6 +23,8 @@ from ..progress import Progress
 from ..spec import JobSpec
 from .budget import Budget
 from .outcome import Abandoned, JobState, StopReason, StopRun
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -41,6 +44,9 @@ class Attempt:
     progress: Progress
     stop_event: asyncio.Event
     stop: StopRun
+    # --tier: the tiers in order, and the sheds in a row that move a job to the next one.
+    tiers: tuple[str, ...] = ()
+    fallback_after: int = 3
     # Requests that have left and not yet settled: what a stop waits for.
     in_flight: int = field(default=0, init=False)
 
@@ -66,13 +72,15 @@ class Attempt:
         # References are loaded and encoded before the request takes a slot: a slow or hanging
         # reference then holds no request back. A stop is checked after every await that comes
         # before the send, so nothing leaves once the run is stopping.
-        body = await self.client.encode_request(spec)
+        if state.tier is None and self.tiers:
+            state.tier = self.tiers[0]
+        body = await self.client.encode_request(spec, state.tier)
         if self.stopping:
             raise Abandoned
         async with self.concurrency:
             if self.stopping:
                 raise Abandoned
-            reserve = await self._reserve(spec)
+            reserve = await self._reserve(spec, state.tier)
             intent = await self._intend(spec, state, reserve)
             # The pacer's stamp is taken right before the request leaves, after the intent's
             # fsync: a varying wait between stamp and send would let the server count more
@@ -92,6 +100,9 @@ class Attempt:
                 image = await self.client.send(spec, body)
             except e.APIError as exc:
                 state.last_error = exc
+                if isinstance(exc, e.TierNotOfferedError):
+                    exc.message = (f"{spec.model} does not offer the {state.tier} tier (--tier): "
+                                   f"{exc.message}")
                 if isinstance(exc, e.FatalError):
                     # Stop before anything else is sent, not when this job's retries unwind.
                     self.stop(StopReason.FATAL, fatal_message(exc))
@@ -103,20 +114,37 @@ class Attempt:
                     self.pacer.on_answer(sent_at)
                 if exc.kind in STOCHASTIC_KINDS:
                     state.stochastic += 1
+                self._shed(spec, state, exc)
                 raise
             finally:
                 self.in_flight -= 1
                 self.budget.release(reserve)
                 del body
+            if image.tier is not None and self.tiers:
+                state.tier = image.tier  # the service says which tier served (and bills) it
+            state.sheds = 0
             self._charge(spec, state, image.usage, billed=True)
         self.pacer.on_answer(sent_at)
         return image
 
+    def _shed(self, spec: JobSpec, state: JobState, exc: e.APIError) -> None:
+        """A 429 or 503 on flex is a shed: retried as any, and after ``fallback_after`` of them
+        in a row the job moves to the next tier of --tier."""
+        if state.tier != "flex" or exc.http_status not in (429, 503):
+            state.sheds = 0
+            return
+        state.sheds += 1
+        at = self.tiers.index(state.tier) if state.tier in self.tiers else len(self.tiers)
+        if state.sheds >= self.fallback_after and at + 1 < len(self.tiers):
+            state.tier, state.sheds = self.tiers[at + 1], 0
+            log.info("%s: shed %d times on flex; moving to the %s tier", spec.job_id,
+                     self.fallback_after, state.tier)
+
     # -- money ------------------------------------------------------------------------------
 
-    async def _reserve(self, spec: JobSpec) -> float:
+    async def _reserve(self, spec: JobSpec, tier: str | None) -> float:
         """The request's worst-case price, reserved; a budget stop if the spend leaves no room."""
-        reserve = await self.budget.wait_reserve(spec, self.stop_event)
+        reserve = await self.budget.wait_reserve(spec, self.stop_event, tier)
         if reserve is None:
             if not self.stopping:
                 self.stop(StopReason.BUDGET, f"${self.budget.limit_usd or 0.0:.2f}")
@@ -153,7 +181,7 @@ class Attempt:
         """Charge one attempt; whether it cost anything."""
         if not usage and not billed:
             return False
-        cost = self.budget.charge(spec, usage, billed=billed)
+        cost = self.budget.charge(spec, usage, billed=billed, tier=state.tier)
         if usage:
             state.usage = usage
         state.cost_usd += cost

@@ -34,15 +34,25 @@ class Budget:
         self.reserved_usd = 0.0
         self.reservations = 0  # counted apart: float sums of reservations never quite return to 0
         self._freed = asyncio.Event()  # set (and replaced) when a reservation ends
+        self._tiers: dict[str, PriceTable] = {}
 
     @property
     def committed_usd(self) -> float:
         """Spent plus what may have been billed: the figure the cap is judged on."""
         return self.spent_usd + self.unsettled_usd
 
-    def reserve(self, spec: JobSpec) -> float | None:
+    def _at(self, tier: str | None) -> PriceTable:
+        """The prices at a request's service tier (a --tier flex,standard job may move on)."""
+        if tier is None or tier == self.prices.tier:
+            return self.prices
+        found = self._tiers.get(tier)
+        if found is None:
+            found = self._tiers[tier] = self.prices.at_tier(tier)
+        return found
+
+    def reserve(self, spec: JobSpec, tier: str | None = None) -> float | None:
         """Reserve a request's worst-case price; None if it would not fit under the cap."""
-        reserve = self.prices.reserve(spec)
+        reserve = self._at(tier).reserve(spec)
         limit = self.limit_usd
         if limit is not None and self.committed_usd + self.reserved_usd + reserve > limit:
             return None
@@ -50,12 +60,14 @@ class Budget:
         self.reservations += 1
         return reserve
 
-    async def wait_reserve(self, spec: JobSpec, stop: asyncio.Event) -> float | None:
+    async def wait_reserve(
+        self, spec: JobSpec, stop: asyncio.Event, tier: str | None = None
+    ) -> float | None:
         """Reserve, waiting while only other requests' reservations keep this one from fitting
         (they usually cost less than reserved). None when the spend alone leaves no room, or the
         run stops meanwhile."""
         while True:
-            reserve = self.reserve(spec)
+            reserve = self.reserve(spec, tier)
             if reserve is not None:
                 return reserve
             if not self.reservations or stop.is_set():
@@ -74,13 +86,16 @@ class Budget:
         self._freed = asyncio.Event()
 
     def charge(
-        self, spec: JobSpec, usage: dict[str, object] | None, *, billed: bool
+        self, spec: JobSpec, usage: dict[str, object] | None, *, billed: bool,
+        tier: str | None = None,
     ) -> float:
-        """The cost of one answered (or probably billed) attempt, added to the spend."""
+        """The cost of one answered (or probably billed) attempt, at the tier that served it,
+        added to the spend."""
+        prices = self._at(tier)
         if usage:
-            cost = self.prices.from_usage(spec, usage)
+            cost = prices.from_usage(spec, usage)
         elif billed:
-            cost = self.prices.estimate(spec)
+            cost = prices.estimate(spec)
         else:
             return 0.0
         self.spent_usd += cost

@@ -55,3 +55,6 @@ class JobState:
     cost_usd: float = 0.0
     usage: dict[str, object] | None = None
     last_error: e.APIError | None = None
+    # --tier: the tier the next attempt goes out on, and the sheds it met there in a row.
+    tier: str | None = None
+    sheds: int = 0

@@ -94,6 +94,8 @@ class Runner:
             progress=progress,
             stop_event=self._stop,
             stop=self.stop,
+            tiers=settings.tiers,
+            fallback_after=settings.fallback_after_sheds,
         )
         self.recorder = Recorder(store=store, ledger=ledger, intents=intents, progress=progress,
                                  result=self.result, stop=self.stop, redos=redos)

@@ -154,4 +154,5 @@ def _fields(spec: JobSpec, state: JobState, started: str, latency: float) -> dic
         cost_usd=state.cost_usd,
         latency_s=latency,
         started_at=started,
+        tier=state.tier,
     )

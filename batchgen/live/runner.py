@@ -19,7 +19,7 @@ from ..planning.prepare import Prepared
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..progress import Progress
 from ..redact import redact
-from ..settings import RunOptions
+from ..settings import RunOptions, tier_note
 from ..store.images import ImageStore
 from .pool import Runner, RunResult, StopReason
 
@@ -57,6 +57,7 @@ async def execute(prep: Prepared, options: RunOptions, *,
         enabled=options.ui.progress,
         spent_usd=prep.spent_before_usd,
         log_every_s=options.ui.log_every_s,
+        note=tier_note(options.settings.tiers, options.timeouts.request_s),
     )
     loop = asyncio.get_running_loop()
     try:

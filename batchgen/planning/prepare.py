@@ -29,7 +29,7 @@ from ..pricing import PriceTable
 from ..providers import PROVIDERS, check_base_url, resolve_key, resolve_provider
 from ..redact import register_secret
 from ..settings import ClientSettings, RunOptions, Selection
-from ..spec import JobSpec
+from ..spec import JobSpec, Provider
 from ..store.recovery import adopt_redone
 from .plan import (
     MISSING,
@@ -118,7 +118,7 @@ def prepare(options: RunOptions) -> Prepared:
     prices: PriceTable | None = None
     prices_error: InputError | None = None
     try:
-        prices = PriceTable.load(target.prices)
+        prices = PriceTable.load(target.prices, tier=(options.settings.tiers or ("standard",))[0])
     except InputError as exc:
         prices_error = exc
     out = target.out or default_out(target.manifest)
@@ -159,6 +159,12 @@ def prepare(options: RunOptions) -> Prepared:
         summary = manifest.validate(visit=None if lock_error else tally.visit)
         provider = resolve_provider(target.provider or manifest.header.provider, target.manifest)
         info = PROVIDERS[provider]
+        tiers = options.settings.tiers
+        if tiers and provider is not Provider.GOOGLE and not target.fake:
+            raise InputError(
+                f"--tier {','.join(tiers)}: service tiers are offered by the google provider "
+                f"only, not {provider.value} (add --provider google, or drop --tier)"
+            )
         base_url = target.base_url or manifest.header.base_url or info.base_url
         where = "--base-url" if target.base_url else f"{target.manifest}: base_url"
         base_url = check_base_url(base_url, where)
@@ -169,6 +175,7 @@ def prepare(options: RunOptions) -> Prepared:
             raise prices_error
         assert prices is not None
         # Every size and model the plan priced must have a price (exit 2 naming the file).
+        prices.check_tiers(options.settings.tiers)
         price_warnings = prices.check_covered()
         if price_warnings:
             summary = dataclasses.replace(summary, warnings=(*summary.warnings, *price_warnings))

@@ -62,6 +62,7 @@ def settings_meta(options: RunOptions) -> dict[str, Any]:
         "retry_blocked": settings.retry_blocked,
         "budget_usd": settings.budget_usd,
         "shard": list(shard) if shard else None,
+        **({"tiers": list(settings.tiers)} if settings.tiers else {}),
     }
 
 

@@ -26,7 +26,15 @@ from typing import Any, Union
 from ..errors import BatchgenError, InputError
 from ..live.outcome import StopReason
 from ..redact import redact
-from ..settings import Interaction, RunOptions, RunSettings, Selection, Target, Timeouts
+from ..settings import (
+    Interaction,
+    RunOptions,
+    RunSettings,
+    Selection,
+    Target,
+    Timeouts,
+    tier_timeout,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("batchgen").addHandler(logging.NullHandler())
@@ -114,7 +122,9 @@ def run(
         ),
         settings=settings or RunSettings(),
         selection=selection or Selection(),
-        timeouts=timeouts or Timeouts(),
+        # A flex run's requests get the flex timeout, as on the command line.
+        timeouts=timeouts or Timeouts(
+            request_s=tier_timeout(settings.tiers if settings is not None else ())),
         ui=Interaction(yes=True, progress=progress, log_every_s=0.0, gallery=False),
     )
     try:

@@ -344,11 +344,13 @@ def test_estimate_shows_live_and_batch_side_by_side(tmp_path: Path) -> None:
     m = manifest(tmp_path, 10, refs=1)
     text = cli("estimate", m, "--mode", "batch").stdout
     rows = [line.split() for line in text.splitlines() if line.lstrip().startswith("total")]
-    live, batch = rows[-1][-2:]  # the side-by-side table's total row: live, then batch
+    live, flex, batch = rows[-1][-3:]  # the side-by-side table's total: standard, flex, batch
     assert float(batch.lstrip("$")) == pytest.approx(float(live.lstrip("$")) / 2, abs=0.01)
+    assert float(flex.lstrip("$")) == pytest.approx(float(live.lstrip("$")) / 2, abs=0.01)
     est = estimate(EstimateRequest(manifest=m, out=tmp_path / "none"))
     _, data = estimate_side_by_side(est, None)
     assert data["batch_cost_usd"] == pytest.approx(data["live_cost_usd"] / 2, rel=1e-3)
+    assert data["flex_cost_usd"] == pytest.approx(data["live_cost_usd"] / 2, rel=1e-3)
 
 
 def test_fake_flag_runs_batch_mode_with_wait_only(tmp_path: Path) -> None:
