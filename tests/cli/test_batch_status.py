@@ -106,4 +106,4 @@ def test_running_ok_makes_still_running_exit_0(
 ) -> None:
     r = submit(bserver, tmp_path, "--running-ok")
     assert r.code == 0, r.output
-    assert "running; re-run this command to collect" in r.stderr
+    assert "still running on the service" in r.stderr
