@@ -11,7 +11,6 @@ the fake's billing with the ledger and the disk.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -27,8 +26,8 @@ from PIL import Image
 from batchgen.batch.status import batch_rows
 from batchgen.fake import FakeConfig, ThreadedFakeServer
 from batchgen.fake.answers import image_price
-from tests.helpers.cli import SECRET, clean_env, cli, ledger_lines, spawn, wait_for
-from tests.helpers.runs import matches_billing, spend, status
+from tests.helpers.cli import SECRET, Result, clean_env, cli, ledger_lines, spawn, wait_for
+from tests.helpers.runs import made_per_job, matches_billing, run_batch, spend, status
 
 BATCH_S = 0.3
 PRICE = image_price("gemini-3-pro-image", "1K") / 2  # one image at batch prices
@@ -48,28 +47,21 @@ def manifest(tmp: Path, n: int) -> Path:
 
 
 def brun(srv: ThreadedFakeServer, m: Path, out: Path, *extra: str, crash: str | None = None,
-         timeout: float = 60):  # type: ignore[no-untyped-def]
-    env = clean_env(BATCHGEN_API_KEY=SECRET)
-    if crash:
-        env["BATCHGEN_TEST_CRASH_AT"] = crash
-    return cli("run", m, "--out", out, "--base-url", srv.url, "--mode", "batch", "--no-progress",
-               "--no-gallery", "--poll-interval", "0.1", "--backoff", "0.01", *extra, env=env,
-               timeout=timeout)
+         timeout: float = 60) -> Result:
+    return run_batch(srv, m, out, "--no-gallery", "--backoff", "0.01", *extra, crash=crash,
+                     timeout=timeout)
 
 
 def submit_and_finish(srv: ThreadedFakeServer, m: Path, out: Path) -> None:
     """One batch submitted, then finished on the service (its results written)."""
     first = brun(srv, m, out)
     assert first.code == 5, first.output
-    time.sleep(BATCH_S * 2)
+    # Wait on the service's own word, not a sleep: a loaded machine runs the fake's clock late.
+    assert wait_for(lambda: all(op.get("done") for op in  # type: ignore[union-attr]
+                                service(srv, "GET", "v1beta/batches")["operations"]))
 
 
-def made(out: Path) -> collections.Counter[str]:
-    """Succeeded ledger lines per job, not counting the lines that bill a service duplicate."""
-    return collections.Counter(
-        str(r["job_id"]) for r in ledger_lines(out)
-        if r["status"] == "succeeded" and not (r.get("extra") or {}).get("duplicate")  # type: ignore[union-attr]
-    )
+made = made_per_job
 
 
 def images_on_disk(out: Path) -> int:

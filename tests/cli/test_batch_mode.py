@@ -27,7 +27,8 @@ from batchgen.pricing import PriceTable
 from batchgen.reporting.estimate import EstimateRequest, estimate
 from batchgen.reporting.status import load_status
 from batchgen.spec import JobSpec
-from tests.helpers.cli import SECRET, clean_env, cli, ledger_lines, spawn, wait_for
+from tests.helpers.cli import SECRET, Result, clean_env, cli, ledger_lines, spawn, wait_for
+from tests.helpers.runs import made_per_job, run_batch
 
 BATCH_S = 0.3
 
@@ -57,20 +58,11 @@ def manifest(tmp: Path, n: int, *, refs: int = 0, prefix: str = "a lighthouse", 
 
 
 def brun(srv: ThreadedFakeServer, m: Path, out: Path, *extra: str, crash: str | None = None,
-         timeout: float = 90):  # type: ignore[no-untyped-def]
-    env = clean_env(BATCHGEN_API_KEY=SECRET)
-    if crash:
-        env["BATCHGEN_TEST_CRASH_AT"] = crash
-    return cli("run", m, "--out", out, "--base-url", srv.url, "--mode", "batch", "--no-progress",
-               "--poll-interval", "0.1", *extra, env=env, timeout=timeout)
+         timeout: float = 90) -> Result:
+    return run_batch(srv, m, out, *extra, crash=crash, timeout=timeout)
 
 
-def succeeded(out: Path) -> collections.Counter[str]:
-    """Succeeded ledger lines per job, not counting the lines that bill a service duplicate."""
-    return collections.Counter(
-        str(r["job_id"]) for r in ledger_lines(out)
-        if r["status"] == "succeeded" and not (r.get("extra") or {}).get("duplicate")  # type: ignore[union-attr]
-    )
+succeeded = made_per_job
 
 
 def assert_each_once(srv: ThreadedFakeServer, out: Path, jobs: int) -> None:

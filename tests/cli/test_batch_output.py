@@ -14,7 +14,8 @@ from batchgen.batch.status import batch_rows
 from batchgen.catalog import result_line_bytes
 from batchgen.fake import FakeConfig, ThreadedFakeServer
 from batchgen.settings import MAX_RESULT_BYTES
-from tests.helpers.cli import SECRET, clean_env, cli, ledger_lines
+from tests.helpers.cli import SECRET, Result, ledger_lines
+from tests.helpers.runs import run_batch
 
 
 @pytest.fixture
@@ -29,10 +30,8 @@ def write(tmp: Path, jobs: list[dict[str, object]]) -> Path:
     return path
 
 
-def brun(srv: ThreadedFakeServer, m: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return cli("run", m, "--out", out, "--base-url", srv.url, "--mode", "batch", "--no-progress",
-               "--poll-interval", "0.1", *extra, env=clean_env(BATCHGEN_API_KEY=SECRET),
-               timeout=120)
+def brun(srv: ThreadedFakeServer, m: Path, out: Path, *extra: str) -> Result:
+    return run_batch(srv, m, out, *extra, timeout=120)
 
 
 def test_batches_of_4k_images_are_split_by_expected_output(

@@ -3,6 +3,7 @@ that stop, kill, resume and merge runs."""
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -27,6 +28,24 @@ ENV = clean_env(BATCHGEN_API_KEY=SECRET)
 def run_args(server: ThreadedFakeServer, manifest: Path, out: Path, *extra: str) -> list[str]:
     return ["run", str(manifest), "--out", str(out), "--base-url", server.url, "--no-progress",
             "--no-gallery", "--backoff", "0.01", *extra]
+
+
+def run_batch(server: ThreadedFakeServer, manifest: Path, out: Path, *extra: str,
+              crash: str | None = None, timeout: float = 90) -> Result:
+    """``run --mode batch`` against the fake with quick polls; ``crash`` names a kill point."""
+    env = clean_env(BATCHGEN_API_KEY=SECRET)
+    if crash:
+        env["BATCHGEN_TEST_CRASH_AT"] = crash
+    return cli("run", manifest, "--out", out, "--base-url", server.url, "--mode", "batch",
+               "--no-progress", "--poll-interval", "0.1", *extra, env=env, timeout=timeout)
+
+
+def made_per_job(out: Path) -> collections.Counter[str]:
+    """Succeeded ledger lines per job, not counting the lines that bill a service duplicate."""
+    return collections.Counter(
+        str(r["job_id"]) for r in ledger_lines(out)
+        if r["status"] == "succeeded" and not (r.get("extra") or {}).get("duplicate")  # type: ignore[union-attr]
+    )
 
 
 def run_fast(server: ThreadedFakeServer, manifest: Path, out: Path, *extra: str) -> Result:
