@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,27 @@ def test_first_dataset_walkthrough_runs_as_written(tmp_path: Path) -> None:
         "(64, 64) dog a beagle puppy in the grass",
         "(64, 64) bird a snowy owl on a branch at dusk",
     }, done.stdout
+
+
+def _make_plan(target: str, venv: Path) -> str:
+    """What `make TARGET` would run on a fresh clone (no venv yet), without running it."""
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    proc = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_demo_installs_the_package_alone(tmp_path: Path) -> None:
+    demo = _make_plan("demo", tmp_path / "venv")
+    installs = [line for line in demo.splitlines() if "pip install" in line]
+    assert installs and all("[test]" not in line for line in installs), demo
+    assert any(line.rstrip().endswith("-e .") for line in installs), demo
+    assert "batchgen run sample_manifests/quickstart.yaml --fake" in demo
+    # The test tools come with `make test` and `make lint`, under the stamp .ci/run touches.
+    for target in ("test", "lint"):
+        plan = _make_plan(target, tmp_path / "venv")
+        assert "-e '.[test]'" in plan and f"touch {tmp_path / 'venv'}/.installed\n" in plan, plan
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "touch .venv/.installed" in ci and "make test" in ci
