@@ -156,7 +156,7 @@ def test_first_dataset_walkthrough_runs_as_written(tmp_path: Path) -> None:
     missing = [line for line in expected if not re.search(_pattern(line), output)]
     assert not missing, f"expected lines not printed: {missing}\n--- output:\n{output}"
     assert len(list((work / "jobs" / "pets" / "images").rglob("*.png"))) == 3
-    assert (work / "datasets" / "pets" / "metadata.jsonl").exists()
+    assert (work / "pets-dataset" / "metadata.jsonl").exists()
 
     pytest.importorskip("datasets")
     loader = _fenced(body, "python")[0]
