@@ -1,6 +1,7 @@
 """Exit codes: the one table every command and the batch driver return from.
 
-Scripts and cron jobs branch on these, so they never change meaning (README, "Exit codes").
+Scripts and cron jobs branch on these, so they never change meaning (README, "Output and exit
+codes").
 """
 
 from __future__ import annotations

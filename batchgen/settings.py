@@ -24,8 +24,8 @@ from .spec import Provider
 # plus a third, before one counts as lost.
 STANDARD_TIMEOUT_S = 300.0
 FLEX_TIMEOUT_S = 1200.0
-# --tier flex,standard: a job moves to the next tier after this many sheds in a row (README
-# "The Flex tier" gives the arithmetic behind 3).
+# --tier flex,standard: a job moves to the next tier after this many sheds in a row
+# (docs/design/flex.md gives the arithmetic behind 3).
 FALLBACK_AFTER_SHEDS = 3
 
 
@@ -42,11 +42,11 @@ def tier_timeout(tiers: tuple[str, ...]) -> float:
     return FLEX_TIMEOUT_S if "flex" in tiers else STANDARD_TIMEOUT_S
 
 
-# A batch's results file is kept under 1 GB by its expected output (README "Batch mode"): under
-# the 1.2 GB batch reported unfetchable and half the Files API's 2 GB a file.
+# A batch's results file is kept under 1 GB by its expected output (docs/design/batch-mode.md):
+# under the 1.2 GB batch reported unfetchable and half the Files API's 2 GB a file.
 MAX_RESULT_BYTES = 1000**3
 
-# Jobs per batch by default; README "Batch mode" gives the figures behind it.
+# Jobs per batch by default; docs/design/batch-mode.md gives the figures behind it.
 DEFAULT_BATCH_SIZE = 1000
 # The service takes request files up to 2 GB; keep a margin for the last line written.
 MAX_FILE_BYTES = 2 * 1000**3 - 16 * 1024 * 1024

@@ -86,7 +86,7 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 
 # The kinds a job can be left failed with for good: what --retry-failed can name. Transient
 # kinds (rate_limited, server_error, ...) run again anyway; fatal ones stop the run unrecorded;
-# bad_response is permanent only for an answer over its size cap (README, "Retries").
+# bad_response is permanent only for an answer over its size cap (README, "Retries and pacing").
 RETRY_KINDS = ("blocked", "no_image", "invalid_request", "reference", "bad_response")
 
 

@@ -100,7 +100,7 @@ def _check(inputs: list[Path], out: Path) -> list[Path]:
 
 
 def _refuse_open_batches(path: Path) -> None:
-    """A folder whose batches may still deliver is not merged (README, "Merging shards").
+    """A folder whose batches may still deliver is not merged (docs/design/run-folder.md, "merge").
 
     The journal is the folder's own: its batches' display names carry its id, and collecting,
     expiry and resubmission are judged from it. Carried into a merged folder, two folders would

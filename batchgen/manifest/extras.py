@@ -1,8 +1,8 @@
 """The request's optional fields (``system_instruction``, ``safety_settings``, ``google_search``),
 the model table's checks of a job, and ``{var}`` templates in metadata.
 
-Wire names and allowed values follow Google's Gemini API reference (README, "The request, all
-of it"); they are checked here, before anything is sent, so a misspelt threshold costs nothing.
+Wire names and allowed values follow Google's Gemini API reference (README, "Job
+fields"); they are checked here, before anything is sent, so a misspelt threshold costs nothing.
 """
 
 from __future__ import annotations
