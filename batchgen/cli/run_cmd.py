@@ -105,5 +105,8 @@ def estimate(manifest: Path, as_json: bool, mode: str, **o: Any) -> None:
         import orjson
 
         click.echo(orjson.dumps({**est.to_json(), **extra}).decode())
+    elif mode == "batch":
+        # One table: the batch column next to standard and flex, and no live time.
+        click.echo(format_estimate(est, batch_table=side))
     else:
         click.echo(format_estimate(est) + side)
