@@ -31,7 +31,7 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
     """``batchgen run --mode batch``: the exit code."""
     from ..planning.prepare import adopt_orphans, open_manifest, prepare
     from ..providers import resolve_provider
-    from .run_flow import refresh_gallery
+    from .run_flow import FAKE_NOTE, refresh_gallery
 
     req, ui = options.target, options.ui
     # Before anything is locked or made: a provider without the Batch API is bad usage.
@@ -60,7 +60,9 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
         if c.pending == 0 and not Journal(prep.folder.path).open_records():
             click.echo("nothing to do: every job is done", err=True)
             return ExitCode.OK if c.failed_skipped == 0 else 1
-        if batch_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty():
+        if req.fake:
+            click.echo(FAKE_NOTE.strip(), err=True)
+        elif batch_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty():
             click.confirm(f"This run is estimated at ${batch_usd:.2f}. Go ahead?", abort=True)
         outcome = run_batch(prep, options, lambda text: click.echo(text, err=True))
     finally:

@@ -29,6 +29,10 @@ from .common import fail
 from .messages import CommandLine, check_budget, suggest_budget
 
 
+# After the estimate of a --fake run: the figure is what the service would charge.
+FAKE_NOTE = " at the service's prices; the built-in fake (--fake) charges nothing"
+
+
 def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     """From the plan to the summary: the checks and messages around the live run."""
     c = prep.counts
@@ -55,9 +59,10 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
                    f"rejected images go to {prep.folder.path / 'rejected'}", err=True)
     elif selection.preview is not None:
         click.echo(f"preview: {c.pending} of the pending jobs, spread over the manifest", err=True)
+    fake = options.target.fake
     click.echo(
         f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
-        f"estimated ${c.estimate_usd:.2f}",
+        f"estimated ${c.estimate_usd:.2f}" + (FAKE_NOTE if fake else ""),
         err=True,
     )
     note = tier_note(options.settings.tiers, options.timeouts.request_s)
@@ -67,7 +72,9 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         return _nothing_to_do(c, tally, selection, cmd)
     if budget.warning:
         click.echo(f"warning: {budget.warning}", err=True)
-    ask = c.estimate_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty()
+    # The built-in fake bills nobody: asking whether to spend money it will not spend misleads.
+    ask = (c.estimate_usd > ui.confirm_above_usd and not ui.yes and not fake
+           and sys.stdin.isatty())
     if ask and not click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?"):
         # Declining is a choice, not a failure: exit 0, as nothing went wrong.
         click.echo("not started: nothing was sent", err=True)
@@ -188,13 +195,17 @@ def summary_lines(
     this_run = result.spent_usd - end.spent_before_usd
     reason = result.stop_reason
     lines: list[str] = []
+    # A run that stopped early says so first, and why: "done:" after a Ctrl-C or a budget stop
+    # read as if every job had been run.
+    head = "done" if reason is StopReason.COMPLETED else f"stopped: {stop_why(result)}"
     if result.succeeded or result.failed or reason is not StopReason.FATAL:
-        lines.append(
-            f"done: {result.succeeded} succeeded, {result.failed} failed"
-            + (f" ({errors})" if errors else "")
-            + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
-            f"{result.elapsed_s:.1f}s; images in {out / 'images'}"
-        )
+        counts = (f"{result.succeeded} succeeded, {result.failed} failed"
+                  + (f" ({errors})" if errors else "")
+                  + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
+                  f"{result.elapsed_s:.1f}s; images in {out / 'images'}")
+        lines.append(f"done: {counts}" if reason is StopReason.COMPLETED else f"{head}; {counts}")
+    else:
+        lines.append(head)
     if result.unsettled_requests:
         lines.append(
             f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
@@ -220,7 +231,7 @@ def summary_lines(
         if transient and not (end.limited and left):
             lines.append(f"to retry the jobs that ran out of attempts: {cmd.render()}")
     elif reason is StopReason.INTERRUPTED:
-        lines.append(f"interrupted; to resume: {cmd.render()}")
+        lines.append(f"to resume: {cmd.render()}")
     elif reason is StopReason.BUDGET:
         budget = end.budget_usd
         new = suggest_budget(result.spent_usd, left * end.per_image_usd, budget)
@@ -231,6 +242,15 @@ def summary_lines(
             + cmd.render(set={"budget": new})
         )
     else:
-        lines.append(f"stopped: {redact(result.stop_message)}")
         lines.append(f"fix the cause, then resume with: {cmd.render()}")
     return lines
+
+
+def stop_why(result: RunResult) -> str:
+    """Why a run stopped before its end, in a few words (the message's first line)."""
+    reason, message = result.stop_reason, result.stop_message
+    if reason is StopReason.BUDGET:
+        return f"the {message} budget is reached"
+    if reason is StopReason.INTERRUPTED:
+        return message or "interrupted"
+    return redact(message)

@@ -1,0 +1,144 @@
+"""Issue 24, "messages that say what happened": each message checked through the CLI, against
+the fake server over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import signal
+from pathlib import Path
+
+from batchgen.fake import FakeConfig, ThreadedFakeServer
+from tests.helpers.cli import (
+    SECRET,
+    clean_env,
+    cli,
+    ledger_lines,
+    run_against,
+    spawn,
+    wait_for,
+    write_manifest,
+)
+from tests.helpers.runs import ENV, run_args
+from tests.helpers.tty import cli_on_tty
+
+# -- 1. a run that stopped early says "stopped:", and why ---------------------------------------
+
+
+def test_a_ctrl_c_summary_says_stopped_and_why(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.5)) as srv:
+        m = write_manifest(tmp_path / "m.yaml", [f"c {i}" for i in range(12)])
+        out = tmp_path / "run"
+        proc = spawn(*run_args(srv, m, out, "--concurrency", "2"), env=ENV)
+        assert wait_for(lambda: len(ledger_lines(out)) >= 1, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    summary = [x for x in err.splitlines() if x.startswith(("done:", "stopped:"))]
+    assert len(summary) == 1, err
+    assert summary[0].startswith("stopped: interrupted (Ctrl-C); "), err
+    assert " succeeded, 0 failed; spent this run $" in summary[0]
+    assert "to resume: batchgen run" in err
+
+
+def test_a_budget_stop_summary_says_stopped_and_why(server: ThreadedFakeServer,
+                                                    tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", [f"b {i}" for i in range(8)])
+    r = run_against(server, m, tmp_path / "run", "--budget", "0.50", "--concurrency", "1")
+    assert r.code == 3, r.output
+    assert "done:" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
+    assert re.match(r"stopped: the \$0\.50 budget is reached; [1-3] succeeded, 0 failed", line), line
+
+
+def test_a_completed_run_still_says_done(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["all of it"])
+    r = run_against(server, m, tmp_path / "run")
+    assert r.code == 0 and "\ndone: 1 succeeded, 0 failed" in "\n" + r.stderr
+    assert "stopped" not in r.stderr
+
+
+# -- 2. the progress bar shows one rate ---------------------------------------------------------
+
+
+def test_the_progress_bar_shows_one_rate(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.2)) as srv:
+        m = write_manifest(tmp_path / "m.yaml", [f"bar {i}" for i in range(6)])
+        r = cli_on_tty("run", m, "--out", tmp_path / "run", "--base-url", srv.url,
+                       "--concurrency", "1", "--no-gallery", env=ENV)
+    assert r.code == 0, r.stderr
+    assert "img/min" in r.stderr, r.stderr  # the bar was drawn
+    assert "img/s" not in r.stderr and "s/img" not in r.stderr, r.stderr
+
+
+# -- 3. estimate --mode batch: one table, and a time line that fits a batch ---------------------
+
+
+def test_estimate_in_batch_mode_prints_one_table(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", [f"e {i}" for i in range(4)])
+    text = cli("estimate", m, "--out", tmp_path / "x", "--mode", "batch").stdout
+    heads = [x for x in text.splitlines() if x.lstrip().startswith("cost ")]
+    totals = [x for x in text.splitlines() if x.lstrip().startswith("total")]
+    assert len(heads) == 1 and len(totals) == 1, text
+    assert heads[0].split()[-3:] == ["standard", "flex", "batch"]
+    (time_line,) = [x for x in text.splitlines() if x.lstrip().startswith("time:")]
+    assert "24 h" in time_line and "concurrency 8" not in time_line, text
+    # The live estimate keeps its table and its pace.
+    live = cli("estimate", m, "--out", tmp_path / "x").stdout
+    assert "concurrency 8" in live and "subtotal" in live
+
+
+# -- 4. --fake does not ask to spend money it will not spend ------------------------------------
+
+
+def test_a_fake_run_says_it_charges_nothing_and_does_not_ask(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", [f"f {i}" for i in range(3)])
+    # Above --confirm-above, at a terminal: a real run would ask (and "n" would stop it).
+    r = cli_on_tty("run", m, "--out", tmp_path / "run", "--fake", "--confirm-above", "0.1",
+                   "--no-progress", "--no-gallery", env=clean_env(), typed="n\n")
+    assert r.code == 0, r.stderr + r.stdout
+    assert "Go ahead?" not in r.stdout + r.stderr
+    assert "the built-in fake (--fake) charges nothing" in r.stderr
+    assert len(ledger_lines(tmp_path / "run")) == 3
+
+
+def test_a_real_run_at_a_terminal_still_asks(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["ask me"])
+    r = cli_on_tty("run", m, "--out", tmp_path / "run", "--base-url", server.url,
+                   "--confirm-above", "0.01", "--no-progress", env=ENV, typed="n\n")
+    assert r.code == 0 and "Go ahead?" in r.stdout + r.stderr
+    assert "not started" in r.stderr and server.stats.requests == 0
+
+
+# -- 5. report's throughput leaves out the idle time between runs -------------------------------
+
+
+def _shift_ledger(out: Path, seconds: float) -> None:
+    """Move every ledger line's times back: the run happened ``seconds`` earlier (yesterday)."""
+    lines = []
+    for rec in ledger_lines(out):
+        for key in ("started_at", "finished_at"):
+            t = dt.datetime.fromisoformat(str(rec[key]).replace("Z", "+00:00"))
+            rec[key] = (t - dt.timedelta(seconds=seconds)).isoformat()
+        lines.append(json.dumps(rec))
+    (out / "ledger.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_report_throughput_leaves_out_the_gap_between_runs(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.3)) as srv:
+        out = tmp_path / "run"
+        first = write_manifest(tmp_path / "m.yaml", [f"t {i}" for i in range(4)])
+        assert run_against(srv, first, out, "--concurrency", "1").code == 0
+        _shift_ledger(out, 2 * 3600)
+        write_manifest(first, [f"t {i}" for i in range(8)])
+        assert run_against(srv, first, out, "--concurrency", "1").code == 0
+    rep = json.loads(cli("report", out, "--json").stdout)
+    thr = rep["throughput"]
+    assert thr["runs"] == 2 and abs(thr["idle_s"] - 7200) < 60, thr
+    # 8 images in a few seconds of work, not 8 over two hours (0.07 a minute).
+    assert thr["span_s"] < 60 and thr["images_per_min"] > 8, thr
+    assert sum(b["images"] for b in thr["buckets"]) == 8
+    text = cli("report", out).stdout
+    assert "(2 runs; 2h00m idle between them left out)" in text or \
+        "(2 runs; 1h59m idle between them left out)" in text, text
