@@ -9,6 +9,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from batchgen.fake import FakeConfig, ThreadedFakeServer
 from tests.helpers.cli import (
     SECRET,
@@ -142,3 +144,43 @@ def test_report_throughput_leaves_out_the_gap_between_runs(tmp_path: Path) -> No
     text = cli("report", out).stdout
     assert "(2 runs; 2h00m idle between them left out)" in text or \
         "(2 runs; 1h59m idle between them left out)" in text, text
+
+
+# -- 6. the common YAML slips in batchgen's words -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("jobs:\n  - prompt: a mug\n    image_size: 1K\n    aspect_ratio: '1:1'\n"
+         "  - prompt: a cup\n    image_size: 1K\n     seed: 7\n",
+         "m.yaml:7: seed: line 7 is indented 5 spaces, the job's other fields 4"),
+        ("jobs:\n  - prompt: a mug\n    image_size: 1K\n   aspect_ratio: '1:1'\n",
+         "m.yaml:4: aspect_ratio: line 4 is indented 3 spaces, the job's other fields 4"),
+        ("defaults:\n  image_size: 1K\n   seed: 3\njobs:\n  - prompt: a\n",
+         "m.yaml:3: seed: line 3 is indented 3 spaces, the line above it 2"),
+        ("jobs:\n  - prompt: a mug\n\timage_size: 1K\n",
+         "m.yaml:3: line 3 is indented with a tab: YAML does not allow tabs; indent with spaces"),
+        ("jobs:\n  - prompt: a mug\n    image_size:\t1K\n",
+         "m.yaml:3: a tab at column 16: YAML does not allow tabs there; use spaces"),
+    ],
+)
+def test_yaml_slips_are_said_as_a_person_fixes_them(tmp_path: Path, text: str,
+                                                    expected: str) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text(text)
+    for command in ("validate", "estimate"):
+        r = cli(command, m, "--out", tmp_path / "run") if command == "estimate" else \
+            cli(command, m)
+        assert r.code == 2, r.output
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"batchgen: {tmp_path / expected}"), line
+        assert "expected <block end>" not in line and "cannot start any token" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_colon_in_a_value_keeps_the_yaml_message(tmp_path: Path) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text("jobs:\n  - prompt: a sign: open\n")
+    r = cli("validate", m)
+    assert r.code == 2 and f"{m}:2: YAML syntax error: mapping values" in r.stderr, r.stderr
