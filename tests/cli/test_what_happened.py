@@ -22,6 +22,7 @@ from tests.helpers.cli import (
     wait_for,
     write_manifest,
 )
+from tests.helpers.images import make_image
 from tests.helpers.runs import ENV, run_args
 from tests.helpers.tty import cli_on_tty
 
@@ -184,3 +185,35 @@ def test_a_colon_in_a_value_keeps_the_yaml_message(tmp_path: Path) -> None:
     m.write_text("jobs:\n  - prompt: a sign: open\n")
     r = cli("validate", m)
     assert r.code == 2 and f"{m}:2: YAML syntax error: mapping values" in r.stderr, r.stderr
+
+
+# -- 7. a missing reference file names its near match -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("refs/mgu.png", "refs/mug.png"), ("refs/Mug.PNG", "refs/mug.png"),
+     ("ref/mug.png", "refs/mug.png")],
+)
+def test_a_missing_reference_suggests_its_near_match(tmp_path: Path, written: str,
+                                                     meant: str) -> None:
+    (tmp_path / "refs").mkdir()
+    make_image(tmp_path / "refs" / "mug.png")
+    make_image(tmp_path / "refs" / "bowl.png")
+    m = tmp_path / "m.yaml"
+    m.write_text(f"jobs:\n  - prompt: like this\n    images: [{written}]\n")
+    r = cli("validate", m)
+    assert r.code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"batchgen: {m}:3: images: "), line
+    assert f"file not found: {written} " in line and line.endswith(f"; did you mean {meant}?")
+
+
+def test_a_missing_reference_with_nothing_near_says_only_not_found(tmp_path: Path) -> None:
+    (tmp_path / "refs").mkdir()
+    make_image(tmp_path / "refs" / "mug.png")
+    m = tmp_path / "m.yaml"
+    m.write_text("jobs:\n  - prompt: like this\n    images: [refs/elephant.png]\n")
+    r = cli("validate", m)
+    assert r.code == 2 and "file not found: refs/elephant.png" in r.stderr
+    assert "did you mean" not in r.stderr
