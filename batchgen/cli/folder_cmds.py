@@ -11,11 +11,11 @@ import click
 
 from ..exits import ExitCode
 from .common import fail, guarded, setup_logging
-from .options import json_option, run_dir_argument
+from .options import json_option, read_dir_argument, run_dir_argument
 
 
 @click.command()
-@run_dir_argument
+@read_dir_argument
 @json_option
 @click.option("--refresh", is_flag=True,
               help="Batch mode: ask the service for the batches' states first (needs the key).")
@@ -51,7 +51,7 @@ def status(run_dir: Path, as_json: bool, refresh: bool, provider: str | None,
 
 
 @click.command()
-@run_dir_argument
+@read_dir_argument
 @json_option
 @guarded
 def report(run_dir: Path, as_json: bool) -> None:
@@ -69,7 +69,7 @@ def report(run_dir: Path, as_json: bool) -> None:
 
 
 @click.command()
-@run_dir_argument
+@read_dir_argument
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="The page to write [DIR/gallery.html].")
 @guarded

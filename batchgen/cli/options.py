@@ -75,6 +75,9 @@ prices_option = click.option("--prices",
                              type=click.Path(path_type=Path, exists=True, dir_okay=False))
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
+# For the commands that only read a folder: a manifest given instead is taken to its folder.
+read_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True,
+                                                          follow_manifest=True))
 
 def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
            ) -> tuple[tuple[str, str], ...]:

@@ -217,3 +217,36 @@ def test_a_missing_reference_with_nothing_near_says_only_not_found(tmp_path: Pat
     r = cli("validate", m)
     assert r.code == 2 and "file not found: refs/elephant.png" in r.stderr
     assert "did you mean" not in r.stderr
+
+
+# -- 8. status given a manifest shows the manifest's run folder ---------------------------------
+
+
+def test_status_of_a_manifest_shows_its_run_folder(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["a", "b"])
+    env = clean_env()
+    r = cli("run", "m.yaml", "--fake", "--no-progress", "--no-gallery", env=env, cwd=tmp_path)
+    assert r.code == 0, r.output
+    r = cli("status", "m.yaml", "--json", env=env, cwd=tmp_path)
+    assert r.code == 0, r.output
+    assert json.loads(r.stdout)["succeeded"] == 2
+    assert "m.yaml is a manifest; showing its run folder jobs/m" in r.stderr
+    for command in ("report", "gallery"):
+        r = cli(command, "m.yaml", env=env, cwd=tmp_path)
+        assert r.code == 0 and "showing its run folder jobs/m" in r.stderr, r.output
+    # A command that changes the folder still wants the folder itself.
+    r = cli("prune", "m.yaml", "--yes", env=env, cwd=tmp_path)
+    assert r.code == 2 and "its run folder is jobs/m" in r.stderr
+    # Another manifest of the same name is not shown this folder.
+    (tmp_path / "other").mkdir()
+    write_manifest(tmp_path / "other" / "m.yaml", ["c"])
+    r = cli("status", "other/m.yaml", env=env, cwd=tmp_path)
+    assert r.code == 2 and "jobs/m belongs to another manifest" in r.stderr, r.output
+    assert m.exists()
+
+
+def test_status_of_a_manifest_that_never_ran_says_so(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "m.yaml", ["a"])
+    r = cli("status", "m.yaml", cwd=tmp_path)
+    assert r.code == 2 and "its run folder is jobs/m" in r.stderr
+    assert "jobs/m holds no run yet" in r.stderr
