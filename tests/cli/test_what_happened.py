@@ -250,3 +250,46 @@ def test_status_of_a_manifest_that_never_ran_says_so(tmp_path: Path) -> None:
     r = cli("status", "m.yaml", cwd=tmp_path)
     assert r.code == 2 and "its run folder is jobs/m" in r.stderr
     assert "jobs/m holds no run yet" in r.stderr
+
+
+# -- 9. a short key is not cut out of a longer name in a suggested command ----------------------
+
+SHORT_KEY = "k9x2"
+
+
+def _key_stands_alone(text: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_-]){SHORT_KEY}(?![A-Za-z0-9_-])", text) is not None
+
+
+def test_a_short_key_leaves_a_longer_name_alone_and_never_shows(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SHORT_KEY)) as srv:
+        env = clean_env(BATCHGEN_API_KEY=SHORT_KEY)
+        m = write_manifest(tmp_path / f"{SHORT_KEY}board.yaml", ["a", "b", "c"])
+        out = tmp_path / "jobs" / f"{SHORT_KEY}board"
+        r = cli("run", m, "--out", out, "--base-url", srv.url, "--no-progress", "--limit", "1",
+                env=env)
+        assert r.code == 0, r.output
+        (line,) = [x for x in r.stderr.splitlines() if "to run them:" in x]
+        assert f" {m} --out {out} " in line, line  # the names as typed: the command works
+        assert "REDACTED" not in line
+        # Where the key is a whole part of an argument, it is still cut out.
+        out2 = tmp_path / SHORT_KEY
+        r2 = cli("run", m, "--out", out2, "--base-url", srv.url, "--no-progress", "--limit", "1",
+                 env=env)
+        assert r2.code == 0, r2.output
+        (line2,) = [x for x in r2.stderr.splitlines() if "to run them:" in x]
+        assert f"--out {tmp_path / 'REDACTED'} " in line2, line2
+        # A URL that carries it (refused, and the message does not show it).
+        r3 = cli("run", m, "--out", out, "--base-url", f"{srv.url}/?key={SHORT_KEY}",
+                 "--no-progress", "--limit", "1", env=env)
+    assert r3.code == 2 and "key=REDACTED" in r3.stderr, r3.output
+    for text in (r.output, line2, r3.output):
+        assert not _key_stands_alone(text), text
+
+
+def test_a_long_key_is_cut_out_even_inside_a_longer_name(server: ThreadedFakeServer,
+                                                         tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / f"x{SECRET}y.yaml", ["a", "b"])
+    r = run_against(server, m, tmp_path / "run", "--limit", "1")
+    assert r.code == 0, r.output
+    assert SECRET not in r.output and "xREDACTEDy.yaml" in r.output
