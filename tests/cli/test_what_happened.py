@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,24 @@ def test_a_long_key_is_cut_out_even_inside_a_longer_name(server: ThreadedFakeSer
     r = run_against(server, m, tmp_path / "run", "--limit", "1")
     assert r.code == 0, r.output
     assert SECRET not in r.output and "xREDACTEDy.yaml" in r.output
+
+
+# -- 10. the fake answers a wrong key at once, as the service does -------------------------------
+
+
+def test_a_wrong_key_costs_one_request_on_a_slow_fake(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=1.5)) as srv:
+        m = write_manifest(tmp_path / "m.yaml", [f"k {i}" for i in range(12)])
+        started = time.monotonic()
+        r = cli("run", m, "--out", tmp_path / "run", "--base-url", srv.url, "--no-progress",
+                "--concurrency", "8", env=clean_env(BATCHGEN_API_KEY="wrong-key"))
+        elapsed = time.monotonic() - started
+        assert r.code == 4, r.output
+        assert srv.stats.requests == 1, r.output  # the first goes alone; its answer stops the run
+    assert "stopped:" in r.stderr and elapsed < 15
+    # A good key still waits the latency: only who-is-calling is answered at once.
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.5)) as srv:
+        one = write_manifest(tmp_path / "one.yaml", ["slow"])
+        started = time.monotonic()
+        assert run_against(srv, one, tmp_path / "ok").code == 0
+        assert time.monotonic() - started >= 0.5
