@@ -31,8 +31,10 @@ def one_line(value: object, width: int = ONE_LINE_MAX) -> str:
 class Progress:
     def __init__(
         self, total: int, *, enabled: bool, spent_usd: float = 0.0, log_every_s: float = 0.0,
-        note: str = "",
+        note: str = "", quiet: bool = False,
     ) -> None:
+        # -q: the run says nothing while it runs, but a stop the user asked for (Ctrl-C).
+        self.quiet = quiet
         # What the bar and every progress line add, e.g. "flex: answers take 1-15 min".
         self.note = note
         tty = sys.stderr.isatty()

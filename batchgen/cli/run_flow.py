@@ -28,7 +28,6 @@ from ..words import plural
 from .common import fail
 from .messages import CommandLine, check_budget, suggest_budget
 
-
 # After the estimate of a --fake run: the figure is what the service would charge.
 FAKE_NOTE = " at the service's prices; the built-in fake (--fake) charges nothing"
 
@@ -44,30 +43,28 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     if budget.reached:
         click.echo(budget.reached, err=True)
         return ExitCode.BUDGET
+    # -q: only what is wrong and the summary; what the run is about to do goes unsaid.
+    info = _silent if ui.quiet else _say
     for warning in prep.summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if prep.change:
-        click.echo(prep.change, err=True)
+        info(prep.change)
     missing = describe_missing(c, selection.redo_missing)
     if missing:
-        click.echo(missing, err=True)
+        info(missing)
     if c.in_batch:
-        click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
-                   "them)", err=True)
+        info(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects them)")
     if selection.redo_rejected:
-        click.echo(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
-                   f"rejected images go to {prep.folder.path / 'rejected'}", err=True)
+        info(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
+             f"rejected images go to {prep.folder.path / 'rejected'}")
     elif selection.preview is not None:
-        click.echo(f"preview: {c.pending} of the pending jobs, spread over the manifest", err=True)
+        info(f"preview: {c.pending} of the pending jobs, spread over the manifest")
     fake = options.target.fake
-    click.echo(
-        f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
-        f"estimated ${c.estimate_usd:.2f}" + (FAKE_NOTE if fake else ""),
-        err=True,
-    )
+    info(f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
+         f"estimated ${c.estimate_usd:.2f}" + (FAKE_NOTE if fake else ""))
     note = tier_note(options.settings.tiers, options.timeouts.request_s)
     if note:
-        click.echo(note, err=True)
+        info(note)
     if c.pending == 0:
         return _nothing_to_do(c, tally, selection, cmd)
     if budget.warning:
@@ -91,10 +88,18 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         wanted=tally.wanted if tally is not None else c.pending,
         limited=selection.limit is not None,
     )
-    code = summarize(result, prep.folder.path, gallery, end)
+    code = summarize(result, prep.folder.path, gallery, end, quiet=ui.quiet)
     if prep.preview_rest is not None and result.stop_reason is StopReason.COMPLETED:
-        click.echo(preview_rest_line(prep, cmd, fake=options.target.fake), err=True)
+        info(preview_rest_line(prep, cmd, fake=options.target.fake))
     return code
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _silent(text: str) -> None:
+    del text
 
 
 def preview_rest_line(prep: Prepared, cmd: CommandLine, *, fake: bool = False) -> str:
@@ -156,9 +161,15 @@ def refresh_gallery(out: Path) -> Path | None:
 
 
 def summarize(
-    result: RunResult, out: Path, gallery: Path | None = None, end: Ending | None = None
+    result: RunResult, out: Path, gallery: Path | None = None, end: Ending | None = None, *,
+    quiet: bool = False,
 ) -> int:
-    for line in summary_lines(result, out, gallery, end):
+    lines = summary_lines(result, out, gallery, end)
+    if quiet:
+        # The summary line, and for a run that stopped early the command that goes on.
+        done = result.stop_reason is StopReason.COMPLETED
+        lines = lines[:1] + ([] if done or len(lines) < 2 else lines[-1:])
+    for line in lines:
         click.echo(line, err=True)
     if result.stop_reason is StopReason.COMPLETED:
         return ExitCode.FAILED if result.failed else ExitCode.OK

@@ -113,7 +113,7 @@ class Runner:
             self.result.stop_message = message
             self._stop.set()
             self.budget.wake()
-            if reason is not StopReason.INTERRUPTED:
+            if reason is not StopReason.INTERRUPTED and not self.progress.quiet:
                 # Said at once: with 30-60 s answers a silent stop looks hung.
                 _say(f"stopping ({self._why()}): {self._waiting()}")
 

@@ -315,3 +315,65 @@ def test_a_wrong_key_costs_one_request_on_a_slow_fake(tmp_path: Path) -> None:
         started = time.monotonic()
         assert run_against(srv, one, tmp_path / "ok").code == 0
         assert time.monotonic() - started >= 0.5
+
+
+# -- 11. -q/--quiet, and gallery --open ----------------------------------------------------------
+
+
+def test_quiet_shows_only_the_summary_line_at_a_terminal(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.1)) as srv:
+        m = write_manifest(tmp_path / "m.yaml", [f"q {i}" for i in range(4)])
+        r = cli_on_tty("run", m, "--out", tmp_path / "run", "--base-url", srv.url, "-q",
+                       "--concurrency", "1", env=ENV)
+    assert r.code == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("done: 4 succeeded, 0 failed"), r.stderr
+    assert (tmp_path / "run" / "gallery.html").exists()  # refreshed, only not announced
+
+
+def test_quiet_keeps_the_stop_and_how_to_go_on(tmp_path: Path) -> None:
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.15)) as srv:
+        m = write_manifest(tmp_path / "m.yaml", [f"b {i}" for i in range(8)])
+        r = run_against(srv, m, tmp_path / "run", "--quiet", "--budget", "0.40",
+                        "--concurrency", "1", "--log-every", "0.1")
+    assert r.code == 3, r.output
+    assert " progress: " not in r.stderr and "stopping (" not in r.stderr, r.stderr
+    # Warnings are kept: "the budget covers about 2 of 8 images" is what -q must not hide.
+    assert r.stderr.startswith("warning: the budget covers about ")
+    lines = [x for x in r.stderr.splitlines() if not x.startswith("warning: ")]
+    assert len(lines) == 2, r.stderr
+    assert lines[0].startswith("stopped: the $0.40 budget is reached; ")
+    assert lines[1].startswith("budget reached: ") and "--budget" in lines[1]
+    # Errors are still said, one line, exit 2.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobs:\n  - prompt: x\n    aspect_ratio: '7:3'\n")
+    r = run_against(srv, bad, tmp_path / "run2", "-q")
+    assert r.code == 2 and r.stderr.startswith(f"batchgen: {bad}:3: aspect_ratio: "), r.stderr
+
+
+def test_quiet_in_batch_mode_says_only_the_outcome(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", [f"qb {i}" for i in range(3)])
+    r = cli("run", m, "--out", tmp_path / "run", "--fake", "--provider", "google", "--mode",
+            "batch", "--wait", "--poll-interval", "0.2", "-q")
+    assert r.code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("done: 3 of 3 succeeded"), r.stderr
+
+
+def test_gallery_open_hands_the_page_to_the_browser(server: ThreadedFakeServer,
+                                                    tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.yaml", ["look"])
+    out = tmp_path / "run"
+    assert run_against(server, m, out, "--no-gallery").code == 0
+    seen = tmp_path / "browser-was-given"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}\n')
+    browser.chmod(0o755)
+    r = cli("gallery", out, "--open", env=clean_env(BROWSER=str(browser)))
+    assert r.code == 0, r.output
+    page = out / "gallery.html"
+    assert page.exists() and seen.read_text() == page.resolve().as_uri()
+    # Without --open no browser is started.
+    seen.unlink()
+    assert cli("gallery", out, env=clean_env(BROWSER=str(browser))).code == 0
+    assert not seen.exists()
