@@ -3,11 +3,15 @@ the fake server over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -377,3 +381,70 @@ def test_gallery_open_hands_the_page_to_the_browser(server: ThreadedFakeServer,
     seen.unlink()
     assert cli("gallery", out, env=clean_env(BROWSER=str(browser))).code == 0
     assert not seen.exists()
+
+
+# -- 12. validate --check-urls ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _image_host(png: bytes) -> Iterator[tuple[str, list[str]]]:
+    """A local aiohttp server: /good.png is there, /nohead.png refuses HEAD (405) but serves
+    GET, anything else is a 404. Yields its URL and the requests it saw ("HEAD /good.png")."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.path}")
+        if request.path == "/nohead.png" and request.method == "HEAD":
+            return web.Response(status=405)
+        if request.path in ("/good.png", "/nohead.png"):
+            return web.Response(body=png, content_type="image/png")
+        return web.Response(status=404, text="no such file")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_validate_check_urls_names_each_missing_url(tmp_path: Path) -> None:
+    png = make_image(tmp_path / "ref.png").read_bytes()
+    with _image_host(png) as (url, seen):
+        m = tmp_path / "m.yaml"
+        m.write_text(
+            "jobs:\n"
+            f"  - prompt: one\n    images: [{url}/good.png]\n"
+            f"  - prompt: two\n    images: [{url}/gone.png]\n"
+            f"  - prompt: three\n    images: [{url}/good.png, {url}/nohead.png]\n"
+            "  - prompt: four\n    images: ['http://127.0.0.1:9/x.png']\n"
+        )
+        plain = cli("validate", m)
+        assert plain.code == 0 and seen == [], plain.output  # nothing asked without the flag
+        r = cli("validate", m, "--check-urls")
+        assert r.code == 2, r.output
+        problems = r.stderr.strip().splitlines()
+        assert problems[0] == f"batchgen: {m}:4: images: {url}/gone.png: HTTP 404", r.stderr
+        assert problems[1].startswith(f"batchgen: {m}:8: images: http://127.0.0.1:9/x.png: "
+                                      "unreachable ("), r.stderr
+        assert len(problems) == 2 and "ok:" not in r.stdout
+        # Each URL asked once; the one that refuses HEAD was asked with a GET and is fine.
+        assert sorted(seen) == ["GET /nohead.png", "HEAD /gone.png", "HEAD /good.png",
+                                "HEAD /nohead.png"]
+        fine = tmp_path / "fine.yaml"
+        fine.write_text(f"jobs:\n  - prompt: one\n    images: [{url}/good.png]\n")
+        r = cli("validate", fine, "--check-urls")
+        assert r.code == 0 and "1 URL reference checked: each answered" in r.stderr, r.output
