@@ -6,7 +6,9 @@ Reads ``DIR/run.json`` and ``DIR/ledger.jsonl`` alone: no manifest, no key.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +190,13 @@ class _Busy:
 
 
 def _without_gaps(times: list[float], gaps: list[tuple[float, float]]) -> list[float]:
-    """Each time moved back by the idle stretches before it: the runs laid end to end."""
+    """Each time moved back by the idle stretches before it: the runs laid end to end. (A
+    finish time never falls inside a gap: a gap starts where the last job in flight ended.)"""
     if not gaps:
         return times
-    out = []
-    for t in times:
-        out.append(t - sum(min(b, t) - a for a, b in gaps if a < t))
-    return out
+    starts = [a for a, _ in gaps]
+    before = list(itertools.accumulate((b - a for a, b in gaps), initial=0.0))
+    return [t - before[bisect.bisect_left(starts, t)] for t in times]
 
 
 def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
