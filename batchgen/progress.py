@@ -18,6 +18,8 @@ from typing import NoReturn
 from tqdm import tqdm
 
 ONE_LINE_MAX = 200
+# tqdm's default without its "{rate_fmt}": the postfix carries the one rate shown.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 
 def one_line(value: object, width: int = ONE_LINE_MAX) -> str:
@@ -29,8 +31,10 @@ def one_line(value: object, width: int = ONE_LINE_MAX) -> str:
 class Progress:
     def __init__(
         self, total: int, *, enabled: bool, spent_usd: float = 0.0, log_every_s: float = 0.0,
-        note: str = "",
+        note: str = "", quiet: bool = False,
     ) -> None:
+        # -q: the run says nothing while it runs, but a stop the user asked for (Ctrl-C).
+        self.quiet = quiet
         # What the bar and every progress line add, e.g. "flex: answers take 1-15 min".
         self.note = note
         tty = sys.stderr.isatty()
@@ -56,6 +60,9 @@ class Progress:
                 nrows=size.lines,
                 smoothing=0.1,
                 desc=note or None,
+                # One rate: tqdm's own (img/s, smoothed over every finished job) disagreed with
+                # the postfix's succeeded images a minute, the unit the progress lines use.
+                bar_format=BAR_FORMAT,
             )
             self._refresh()
 

@@ -38,6 +38,31 @@ def redact(text: str) -> str:
     return text
 
 
+# What separates the parts of a path or URL. A key is redacted from a command's own arguments
+# only where it stands between these as a whole part: a short key inside a longer name
+# (``jobs/fake-keyboard``) is that name, not the key, and mangling it broke the command.
+# A key this long is cut out of a command's arguments wherever it appears (real keys are 39
+# characters); only a shorter one can sit inside a file name by coincidence.
+ALWAYS_CUT_LEN = 16
+_PARTS = re.compile(r"([/\\:@?&=#;,.\s'\"]+)")
+
+
+def redact_argument(arg: str) -> str:
+    """One argument of a command shown to the user: URL secrets as :func:`redact` does, and a
+    registered key where it is a whole part of the argument (never a piece of a longer one)."""
+    arg = _KEY_PARAM.sub(rf"\g<1>{REDACTED}", arg)
+    arg = _KEY_HEADER.sub(rf"\g<1>{REDACTED}", arg)
+    arg = _USERINFO.sub(rf"\g<1>{REDACTED}@", arg)
+    found = {s for s in _secrets if s in arg}
+    if not found:
+        return arg
+    if any(len(s) >= ALWAYS_CUT_LEN or _PARTS.search(s) for s in found):
+        # A long key inside a longer name is no coincidence; a key with a separator in it
+        # cannot be told apart by parts: cut it out wherever it is.
+        return redact(arg)
+    return "".join(REDACTED if part in found else part for part in _PARTS.split(arg))
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

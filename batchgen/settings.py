@@ -206,6 +206,8 @@ class Interaction:
     log_every_s: float = 60.0  # progress lines when stderr is not a terminal; 0: none
     verbose: int = 0
     gallery: bool = True
+    # -q: no bar, no progress lines, no estimate or hints; errors, warnings and the summary line
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

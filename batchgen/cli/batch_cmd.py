@@ -26,12 +26,15 @@ from ..spec import DEFAULT_MODEL, Provider
 from ..words import plural
 from .messages import CommandLine, suggest_budget
 
+# What the batch driver says that -q keeps: the outcome and errors (and "... to collect:").
+QUIET_SHOWN = ("done:", "stopped", "interrupted", "batchgen:", "budget")
+
 
 def run_command(options: RunOptions, cmd: CommandLine) -> int:
     """``batchgen run --mode batch``: the exit code."""
     from ..planning.prepare import adopt_orphans, open_manifest, prepare
     from ..providers import resolve_provider
-    from .run_flow import refresh_gallery
+    from .run_flow import FAKE_NOTE, refresh_gallery
 
     req, ui = options.target, options.ui
     # Before anything is locked or made: a provider without the Batch API is bad usage.
@@ -42,27 +45,38 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
                          "its batches end with this command (or start `batchgen fake-server` "
                          "and use --base-url)")
     prep = prepare(options)
+
+    def info(text: str) -> None:
+        if not ui.quiet:
+            click.echo(text, err=True)
+
+    def say(text: str) -> None:  # the driver's lines; with -q only the outcome's
+        if not ui.quiet or text.startswith(QUIET_SHOWN) or "to collect:" in text:
+            click.echo(text, err=True)
+
     try:
         adopt_orphans(prep)
         for warning in prep.summary.warnings:
             click.echo(f"warning: {warning}", err=True)
         c = prep.counts
         if prep.change and prep.change.startswith("manifest changed"):
-            click.echo(prep.change.split(":")[0], err=True)
+            info(prep.change.split(":")[0])
         model = header.model or req.model or DEFAULT_MODEL
         discount = PriceTable.load(req.prices).price(model).batch_discount
         batch_usd = c.estimate_usd * discount
         running = f", {c.in_batch} in running batches" if c.in_batch else ""
         cost = (f"  estimated ${batch_usd:.2f} at batch prices (${c.estimate_usd:.2f} live)"
                 if c.pending else "")
-        click.echo(f"{c.pending} to submit ({c.done} already done{running}) -> "
-                   f"{prep.folder.path}{cost}", err=True)
+        info(f"{c.pending} to submit ({c.done} already done{running}) -> "
+             f"{prep.folder.path}{cost}")
         if c.pending == 0 and not Journal(prep.folder.path).open_records():
             click.echo("nothing to do: every job is done", err=True)
             return ExitCode.OK if c.failed_skipped == 0 else 1
-        if batch_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty():
+        if req.fake:
+            info(FAKE_NOTE.strip())
+        elif batch_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty():
             click.confirm(f"This run is estimated at ${batch_usd:.2f}. Go ahead?", abort=True)
-        outcome = run_batch(prep, options, lambda text: click.echo(text, err=True))
+        outcome = run_batch(prep, options, say)
     finally:
         os.close(prep.lock_fd)
     if outcome.budget is not None:
@@ -70,7 +84,7 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
     if outcome.finished and ui.gallery:
         gallery = refresh_gallery(prep.folder.path)
         if gallery is not None:
-            click.echo(f"gallery: {gallery}", err=True)
+            info(f"gallery: {gallery}")
     if outcome.code == ExitCode.RUNNING and options.batch.running_ok:
         return ExitCode.OK  # --running-ok: "still running" is not a failure to `set -e`
     return outcome.code

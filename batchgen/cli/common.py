@@ -115,21 +115,40 @@ def parse_retry_kinds(value: str | None) -> tuple[str, ...] | None:
 
 
 class RunDir(click.Path):
-    """A run folder; a manifest given in its place is pointed at its run folder."""
+    """A run folder; a manifest given in its place is pointed at its run folder, or, with
+    ``follow_manifest`` (the commands that only read: status, report, gallery), taken to it."""
 
     name = "run_dir"
+
+    def __init__(self, *args: Any, follow_manifest: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.follow_manifest = follow_manifest
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         path = Path(os.fsdecode(super().convert(value, param, ctx)))
         if path.is_file():
             from ..planning.prepare import default_out
 
+            folder = default_out(path)
+            why = self._why_not(path, folder) if self.follow_manifest else ""
+            if self.follow_manifest and not why:
+                click.echo(f"{value} is a manifest; showing its run folder {folder}", err=True)
+                return folder
             self.fail(
                 f"{value} is a file (a manifest?), not a run folder; its run folder is "
-                f"{default_out(path)} unless --out named another",
+                f"{folder} unless --out named another" + why,
                 param,
                 ctx,
             )
         return path
 
+    @staticmethod
+    def _why_not(manifest: Path, folder: Path) -> str:
+        """Why ``folder`` cannot be shown for ``manifest`` ("" when it can)."""
+        from ..folder.layout import RUN_FILE, read_run_meta
+        from ..folder.ownership import owner_problem
 
+        if not (folder / RUN_FILE).is_file():
+            return f"; {folder} holds no run yet"
+        other = owner_problem(read_run_meta(folder), manifest, folder)
+        return f"; {folder} belongs to another manifest" if other else ""

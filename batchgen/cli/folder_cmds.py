@@ -11,11 +11,11 @@ import click
 
 from ..exits import ExitCode
 from .common import fail, guarded, setup_logging
-from .options import json_option, run_dir_argument
+from .options import json_option, read_dir_argument, run_dir_argument
 
 
 @click.command()
-@run_dir_argument
+@read_dir_argument
 @json_option
 @click.option("--refresh", is_flag=True,
               help="Batch mode: ask the service for the batches' states first (needs the key).")
@@ -51,7 +51,7 @@ def status(run_dir: Path, as_json: bool, refresh: bool, provider: str | None,
 
 
 @click.command()
-@run_dir_argument
+@read_dir_argument
 @json_option
 @guarded
 def report(run_dir: Path, as_json: bool) -> None:
@@ -69,11 +69,13 @@ def report(run_dir: Path, as_json: bool) -> None:
 
 
 @click.command()
-@run_dir_argument
+@read_dir_argument
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="The page to write [DIR/gallery.html].")
+@click.option("--open", "open_page", is_flag=True,
+              help="Open the page in the web browser ($BROWSER, else the system's).")
 @guarded
-def gallery(run_dir: Path, out: Path | None) -> None:
+def gallery(run_dir: Path, out: Path | None, open_page: bool) -> None:
     """A static HTML page of a run folder's images and failures (thumbnails in DIR/thumbs)."""
     from ..reporting.gallery import build_gallery
     from ..words import plural
@@ -89,6 +91,13 @@ def gallery(run_dir: Path, out: Path | None) -> None:
         err=True,
     )
     click.echo(str(res.path))
+    if open_page:
+        import webbrowser
+
+        # A file:// URL, absolute: a relative path means nothing to a browser started elsewhere.
+        if not webbrowser.open(res.path.resolve().as_uri()):
+            click.echo(f"warning: no web browser could be started; open {res.path} by hand",
+                       err=True)
 
 
 @click.command()

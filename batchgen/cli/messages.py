@@ -16,7 +16,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..redact import redact
+from ..redact import redact_argument
 from ..words import plural
 
 # How an option is written back: a plain flag, a counted flag (-v -v), an option whose value is
@@ -112,7 +112,8 @@ class CommandLine:
                 continue
             args.extend(_render_one(_Given(name, base.opt, base.how, value, base.flag_value)))
         # Keys are never options (they come from the environment), but a URL could carry one.
-        return redact(shlex.join(args))
+        # Argument by argument, so a short key inside a longer file name is left alone.
+        return shlex.join(redact_argument(a) for a in args)
 
 
 # The budget suggested to continue covers the rest at the estimate plus this margin: a request

@@ -75,6 +75,9 @@ prices_option = click.option("--prices",
                              type=click.Path(path_type=Path, exists=True, dir_okay=False))
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True))
+# For the commands that only read a folder: a manifest given instead is taken to its folder.
+read_dir_argument = click.argument("run_dir", type=RunDir(path_type=Path, exists=True,
+                                                          follow_manifest=True))
 
 def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
            ) -> tuple[tuple[str, str], ...]:
@@ -154,6 +157,8 @@ run_parameters: Decorator[CommandFunction] = _stack(
                  metavar="SECONDS",
                  help="When stderr is not a terminal, a progress line this often (0: none)."),
     click.option("-v", "--verbose", count=True, help="Log every attempt (debug)."),
+    click.option("-q", "--quiet", is_flag=True,
+                 help="No progress bar or lines: only errors, warnings and the summary line."),
     click.option(
         "--mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
         help="batch: the Gemini Batch API, half price, results within 24 h (google only).",
@@ -265,8 +270,9 @@ def run_options(manifest: Path, o: dict[str, Any]) -> RunOptions:
                             wait=o["wait"], poll_interval_s=o["poll_interval"],
                             running_ok=o["running_ok"]),
         ui=Interaction(yes=o["yes"], confirm_above_usd=o["confirm_above"],
-                       progress=not o["no_progress"], log_every_s=o["log_every"],
-                       verbose=o["verbose"], gallery=not o["no_gallery"]),
+                       progress=not (o["no_progress"] or o["quiet"]),
+                       log_every_s=0.0 if o["quiet"] else o["log_every"],
+                       verbose=o["verbose"], gallery=not o["no_gallery"], quiet=o["quiet"]),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from .options import (
     run_parameters,
     spreadsheet_options,
 )
+
+if TYPE_CHECKING:
+    from ..spec import JobSpec
 
 
 @click.command()
@@ -54,9 +57,13 @@ def run(manifest: Path, **o: Any) -> None:
 @provider_option("Overrides the manifest's provider [anyfast].")
 @prices_option
 @spreadsheet_options
+@click.option("--check-urls", is_flag=True,
+              help="Also ask each URL reference (HEAD) whether it is there; a missing or "
+                   "unreachable one is a problem, exit 2.")
 @guarded
 def validate(manifest: Path, model: str | None, provider: str | None, prices: Path | None,
-             columns: tuple[tuple[str, str], ...], defaults: tuple[tuple[str, str], ...]) -> None:
+             columns: tuple[tuple[str, str], ...], defaults: tuple[tuple[str, str], ...],
+             check_urls: bool) -> None:
     """Check MANIFEST without sending anything, and print the plan."""
     from ..planning.prepare import open_manifest
     from ..words import plural
@@ -64,7 +71,16 @@ def validate(manifest: Path, model: str | None, provider: str | None, prices: Pa
     setup_logging(0)
     m = open_manifest(manifest, model, provider, prices=prices, columns=columns,
                       defaults=defaults)
-    summary = m.validate()
+    where: dict[str, JobSpec] = {}  # each URL reference -> the first job that names it
+
+    def note_urls(spec: JobSpec) -> None:
+        for ref in spec.references:
+            if ref.url is not None:
+                where.setdefault(ref.url, spec)
+
+    summary = m.validate(visit=note_urls if check_urls else None)
+    if check_urls:
+        _check_urls(where)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     sizes = ", ".join(f"{n} x {size}" for size, n in sorted(summary.by_size.items()))
@@ -72,6 +88,22 @@ def validate(manifest: Path, model: str | None, provider: str | None, prices: Pa
     click.echo(f"{manifest}: ok: {plural(summary.jobs, 'job')}, {plural(summary.jobs, 'image')} "
                f"({sizes})")
     click.echo(f"models: {models}; reference images sent: {summary.references}")
+
+
+def _check_urls(where: dict[str, JobSpec]) -> None:
+    """Each URL asked once; the ones that would fail are problems at their first job's line."""
+    import asyncio
+
+    from ..api.url_check import check_urls
+    from ..errors import InputError, Problem
+    from ..words import plural
+
+    failed = asyncio.run(check_urls(where))
+    if failed:
+        raise InputError([Problem(where[url].source_file, where[url].source_line, "images",
+                                  f"{url}: {failed[url]}") for url in where if url in failed])
+    if where:
+        click.echo(f"{plural(len(where), 'URL reference')} checked: each answered", err=True)
 
 
 @click.command()
@@ -105,5 +137,8 @@ def estimate(manifest: Path, as_json: bool, mode: str, **o: Any) -> None:
         import orjson
 
         click.echo(orjson.dumps({**est.to_json(), **extra}).decode())
+    elif mode == "batch":
+        # One table: the batch column next to standard and flex, and no live time.
+        click.echo(format_estimate(est, batch_table=side))
     else:
         click.echo(format_estimate(est) + side)

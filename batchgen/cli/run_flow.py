@@ -28,6 +28,9 @@ from ..words import plural
 from .common import fail
 from .messages import CommandLine, check_budget, suggest_budget
 
+# After the estimate of a --fake run: the figure is what the service would charge.
+FAKE_NOTE = " at the service's prices; the built-in fake (--fake) charges nothing"
+
 
 def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     """From the plan to the summary: the checks and messages around the live run."""
@@ -40,34 +43,35 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     if budget.reached:
         click.echo(budget.reached, err=True)
         return ExitCode.BUDGET
+    # -q: only what is wrong and the summary; what the run is about to do goes unsaid.
+    info = _silent if ui.quiet else _say
     for warning in prep.summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if prep.change:
-        click.echo(prep.change, err=True)
+        info(prep.change)
     missing = describe_missing(c, selection.redo_missing)
     if missing:
-        click.echo(missing, err=True)
+        info(missing)
     if c.in_batch:
-        click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
-                   "them)", err=True)
+        info(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects them)")
     if selection.redo_rejected:
-        click.echo(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
-                   f"rejected images go to {prep.folder.path / 'rejected'}", err=True)
+        info(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
+             f"rejected images go to {prep.folder.path / 'rejected'}")
     elif selection.preview is not None:
-        click.echo(f"preview: {c.pending} of the pending jobs, spread over the manifest", err=True)
-    click.echo(
-        f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
-        f"estimated ${c.estimate_usd:.2f}",
-        err=True,
-    )
+        info(f"preview: {c.pending} of the pending jobs, spread over the manifest")
+    fake = options.target.fake
+    info(f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
+         f"estimated ${c.estimate_usd:.2f}" + (FAKE_NOTE if fake else ""))
     note = tier_note(options.settings.tiers, options.timeouts.request_s)
     if note:
-        click.echo(note, err=True)
+        info(note)
     if c.pending == 0:
         return _nothing_to_do(c, tally, selection, cmd)
     if budget.warning:
         click.echo(f"warning: {budget.warning}", err=True)
-    ask = c.estimate_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty()
+    # The built-in fake bills nobody: asking whether to spend money it will not spend misleads.
+    ask = (c.estimate_usd > ui.confirm_above_usd and not ui.yes and not fake
+           and sys.stdin.isatty())
     if ask and not click.confirm(f"This run is estimated at ${c.estimate_usd:.2f}. Go ahead?"):
         # Declining is a choice, not a failure: exit 0, as nothing went wrong.
         click.echo("not started: nothing was sent", err=True)
@@ -84,10 +88,18 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         wanted=tally.wanted if tally is not None else c.pending,
         limited=selection.limit is not None,
     )
-    code = summarize(result, prep.folder.path, gallery, end)
+    code = summarize(result, prep.folder.path, gallery, end, quiet=ui.quiet)
     if prep.preview_rest is not None and result.stop_reason is StopReason.COMPLETED:
-        click.echo(preview_rest_line(prep, cmd, fake=options.target.fake), err=True)
+        info(preview_rest_line(prep, cmd, fake=options.target.fake))
     return code
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _silent(text: str) -> None:
+    del text
 
 
 def preview_rest_line(prep: Prepared, cmd: CommandLine, *, fake: bool = False) -> str:
@@ -149,9 +161,15 @@ def refresh_gallery(out: Path) -> Path | None:
 
 
 def summarize(
-    result: RunResult, out: Path, gallery: Path | None = None, end: Ending | None = None
+    result: RunResult, out: Path, gallery: Path | None = None, end: Ending | None = None, *,
+    quiet: bool = False,
 ) -> int:
-    for line in summary_lines(result, out, gallery, end):
+    lines = summary_lines(result, out, gallery, end)
+    if quiet:
+        # The summary line, and for a run that stopped early the command that goes on.
+        done = result.stop_reason is StopReason.COMPLETED
+        lines = lines[:1] + ([] if done or len(lines) < 2 else lines[-1:])
+    for line in lines:
         click.echo(line, err=True)
     if result.stop_reason is StopReason.COMPLETED:
         return ExitCode.FAILED if result.failed else ExitCode.OK
@@ -188,13 +206,17 @@ def summary_lines(
     this_run = result.spent_usd - end.spent_before_usd
     reason = result.stop_reason
     lines: list[str] = []
+    # A run that stopped early says so first, and why: "done:" after a Ctrl-C or a budget stop
+    # read as if every job had been run.
+    head = "done" if reason is StopReason.COMPLETED else f"stopped: {stop_why(result)}"
     if result.succeeded or result.failed or reason is not StopReason.FATAL:
-        lines.append(
-            f"done: {result.succeeded} succeeded, {result.failed} failed"
-            + (f" ({errors})" if errors else "")
-            + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
-            f"{result.elapsed_s:.1f}s; images in {out / 'images'}"
-        )
+        counts = (f"{result.succeeded} succeeded, {result.failed} failed"
+                  + (f" ({errors})" if errors else "")
+                  + f"; spent this run ${this_run:.2f}, folder ${result.spent_usd:.2f}; "
+                  f"{result.elapsed_s:.1f}s; images in {out / 'images'}")
+        lines.append(f"done: {counts}" if reason is StopReason.COMPLETED else f"{head}; {counts}")
+    else:
+        lines.append(head)
     if result.unsettled_requests:
         lines.append(
             f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
@@ -220,7 +242,7 @@ def summary_lines(
         if transient and not (end.limited and left):
             lines.append(f"to retry the jobs that ran out of attempts: {cmd.render()}")
     elif reason is StopReason.INTERRUPTED:
-        lines.append(f"interrupted; to resume: {cmd.render()}")
+        lines.append(f"to resume: {cmd.render()}")
     elif reason is StopReason.BUDGET:
         budget = end.budget_usd
         new = suggest_budget(result.spent_usd, left * end.per_image_usd, budget)
@@ -231,6 +253,15 @@ def summary_lines(
             + cmd.render(set={"budget": new})
         )
     else:
-        lines.append(f"stopped: {redact(result.stop_message)}")
         lines.append(f"fix the cause, then resume with: {cmd.render()}")
     return lines
+
+
+def stop_why(result: RunResult) -> str:
+    """Why a run stopped before its end, in a few words (the message's first line)."""
+    reason, message = result.stop_reason, result.stop_message
+    if reason is StopReason.BUDGET:
+        return f"the {message} budget is reached"
+    if reason is StopReason.INTERRUPTED:
+        return message or "interrupted"
+    return redact(message)

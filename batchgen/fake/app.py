@@ -25,7 +25,6 @@ from .answers import (
     TEXT_ONLY,
     THOUGHT_SIGNATURE,
     answer,
-    bad_key,
     blocked,
     capacity_exhausted,
     caption,
@@ -35,7 +34,6 @@ from .answers import (
     image_price,
     image_tokens,
     is_flash,
-    missing_key,
     model_not_found,
     rate_limited,
     thought_text,
@@ -49,6 +47,7 @@ from .files_api import FilesApi
 from .images import COLOUR_BUCKETS, EncodedImage, ImageCache, colour_bucket
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request
+from .wire import check_key
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +206,7 @@ class FakeServer:
 
     async def _generate(self, request: web.Request, model: str) -> tuple[web.StreamResponse, int]:
         cfg = self.config
+        self._identify(request, model, cfg)  # at once, as the service answers these
         try:
             req, fault = await self._admit(request, model, cfg)
         except ApiError:
@@ -227,19 +227,19 @@ class FakeServer:
         if cfg.latency_s + extra_s > 0:
             await asyncio.sleep(cfg.latency_s + extra_s)
 
+    @staticmethod
+    def _identify(request: web.Request, model: str, cfg: FakeConfig) -> None:
+        """Who is calling, then which model: answered within a second by the service, so with
+        no latency here (with it, a wrong key cost what the first-answer gate lets out)."""
+        check_key(request, cfg)
+        if model not in cfg.models:
+            raise model_not_found(model, request.match_info["version"])
+
     async def _admit(
         self, request: web.Request, model: str, cfg: FakeConfig
     ) -> tuple[ParsedRequest, str]:
         """Everything the service checks on arrival: the request, the quota, then the fault."""
         now = time.monotonic()  # the limiter counts a request when it arrives
-        # The service's order: who is calling, then which model, then the body.
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if not key:
-            raise missing_key()
-        if key != cfg.api_key:
-            raise bad_key()
-        if model not in cfg.models:
-            raise model_not_found(model, request.match_info["version"])
         if request.content_length is not None and request.content_length > cfg.max_request_bytes:
             raise too_large(cfg.max_request_bytes)
         body = await request.read()

@@ -113,7 +113,7 @@ class Runner:
             self.result.stop_message = message
             self._stop.set()
             self.budget.wake()
-            if reason is not StopReason.INTERRUPTED:
+            if reason is not StopReason.INTERRUPTED and not self.progress.quiet:
                 # Said at once: with 30-60 s answers a silent stop looks hung.
                 _say(f"stopping ({self._why()}): {self._waiting()}")
 
@@ -133,7 +133,7 @@ class Runner:
             _say(f"{signame}: already stopping ({self._why()}); {self._waiting(grace)}; "
                  f"{again} again to abandon them")
         else:
-            self.stop(StopReason.INTERRUPTED, "interrupted")
+            self.stop(StopReason.INTERRUPTED, f"interrupted ({again})")
             _say(f"stopping ({signame}): {self._waiting(grace)}"
                  + (f"; {again} again to abandon them" if self.attempt.in_flight else ""))
         asyncio.get_running_loop().call_later(self.settings.grace_s, self.cancel)

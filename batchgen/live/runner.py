@@ -58,6 +58,7 @@ async def execute(prep: Prepared, options: RunOptions, *,
         spent_usd=prep.spent_before_usd,
         log_every_s=options.ui.log_every_s,
         note=tier_note(options.settings.tiers, options.timeouts.request_s),
+        quiet=options.ui.quiet,
     )
     loop = asyncio.get_running_loop()
     try:

@@ -221,7 +221,8 @@ class Manifest:
         try:
             doc = my.load_yaml(self.path.read_bytes())
         except my.YamlSyntaxError as exc:
-            self._setup.append(Problem(self._name, exc.line, "", f"YAML syntax error: {exc}"))
+            message = str(exc) if exc.plain else f"YAML syntax error: {exc}"
+            self._setup.append(Problem(self._name, exc.line, exc.field, message))
             return None, top
         except OSError as exc:
             raise InputError([Problem(self._name, 0, "", f"cannot read: {exc}")]) from exc

@@ -9,6 +9,8 @@ says what was probably meant.
 from __future__ import annotations
 
 import difflib
+import itertools
+import os
 import re
 from collections.abc import Iterable
 
@@ -58,3 +60,56 @@ def semicolon_header(header: list[str], fields: Iterable[str]) -> bool:
         return False
     known = set(fields)
     return any(part.strip().lower() in known for part in header[0].split(";"))
+
+
+# A folder with more entries than this is not read for a near match: a typo in one row must not
+# list a folder of a million images.
+MAX_LISTED = 10_000
+
+
+def near_file(source: str, path: str, listings: dict[str, list[str] | None]) -> str | None:
+    """The file a missing reference probably meant, written as the manifest writes it:
+    ``refs/mgu.png`` -> ``refs/mug.png``, ``ref/mug.png`` -> ``refs/mug.png``, ``Mug.PNG`` ->
+    ``mug.png``. ``path`` is where ``source`` resolved to; ``listings`` caches folders read."""
+    written_name = os.path.basename(source)
+    written_dir = source[: len(source) - len(written_name)]
+    folder, name = os.path.split(path)
+    match = _near_name(name, _listing(folder, listings), folder)
+    if match is not None:
+        return written_dir + match
+    # The folder misspelt instead: look for the file in the parent's folder of the nearest name.
+    tail = written_dir.rstrip("/" + os.sep)
+    parent, sub = os.path.split(folder)
+    if not tail or os.path.basename(tail) != sub or os.path.isdir(folder):
+        return None
+    near_dir = _near_name(sub, _listing(parent, listings), parent, want_dir=True)
+    if near_dir is None or not os.path.isfile(os.path.join(parent, near_dir, name)):
+        return None
+    return tail[: len(tail) - len(sub)] + near_dir + written_dir[len(tail):] + name
+
+
+def _listing(folder: str, listings: dict[str, list[str] | None]) -> list[str]:
+    if folder not in listings:
+        try:
+            with os.scandir(folder) as entries:
+                names = list(itertools.islice((e.name for e in entries), MAX_LISTED + 1))
+        except OSError:
+            names = []
+        listings[folder] = names if len(names) <= MAX_LISTED else None
+    return listings[folder] or []
+
+
+def _near_name(name: str, names: list[str], folder: str, *, want_dir: bool = False) -> str | None:
+    if not names:
+        return None
+    by_lower: dict[str, str] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), n)
+    found = by_lower.get(name.lower())
+    if found is None:
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+        found = by_lower[close[0]] if close else None
+    if found is None:
+        return None
+    full = os.path.join(folder, found)
+    return found if (os.path.isdir(full) if want_dir else os.path.isfile(full)) else None

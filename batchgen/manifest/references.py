@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from batchgen.errors import ReferenceError_
+from batchgen.manifest import hints
 from batchgen.spec import Reference
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class ReferenceResolver:
         self._by_source: dict[str, tuple[_StatKey | None, Reference]] = {}
         self._by_stat: dict[_StatKey, tuple[str, str] | str] = {}
         self._decodable: dict[str, str | None] = {}
+        self._listings: dict[str, list[str] | None] = {}  # folders read for "did you mean"
 
     def resolve(self, source: str) -> Reference:
         """Raises :class:`ReferenceProblem` for anything that cannot be sent."""
@@ -132,7 +134,9 @@ class ReferenceResolver:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise ReferenceProblem(f"file not found: {source} (looked at {path})") from None
+            near = hints.near_file(source, path, self._listings)
+            raise ReferenceProblem(f"file not found: {source} (looked at {path})"
+                                   + (f"; did you mean {near}?" if near else "")) from None
         except OSError as exc:
             raise ReferenceProblem(f"cannot read {source}: {exc.strerror or exc}") from None
         if not stat.S_ISREG(st.st_mode):

@@ -31,9 +31,14 @@ class YamlSeq(list[Any]):
 
 
 class YamlSyntaxError(ValueError):
-    def __init__(self, message: str, line: int) -> None:
+    """A YAML file that does not parse. ``plain``: the message is batchgen's own wording of a
+    common slip (a tab, a mis-indented key), so it needs no "YAML syntax error" in front."""
+
+    def __init__(self, message: str, line: int, field: str = "", *, plain: bool = False) -> None:
         super().__init__(message)
         self.line = line
+        self.field = field
+        self.plain = plain
 
 
 # A manifest nests five levels at most (jobs > job > vars/meta > key > list); PyYAML composes
@@ -136,11 +141,73 @@ def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
     return YamlSyntaxError(problem, at)
 
 
+# What PyYAML says when a line is indented off its siblings: the line became a new block it
+# did not expect, or was read as the rest of the value above and then held a colon.
+_OFF_INDENT = ("expected <block end>", "mapping values are not allowed here")
+_KEY_LINE = re.compile(r"^( *)((?:- +)*)([^\s#:'\"][^:#]*?)\s*:(?:\s|$)")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _slip(exc: yaml.MarkedYAMLError, data: bytes) -> YamlSyntaxError | None:
+    """A tab or a mis-indented key, said the way a person would fix it; None for the rest."""
+    mark = exc.problem_mark
+    if mark is None:
+        return None
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    at = min(mark.line, len(lines) - 1)
+    if at < 0:
+        return None
+    problem = exc.problem or ""
+    if "'\\t'" in problem:
+        lead = next((i for i in range(at, -1, -1)
+                     if "\t" in lines[i][: len(lines[i]) - len(lines[i].lstrip())]), None)
+        if lead is not None:
+            return YamlSyntaxError(f"line {lead + 1} is indented with a tab: YAML does not allow "
+                                   "tabs; indent with spaces", lead + 1, plain=True)
+        return YamlSyntaxError(f"a tab at column {mark.column + 1}: YAML does not allow tabs "
+                               "there; use spaces", at + 1, plain=True)
+    if not problem.startswith(_OFF_INDENT):
+        return None
+    here = _KEY_LINE.match(lines[at])
+    if here is None or here.group(2):
+        return None
+    for i in range(at - 1, -1, -1):
+        above = _KEY_LINE.match(lines[i])
+        if above is None:
+            if lines[i].strip() and not lines[i].lstrip().startswith("#"):
+                return None  # the value above spans lines: not a plain list of fields
+            continue
+        sibling = len(above.group(1)) + len(above.group(2))
+        mine = len(here.group(1))
+        if mine == sibling:
+            return None
+        whose = "the job's other fields" if _in_item(lines, i, sibling) else "the line above it"
+        return YamlSyntaxError(
+            f"line {at + 1} is indented {mine} spaces, {whose} {sibling} (YAML reads "
+            "nesting from indentation: line the fields up)", at + 1, here.group(3).strip(),
+            plain=True)
+    return None
+
+
+def _in_item(lines: list[str], i: int, column: int) -> bool:
+    """Whether line ``i``'s field, at ``column``, belongs to a list item (a job)."""
+    for line in reversed(lines[: i + 1]):
+        m = _KEY_LINE.match(line)
+        if m and m.group(2) and len(m.group(1)) + len(m.group(2)) == column:
+            return True  # the item's first field, after its "- "
+        if line.strip() and _indent(line) < column:
+            return line.lstrip().startswith("- ")
+    return False
+
+
 def load_yaml(data: bytes) -> object:
     try:
         return yaml.load(data, Loader=_LineLoader)  # a SafeLoader subclass: no object tags
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(exc) from exc
+        raise (_slip(exc, data) or _syntax_error(exc)) from exc
     except yaml.reader.ReaderError as exc:
         line = data.count(b"\n", 0, exc.position) + 1
         raise YamlSyntaxError(

@@ -247,7 +247,9 @@ def _usd(value: float) -> str:
     return f"${value:.4f}" if value >= 0.001 or value == 0 else f"${value:.6f}"
 
 
-def format_estimate(e: Estimate) -> str:
+def format_estimate(e: Estimate, *, batch_table: str | None = None) -> str:
+    """The estimate as text. ``batch_table`` (``estimate --mode batch``) takes the place of the
+    live cost table, and the time line says what a batch's time depends on instead."""
     lines = [f"{e.manifest} -> {e.run_dir}"]
     already = f"{e.done} already done"
     if e.failed_skipped:
@@ -266,6 +268,9 @@ def format_estimate(e: Estimate) -> str:
         lines.append(f"  by size:  {sizes}")
         lines.append(f"  by model: {models}")
         lines.append("")
+    if e.jobs and batch_table is not None:
+        lines.append(batch_table.strip("\n"))
+    elif e.jobs:
         head = f"  {'cost':<26} {'model':<22} {'size':>4} {'qty':>7} {'unit':>10} {'subtotal':>10}"
         lines.append(head)
         for r in e.rows:
@@ -275,11 +280,17 @@ def format_estimate(e: Estimate) -> str:
             )
         lines.append(f"  {'total (estimated)':<26} {'':<22} {'':>4} {e.jobs:>7} {'':>10} "
                      f"{'$' + format(e.cost_usd, '.2f'):>10}")
+    if e.jobs:
         lines.append(
             f"  text output assumed at {TYPICAL_TEXT_TOKENS} tokens an image; "
             "billing follows the answers' usageMetadata"
         )
     lines.append("")
+    if batch_table is not None:
+        # --concurrency, --rpm and --latency pace live requests; a batch is paced by the service.
+        lines.append("  time: a batch's results come within 24 h, usually much sooner; "
+                     "--concurrency and --rpm do not apply")
+        return "\n".join(lines)
     pace = f"concurrency {e.concurrency}, {e.latency_s:g}s an image"
     if e.rpm:
         pace += f", at most {e.rpm:g} requests a minute"

@@ -6,7 +6,9 @@ Reads ``DIR/run.json`` and ``DIR/ledger.jsonl`` alone: no manifest, no key.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,10 @@ from .status import Status, add_review, format_status, status_from_latest
 THROUGHPUT_BUCKETS = 10
 REJECTED_SHOWN = 10  # rejected images listed with their notes; the rest counted
 MIN_SPAN_S = 1.0
+# A stretch this long with no job in flight is time between runs, not work: throughput leaves
+# it out. Within a run a worker goes straight from one job to the next (a job's time includes
+# its retries' waits), so its gaps are milliseconds.
+IDLE_GAP_S = 10.0
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -73,6 +79,8 @@ class Report:
     meta: dict[str, Any]
     # The current images rejected in review: (job id, note), by job id.
     rejected: tuple[tuple[str, str], ...] = ()
+    idle_s: float = 0.0  # time between runs, left out of span_s and the buckets
+    runs: int = 1  # stretches of work the ledger shows, apart by more than IDLE_GAP_S
 
     @property
     def per_image_usd(self) -> float | None:
@@ -124,6 +132,8 @@ class Report:
             "throughput": {
                 "images_per_min": None if per_min is None else round(per_min, 2),
                 "span_s": round(self.span_s, 3),
+                "idle_s": round(self.idle_s, 3),
+                "runs": self.runs,
                 "bucket_s": round(self.bucket_s, 3),
                 "buckets": [
                     {
@@ -154,6 +164,41 @@ def _buckets(times: list[float], n: int) -> tuple[float, float, tuple[Bucket, ..
     return span, width, tuple(Bucket(i * width, c, c / width * 60) for i, c in enumerate(counts))
 
 
+class _Busy:
+    """When jobs were in flight, from every ledger line's [started_at, finished_at]: the gaps
+    between runs, so that throughput counts working time only."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+
+    def add(self, rec: LedgerRecord) -> None:
+        end = parse_time(rec.finished_at)
+        if end is None:
+            return
+        start = parse_time(rec.started_at) if rec.started_at else None
+        self.spans.append((min(start, end) if start is not None else end, end))
+
+    def gaps(self) -> list[tuple[float, float]]:
+        """The idle stretches longer than IDLE_GAP_S, in time order."""
+        out: list[tuple[float, float]] = []
+        reach: float | None = None
+        for start, end in sorted(self.spans):
+            if reach is not None and start - reach > IDLE_GAP_S:
+                out.append((reach, start))
+            reach = end if reach is None else max(reach, end)
+        return out
+
+
+def _without_gaps(times: list[float], gaps: list[tuple[float, float]]) -> list[float]:
+    """Each time moved back by the idle stretches before it: the runs laid end to end. (A
+    finish time never falls inside a gap: a gap starts where the last job in flight ended.)"""
+    if not gaps:
+        return times
+    starts = [a for a, _ in gaps]
+    before = list(itertools.accumulate((b - a for a, b in gaps), initial=0.0))
+    return [t - before[bisect.bisect_left(starts, t)] for t in times]
+
+
 def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     """Everything from one pass over the ledger; the run folder alone, like ``status``."""
     meta = read_meta(run_dir)
@@ -162,8 +207,10 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     cost = 0.0
     redos: dict[str, int] = {}
     unsettled = read_unsettled(run_dir)
+    busy = _Busy()
     for rec in iter_ledger(run_dir / LEDGER_NAME):
         latest[rec.job_id] = rec
+        busy.add(rec)
         cost += rec.cost_usd
         requests_per_job[rec.job_id] = requests_per_job.get(rec.job_id, 0) + rec.attempts
         if rec.replaces and rec.succeeded:
@@ -214,7 +261,8 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
     attempts: dict[int, int] = {}
     for n in requests_per_job.values():
         attempts[n] = attempts.get(n, 0) + 1
-    span, width, slices = _buckets(times, buckets)
+    gaps = [(a, b) for a, b in busy.gaps() if times and min(times) < b and a < max(times)]
+    span, width, slices = _buckets(_without_gaps(times, gaps), buckets)
     return Report(
         status=status,
         errors=errors,
@@ -227,6 +275,8 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
         buckets=slices,
         meta=meta,
         rejected=rejected,
+        idle_s=sum(b - a for a, b in gaps),
+        runs=len(gaps) + 1,
     )
 
 
@@ -289,9 +339,10 @@ def format_report(rep: Report) -> str:
             )
         else:
             spark = _sparkline([b.images for b in rep.buckets])
-            lines.append(
-                f"throughput: {rate:.1f} images/min over {_duration(rep.span_s, sign='')}  {spark}"
-            )
+            idle = (f" of work ({rep.runs} runs; {_duration(rep.idle_s, sign='')} idle between "
+                    "them left out)" if rep.runs > 1 else "")
+            lines.append(f"throughput: {rate:.1f} images/min over "
+                         f"{_duration(rep.span_s, sign='')}{idle}  {spark}")
             lines.append(f"  {'from':>8}  {'images':>6}  {'per min':>8}")
             for b in rep.buckets:
                 per_min = "" if b.per_min is None else f"{b.per_min:.1f}"

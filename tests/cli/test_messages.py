@@ -450,7 +450,7 @@ def test_unattended_runs_log_progress_lines_and_stops(tmp_path: Path) -> None:
     assert re.search(r"progress: \d+/8 finished \(\d+ succeeded, 0 failed\), \d+ retrying, "
                      r"[\d.]+ img/min, spent this run \$[\d.]+ \(folder \$[\d.]+\), ETA ", progress[-1])
     stop = [i for i, x in enumerate(lines) if "stopping (the $0.70 budget is reached)" in x]
-    done = [i for i, x in enumerate(lines) if x.startswith("done:")]
+    done = [i for i, x in enumerate(lines) if x.startswith("stopped: the $0.70 budget")]
     assert len(stop) == 1 and done and stop[0] < done[0]
     # --log-every 0: no lines.
     m2 = write_manifest(tmp_path / "m2.yaml", ["quiet"])

@@ -193,7 +193,7 @@ def test_a_stop_signal_drains_what_was_sent_and_resume_pays_nothing_twice(
     assert f"stopping ({sig.name})" in seen[-1] and "already sent" in seen[-1]
     text = finish(proc, seen)
     assert proc.returncode == 130, text
-    assert "Traceback" not in text and "interrupted; to resume" in text
+    assert "Traceback" not in text and "to resume: batchgen run" in text
     settle(server)
     # Nothing that was sent was dropped: every billed image is in the ledger.
     assert server.stats.billed_images == len(succeeded_prompts(out)) < 10
