@@ -44,6 +44,8 @@ from .plan import (
     read_index,
 )
 from .preview import Rest, pick
+from .recall import check_same
+from .recall import default_out as default_out
 from .session import FAKE_KEY
 from .tally import Tally as _Tally
 from .tally import describe_resume
@@ -70,10 +72,6 @@ class Prepared:
     # the jobs it left out would take.
     redos: dict[str, Redo] = dataclasses.field(default_factory=dict)
     preview_rest: Rest | None = None
-
-
-def default_out(manifest: Path) -> Path:
-    return Path("jobs") / manifest.stem
 
 
 def open_manifest(
@@ -168,6 +166,8 @@ def prepare(options: RunOptions) -> Prepared:
         base_url = target.base_url or manifest.header.base_url or info.base_url
         where = "--base-url" if target.base_url else f"{target.manifest}: base_url"
         base_url = check_base_url(base_url, where)
+        check_same(old_meta, target, provider.value, base_url, folder.path,
+                   manifest.header.base_url)
         api_key = FAKE_KEY if target.fake else resolve_key(provider)
         # From here on the key is scrubbed from everything, run.json included.
         register_secret(api_key)

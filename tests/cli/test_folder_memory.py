@@ -1,0 +1,116 @@
+"""Issue 24: a run folder remembers how it was run (provider, base URL, model, --fake).
+
+Every case runs the CLI as a subprocess against the fake server over HTTP. A resume without the
+flags must go where the folder's jobs went; a flag that contradicts the folder is refused (exit
+2) before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from batchgen.fake import ThreadedFakeServer
+from tests.helpers.cli import SECRET, clean_env, cli, ledger_lines, wait_for
+
+# Only a Google key: a resume that forgot the folder's provider would ask for an anyfast key.
+GOOGLE_ENV = clean_env(GEMINI_API_KEY=SECRET)
+
+
+def csv_manifest(tmp: Path, n: int) -> Path:
+    path = tmp / "items.csv"
+    path.write_text("prompt\n" + "".join(f"a red mug number {i}\n" for i in range(n)))
+    return path
+
+
+def run(*args: str | Path, env: dict[str, str] = GOOGLE_ENV):  # type: ignore[no-untyped-def]
+    return cli("run", *args, "--no-progress", "--no-gallery", "--backoff", "0.01", env=env)
+
+
+def succeeded(out: Path) -> int:
+    return sum(1 for r in ledger_lines(out) if r["status"] == "succeeded")
+
+
+def test_resume_without_flags_uses_the_folders_provider_and_base_url(
+        server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 3), tmp_path / "out"
+    first = run(m, "--out", out, "--provider", "google", "--base-url", server.url, "--limit", "1")
+    assert first.code == 0, first.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["provider"] == "google" and meta["run_with"]["provider"] == "google"
+    again = run(m, "--out", out)  # a new shell: no --provider, no --base-url
+    assert again.code == 0, again.output
+    assert succeeded(out) == 3
+    assert server.stats.requests == 3
+
+
+def test_a_flag_that_contradicts_the_folder_is_refused(server: ThreadedFakeServer,
+                                                       tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 3), tmp_path / "out"
+    assert run(m, "--out", out, "--provider", "google", "--base-url", server.url,
+               "--limit", "1").code == 0
+    sent = server.stats.requests
+    env = clean_env(GEMINI_API_KEY=SECRET, ANYFAST_API_KEY=SECRET)
+    other = run(m, "--out", out, "--provider", "anyfast", "--base-url", server.url, env=env)
+    assert other.code == 2, other.output
+    assert "google" in other.stderr and "anyfast" in other.stderr
+    assert "new folder" in other.stderr and "--out" in other.stderr
+    moved = run(m, "--out", out, "--base-url", "http://127.0.0.1:9")
+    assert moved.code == 2, moved.output
+    assert server.url in moved.stderr and "http://127.0.0.1:9" in moved.stderr
+    model = run(m, "--out", out, "--model", "gemini-2.5-flash-image")
+    assert model.code == 2, model.output
+    assert "gemini-2.5-flash-image" in model.stderr and "gemini-3-pro-image" in model.stderr
+    same = run(m, "--out", out, "--provider", "google", "--base-url", server.url)
+    assert same.code == 0, same.output  # the folder's own values are no contradiction
+    assert server.stats.requests == sent + 2
+
+
+def test_the_folders_model_is_kept(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 2), tmp_path / "out"
+    first = run(m, "--out", out, "--provider", "google", "--base-url", server.url,
+                "--model", "gemini-2.5-flash-image", "--limit", "1")
+    assert first.code == 0, first.output
+    again = run(m, "--out", out)
+    assert again.code == 0, again.output
+    models = {r["model"] for r in ledger_lines(out)}
+    assert models == {"gemini-2.5-flash-image"}
+    assert succeeded(out) == 2
+
+
+def test_batch_collection_from_a_new_shell_needs_no_provider(tmp_path: Path) -> None:
+    from batchgen.fake import FakeConfig
+
+    with ThreadedFakeServer(FakeConfig(api_key=SECRET, batch_seconds=0.2)) as srv:
+        m, out = csv_manifest(tmp_path, 2), tmp_path / "out"
+        first = run(m, "--out", out, "--provider", "google", "--base-url", srv.url,
+                    "--mode", "batch")
+        assert first.code == 5, first.output
+        assert wait_for(lambda: srv.stats.batches_created == 1)
+        collect = run(m, "--out", out, "--mode", "batch", "--wait", "--poll-interval", "0.1")
+        assert collect.code == 0, collect.output
+        assert succeeded(out) == 2
+        assert srv.stats.batches_created == 1
+
+
+def test_a_fake_folder_remembers_it_was_fake(tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 2), tmp_path / "out"
+    no_key = clean_env()
+    first = run(m, "--out", out, "--fake", "--limit", "1", env=no_key)
+    assert first.code == 0, first.output
+    assert json.loads((out / "run.json").read_text())["run_with"]["fake"] is True
+    again = run(m, "--out", out, env=no_key)  # no --fake, no key: the fake again, said so
+    assert again.code == 0, again.output
+    assert "--fake" in again.stderr
+    assert succeeded(out) == 2
+
+
+def test_fake_and_real_do_not_mix_in_one_folder(server: ThreadedFakeServer,
+                                                tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 2), tmp_path / "out"
+    assert run(m, "--out", out, "--provider", "google", "--base-url", server.url,
+               "--limit", "1").code == 0
+    fake = run(m, "--out", out, "--fake")
+    assert fake.code == 2, fake.output
+    assert "--fake" in fake.stderr and "new folder" in fake.stderr
+    assert succeeded(out) == 1
