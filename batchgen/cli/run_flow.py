@@ -44,6 +44,8 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         click.echo(f"warning: {warning}", err=True)
     if prep.change:
         click.echo(prep.change, err=True)
+    if prep.restored:
+        click.echo(restored_line(prep), err=True)
     missing = describe_missing(c, selection.redo_missing)
     if missing:
         click.echo(missing, err=True)
@@ -88,6 +90,12 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     if prep.preview_rest is not None and result.stop_reason is StopReason.COMPLETED:
         click.echo(preview_rest_line(prep, cmd, fake=options.target.fake), err=True)
     return code
+
+
+def restored_line(prep: Prepared) -> str:
+    """Images ``prune`` had moved aside whose rows are current again (an edit undone)."""
+    return (f"restored {plural(prep.restored, 'image')} from {prep.folder.path / 'superseded'}: "
+            "their rows are current again (nothing is paid again)")
 
 
 def preview_rest_line(prep: Prepared, cmd: CommandLine, *, fake: bool = False) -> str:

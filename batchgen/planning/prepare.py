@@ -72,6 +72,7 @@ class Prepared:
     # the jobs it left out would take.
     redos: dict[str, Redo] = dataclasses.field(default_factory=dict)
     preview_rest: Rest | None = None
+    restored: int = 0  # images prune had moved aside, back in images/ (their rows are current)
 
 
 def open_manifest(
@@ -238,6 +239,7 @@ def prepare(options: RunOptions) -> Prepared:
         tally=tally,
         redos=redos,
         preview_rest=rest,
+        restored=len(restored),
     )
 
 

@@ -114,3 +114,30 @@ def test_fake_and_real_do_not_mix_in_one_folder(server: ThreadedFakeServer,
     assert fake.code == 2, fake.output
     assert "--fake" in fake.stderr and "new folder" in fake.stderr
     assert succeeded(out) == 1
+
+
+# -- superseded images: what is still in images/, what prune moved, what came back ----------------
+
+
+def test_status_after_prune_counts_moved_images_apart_and_a_restore_is_said(
+        server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m, out = tmp_path / "birds.csv", tmp_path / "out"
+    rows = "prompt\na robin\na crow\na swan\n"
+    m.write_text(rows)
+    flags = ("--out", out, "--provider", "google", "--base-url", server.url)
+    assert run(m, *flags).code == 0
+    m.write_text("prompt\na blue jay\na crow\na swan\n")
+    assert run(m, *flags).code == 0
+    before = cli("status", out).stdout
+    assert "prune" in before and "moves them aside" in before
+    assert cli("prune", out, "--yes").code == 0
+    text = cli("status", out).stdout
+    assert "superseded 1" in text
+    assert "moves them aside" not in text  # prune would say "nothing superseded"
+    assert f"1 moved to {out / 'superseded'}" in text
+    st = json.loads(cli("status", out, "--json").stdout)
+    assert (st["superseded"], st["superseded_in_images"], st["superseded_moved"]) == (1, 0, 1)
+    m.write_text(rows)  # the edit undone: the robin's image comes back, and the run says so
+    again = run(m, *flags)
+    assert again.code == 0, again.output
+    assert "restored 1 image" in again.stderr
