@@ -22,7 +22,6 @@ from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .runfolder import RunFolder, read_meta
 
 
-
 @dataclass(frozen=True, slots=True)
 class Superseded:
     """Succeeded jobs the manifest no longer holds: their files, relative to the run folder."""
