@@ -197,6 +197,11 @@ def prepare(options: RunOptions) -> Prepared:
         current.commit(
             folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
         )
+        if old_meta and old_meta.get("manifest_sha256") != new_sha:
+            # The hash goes with jobs.jsonl, just rewritten: "manifest changed since the last
+            # run" compares against the manifest the last planning read, which a run with
+            # nothing to do (or one declined or stopped at the budget) read too.
+            folder.update_meta(manifest_sha256=new_sha)
         restored = restore_superseded(folder.path)
         if restored:
             # Images `prune` had moved aside whose jobs are current again (an edit undone): the

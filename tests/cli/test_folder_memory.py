@@ -141,3 +141,17 @@ def test_status_after_prune_counts_moved_images_apart_and_a_restore_is_said(
     again = run(m, *flags)
     assert again.code == 0, again.output
     assert "restored 1 image" in again.stderr
+
+
+def test_a_run_with_nothing_to_do_records_the_manifest_it_read(server: ThreadedFakeServer,
+                                                               tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 3), tmp_path / "out"
+    flags = ("--out", out, "--provider", "google", "--base-url", server.url)
+    assert run(m, *flags).code == 0
+    m.write_text("prompt\na red mug number 0\na red mug number 1\n")  # a row removed
+    edited = run(m, *flags)
+    assert edited.code == 0 and "manifest changed" in edited.stderr
+    again = run(m, *flags)  # the same CSV as the run before: nothing changed since
+    assert again.code == 0, again.output
+    assert "manifest changed" not in again.stderr
+    assert "resuming: 2 done" in again.stderr
