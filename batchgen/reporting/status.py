@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..folder.current import current_ids
-from ..folder.intents import read_unsettled
+from ..folder.intents import Unsettled, read_unsettled
 from ..folder.layout import IMAGES_DIR, SUPERSEDED_DIR, count_images
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.liveness import describe_state
@@ -36,6 +36,10 @@ class Status:
     # at their reserved price: they may have been billed.
     unsettled_usd: float = 0.0
     unsettled_requests: int = 0
+    # Of those, the ones whose job was run again since: a killed run's request, never to be
+    # heard of, counted as spent at its reserved price (folder/intents.py, Unsettled.lost).
+    lost_usd: float = 0.0
+    lost_requests: int = 0
     # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
     # until `batchgen prune`, and they are not counted as succeeded; of them, those whose
     # image prune has moved to DIR/superseded/ (the rest are still in images/).
@@ -64,6 +68,8 @@ class Status:
             "cost_usd": round(self.cost_usd, 4),
             "unsettled_usd": round(self.unsettled_usd, 4),
             "unsettled_requests": self.unsettled_requests,
+            "lost_usd": round(self.lost_usd, 4),
+            "lost_requests": self.lost_requests,
             "errors": dict(sorted(self.errors.items())),
             "review": self.review if self.review is not None else {
                 "accepted": 0, "rejected": 0, "unreviewed": self.succeeded},
@@ -137,12 +143,22 @@ def load_status(run_dir: Path) -> Status:
     st = make_status(run_dir, meta, counted, succeeded, cost, errors, missing=missing,
                      current=current, superseded=superseded)
     st.superseded_moved = moved_aside(run_dir, old)
-    st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
+    set_unsettled(st, unsettled)
     if reviewed:
         st.review = {"accepted": accepted, "rejected": rejected,
                      "unreviewed": succeeded - accepted - rejected}
     st.redone_jobs, st.redos = len(redos), sum(redos.values())
     return st
+
+
+def set_unsettled(st: Status, unsettled: Unsettled) -> None:
+    """The intents no ledger line settles, split: still reserved, or lost (their job ran
+    again since)."""
+    lost = unsettled.lost()
+    st.lost_requests = len(lost)
+    st.lost_usd = sum(i.usd for i in lost)
+    st.unsettled_requests = unsettled.count - st.lost_requests
+    st.unsettled_usd = max(unsettled.usd - st.lost_usd, 0.0)
 
 
 def _some_missing(run_dir: Path, succeeded: int) -> bool:
@@ -260,10 +276,17 @@ def format_status(st: Status) -> str:
     if st.redos:
         lines.append(f"  redone     {plural(st.redone_jobs, 'job')} ({plural(st.redos, 'redo')})")
     lines.append(f"  spent      ${st.cost_usd:.2f}")
+    if st.lost_requests:
+        lines.append(
+            f"  lost       ${st.lost_usd:.2f} for {plural(st.lost_requests, 'request')} a "
+            "killed run sent and never heard back from; their jobs were run again since, and "
+            "the service bills what it finished, so they count as spent (and in --budget)"
+        )
     if st.unsettled_requests:
         lines.append(
             f"  reserved   ${st.unsettled_usd:.2f} for {st.unsettled_requests} request(s) sent "
             "whose outcome is not in the ledger (in flight now, or when a run was killed): "
-            "they may have been billed, so --budget counts them"
+            "they may have been billed, so --budget counts them; this clears when their "
+            "answer is recorded or their jobs are run again (then they count as lost)"
         )
     return "\n".join(lines)

@@ -155,3 +155,42 @@ def test_a_run_with_nothing_to_do_records_the_manifest_it_read(server: ThreadedF
     assert again.code == 0, again.output
     assert "manifest changed" not in again.stderr
     assert "resuming: 2 done" in again.stderr
+
+
+# -- reserved spend after a kill -9 -------------------------------------------------------------
+
+
+def test_reserved_spend_of_a_kill_clears_once_its_jobs_are_run_again(
+        server: ThreadedFakeServer, tmp_path: Path) -> None:
+    import signal
+
+    from tests.helpers.cli import spawn, write_manifest
+    from tests.helpers.runs import ENV, run_args, run_fast, spend, status
+
+    server.config.latency_s = 1.0
+    prompts = [f"killed {i}" for i in range(6)]
+    m = write_manifest(tmp_path / "m.yaml", prompts)
+    out = tmp_path / "run"
+    proc = spawn(*run_args(server, m, out, "--concurrency", "3"), env=ENV)
+    assert wait_for(lambda: len(ledger_lines(out)) >= 1 and server.stats.in_flight == 3,
+                    timeout=30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert wait_for(lambda: server.stats.in_flight == 0, timeout=30)
+    st = status(out)
+    lost = int(st["unsettled_requests"])  # type: ignore[call-overload]
+    assert lost >= 1
+    text = cli("status", out).stdout
+    assert "  reserved   $" in text and "clears" in text  # says when it clears
+    server.config.latency_s = 0.0
+    r = run_fast(server, m, out)
+    assert r.code == 0, r.output
+    st = status(out)
+    # The jobs were run again: those requests' outcome is as known as it will ever be. They
+    # count as spent (the service bills a finished generation), no longer as reserved.
+    assert st["unsettled_requests"] == 0 and st["unsettled_usd"] == 0.0
+    assert st["lost_requests"] == lost
+    assert spend(out) + float(st["lost_usd"]) >= server.stats.billed_usd  # type: ignore[arg-type]
+    text = cli("status", out).stdout
+    assert "  reserved   $" not in text
+    assert f"{lost} request" in text and "killed" in text
