@@ -194,3 +194,59 @@ def test_reserved_spend_of_a_kill_clears_once_its_jobs_are_run_again(
     text = cli("status", out).stdout
     assert "  reserved   $" not in text
     assert f"{lost} request" in text and "killed" in text
+
+
+# -- a host that is down stops the run ----------------------------------------------------------
+
+
+def test_a_host_that_refuses_every_connection_stops_the_run_with_jobs_pending(
+        tmp_path: Path) -> None:
+    import time
+
+    m, out = csv_manifest(tmp_path, 6), tmp_path / "out"
+    t0 = time.monotonic()
+    r = run(m, "--out", out, "--provider", "google", "--base-url", "http://127.0.0.1:1",
+            "--concurrency", "4")
+    assert r.code == 4, r.output
+    assert "cannot reach 127.0.0.1:1: connection refused" in r.stderr
+    assert time.monotonic() - t0 < 20
+    assert ledger_lines(out) == []  # not one job recorded as failed
+    st = json.loads(cli("status", out, "--json").stdout)
+    assert (st["pending"], st["failed"]) == (6, 0)
+
+
+def test_batch_mode_stops_at_its_first_call_to_a_host_that_is_down(tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 2), tmp_path / "out"
+    r = run(m, "--out", out, "--provider", "google", "--base-url", "http://127.0.0.1:1",
+            "--mode", "batch")
+    assert r.code == 4, r.output
+    assert "cannot reach 127.0.0.1:1: connection refused" in r.stderr
+    assert ledger_lines(out) == []
+
+
+def test_once_the_host_has_answered_connection_errors_are_failures_as_before(
+        tmp_path: Path) -> None:
+    from batchgen.fake import FakeConfig
+
+    m, out = csv_manifest(tmp_path, 12), tmp_path / "out"
+    srv = ThreadedFakeServer(FakeConfig(api_key=SECRET, latency_s=0.2))
+    srv.start()
+    from tests.helpers.cli import spawn
+
+    proc = spawn("run", m, "--out", out, "--provider", "google", "--base-url", srv.url,
+                 "--no-progress", "--no-gallery", "--backoff", "0.2", "--max-attempts", "2",
+                 "--concurrency", "1", "--log-every", "0.05", env=GOOGLE_ENV)
+    try:
+        assert wait_for(lambda: succeeded(out) >= 2, timeout=30)
+    finally:
+        srv.stop()  # the host goes down after it has answered
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    failed = [r for r in ledger_lines(out) if r["status"] == "failed"]
+    assert failed and {r["error"]["kind"] for r in failed} == {"connection"}  # type: ignore[index]
+    assert "cannot reach" not in err
+    # The progress lines name the failure kinds.
+    import re
+
+    lines = [x for x in err.splitlines() if " progress: " in x and " 0 failed" not in x]
+    assert lines and all(re.search(r"(\d+) failed \(connection \1\)", x) for x in lines), err
