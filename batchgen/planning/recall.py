@@ -64,6 +64,15 @@ def recall(options: RunOptions) -> RunOptions:
     return dataclasses.replace(options, target=new)
 
 
+def folder_choices(run_dir: Path) -> tuple[str | None, str | None]:
+    """The ``--model`` and provider a folder's runs used, for ``estimate`` of that folder
+    (None, None for a new folder)."""
+    meta = read_run_meta(run_dir)
+    given = meta.get(RUN_WITH) or {}
+    model, provider = given.get("model"), given.get("provider") or meta.get("provider")
+    return (str(model) if model else None, str(provider) if provider else None)
+
+
 def check_same(meta: dict[str, Any], target: Target, provider: str, base_url: str,
                folder: Path, header_base_url: str | None) -> None:
     """Refuse (exit 2) a run whose provider, base URL, model or fake server differ from what the

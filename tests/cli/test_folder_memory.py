@@ -250,3 +250,14 @@ def test_once_the_host_has_answered_connection_errors_are_failures_as_before(
 
     lines = [x for x in err.splitlines() if " progress: " in x and " 0 failed" not in x]
     assert lines and all(re.search(r"(\d+) failed \(connection \1\)", x) for x in lines), err
+
+
+def test_estimate_of_a_folder_uses_its_model(server: ThreadedFakeServer, tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 3), tmp_path / "out"
+    assert run(m, "--out", out, "--provider", "google", "--base-url", server.url,
+               "--model", "gemini-2.5-flash-image", "--limit", "1").code == 0
+    r = cli("estimate", m, "--out", out, "--json", env=GOOGLE_ENV)
+    assert r.code == 0, r.output
+    est = json.loads(r.stdout)
+    assert est["done"] == 1 and est["jobs"] == 2
+    assert set(est["by_model"]) == {"gemini-2.5-flash-image"}
