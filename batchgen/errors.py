@@ -28,6 +28,7 @@ about aiohttp, JSON or OS errors. The client translates at its boundary
             ├── DailyQuotaError        429 with a PerDay quota
             ├── ServerWaitError        a 503 / 5xx asking to wait longer than the ceiling
             ├── RedirectError          the API endpoint answered 3xx (never followed: the key)
+            ├── UnreachableError       never answered, the first connections all failed
             └── TierNotOfferedError    400: the model does not offer the --tier asked for
 
 Whether to retry is decided in one place, :func:`batchgen.retrying.should_retry`.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class ErrorKind(str, enum.Enum):
@@ -143,6 +145,14 @@ class TimeoutError_(TransientError):
 class ConnectionError_(TransientError):
     kind = ErrorKind.CONNECTION
 
+    def __init__(self, message: str, *, unreached: str | None = None,
+                 reason: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        # Set when no connection could be made at all (refused, a name DNS does not know, a
+        # TLS handshake that failed): the host ("127.0.0.1:1") and why, in a few words.
+        self.unreached = unreached
+        self.reason = reason
+
 
 class BadResponseError(TransientError):
     kind = ErrorKind.BAD_RESPONSE
@@ -205,6 +215,16 @@ class ServerWaitError(FatalError):
 
 class RedirectError(FatalError):
     kind = ErrorKind.REDIRECT
+
+
+class UnreachableError(FatalError):
+    """The endpoint has never answered and the first attempts all failed to connect: every
+    other request would fail the same way, so the run stops with its jobs still pending."""
+
+    kind = ErrorKind.CONNECTION
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TierNotOfferedError(FatalError):

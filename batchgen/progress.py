@@ -42,6 +42,7 @@ class Progress:
         self.total = total
         self.done = 0
         self.failed = 0
+        self.failed_kinds: dict[str, int] = {}  # error kind -> jobs failed with it
         self.retries = 0
         self.spent_usd = spent_usd
         self.spent_before_usd = spent_usd
@@ -71,19 +72,27 @@ class Progress:
             return
         minutes = max(time.monotonic() - self._t0, 1e-6) / 60
         self._bar.set_postfix_str(
-            f"ok={self.done} failed={self.failed} retrying={self.retries} "
+            f"ok={self.done} failed={self.failed}{self.kinds()} retrying={self.retries} "
             f"{self.done / minutes:.1f} img/min ${self.spent_usd:.2f}",
             refresh=False,
         )
 
-    def job_done(self, *, ok: bool) -> None:
+    def job_done(self, *, ok: bool, kind: str | None = None) -> None:
         if ok:
             self.done += 1
         else:
             self.failed += 1
+            if kind:
+                self.failed_kinds[kind] = self.failed_kinds.get(kind, 0) + 1
         if self._bar is not None:
             self._refresh()
             self._bar.update(1)
+
+    def kinds(self) -> str:
+        """`` (connection 24)``, after the failures' count: by kind, most first, so that a run
+        failing for one reason says which while it runs."""
+        kinds = sorted(self.failed_kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+        return f" ({', '.join(f'{k} {n}' for k, n in kinds)})" if kinds else ""
 
     def retrying(self, delta: int) -> None:
         self.retries += delta
@@ -108,7 +117,8 @@ class Progress:
         eta = _duration(left / (finished / elapsed)) if finished else "unknown"
         return (
             f"progress: {finished}/{self.total} finished ({self.done} succeeded, "
-            f"{self.failed} failed), {self.retries} retrying, {per_min:.1f} img/min, "
+            f"{self.failed} failed{self.kinds()}), {self.retries} retrying, "
+            f"{per_min:.1f} img/min, "
             f"spent this run ${self.spent_usd - self.spent_before_usd:.2f} "
             f"(folder ${self.spent_usd:.2f}), ETA {eta}"
             + (f"; {self.note}" if self.note else "")

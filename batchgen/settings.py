@@ -163,6 +163,9 @@ class Target:
     # `--column FIELD=HEADER` and `--set FIELD=VALUE`, as pairs (see manifest/columns.py).
     columns: tuple[tuple[str, str], ...] = ()
     defaults: tuple[tuple[str, str], ...] = ()
+    # The fields above that were not given but taken from the run folder's run.json
+    # (planning/recall.py), so that only a flag given is checked against the folder.
+    remembered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

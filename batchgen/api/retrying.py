@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..errors import (
     APIError,
     BodyTooLargeError,
+    ConnectionError_,
     DailyQuotaError,
     ErrorKind,
     FatalError,
@@ -21,6 +22,7 @@ from ..errors import (
     ResultLostError,
     ServerWaitError,
     TransientError,
+    UnreachableError,
 )
 
 DEFAULT_MAX_ATTEMPTS = 6
@@ -31,6 +33,10 @@ BACKOFF_JITTER_S = 1.0
 # than this is a quota that is spent or an outage, not a burst: the run stops and says when to
 # resume, instead of every worker sleeping on it silently.
 MAX_SERVER_DELAY_S = 15 * 60.0
+# Connections that could not be made, with no answer from the endpoint before them, that stop
+# the run (exit 4): more than one, so that a single hiccup of a resolver or a proxy starting up
+# does not; few, since each is a refusal that costs nothing and tells the same.
+UNREACHABLE_AFTER = 3
 # Outcomes that are a roll of the dice: the same prompt may well succeed next time.
 STOCHASTIC_KINDS = frozenset({ErrorKind.BLOCKED, ErrorKind.NO_IMAGE})
 
@@ -74,6 +80,38 @@ def should_retry(
     if isinstance(exc, PermanentError) and exc.kind in STOCHASTIC_KINDS:
         return stochastic_failures <= policy.retry_blocked
     return False
+
+
+class Reachability:
+    """Whether the endpoint has ever answered, and the decision to stop when it never has.
+
+    A host that is down (a port nobody listens on, a name DNS does not know, a TLS handshake
+    that fails) would otherwise have every job retried and recorded as failed (``connection``):
+    minutes of a run that can do nothing. Once the host has answered, one connection error is
+    a blip like any other, retried and at worst recorded.
+    """
+
+    __slots__ = ("answered", "failures")
+
+    def __init__(self) -> None:
+        self.answered = False
+        self.failures = 0  # connections that could not be made, before any answer
+
+    def heard(self) -> None:
+        """The endpoint answered (anything, an error included)."""
+        self.answered = True
+
+    def after(self, exc: APIError) -> FatalError | None:
+        """The error that stops the run, if ``exc`` (an attempt's failure) makes the host one
+        that cannot be reached; None when the attempt goes on as any other."""
+        if exc.answered:
+            self.answered = True
+        if self.answered or not isinstance(exc, ConnectionError_) or exc.unreached is None:
+            return None
+        self.failures += 1
+        if self.failures < UNREACHABLE_AFTER:
+            return None
+        return UnreachableError(f"cannot reach {exc.unreached}: {exc.reason}")
 
 
 def backoff_delay(exc: BaseException, *, attempt: int, policy: RetryPolicy) -> float:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import re
+import socket
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -132,9 +133,27 @@ def translate(exc: BaseException) -> e.APIError:
         return e.TimeoutError_(msg)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return e.BadResponseError(f"body cut off: {msg}")
+    if isinstance(exc, aiohttp.ClientConnectorError):  # no connection was made at all
+        return e.ConnectionError_(msg, unreached=f"{exc.host}:{exc.port}",
+                                  reason=_why_unreached(exc))
     if isinstance(exc, aiohttp.ClientError | OSError):
         return e.ConnectionError_(msg)
     return e.BadResponseError(msg)
+
+
+def _why_unreached(exc: aiohttp.ClientConnectorError) -> str:
+    """A connection that could not be made, in a few words: what ``cannot reach HOST: ...``
+    says."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return redact(f"TLS certificate not accepted ({exc.certificate_error})")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return redact(f"TLS handshake failed ({exc.os_error})")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(exc.os_error,
+                                                                        socket.gaierror):
+        return "host name not found (DNS)"
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "connection refused"
+    return redact(exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__)
 
 
 class Exchange:

@@ -25,6 +25,7 @@ from ..folder.batches import BatchRecord, Journal, Phase, record_seen
 from ..folder.verdicts import Redos, rejected_jobs
 from ..planning.plan import IN_BATCH, Plan, manifest_meta
 from ..planning.prepare import Prepared
+from ..planning.recall import run_with
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..pricing import PriceTable
 from ..progress import Progress
@@ -112,7 +113,8 @@ class BatchRun:
             **manifest_meta(self.target.manifest), jobs=prep.counts.total,
             model=prep.manifest.header.model, provider=prep.client.provider.value,
             base_url=redact(self.target.base_url or prep.client.base_url),
-            settings=settings_meta(self.options), state="running", mode="batch",
+            settings=settings_meta(self.options), run_with=run_with(self.target),
+            state="running", mode="batch",
             runs=int(meta.get("runs", 0)) + 1, command=command_line(),
         )
         # Computed afresh: the batch that redoes a rejected image may be collected by a later

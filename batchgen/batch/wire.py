@@ -24,7 +24,7 @@ import orjson
 
 from .. import errors as e
 from ..api.http_body import ANSWER_MAX_BYTES, read_capped
-from ..api.retrying import RetryPolicy, backoff_delay, should_retry
+from ..api.retrying import Reachability, RetryPolicy, backoff_delay, should_retry
 from ..api.session import SessionOwner
 from ..api.translate import ERROR_BODY_MAX_BYTES, error_from_http, redirected, translating
 from ..settings import ClientSettings
@@ -110,6 +110,7 @@ class BatchAPI(SessionOwner):
     def __init__(self, settings: ClientSettings, policy: RetryPolicy | None = None) -> None:
         super().__init__(settings)
         self.policy = policy or RetryPolicy(max_attempts=6, backoff_max_s=30.0)
+        self.reach = Reachability()  # until the service answers, a host that is down stops
         self.bytes_uploaded = 0
 
     async def __aenter__(self) -> BatchAPI:
@@ -170,14 +171,20 @@ class BatchAPI(SessionOwner):
         while True:
             attempt += 1
             try:
-                return await fn()
+                answer = await fn()
             except e.APIError as exc:
+                unreachable = self.reach.after(exc)
+                if unreachable is not None:  # a host that never answered: stop at once
+                    raise unreachable from exc
                 if not should_retry(exc, attempt=attempt, stochastic_failures=0,
                                     policy=self.policy):
                     raise
                 delay = backoff_delay(exc, attempt=attempt, policy=self.policy)
                 log.debug("%s failed (%s); retrying in %.2fs", what, exc, delay)
                 await asyncio.sleep(delay)
+            else:
+                self.reach.heard()
+                return answer
 
     # -- Files API --------------------------------------------------------------------------
 

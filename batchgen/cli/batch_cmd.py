@@ -34,7 +34,7 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
     """``batchgen run --mode batch``: the exit code."""
     from ..planning.prepare import adopt_orphans, open_manifest, prepare
     from ..providers import resolve_provider
-    from .run_flow import FAKE_NOTE, refresh_gallery
+    from .run_flow import FAKE_NOTE, refresh_gallery, restored_line
 
     req, ui = options.target, options.ui
     # Before anything is locked or made: a provider without the Batch API is bad usage.
@@ -61,6 +61,8 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
         c = prep.counts
         if prep.change and prep.change.startswith("manifest changed"):
             info(prep.change.split(":")[0])
+        if prep.restored:
+            info(restored_line(prep))
         model = header.model or req.model or DEFAULT_MODEL
         discount = PriceTable.load(req.prices).price(model).batch_discount
         batch_usd = c.estimate_usd * discount

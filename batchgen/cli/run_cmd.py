@@ -40,6 +40,13 @@ def run(manifest: Path, **o: Any) -> None:
     cmd = CommandLine.from_context(click.get_current_context())
     options = run_options(manifest, o)
     setup_logging(options.ui.verbose)
+    from ..planning.recall import default_out, recall
+
+    options = recall(options)  # the folder's provider, base URL and model when not given
+    if "fake" in options.target.remembered:
+        out = options.target.out or default_out(manifest)
+        click.echo(f"{out} was made with --fake: running "
+                   "against the built-in fake server again (no key, no cost)", err=True)
     if options.mode == "batch":
         from .batch_cmd import run_command
 

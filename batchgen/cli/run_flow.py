@@ -49,6 +49,8 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         click.echo(f"warning: {warning}", err=True)
     if prep.change:
         info(prep.change)
+    if prep.restored:
+        info(restored_line(prep))
     missing = describe_missing(c, selection.redo_missing)
     if missing:
         info(missing)
@@ -100,6 +102,12 @@ def _say(text: str) -> None:
 
 def _silent(text: str) -> None:
     del text
+
+
+def restored_line(prep: Prepared) -> str:
+    """Images ``prune`` had moved aside whose rows are current again (an edit undone)."""
+    return (f"restored {plural(prep.restored, 'image')} from {prep.folder.path / 'superseded'}: "
+            "their rows are current again (nothing is paid again)")
 
 
 def preview_rest_line(prep: Prepared, cmd: CommandLine, *, fake: bool = False) -> str:

@@ -11,10 +11,13 @@ together share one fsync). An intent is settled by
   every attempt it made, an adopted orphan's record included.
 
 Whatever is left unsettled counts at its reserved price: toward ``--budget`` and in ``status``
-and ``report``, until a later run finds its record (an orphan adopted). A separate file rather
-than lines in the ledger, because every reader of the ledger (plan, status, report, gallery,
-merge, and the tools users point at it) would otherwise have to learn to skip them; this file is
-read by three functions and is rewritten small at the start and the end of every run.
+and ``report``, as *reserved* until a later run finds its record (an orphan adopted) or runs its
+job again; from then on as *lost* (:meth:`Unsettled.lost`): sent by a run that was killed,
+never answered to batchgen, and counted as spent, since the service bills what it finished.
+A separate file rather than lines in the ledger, because every reader of the ledger (plan,
+status, report, gallery, merge, and the tools users point at it) would otherwise have to learn
+to skip them; this file is read by three functions and is rewritten small at the start and the
+end of every run.
 """
 
 from __future__ import annotations
@@ -62,9 +65,12 @@ class Unsettled:
 
     def __init__(self) -> None:
         self.by_key: dict[Key, dict[str, Intent]] = {}
+        # job id -> the latest started_at of its ledger records, for the jobs with intents only
+        self._later: dict[str, str] = {}
 
     def add(self, intent: Intent) -> None:
         self.by_key.setdefault((intent.job_id, intent.started_at), {})[intent.iid] = intent
+        self._later.setdefault(intent.job_id, "")
 
     def discard(self, intent: Intent) -> None:
         group = self.by_key.get((intent.job_id, intent.started_at))
@@ -76,6 +82,17 @@ class Unsettled:
     def settle(self, job_id: str, started_at: str) -> None:
         """A ledger record of this job's run: it carries the cost of all of its attempts."""
         self.by_key.pop((job_id, started_at), None)
+        last = self._later.get(job_id)
+        if last is not None and started_at > last:
+            self._later[job_id] = started_at
+
+    def lost(self) -> list[Intent]:
+        """The intents whose job has a record of a later run: the request a killed run sent
+        will never be heard of (its answer cannot be fetched again), so its outcome is as known
+        as it will be. It stays counted, as spent: the service bills a finished generation.
+        The others are still reserved: in flight now, or their job not yet run again."""
+        later = self._later
+        return [i for i in self if later.get(i.job_id, "") > i.started_at]
 
     def __iter__(self) -> Any:
         for group in self.by_key.values():

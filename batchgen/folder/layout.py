@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 IMAGES_DIR = "images"
+SUPERSEDED_DIR = "superseded"  # where `prune` moves the images of edited or removed rows
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 # Batch mode's journal (folder/batches.py): named here so `status` can look for it without

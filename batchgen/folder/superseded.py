@@ -17,10 +17,9 @@ from pathlib import Path
 from ..errors import InputError, StorageError
 from ..words import plural
 from .current import current_ids, iter_current
+from .layout import SUPERSEDED_DIR
 from .ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from .runfolder import RunFolder, read_meta
-
-SUPERSEDED_DIR = "superseded"
 
 
 @dataclass(frozen=True, slots=True)

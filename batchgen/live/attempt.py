@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .. import errors as e
 from ..aio import ConcurrencyCap
 from ..api.client import GeminiClient, GeneratedImage
-from ..api.retrying import STOCHASTIC_KINDS, fatal_message
+from ..api.retrying import STOCHASTIC_KINDS, Reachability, fatal_message
 from ..folder.intents import Intent, IntentJournal
 from ..pacing.gate import FirstAnswerGate
 from ..pacing.pacer import Pacing
@@ -49,6 +49,9 @@ class Attempt:
     fallback_after: int = 3
     # Requests that have left and not yet settled: what a stop waits for.
     in_flight: int = field(default=0, init=False)
+    # Whether the endpoint has answered yet: until it has, connections that cannot be made
+    # stop the run (retrying.Reachability decides when).
+    reach: Reachability = field(default_factory=Reachability, init=False)
 
     @property
     def stopping(self) -> bool:
@@ -60,9 +63,16 @@ class Attempt:
         try:
             image = await self._send(spec, state)
             answered = True
+            self.reach.heard()
             return image
         except e.APIError as exc:
             answered = exc.answered
+            unreachable = self.reach.after(exc)
+            if unreachable is not None:
+                # A host that never answered: stop with the jobs still pending, rather than
+                # run through the manifest recording each as failed (connection).
+                self.stop(StopReason.FATAL, str(unreachable))
+                raise unreachable from exc
             raise
         finally:
             if probe:

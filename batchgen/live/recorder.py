@@ -124,7 +124,7 @@ class Recorder:
             self.result.failed += 1
             if not retry:
                 self.result.failed_permanent += 1
-            self.progress.job_done(ok=False)
+            self.progress.job_done(ok=False, kind=exc.kind.value)
 
     def _fields(self, spec: JobSpec, state: JobState, started: str, latency: float
                 ) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from ..folder.layout import now_iso
 from ..folder.verdicts import Redos, has_reviews, rejected_jobs
 from ..planning.plan import manifest_meta
 from ..planning.prepare import Prepared
+from ..planning.recall import run_with
 from ..planning.session import command_line, endpoint, install_signals, settings_meta
 from ..progress import Progress
 from ..redact import redact
@@ -47,6 +48,7 @@ async def execute(prep: Prepared, options: RunOptions, *,
         provider=prep.client.provider.value,
         base_url=redact(target.base_url or prep.client.base_url),
         settings=settings_meta(options),
+        run_with=run_with(target),
         state="running",
         started_at=now_iso(),
         runs=int(meta.get("runs", 0)) + 1,

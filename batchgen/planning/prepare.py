@@ -44,6 +44,8 @@ from .plan import (
     read_index,
 )
 from .preview import Rest, pick
+from .recall import check_same
+from .recall import default_out as default_out
 from .session import FAKE_KEY
 from .tally import Tally as _Tally
 from .tally import describe_resume
@@ -70,10 +72,7 @@ class Prepared:
     # the jobs it left out would take.
     redos: dict[str, Redo] = dataclasses.field(default_factory=dict)
     preview_rest: Rest | None = None
-
-
-def default_out(manifest: Path) -> Path:
-    return Path("jobs") / manifest.stem
+    restored: int = 0  # images prune had moved aside, back in images/ (their rows are current)
 
 
 def open_manifest(
@@ -168,6 +167,8 @@ def prepare(options: RunOptions) -> Prepared:
         base_url = target.base_url or manifest.header.base_url or info.base_url
         where = "--base-url" if target.base_url else f"{target.manifest}: base_url"
         base_url = check_base_url(base_url, where)
+        check_same(old_meta, target, provider.value, base_url, folder.path,
+                   manifest.header.base_url)
         api_key = FAKE_KEY if target.fake else resolve_key(provider)
         # From here on the key is scrubbed from everything, run.json included.
         register_secret(api_key)
@@ -196,6 +197,11 @@ def prepare(options: RunOptions) -> Prepared:
         current.commit(
             folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
         )
+        if old_meta and old_meta.get("manifest_sha256") != new_sha:
+            # The hash goes with jobs.jsonl, just rewritten: "manifest changed since the last
+            # run" compares against the manifest the last planning read, which a run with
+            # nothing to do (or one declined or stopped at the budget) read too.
+            folder.update_meta(manifest_sha256=new_sha)
         restored = restore_superseded(folder.path)
         if restored:
             # Images `prune` had moved aside whose jobs are current again (an edit undone): the
@@ -238,6 +244,7 @@ def prepare(options: RunOptions) -> Prepared:
         tally=tally,
         redos=redos,
         preview_rest=rest,
+        restored=len(restored),
     )
 
 

@@ -230,7 +230,9 @@ def _run(options: RunOptions,
          interrupter: Callable[[Callable[[str], None]], None] | None = None) -> RunResult:
     from ..live.runner import execute
     from ..planning.prepare import adopt_orphans, prepare
+    from ..planning.recall import recall
 
+    options = recall(options)  # the folder's provider, base URL and model when not given
     prep = prepare(options)
     try:
         adopt_orphans(prep)

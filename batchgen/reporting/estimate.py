@@ -181,12 +181,15 @@ class _Breakdown:
 def estimate(req: EstimateRequest) -> Estimate:
     """Validate the manifest (raises InputError), then plan against the run folder's ledger."""
     from ..planning.prepare import default_out, open_manifest
+    from ..planning.recall import folder_choices
 
-    manifest = open_manifest(
-        req.manifest, req.model, req.provider, prices=req.prices, columns=req.columns,
-        defaults=req.defaults,
-    )  # fmt: skip
     run_dir = req.out or default_out(req.manifest)
+    # As run does: the folder's --model and provider when not given (planning/recall.py).
+    model, provider = folder_choices(run_dir)
+    manifest = open_manifest(
+        req.manifest, req.model or model, req.provider or provider, prices=req.prices,
+        columns=req.columns, defaults=req.defaults,
+    )  # fmt: skip
     try:
         prices = PriceTable.load(req.prices)
     except InputError:

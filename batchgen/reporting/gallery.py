@@ -25,11 +25,10 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import StorageError
 from ..folder.current import current_ids, iter_current
 from ..folder.durable import atomic_write
-from ..folder.layout import thumb_relpath
+from ..folder.layout import SUPERSEDED_DIR, thumb_relpath
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.reviews import Review, Verdict, read_reviews
 from ..folder.runfolder import read_meta
-from ..folder.superseded import SUPERSEDED_DIR
 from ..folder.verdicts import has_reviews, verdicts
 from ..words import plural
 from .status import make_status

@@ -20,7 +20,7 @@ from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.reviews import Verdict
 from ..folder.runfolder import read_meta
 from ..words import plural
-from .status import Status, add_review, format_status, status_from_latest
+from .status import Status, add_review, format_status, set_unsettled, status_from_latest
 
 THROUGHPUT_BUCKETS = 10
 REJECTED_SHOWN = 10  # rejected images listed with their notes; the rest counted
@@ -124,6 +124,8 @@ class Report:
                 "total_usd": round(st.cost_usd, 4),
                 "unsettled_usd": round(st.unsettled_usd, 4),
                 "unsettled_requests": st.unsettled_requests,
+                "lost_usd": round(st.lost_usd, 4),
+                "lost_requests": st.lost_requests,
                 "per_image_usd": None if per_image is None else round(per_image, 4),
             },
             "by_size": dict(sorted(self.by_size.items())),
@@ -219,7 +221,7 @@ def build_report(run_dir: Path, buckets: int = THROUGHPUT_BUCKETS) -> Report:
             unsettled.settle(rec.job_id, rec.started_at)
     current = current_ids(run_dir)
     status = status_from_latest(run_dir, meta, latest, cost, current)
-    status.unsettled_usd, status.unsettled_requests = unsettled.usd, unsettled.count
+    set_unsettled(status, unsettled)
     if current is not None:
         latest = {k: r for k, r in latest.items() if k in current}
     found = add_review(status, latest, redos)

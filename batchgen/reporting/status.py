@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..folder.current import current_ids
-from ..folder.intents import read_unsettled
-from ..folder.layout import IMAGES_DIR, count_images
+from ..folder.intents import Unsettled, read_unsettled
+from ..folder.layout import IMAGES_DIR, SUPERSEDED_DIR, count_images
 from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.liveness import describe_state
 from ..folder.reviews import Review, Verdict, read_reviews
@@ -36,9 +36,15 @@ class Status:
     # at their reserved price: they may have been billed.
     unsettled_usd: float = 0.0
     unsettled_requests: int = 0
+    # Of those, the ones whose job was run again since: a killed run's request, never to be
+    # heard of, counted as spent at its reserved price (folder/intents.py, Unsettled.lost).
+    lost_usd: float = 0.0
+    lost_requests: int = 0
     # Succeeded jobs the manifest no longer holds (an edited or removed row): their images stay
-    # until `batchgen prune`, and they are not counted as succeeded.
+    # until `batchgen prune`, and they are not counted as succeeded; of them, those whose
+    # image prune has moved to DIR/superseded/ (the rest are still in images/).
     superseded: int = 0
+    superseded_moved: int = 0
     # Verdicts on the current images (reviews.jsonl; None: nothing was ever reviewed, so every
     # image is unreviewed), and the redos of rejected images: jobs redone, redos in all.
     review: dict[str, int] | None = None
@@ -57,9 +63,13 @@ class Status:
             "failed": self.failed,
             "pending": self.pending,
             "superseded": self.superseded,
+            "superseded_in_images": self.superseded - self.superseded_moved,
+            "superseded_moved": self.superseded_moved,
             "cost_usd": round(self.cost_usd, 4),
             "unsettled_usd": round(self.unsettled_usd, 4),
             "unsettled_requests": self.unsettled_requests,
+            "lost_usd": round(self.lost_usd, 4),
+            "lost_requests": self.lost_requests,
             "errors": dict(sorted(self.errors.items())),
             "review": self.review if self.review is not None else {
                 "accepted": 0, "rejected": 0, "unreviewed": self.succeeded},
@@ -106,6 +116,7 @@ def load_status(run_dir: Path) -> Status:
         if unsettled:
             unsettled.settle(rec.job_id, rec.started_at)
     succeeded = missing = superseded = 0
+    old: list[tuple[str, ...]] = []  # the superseded jobs' outputs
     counted = 0
     errors: dict[str, int] = {}
     check = _some_missing(run_dir, len(outputs))
@@ -113,7 +124,9 @@ def load_status(run_dir: Path) -> Status:
     accepted = rejected = 0
     for job_id, outcome in latest.items():
         if current is not None and job_id not in current:
-            superseded += outcome is True
+            if outcome is True:
+                superseded += 1
+                old.append(outputs.get(job_id, ()))
             continue
         counted += 1
         if outcome is True:
@@ -129,12 +142,23 @@ def load_status(run_dir: Path) -> Status:
             errors[outcome] = errors.get(outcome, 0) + 1
     st = make_status(run_dir, meta, counted, succeeded, cost, errors, missing=missing,
                      current=current, superseded=superseded)
-    st.unsettled_usd, st.unsettled_requests = unsettled.usd, unsettled.count
+    st.superseded_moved = moved_aside(run_dir, old)
+    set_unsettled(st, unsettled)
     if reviewed:
         st.review = {"accepted": accepted, "rejected": rejected,
                      "unreviewed": succeeded - accepted - rejected}
     st.redone_jobs, st.redos = len(redos), sum(redos.values())
     return st
+
+
+def set_unsettled(st: Status, unsettled: Unsettled) -> None:
+    """The intents no ledger line settles, split: still reserved, or lost (their job ran
+    again since)."""
+    lost = unsettled.lost()
+    st.lost_requests = len(lost)
+    st.lost_usd = sum(i.usd for i in lost)
+    st.unsettled_requests = unsettled.count - st.lost_requests
+    st.unsettled_usd = max(unsettled.usd - st.lost_usd, 0.0)
 
 
 def _some_missing(run_dir: Path, succeeded: int) -> bool:
@@ -175,11 +199,11 @@ def status_from_latest(
     run_dir: Path, meta: dict[str, Any], latest: dict[str, LedgerRecord], cost: float,
     current: set[str] | None = None,
 ) -> Status:
+    old: list[tuple[str, ...]] = []
     if current is not None:
-        superseded = sum(1 for k, r in latest.items() if k not in current and r.succeeded)
+        old = [r.outputs for k, r in latest.items() if k not in current and r.succeeded]
         latest = {k: r for k, r in latest.items() if k in current}
-    else:
-        superseded = 0
+    superseded = len(old)
     done = sum(1 for r in latest.values() if r.succeeded)
     missing = sum(
         1 for r in latest.values() if r.succeeded and _is_missing(run_dir, r.outputs)
@@ -189,8 +213,20 @@ def status_from_latest(
     for r in latest.values():
         if not r.succeeded and r.error is not None:
             errors[r.error.kind] = errors.get(r.error.kind, 0) + 1
-    return make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing,
-                       current=current, superseded=superseded)
+    st = make_status(run_dir, meta, len(latest), succeeded, cost, errors, missing=missing,
+                     current=current, superseded=superseded)
+    st.superseded_moved = moved_aside(run_dir, old)
+    return st
+
+
+def moved_aside(run_dir: Path, outputs: list[tuple[str, ...]]) -> int:
+    """How many of these superseded jobs' images ``prune`` has moved to DIR/superseded/ (no
+    stat at all while that folder does not exist, as in a folder never pruned)."""
+    aside = run_dir / SUPERSEDED_DIR
+    if not outputs or not aside.is_dir():
+        return 0
+    return sum(1 for outs in outputs
+               if outs and not (run_dir / outs[0]).exists() and (aside / outs[0]).exists())
 
 
 def add_review(st: Status, latest: dict[str, LedgerRecord], redos: dict[str, int]
@@ -223,10 +259,16 @@ def format_status(st: Status) -> str:
                      "run --redo-missing makes them again)")
     lines.append(f"  pending    {st.pending}")
     if st.superseded:
-        lines.append(
-            f"  superseded {st.superseded}  (images of edited or removed rows, not counted above;"
-            f" batchgen prune {st.run_dir} moves them aside)"
-        )
+        # Those still in images/ and those prune moved, apart: after a prune, "prune moves them
+        # aside" would send the user to a command that says "nothing superseded".
+        kept = st.superseded - st.superseded_moved
+        where = []
+        if kept:
+            where.append(f"{kept} in images/: batchgen prune {st.run_dir} moves them aside")
+        if st.superseded_moved:
+            where.append(f"{st.superseded_moved} moved to {st.run_dir / SUPERSEDED_DIR}/ by prune")
+        lines.append(f"  superseded {st.superseded}  (images of edited or removed rows, not "
+                     f"counted above; {'; '.join(where)})")
     if st.review is not None:
         r = st.review
         lines.append(f"  reviewed   {r['accepted']} accepted, {r['rejected']} rejected, "
@@ -234,10 +276,17 @@ def format_status(st: Status) -> str:
     if st.redos:
         lines.append(f"  redone     {plural(st.redone_jobs, 'job')} ({plural(st.redos, 'redo')})")
     lines.append(f"  spent      ${st.cost_usd:.2f}")
+    if st.lost_requests:
+        lines.append(
+            f"  lost       ${st.lost_usd:.2f} for {plural(st.lost_requests, 'request')} a "
+            "killed run sent and never heard back from; their jobs were run again since, and "
+            "the service bills what it finished, so they count as spent (and in --budget)"
+        )
     if st.unsettled_requests:
         lines.append(
             f"  reserved   ${st.unsettled_usd:.2f} for {st.unsettled_requests} request(s) sent "
             "whose outcome is not in the ledger (in flight now, or when a run was killed): "
-            "they may have been billed, so --budget counts them"
+            "they may have been billed, so --budget counts them; this clears when their "
+            "answer is recorded or their jobs are run again (then they count as lost)"
         )
     return "\n".join(lines)

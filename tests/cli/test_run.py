@@ -226,8 +226,9 @@ def test_status_reads_folder_alone(server: ThreadedFakeServer, tmp_path: Path) -
     st = json.loads(r.stdout)
     cost = round(sum(float(x["cost_usd"]) for x in ledger_lines(out)), 4)  # type: ignore[arg-type]
     assert st == {"jobs": 3, "succeeded": 2, "missing": 0, "failed": 1, "pending": 0,
-                  "superseded": 0, "cost_usd": cost, "unsettled_usd": 0.0,
-                  "unsettled_requests": 0, "errors": {"blocked": 1},
+                  "superseded": 0, "superseded_in_images": 0, "superseded_moved": 0,
+                  "cost_usd": cost, "unsettled_usd": 0.0, "unsettled_requests": 0,
+                  "lost_usd": 0.0, "lost_requests": 0, "errors": {"blocked": 1},
                   "review": {"accepted": 0, "rejected": 0, "unreviewed": 2},
                   "redos": {"jobs": 0, "redos": 0}}
     human = cli("status", out)
