@@ -70,13 +70,13 @@ def run_command(options: RunOptions, cmd: CommandLine) -> int:
         cost = (f"  estimated ${batch_usd:.2f} at batch prices (${c.estimate_usd:.2f} live)"
                 if c.pending else "")
         info(f"{c.pending} to submit ({c.done} already done{running}) -> "
-             f"{prep.folder.path}{cost}")
+             f"{prep.folder.path}{cost}" + (FAKE_NOTE if req.fake and cost else ""))
         if c.pending == 0 and not Journal(prep.folder.path).open_records():
             click.echo("nothing to do: every job is done", err=True)
             return ExitCode.OK if c.failed_skipped == 0 else 1
-        if req.fake:
-            info(FAKE_NOTE.strip())
-        elif batch_usd > ui.confirm_above_usd and not ui.yes and sys.stdin.isatty():
+        # The built-in fake bills nobody: no question about money it will not spend.
+        if (batch_usd > ui.confirm_above_usd and not ui.yes and not req.fake
+                and sys.stdin.isatty()):
             click.confirm(f"This run is estimated at ${batch_usd:.2f}. Go ahead?", abort=True)
         outcome = run_batch(prep, options, say)
     finally:

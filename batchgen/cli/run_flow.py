@@ -29,7 +29,7 @@ from .common import fail
 from .messages import CommandLine, check_budget, suggest_budget
 
 # After the estimate of a --fake run: the figure is what the service would charge.
-FAKE_NOTE = " at the service's prices; the built-in fake (--fake) charges nothing"
+FAKE_NOTE = "; the built-in fake (--fake) charges nothing"
 
 
 def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
@@ -63,7 +63,8 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         info(f"preview: {c.pending} of the pending jobs, spread over the manifest")
     fake = options.target.fake
     info(f"{c.pending} to run ({c.done} already done) -> {prep.folder.path}  "
-         f"estimated ${c.estimate_usd:.2f}" + (FAKE_NOTE if fake else ""))
+         f"estimated ${c.estimate_usd:.2f}" + (f" at the service's prices{FAKE_NOTE}" if fake
+                                               else ""))
     note = tier_note(options.settings.tiers, options.timeouts.request_s)
     if note:
         info(note)
