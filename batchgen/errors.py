@@ -55,6 +55,7 @@ class ErrorKind(str, enum.Enum):
     SERVER_WAIT = "server_wait"
     REDIRECT = "redirect"
     TIER_NOT_OFFERED = "tier_not_offered"
+    PARENT_FAILED = "parent_failed"
 
 
 class BatchgenError(Exception):
@@ -181,6 +182,12 @@ class NoImageError(PermanentError):
 
 class ReferenceError_(PermanentError):
     kind = ErrorKind.REFERENCE
+
+
+class ParentFailedError(PermanentError):
+    """A chained job whose parent failed for good: never sent, never billed (issue 22)."""
+
+    kind = ErrorKind.PARENT_FAILED
 
 
 class FatalError(APIError):

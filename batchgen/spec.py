@@ -215,6 +215,8 @@ class Chain:
     group: str = ""  # the first job of its chain: --shard keeps a chain on one machine
     depth: int = 0
     history: tuple[Turn, ...] = ()
+    # Filled with ``history``: (parent job id, sha256 of the parent image used), per parent.
+    made_from: tuple[tuple[str, str], ...] = ()
 
 
 # A metadata value: the user's own label for a job, carried to every output, never sent.
