@@ -46,7 +46,7 @@ from .faults import FAULT_NAMES, FakeConfig, FaultChooser, RateWindow, apply_con
 from .file_store import FileStore
 from .files_api import FilesApi
 from .images import COLOUR_BUCKETS, EncodedImage, ImageCache, colour_bucket
-from .stamps import Conversations, stamp_png
+from .stamps import Conversations
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request
 
@@ -248,8 +248,7 @@ class FakeServer:
             raise too_large(cfg.max_request_bytes)
         req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
-        self.stats.record_request(
-            {**req.extras(), **self.conversations.seen(req, self.file_store.read_image)})
+        self.stats.record_request(self.conversations.seen(req, self.file_store.read_image))
         tiers.refuse_tier(cfg, model, req)
         self._check_quota(cfg, model, req, now)
         tiers.shed(cfg, req, self._chooser, self.stats)
@@ -377,15 +376,8 @@ class FakeServer:
         final = self.images.final(
             req.ratio, size, bucket, full_size=cfg.full_size, image_bytes=cfg.image_bytes, jpeg=jpeg
         )
-        # Every answer its own signature, and its image a stamp of which answer it is.
-        number, signature = self.conversations.issue()
-        last: list[str] = next(
-            (t["texts"] for t in reversed(req.turns) if t["role"] == "user"), [])
-        stamp = {"answer": number, "prompt": req.prompt, "turn_prompt": "\n".join(last)}
-        final = EncodedImage.of(stamp_png(final.data, stamp), final.mime_type, final.width,
-                                final.height)
+        final, sig = self.conversations.stamped(final, req, thinking)  # a signature per answer
         parts: list[dict[str, Any]] = []
-        sig: dict[str, Any] = {"thoughtSignature": signature} if thinking else {}
         if thinking:
             parts.append({"text": thought_text(req.prompt), "thought": True})
             for i in range(max(0, min(2, cfg.thought_images))):

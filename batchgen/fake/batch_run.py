@@ -323,7 +323,7 @@ class BatchRunner:
             yield b"error", orjson.dumps({"code": code, "message": exc.message})
             return
         conv = self.server.conversations.seen(req, self.files.read_image)
-        self.server.stats.record_request({**req.extras(), **conv, "batch": batch.batch_id})
+        self.server.stats.record_request({**conv, "batch": batch.batch_id})
         if batch.line_error_rate and rng.random() < batch.line_error_rate:
             code, message = _LINE_ERRORS[self._line_error_turn % len(_LINE_ERRORS)]
             self._line_error_turn += 1

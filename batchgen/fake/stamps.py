@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from .images import EncodedImage
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STAMP_KEY = b"batchgen-fake"
 _IEND = 12  # length + "IEND" + crc: the last chunk of every PNG
@@ -86,19 +88,32 @@ class Conversations:
             self._issued[sig] = n
         return n, sig
 
+    def stamped(self, final: EncodedImage, req: Any, thinking: bool
+                ) -> tuple[EncodedImage, dict[str, str]]:
+        """A new answer's image, stamped with its number and prompts, and the signature its
+        parts carry (none from a model that does not think)."""
+        number, signature = self.issue()
+        turns = conversation(req.contents)[0]
+        last: list[str] = next((t["texts"] for t in reversed(turns) if t["role"] == "user"), [])
+        stamp = {"answer": number, "prompt": req.prompt, "turn_prompt": "\n".join(last)}
+        data = stamp_png(final.data, stamp)
+        image = EncodedImage.of(data, final.mime_type, final.width, final.height)
+        return image, {"thoughtSignature": signature} if thinking else {}
+
     def seen(self, req: Any, read_uri: Callable[[str], bytes | None]) -> dict[str, Any]:
         """What a request carried, for ``FakeStats.requests_seen``: its turns, the signatures
         of ours that came back (by answer number) and others, and the images of ours it held."""
+        turns, signatures, images = conversation(req.contents)
         back: list[int] = []
         foreign = 0
-        for sig in req.signatures:
+        for sig in signatures:
             n = self._issued.get(sig)
             if n is None:
                 foreign += 1
             else:
                 back.append(n)
         carried: list[dict[str, Any]] = []
-        for turn, role, b64, uri in req.images:
+        for turn, role, b64, uri in images:
             data: bytes | None = None
             if b64 is not None:
                 try:
@@ -110,5 +125,38 @@ class Conversations:
             stamp = read_stamp(data) if data else None
             if stamp is not None:
                 carried.append({**stamp, "turn": turn, "role": role})
-        return {"turns": req.turns, "signatures_back": back, "foreign_signatures": foreign,
-                "carried": carried}
+        return {**req.extras(), "turns": turns, "signatures_back": back,
+                "foreign_signatures": foreign, "carried": carried}
+
+
+Image = tuple[int, str, "str | None", "str | None"]
+
+
+def conversation(contents: list[Any]) -> tuple[list[dict[str, Any]], list[str], list[Image]]:
+    """A request's ``contents`` (already checked by validate): per turn its role, texts (not
+    thoughts) and counts; every thoughtSignature; every image as (turn, role, base64, URI)."""
+    turns: list[dict[str, Any]] = []
+    signatures: list[str] = []
+    images: list[Image] = []
+    for ci, content in enumerate(contents):
+        role = content.get("role", "user")
+        turn: dict[str, Any] = {"role": role, "texts": [], "images": 0, "signatures": 0}
+        turns.append(turn)
+        for part in content.get("parts") or ():
+            text = part.get("text")
+            if isinstance(text, str) and not part.get("thought"):
+                turn["texts"].append(text)
+            sig = part.get("thoughtSignature", part.get("thought_signature"))
+            if isinstance(sig, str):
+                signatures.append(sig)
+                turn["signatures"] += 1
+            blob = part.get("inlineData", part.get("inline_data"))
+            ref = part.get("fileData", part.get("file_data"))
+            if isinstance(blob, dict):
+                images.append((ci, role, str(blob.get("data") or ""), None))
+            elif isinstance(ref, dict):
+                images.append((ci, role, None, str(ref.get("fileUri", ref.get("file_uri", "")))))
+            else:
+                continue
+            turn["images"] += 1
+    return turns, signatures, images

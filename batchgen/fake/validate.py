@@ -181,11 +181,7 @@ class ParsedRequest:
     google_search: bool = False
     # service_tier as sent, lower case ("flex"); None when the body has none (standard).
     service_tier: str | None = None
-    # The conversation (issue 22): per turn its role, texts and images; every thoughtSignature
-    # sent back; every image as (turn, role, inline base64 | None, file URI | None).
-    turns: list[dict[str, Any]] = field(default_factory=list)
-    signatures: list[str] = field(default_factory=list)
-    images: list[tuple[int, str, str | None, str | None]] = field(default_factory=list)
+    contents: list[Any] = field(default_factory=list)  # as sent, checked: see stamps.seen
 
     def extras(self) -> dict[str, Any]:
         """What the fake records of a request beside its prompt (see FakeStats.requests)."""
@@ -244,16 +240,11 @@ def parse_request_obj(
     texts: list[str] = []
     n_images = 0
     ref_ratio: str | None = None
-    turns: list[dict[str, Any]] = []
-    signatures: list[str] = []
-    images: list[tuple[int, str, str | None, str | None]] = []
     for ci, content_obj in enumerate(contents):
         content = _fields(content_obj, _CONTENT_FIELDS, f"contents[{ci}]")
         role = content.get("role", "user")
         if role not in ("user", "model"):
             raise invalid("Please use a valid role: user, model.")
-        turn: dict[str, Any] = {"role": role, "texts": [], "images": 0, "signatures": 0}
-        turns.append(turn)
         parts = content.get("parts")
         if not parts or not isinstance(parts, list):
             raise invalid(
@@ -281,20 +272,10 @@ def parse_request_obj(
                     raise invalid(f"Invalid value at '{where}.text' (TYPE_STRING)")
                 if role == "user":
                     texts.append(text)
-                if not part.get("thought"):
-                    turn["texts"].append(text)
-            sig = part.get("thought_signature")
-            if sig is not None:
-                if not isinstance(sig, str):
-                    raise invalid(f"Invalid value at '{where}.thought_signature' (TYPE_BYTES)")
-                signatures.append(sig)
-                turn["signatures"] += 1
             image = "inline_data" in part
             dims: tuple[int, int] | None = None
             if image:
                 dims = _check_blob(part["inline_data"], f"{where}.inline_data")
-                blob = part["inline_data"]
-                images.append((ci, role, str(blob.get("data") or ""), None))
             elif "file_data" in part:
                 # A Files API reference is an input image like an inline one (billed the same),
                 # and the first reference's shape sets the output ratio just the same.
@@ -307,10 +288,7 @@ def parse_request_obj(
                     )
                 dims = resolve(uri) if resolve is not None else None
                 image = dims is not None or str(ref.get("mime_type", "")).startswith("image/")
-                if image:
-                    images.append((ci, role, None, uri))
             if image:
-                turn["images"] += 1
                 n_images += 1
                 if n_images > spec.MAX_REFERENCE_IMAGES:
                     raise invalid(
@@ -367,9 +345,7 @@ def parse_request_obj(
         safety_settings=safety,
         google_search=search,
         service_tier=_tier(top.get("service_tier")),
-        turns=turns,
-        signatures=signatures,
-        images=images,
+        contents=contents,
     )
 
 
