@@ -52,6 +52,9 @@ class Lineage:
         """A job just (re)made: its sidecar is read again when next asked for."""
         self._records.pop(job_id, None)
 
+    def clear(self) -> None:
+        self._records.clear()
+
     def record(self, job_id: str) -> LedgerRecord | None:
         if job_id not in self._records:
             self._records[job_id] = read_sidecar(self.run_dir, job_id)
