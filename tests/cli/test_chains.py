@@ -194,3 +194,29 @@ def test_kill_9_between_parent_and_children_then_resume(server: ThreadedFakeServ
     # What the dead run's in-flight scenes may have cost is counted, not hidden.
     spent = sum(float(x["cost_usd"]) for x in ledger_lines(out))  # type: ignore[arg-type]
     assert spent > 0
+
+
+def test_lineage_in_the_gallery_and_the_exports(server: ThreadedFakeServer,
+                                                tmp_path: Path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    m = tmp_path / "hero.yaml"
+    m.write_text(HERO)
+    out = tmp_path / "run"
+    assert run_fast(server, m, out).code == 0
+    sheet = by_name(out)["mara"]
+    r = cli("gallery", out)
+    assert r.code == 0, r.output
+    html = (out / "gallery.html").read_text()
+    blob = html.split('<script type="application/json" id="data">', 1)[1].split("</script>")[0]
+    cards = {c["nm"]: c for c in json.loads(blob)}
+    assert cards["scene0"]["pa"] == [sheet["job_id"]] and "pa" not in cards["mara"]
+    assert 'links("made from", r.pa)' in html and 'links("made into", CHILDREN[r.id])' in html
+    r = cli("export", out, "--format", "parquet", "--out", tmp_path / "ds")
+    assert r.code == 0, r.output
+    table = pq.read_table(next((tmp_path / "ds").rglob("*.parquet")))
+    rows = {row["name"]: row for row in table.to_pylist()}
+    assert rows["scene1"]["parents"] == [{"job_id": sheet["job_id"], "sha256": sheet["sha256"]}]
+    assert rows["mara"]["parents"] == []
