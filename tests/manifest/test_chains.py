@@ -147,3 +147,22 @@ def test_csv_rows_chain_too(tmp_path: Path) -> None:
     jobs = {j.user_id: j for j in jobs_of(path)}
     assert jobs["scene"].references[0].parent == jobs["hero"].job_id
     assert jobs["dusk"].chain is not None and jobs["dusk"].chain.edit_of == jobs["hero"].job_id
+
+
+def test_a_shard_keeps_each_chain_whole(tmp_path: Path) -> None:
+    from batchgen.settings import Selection
+
+    jobs = [j for j in jobs_of(write(tmp_path, HERO)) if j.chain is not None]
+    groups: dict[str, list[JobSpec]] = {}
+    for job in jobs:
+        assert job.chain is not None
+        groups.setdefault(job.chain.group, []).append(job)
+    assert len(groups) == 3
+    for n in (2, 3, 5):
+        for k in range(1, n + 1):
+            sel = Selection(shard=(k, n))
+            for members in groups.values():
+                assert len({sel.covers(j) for j in members}) == 1  # all or none
+        # Every job lands on exactly one shard.
+        for job in jobs:
+            assert sum(Selection(shard=(k, n)).covers(job) for k in range(1, n + 1)) == 1
