@@ -50,6 +50,12 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
     if c.in_batch:
         click.echo(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects "
                    "them)", err=True)
+    if c.left_out:
+        click.echo(f"{plural(c.left_out, 'chained job')} left out: a parent is neither made nor "
+                   "in this run (--only, --limit); they run with it", err=True)
+    if c.superseded:
+        click.echo(f"{plural(c.superseded, 'chained job')} superseded: made from a parent image "
+                   "that changed; made again", err=True)
     if selection.redo_rejected:
         click.echo(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
                    f"rejected images go to {prep.folder.path / 'rejected'}", err=True)

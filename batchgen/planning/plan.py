@@ -200,6 +200,7 @@ class PlanCounts:
     in_batch: int = 0
     missing: int = 0  # recorded as succeeded, image file gone
     superseded: int = 0  # chained jobs made from a parent image that is no longer current
+    left_out: int = 0  # chained jobs whose parent is neither made nor in this run
     by_size: dict[str, int] = field(default_factory=dict)
     estimate_usd: float = 0.0
 
@@ -229,13 +230,31 @@ class Plan:
         # from its ancestors' specs), and the run folder's sidecars (set by prepare).
         self.chained: dict[str, JobSpec] = {}
         self.lineage: Lineage | None = None
+        self._coming: set[str] = set()  # chained jobs this run sends (their children may come)
 
     def wants(self, job: JobSpec) -> bool:
         """Whether this invocation sends the job: in scope, picked, and not settled yet."""
         job_id = job.job_id
         if job.chain is not None:
             self._see_chained(job)
-        return self.selection.covers(job) and self._wants(job_id, self.index.get(job_id))
+        return (self.selection.covers(job) and self._wants(job_id, self.index.get(job_id))
+                and (job.chain is None or self._parents_come(job)))
+
+    def _parents_come(self, job: JobSpec) -> bool:
+        """A chained job this run wants: whether each parent is made, or will be in this run
+        (or failed for good: the child is then recorded as parent_failed, unsent). A child
+        whose parent ``--only`` or ``--limit`` leaves out is left out too, and counted."""
+        chain = job.chain
+        assert chain is not None
+        states = self.index.states
+        for parent in chain.parents:
+            state = states.get(parent)
+            if state == SUCCEEDED or parent in self._coming:
+                continue
+            if state is None or state in (RETRYABLE, STALE, IN_BATCH, MISSING, REJECTED):
+                return False
+        self._coming.add(job.job_id)
+        return True
 
     def _see_chained(self, job: JobSpec) -> None:
         """Register a chained job; a succeeded child whose parent's image changed (or will be
@@ -304,6 +323,9 @@ class Plan:
                 return
         else:
             wanted = self._wants(job_id, state)
+        if wanted and job.chain is not None and not self._parents_come(job):
+            c.left_out += 1
+            return
         if wanted:
             if sel.limit is None or c.pending < sel.limit:
                 c.pending += 1
