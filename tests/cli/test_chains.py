@@ -220,3 +220,17 @@ def test_lineage_in_the_gallery_and_the_exports(server: ThreadedFakeServer,
     rows = {row["name"]: row for row in table.to_pylist()}
     assert rows["scene1"]["parents"] == [{"job_id": sheet["job_id"], "sha256": sheet["sha256"]}]
     assert rows["mara"]["parents"] == []
+
+
+def test_only_a_child_without_its_parent_is_left_out_and_said(server: ThreadedFakeServer,
+                                                             tmp_path: Path) -> None:
+    m = tmp_path / "hero.yaml"
+    m.write_text(HERO)
+    out = tmp_path / "run"
+    r = run_fast(server, m, out, "--only", "scene*")
+    assert "3 chained jobs left out" in r.stderr, r.output
+    assert server.stats.requests == 0
+    r = run_fast(server, m, out, "--only", "mara*")
+    assert r.code == 0 and server.stats.requests == 1
+    r = run_fast(server, m, out, "--only", "scene*")  # the parent is made now
+    assert r.code == 0 and server.stats.requests == 4, r.output
