@@ -57,6 +57,7 @@ class ErrorKind(str, enum.Enum):
     SERVER_WAIT = "server_wait"
     REDIRECT = "redirect"
     TIER_NOT_OFFERED = "tier_not_offered"
+    PARENT_FAILED = "parent_failed"
 
 
 class BatchgenError(Exception):
@@ -191,6 +192,12 @@ class NoImageError(PermanentError):
 
 class ReferenceError_(PermanentError):
     kind = ErrorKind.REFERENCE
+
+
+class ParentFailedError(PermanentError):
+    """A chained job whose parent failed for good: never sent, never billed (issue 22)."""
+
+    kind = ErrorKind.PARENT_FAILED
 
 
 class FatalError(APIError):

@@ -17,7 +17,7 @@ from typing import Literal
 
 from .providers import PROVIDERS, MiB
 from .redact import redact
-from .spec import Provider
+from .spec import JobSpec, Provider
 
 # Seconds per request by default: standard answers come in well under a minute; Flex targets
 # 1-15 minutes (shared/gemini-api.md "Service tiers"), so its requests get the target's end
@@ -136,6 +136,12 @@ class Selection:
     def in_scope(self, job_id: str) -> bool:
         """Whether the job belongs to this run folder at all (this machine's shard)."""
         return self.shard is None or shard_of(job_id, self.shard[1]) == self.shard[0]
+
+    def covers(self, job: JobSpec) -> bool:
+        """:meth:`in_scope` for a job: a chain's jobs go by their chain's first job, so a chain
+        stays whole on one machine's shard (issue 22)."""
+        chain = job.chain
+        return self.in_scope(chain.group if chain is not None and chain.group else job.job_id)
 
     def picked(self, job_id: str) -> bool:
         """Whether ``--only`` (and a preview's or a redo's choice) picks the job."""

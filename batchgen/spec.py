@@ -163,6 +163,9 @@ class Reference:
     sha256: str = ""
     mime_type: str = ""
     size_bytes: int = 0
+    # ``@ID`` in ``images:``: the job id of the job whose image this is (issue 22, chains);
+    # ``path`` and ``sha256`` are that image's once the parent has one.
+    parent: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +177,46 @@ class RequestExtras:
     # (category, threshold) pairs, in manifest order: sent as ``safetySettings``.
     safety_settings: tuple[tuple[str, str], ...] = ()
     google_search: bool = False  # the Search grounding tool
+
+
+# How deep a chain may go (edit of an edit of ...): each edit sends every earlier turn again, so
+# the request grows with the depth; ten turns of 1K images stay well inside the 20 MB limit.
+MAX_CHAIN_DEPTH = 10
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPart:
+    """One part of an earlier turn of a conversation: text, or an image (as a reference to load),
+    with the ``thoughtSignature`` the answer carried, sent back exactly as received."""
+
+    text: str | None = None
+    image: Reference | None = None
+    signature: str | None = None
+    thought: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: str  # "user" | "model"
+    parts: tuple[TurnPart, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """How a job hangs on other jobs of its manifest (``@ID`` references, ``edit_of``).
+
+    Read from the manifest, ``edit_of`` is the user's id; once the manifest's chains are
+    resolved (:mod:`batchgen.manifest.chains`) every id here is a job id. ``history`` is filled
+    only when the job is about to be sent: the conversation's earlier turns.
+    """
+
+    edit_of: str | None = None
+    parents: tuple[str, ...] = ()  # every job id this one needs, edit_of first
+    group: str = ""  # the first job of its chain: --shard keeps a chain on one machine
+    depth: int = 0
+    history: tuple[Turn, ...] = ()
+    # Filled with ``history``: (parent job id, sha256 of the parent image used), per parent.
+    made_from: tuple[tuple[str, str], ...] = ()
 
 
 # A metadata value: the user's own label for a job, carried to every output, never sent.
@@ -203,6 +246,7 @@ class JobSpec:
     # a label re-runs nothing. Pairs, not a dict, so the spec stays hashable.
     meta: tuple[tuple[str, MetaValue], ...] = ()
     extras: RequestExtras | None = None
+    chain: Chain | None = None
 
     @property
     def name(self) -> str | None:

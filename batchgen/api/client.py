@@ -30,7 +30,7 @@ from ..manifest.references import (
     whole_image_problem,
 )
 from ..redact import redact
-from ..spec import JobSpec, Reference
+from ..spec import JobSpec, Reference, Turn
 from .http_body import (
     ACCEPT_ENCODING,
     ANSWER_MAX_BYTES,
@@ -58,6 +58,7 @@ class GeneratedImage:
     usage: dict[str, Any] | None
     grounding: Any = None  # a grounded answer's groundingMetadata, kept in the sidecar
     tier: str | None = None  # the x-gemini-service-tier answer header: the tier that served it
+    turn: tuple[dict[str, Any], ...] = ()  # the model turn a later edit sends back
 
 
 def source_prefix(spec: JobSpec) -> str:
@@ -91,6 +92,7 @@ class GeminiClient(SessionOwner):
     async def build_request(self, spec: JobSpec) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"text": spec.prompt}]
         refs: tuple[Reference, ...] = spec.references
+        history = spec.chain.history if spec.chain is not None else ()
         try:
             # URL references first: their size is known only once fetched, and it counts in the
             # request limit like a local file's.
@@ -102,7 +104,9 @@ class GeminiClient(SessionOwner):
                     sized.append(dataclasses.replace(ref, size_bytes=len(fetched[i][0])))
                 else:
                     sized.append(ref)
-            per_ref = reference_budget(sized, self.settings.max_request_bytes)
+            earlier = [p.image for t in history for p in t.parts if p.image is not None]
+            per_ref = reference_budget([*earlier, *sized], self.settings.max_request_bytes)
+            turns = [await self._turn(t, per_ref) for t in history]
             for i, ref in enumerate(refs):
                 if i in fetched:
                     data, mime = fetched.pop(i)
@@ -120,7 +124,25 @@ class GeminiClient(SessionOwner):
         except e.ReferenceError_ as exc:
             # Name the job's manifest line, so the ledger says which row to fix.
             raise e.ReferenceError_(source_prefix(spec) + exc.message) from exc
-        return request_body(spec, parts)
+        return request_body(spec, parts, turns)
+
+    async def _turn(self, turn: Turn, per_ref: int | None) -> dict[str, Any]:
+        """An earlier turn of a conversation: texts and images, each signature as received."""
+        parts: list[dict[str, Any]] = []
+        for part in turn.parts:
+            out: dict[str, Any]
+            if part.image is not None:
+                raw, mime = await self._local_reference(part.image, per_ref)
+                out = {"inlineData": {"mimeType": mime, "data": _b64(raw)}}
+                del raw
+            else:
+                out = {"text": part.text or ""}
+            if part.thought:
+                out["thought"] = True
+            if part.signature is not None:
+                out["thoughtSignature"] = part.signature
+            parts.append(out)
+        return {"role": turn.role, "parts": parts}
 
     async def generate(self, spec: JobSpec, tier: str | None = None) -> GeneratedImage:
         """One attempt. Raises a :class:`batchgen.errors.APIError` subclass on any failure."""
@@ -220,7 +242,8 @@ class GeminiClient(SessionOwner):
                     data = await self._download_output(parsed.url)
             made = _finish(data, parsed.text, usage, parsed.grounding)
             served = headers.get(TIER_HEADER) if headers is not None else None
-            return dataclasses.replace(made, tier=served.lower()) if served else made
+            return dataclasses.replace(
+                made, tier=served.lower() if served else None, turn=parsed.turn)
         except e.TransientError as err:
             # The image was made, so it was paid for, but it did not reach us intact; an empty
             # answer made none.

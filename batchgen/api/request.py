@@ -24,8 +24,11 @@ def sends_image_size(model: str) -> bool:
     return info.sends_image_size
 
 
-def request_body(spec: JobSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole request: the user's turn (``parts``: prompt, then references) and settings."""
+def request_body(
+    spec: JobSpec, parts: list[dict[str, Any]], history: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The whole request: the user's turn (``parts``: prompt, then references) and settings;
+    after ``history``, the earlier turns of a conversation (an ``edit_of`` chain), if any."""
     image_config: dict[str, Any] = {}
     if spec.aspect_ratio:
         image_config["aspectRatio"] = spec.aspect_ratio
@@ -40,7 +43,7 @@ def request_body(spec: JobSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
         gen["temperature"] = spec.temperature
     if spec.seed is not None:
         gen["seed"] = spec.seed
-    body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts}]}
+    body: dict[str, Any] = {"contents": [*(history or ()), {"role": "user", "parts": parts}]}
     extras = spec.extras
     if extras is not None:
         if extras.system_instruction is not None:

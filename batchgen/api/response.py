@@ -48,6 +48,8 @@ class Parsed:
     usage: dict[str, Any] | None
     dropped_thought_images: int
     grounding: Any = None  # the candidate's groundingMetadata (Search grounding), as sent
+    # The model turn a conversation sends back (:func:`model_turn`).
+    turn: tuple[dict[str, Any], ...] = ()
 
 
 def decode_b64(data: str) -> bytes:
@@ -138,4 +140,38 @@ def parse_answer(obj: Any) -> Parsed:
         usage=usage,
         dropped_thought_images=dropped,
         grounding=_get(cand, "groundingMetadata", "grounding_metadata"),
+        turn=model_turn(parts),
     )
+
+
+def model_turn(parts: list[Any]) -> tuple[dict[str, Any], ...]:
+    """The answer's parts as the next turn of a conversation sends them back (issue 22).
+
+    Every part that carries a ``thoughtSignature`` is kept with it, exactly as received, and
+    every final (non-thought) part; thought parts without one (the reasoning text, interim
+    images: not billed, not the result) are left out, as Google's multi-turn editing example
+    leaves them. Images become ``{"image": true}``: the saved file takes their place, and only
+    the last, the image batchgen keeps, stays.
+    """
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        sig = _get(part, "thoughtSignature", "thought_signature")
+        thought = bool(part.get("thought"))
+        if thought and not isinstance(sig, str):
+            continue
+        kept: dict[str, Any] = {}
+        if _get(part, "inlineData", "inline_data") or _get(part, "fileData", "file_data"):
+            out = [p for p in out if not p.get("image")]
+            kept["image"] = True
+        elif isinstance(part.get("text"), str):
+            kept["text"] = part["text"]
+        else:
+            continue
+        if thought:
+            kept["thought"] = True
+        if isinstance(sig, str):
+            kept["thoughtSignature"] = sig
+        out.append(kept)
+    return tuple(out)

@@ -373,7 +373,7 @@ class Collector:
             record = self.rec.success_record(spec, data, mime, size, parsed.text,
                                              parsed.grounding, cost=cost, usage=usage, **kw)
             done.kept[job_id] = record  # before it is saved: a duplicate may follow at once
-            await self._saving(job_id, self.rec.save_success(record, data))
+            await self._saving(job_id, self.rec.save_success(record, data, parsed.turn))
         elif "error" in obj:
             if kept is not None or job_id in done.failed:
                 return  # an error line beside a result already recorded: nothing new

@@ -36,6 +36,7 @@ from ..store.images import ImageStore
 from .collect import Collector, Recorder, Tally, Verdict
 from .submit import Submitted, Submitter
 from .watch import Watch
+from .waves import Waves
 from .wire import FINAL_STATES, BatchAPI, batch_info, output_of, stats_of
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class BatchRun:
     async def _loop(self, api: BatchAPI, client: GeminiClient, recorder: Recorder,
                     bar: Watch) -> Outcome:
         collector = Collector(api, self.journal, recorder, self.stop)
+        self.waves = Waves(self.prep.plan.lineage if self.prep.manifest.chains else None,
+                           self.prep.plan.index.states, recorder)
         submitter = self.submitter = Submitter(api, self.journal, client, recorder, self.batch,
                                                self.options.settings.budget_usd, self.stop)
         interval = self.batch.poll_interval_s
@@ -183,9 +186,10 @@ class BatchRun:
         that came back are remembered for that, so memory does not grow with the manifest)."""
         sel: Selection = self.prep.plan.selection
         plan = Plan(self.prep.manifest.iter_jobs, self.prep.plan.index, replace(sel, limit=None))
+        plan.lineage = self.prep.plan.lineage
         cap = self.options.settings.max_attempts
         comebacks = self.tally.comebacks
-        for job in plan:
+        for job in self.waves.ready(plan):  # chains: each wave once its parents are collected
             n = comebacks.get(job.job_id, 0)
             if n >= cap:
                 self.exhausted.add(job.job_id)

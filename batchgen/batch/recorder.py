@@ -104,11 +104,14 @@ class Recorder:
             grounding=grounding,
         )
 
-    async def save_success(self, record: LedgerRecord, data: bytes) -> None:
-        """Image and sidecar durable, then the ledger line: the order live mode keeps."""
+    async def save_success(self, record: LedgerRecord, data: bytes,
+                           turn: tuple[dict[str, Any], ...] = ()) -> None:
+        """Image and sidecar durable, then the ledger line: the order live mode keeps. The
+        sidecar also keeps the answer's parts a later edit sends back (``turn``)."""
         line = record.to_line()
+        sidecar = replace(record, turn=turn).to_line() if turn else line
         assert record.mime_type is not None
-        await self.store.save(record.job_id, data, record.mime_type, sidecar=line)
+        await self.store.save(record.job_id, data, record.mime_type, sidecar=sidecar)
         self.ledger.append_line(line)
         self.ledger.sync_soon()
         self.index.states[record.job_id] = SUCCEEDED

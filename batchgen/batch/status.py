@@ -88,6 +88,8 @@ def format_batches(rows: list[dict[str, Any]], run_dir: Path | None = None) -> s
             f"  {r['name'] or '(not created)':<44} {state + when:<34} {r['jobs']:>6} jobs "
             f"{r['succeeded']:>6} ok {r['failed']:>5} failed  {age(str(r['created_at']))} old"
         )
+        if r.get("wave"):
+            lines.append(f"    wave {r['wave']} of its chains")
         if r.get("note"):
             lines.append(f"    {r['note']}")
     stale = [r for r in rows if r.get("stale")]

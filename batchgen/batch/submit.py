@@ -39,7 +39,7 @@ from ..folder.durable import commit_tmp
 from ..manifest.references import load_reference_bytes
 from ..planning.plan import IN_BATCH
 from ..settings import BatchSettings
-from ..spec import JobSpec, Reference
+from ..spec import JobSpec, Reference, Turn
 from .collect import Recorder, crash_point
 from .margin import duplicate_margin
 from .wire import BatchAPI, batch_info
@@ -205,15 +205,33 @@ class Submitter:
     # -- request lines ----------------------------------------------------------------------
 
     async def _request_line(self, spec: JobSpec) -> bytes:
-        body = await self.client.build_request(replace(spec, references=()))
-        parts = body["contents"][0]["parts"]
+        chain = spec.chain
+        history = chain.history if chain is not None else ()
+        plain = replace(spec, references=(), chain=replace(chain, history=()) if chain else None)
+        body = await self.client.build_request(plain)
+        parts = body["contents"][-1]["parts"]
         try:
             for ref in spec.references:
                 parts.append({"fileData": await self._reference(ref)})
+            # A conversation (issue 22) rides in the line's contents, each earlier image as an
+            # uploaded file (a parent's image is uploaded once for all its children).
+            body["contents"][:0] = [await self._turn(t) for t in history]
         except e.ReferenceError_ as exc:
             # Name the job's manifest line, as live mode's ledger does.
             raise e.ReferenceError_(source_prefix(spec) + exc.message) from exc
         return orjson.dumps({"key": spec.job_id, "request": body}) + b"\n"
+
+    async def _turn(self, turn: Turn) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
+        for part in turn.parts:
+            out: dict[str, Any] = ({"fileData": await self._reference(part.image)}
+                                   if part.image is not None else {"text": part.text or ""})
+            if part.thought:
+                out["thought"] = True
+            if part.signature is not None:
+                out["thoughtSignature"] = part.signature
+            parts.append(out)
+        return {"role": turn.role, "parts": parts}
 
     async def _reference(self, ref: Reference) -> dict[str, str]:
         """The uploaded copy of a reference (uploading it the first time it is needed)."""
@@ -270,6 +288,7 @@ class _Group:
         self.result_bytes = 0  # the expected results file
         self.reserve_usd = 0.0
         self.estimate_usd = 0.0
+        self.wave = 0  # chains: 1 + the deepest of its jobs' depths; 0 for no chained job
 
     @property
     def jobs(self) -> int:
@@ -279,6 +298,8 @@ class _Group:
         self._req.write(line)
         self._jobs.write(jobs_line(spec))
         self.ids.append(spec.job_id)
+        if spec.chain is not None:
+            self.wave = max(self.wave, spec.chain.depth + 1)
         self.model = self.model or spec.model
         self.bytes += len(line)
         self.reserve_usd += reserve
@@ -294,7 +315,7 @@ class _Group:
         j.update(name, phase=Phase.INTENT, seq=self.seq, model=self.model, jobs=self.jobs,
                  reserve_usd=round(self.reserve_usd, 6), request_bytes=self.bytes,
                  expected_result_bytes=self.result_bytes,
-                 intent_at=_now())
+                 intent_at=_now(), **({"wave": self.wave} if self.wave else {}))
         return j.records[name]
 
     def discard(self) -> None:

@@ -95,6 +95,8 @@ def validate(manifest: Path, model: str | None, provider: str | None, prices: Pa
     click.echo(f"{manifest}: ok: {plural(summary.jobs, 'job')}, {plural(summary.jobs, 'image')} "
                f"({sizes})")
     click.echo(f"models: {models}; reference images sent: {summary.references}")
+    if summary.chains is not None:
+        click.echo(summary.chains.line())
 
 
 def _check_urls(where: dict[str, JobSpec]) -> None:

@@ -56,6 +56,12 @@ def go(prep: Prepared, options: RunOptions, cmd: CommandLine) -> int:
         info(missing)
     if c.in_batch:
         info(f"{c.in_batch} jobs sit in running batches: skipped (batch mode collects them)")
+    if c.left_out:
+        info(f"{plural(c.left_out, 'chained job')} left out: a parent is neither made nor "
+             "in this run (--only, --limit); they run with it")
+    if c.superseded:
+        info(f"{plural(c.superseded, 'chained job')} superseded: made from a parent image "
+             "that changed; made again")
     if selection.redo_rejected:
         info(f"redo: {plural(len(prep.redos), 'job')} whose image was rejected; the "
              f"rejected images go to {prep.folder.path / 'rejected'}")

@@ -38,7 +38,9 @@ def arrow_schema(types: dict[str, str], *, image: str | None = "image",
     arrow = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
              "bool": pa.bool_(),
              "references": pa.list_(pa.struct([("path", pa.string()),
-                                               ("sha256", pa.string())]))}
+                                               ("sha256", pa.string())])),
+             "parents": pa.list_(pa.struct([("job_id", pa.string()),
+                                            ("sha256", pa.string())]))}
     fields = []
     features: dict[str, Any] = {}
     if image is not None:
@@ -53,6 +55,9 @@ def arrow_schema(types: dict[str, str], *, image: str | None = "image",
             # A plain list is how every version of datasets writes a list feature.
             value = {"dtype": "string", "_type": "Value"}
             features[name] = [{"path": value, "sha256": value}]
+        elif kind == "parents":
+            value = {"dtype": "string", "_type": "Value"}
+            features[name] = [{"job_id": value, "sha256": value}]
         else:
             features[name] = {"dtype": _HF_DTYPE[kind], "_type": "Value"}
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}

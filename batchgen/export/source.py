@@ -46,7 +46,7 @@ _CACHE_KIB = 8 * 1024
 PROVENANCE = (
     "job_id", "name", "prompt", "model", "image_size", "aspect_ratio", "width", "height",
     "seed", "temperature", "sha256", "mime_type", "cost_usd", "attempts", "finished_at",
-    "source", "references",
+    "source", "references", "parents",
 )
 FAILED_COLUMNS = ("status", "error_kind", "error_message")
 # The review of each image (reviews.jsonl): "accepted", "rejected" or "unreviewed", and its note.
@@ -335,6 +335,9 @@ class RunSource:
             value = d.get(name)
             if name == "references":
                 value = _references(value)
+            elif name == "parents":  # chains (issue 22): the jobs and images it was made from
+                value = [{"job_id": str(p.get("job_id")), "sha256": p.get("sha256")}
+                         for p in value or () if isinstance(p, dict)]
             elif name in INT_COLUMNS:
                 value = value if isinstance(value, int) and not isinstance(value, bool) else None
             elif name in FLOAT_COLUMNS:
@@ -378,8 +381,8 @@ def column_types(meta_columns: dict[str, tuple[str, str]], *, include_failed: bo
     """Every exported column in order, with its type ("string", "int", "float", "bool",
     "references"): id, name and prompt first, then the user's meta fields, then provenance."""
     def kind(name: str) -> str:
-        if name == "references":
-            return "references"
+        if name in ("references", "parents"):
+            return name
         return "int" if name in INT_COLUMNS else "float" if name in FLOAT_COLUMNS else "string"
 
     head = ("job_id", "name", "prompt")

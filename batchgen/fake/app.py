@@ -23,7 +23,6 @@ from .answers import (
     HTML_200,
     HTML_502,
     TEXT_ONLY,
-    THOUGHT_SIGNATURE,
     answer,
     blocked,
     capacity_exhausted,
@@ -45,6 +44,7 @@ from .faults import FAULT_NAMES, FakeConfig, FaultChooser, RateWindow, apply_con
 from .file_store import FileStore
 from .files_api import FilesApi
 from .images import COLOUR_BUCKETS, EncodedImage, ImageCache, colour_bucket
+from .stamps import Conversations
 from .stats import FakeStats
 from .validate import ApiError, ParsedRequest, invalid, parse_request
 from .wire import check_key
@@ -106,6 +106,7 @@ class FakeServer:
         self._rpm = RateWindow()
         self._ipm = RateWindow()
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.conversations = Conversations(self._salt)
         self._runner: web.AppRunner | None = None
         # Files and Batch API: uploads live in a temp dir made on first use.
         self.file_store = FileStore(self.stats)
@@ -247,7 +248,7 @@ class FakeServer:
             raise too_large(cfg.max_request_bytes)
         req = parse_request(body, model, self.file_store.resolve_uri)
         self.stats.record_prompt(req.prompt)
-        self.stats.record_request(req.extras())
+        self.stats.record_request(self.conversations.seen(req, self.file_store.read_image))
         tiers.refuse_tier(cfg, model, req)
         self._check_quota(cfg, model, req, now)
         tiers.shed(cfg, req, self._chooser, self.stats)
@@ -375,8 +376,8 @@ class FakeServer:
         final = self.images.final(
             req.ratio, size, bucket, full_size=cfg.full_size, image_bytes=cfg.image_bytes, jpeg=jpeg
         )
+        final, sig = self.conversations.stamped(final, req, thinking)  # a signature per answer
         parts: list[dict[str, Any]] = []
-        sig: dict[str, Any] = {"thoughtSignature": THOUGHT_SIGNATURE} if thinking else {}
         if thinking:
             parts.append({"text": thought_text(req.prompt), "thought": True})
             for i in range(max(0, min(2, cfg.thought_images))):

@@ -322,6 +322,8 @@ class BatchRunner:
             code = _GRPC_CODES.get(exc.code, 3)
             yield b"error", orjson.dumps({"code": code, "message": exc.message})
             return
+        conv = self.server.conversations.seen(req, self.files.read_image)
+        self.server.stats.record_request({**conv, "batch": batch.batch_id})
         if batch.line_error_rate and rng.random() < batch.line_error_rate:
             code, message = _LINE_ERRORS[self._line_error_turn % len(_LINE_ERRORS)]
             self._line_error_turn += 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .images import probe_image
+from .stamps import STAMP_READ_MAX
 from .stats import FakeStats
 from .validate import ApiError, invalid
 from .wire import rfc3339
@@ -159,6 +160,17 @@ class FileStore:
                     stored.dims = probe_image(fh.read())
             stored.probed = True
         return stored.dims
+
+    def read_image(self, uri: str) -> bytes | None:
+        """The bytes of one of our files named by a ``fileUri`` (for its stamp); else None."""
+        match = _URI_RE.search(uri)
+        found = self._files.get(match.group(1)) if match is not None else None
+        if found is None or found.size > STAMP_READ_MAX:
+            return None
+        try:
+            return found.path.read_bytes()
+        except OSError:
+            return None
 
     def delete(self, file_id: str) -> None:
         stored = self._files.pop(self.get(file_id).file_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .faults import FakeConfig
+from .stamps import Conversations
 from .stats import FakeStats
 from .validate import ParsedRequest
 
@@ -15,6 +16,7 @@ class BatchHost(Protocol):
 
     config: FakeConfig
     stats: FakeStats
+    conversations: Conversations
 
     def choose_fault(self, cfg: FakeConfig, prompt: str) -> str: ...
 

@@ -12,7 +12,7 @@ import binascii
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -181,6 +181,7 @@ class ParsedRequest:
     google_search: bool = False
     # service_tier as sent, lower case ("flex"); None when the body has none (standard).
     service_tier: str | None = None
+    contents: list[Any] = field(default_factory=list)  # as sent, checked: see stamps.seen
 
     def extras(self) -> dict[str, Any]:
         """What the fake records of a request beside its prompt (see FakeStats.requests)."""
@@ -344,6 +345,7 @@ def parse_request_obj(
         safety_settings=safety,
         google_search=search,
         service_tier=_tier(top.get("service_tier")),
+        contents=contents,
     )
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from ..errors import StorageError
-from ..spec import JobSpec, Reference
+from ..spec import Chain, JobSpec, Reference
 from .appender import repair_tail
 from .durable import replace_atomically
 from .layout import JOURNAL_NAME, now_iso
@@ -88,6 +88,7 @@ class BatchRecord:
     note: str = ""
     state_at: str = ""
     expected_result_bytes: int = 0
+    wave: int = 0  # chains (issue 22): 1 for roots, n for jobs n-1 steps from their root
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class BatchRecord:
             "lost": self.lost,
             "note": self.note,
             "state_at": self.state_at,
+            **({"wave": self.wave} if self.wave else {}),
         }
 
 
@@ -112,7 +114,17 @@ def jobs_line(spec: JobSpec) -> bytes:
         "a": spec.aspect_ratio, "r": [[r.source, r.sha256] for r in spec.references],
         "seed": spec.seed, "t": spec.temperature, "u": spec.user_id, "sf": spec.source_file,
         "sl": spec.source_line, "meta": [list(kv) for kv in spec.meta],
+        **_chain_fields(spec),
     }) + b"\n"
+
+
+def _chain_fields(spec: JobSpec) -> dict[str, Any]:
+    """A chained job's lineage (issue 22): its parents and the images it was made from."""
+    chain = spec.chain
+    if chain is None or not chain.parents:
+        return {}
+    return {"par": list(chain.parents), "ed": chain.edit_of, "dep": chain.depth,
+            "from": [list(kv) for kv in chain.made_from]}
 
 
 def spec_from_line(d: dict[str, Any]) -> JobSpec:
@@ -127,6 +139,10 @@ def spec_from_line(d: dict[str, Any]) -> JobSpec:
         seed=d.get("seed"), temperature=d.get("t"), user_id=d.get("u"),
         source_file=str(d.get("sf") or ""), source_line=int(d.get("sl") or 0),
         meta=tuple((str(k), v) for k, v in d.get("meta") or ()),
+        chain=Chain(edit_of=d.get("ed"), parents=tuple(map(str, d["par"])),
+                    depth=int(d.get("dep") or 0),
+                    made_from=tuple((str(a), str(b)) for a, b in d.get("from") or ()))
+        if d.get("par") else None,
     )
 
 

@@ -87,6 +87,11 @@ class LedgerRecord:
     # Live mode's service tier (run --tier): the one the image was made and billed at (the
     # ``x-gemini-service-tier`` answer header when there is one); None: standard, or batch.
     tier: str | None = None
+    # Chains (issue 22): the jobs this one was made from, each {"job_id", "sha256"} (the image
+    # it used); and, in the sidecar only, the answer's parts a conversation sends back (texts,
+    # thoughtSignatures, {"image": true} for the saved image's place).
+    parents: tuple[dict[str, Any], ...] = ()
+    turn: tuple[dict[str, Any], ...] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -144,6 +149,10 @@ class LedgerRecord:
             d["note"] = self.note
         if self.tier is not None:
             d["tier"] = self.tier
+        if self.parents:
+            d["parents"] = list(self.parents)
+        if self.turn is not None:
+            d["turn"] = list(self.turn)
         return d
 
     def to_line(self) -> bytes:
@@ -188,6 +197,8 @@ class LedgerRecord:
             replaces=d.get("replaces"),
             note=str(d.get("note") or ""),
             tier=d.get("tier") if isinstance(d.get("tier"), str) else None,
+            parents=tuple(p for p in d.get("parents") or () if isinstance(p, dict)),
+            turn=tuple(d["turn"]) if isinstance(d.get("turn"), list) else None,
         )
 
 

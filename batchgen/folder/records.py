@@ -52,7 +52,18 @@ def job_fields(
         "seed": spec.seed,
         "temperature": spec.temperature,
         "tier": tier,
+        **parents_of(spec),
     }
+
+
+def parents_of(spec: JobSpec) -> dict[str, Any]:
+    """A chained job's lineage for its line: ``parents``, each job id and the sha256 of the
+    image it was made from (None while the parent has none)."""
+    chain = spec.chain
+    if chain is None or not chain.parents:
+        return {}
+    used = dict(chain.made_from)
+    return {"parents": tuple({"job_id": p, "sha256": used.get(p)} for p in chain.parents)}
 
 
 def success_record(

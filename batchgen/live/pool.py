@@ -19,21 +19,24 @@ from tenacity import AsyncRetrying, RetryCallState, stop_never
 from .. import errors as e
 from ..aio import ConcurrencyCap, Stopped, wait_event
 from ..api.client import GeminiClient, GeneratedImage
-from ..api.retrying import RetryPolicy, backoff_delay, should_retry
+from ..api.retrying import RetryPolicy, backoff_delay, is_retryable, should_retry
 from ..folder.appender import LedgerWriter
 from ..folder.intents import IntentJournal
 from ..folder.layout import now_iso
 from ..folder.verdicts import Redos
 from ..pacing.gate import FirstAnswerGate
 from ..pacing.pacer import Pacing
+from ..planning.lineage import Lineage
 from ..pricing import PriceTable
 from ..progress import Progress, one_line
 from ..redact import redact
 from ..settings import RunSettings
 from ..spec import JobSpec
 from ..store.images import ImageStore
+from ..words import plural
 from .attempt import Attempt
 from .budget import Budget
+from .chains import ChainScheduler, Outcome
 from .outcome import Abandoned, JobState, RunResult, StopReason
 from .recorder import Recorder
 
@@ -57,6 +60,8 @@ class Runner:
         spent_before_usd: float = 0.0,
         intents: IntentJournal | None = None,
         redos: Redos | None = None,
+        lineage: Lineage | None = None,
+        states: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.progress = progress
@@ -97,6 +102,8 @@ class Runner:
             tiers=settings.tiers,
             fallback_after=settings.fallback_after_sheds,
         )
+        # Chained jobs wait here, not in the queue, until their parents are settled.
+        self.chains = ChainScheduler(lineage, states or {}) if lineage is not None else None
         self.recorder = Recorder(store=store, ledger=ledger, intents=intents, progress=progress,
                                  result=self.result, stop=self.stop, redos=redos)
 
@@ -113,6 +120,8 @@ class Runner:
             self.result.stop_message = message
             self._stop.set()
             self.budget.wake()
+            if self.chains is not None:
+                self.chains.changed.set()
             if reason is not StopReason.INTERRUPTED and not self.progress.quiet:
                 # Said at once: with 30-60 s answers a silent stop looks hung.
                 _say(f"stopping ({self._why()}): {self._waiting()}")
@@ -183,22 +192,54 @@ class Runner:
     async def _produce(
         self, jobs: Iterable[JobSpec], queue: asyncio.Queue[JobSpec | None], workers: int
     ) -> None:
+        chains = self.chains
         try:
             for i, job in enumerate(jobs):
                 if self.stopping:
                     break
+                if chains is not None:
+                    await self._feed_chains(chains, queue)
+                    if job.chain is not None:
+                        offered = chains.offer(job)
+                        if offered is None:
+                            continue
+                        job = offered
                 if queue.full() or i % PRODUCER_YIELD_EVERY == 0:
                     # Also yields while the plan skips long runs of finished jobs, so answers
                     # and Ctrl-C are handled meanwhile.
                     await queue.put(job)
                 else:
                     queue.put_nowait(job)
+            while chains is not None and not self.stopping:
+                await self._feed_chains(chains, queue)
+                if not chains.waiting:
+                    break
+                chains.changed.clear()
+                if not (chains.ready or chains.failed or self.stopping):
+                    await chains.changed.wait()
+            if chains is not None and chains.left_out:
+                _say(f"{plural(chains.left_out, 'chained job')} left for another run: a "
+                     "parent is neither made nor in this run (--only, --limit, a failure to "
+                     "retry); they run once it is")
         finally:
             if not self.stopping:
                 for _ in range(workers):
                     await queue.put(None)
             else:
                 _release_workers(queue, workers)
+
+    async def _feed_chains(self, chains: ChainScheduler, queue: asyncio.Queue[JobSpec | None]
+                           ) -> None:
+        """Children whose parents failed for good are recorded (once, unsent, unbilled);
+        children whose parents succeeded join the queue."""
+        while chains.failed and not self.stopping:
+            job, parent = chains.failed.popleft()
+            started = now_iso()
+            why = e.ParentFailedError(f"not sent: its parent {parent} failed for good")
+            await self.recorder.failure(job, JobState(started_at=started), why, started, 0.0)
+            chains.finished(job.job_id, Outcome.FAILED)
+        while chains.ready and not self.stopping:
+            await queue.put(chains.ready.popleft())
 
     async def _worker(self, queue: asyncio.Queue[JobSpec | None]) -> None:
         while True:
@@ -210,12 +251,14 @@ class Runner:
             if self.stopping:
                 continue
             try:
-                await self._run_job(job)
+                outcome = await self._run_job(job)
+                if self.chains is not None and job.chain is not None:
+                    self.chains.finished(job.job_id, outcome)
             except Exception as exc:  # a bug must stop the run loudly, never hang it
                 log.error("%s: unexpected error: %s", job.job_id, redact(repr(exc)), exc_info=True)
                 self.stop(StopReason.FATAL, f"internal error on {job.job_id}: {redact(repr(exc))}")
 
-    async def _run_job(self, spec: JobSpec) -> None:
+    async def _run_job(self, spec: JobSpec) -> Outcome:
         started_at, t0 = now_iso(), time.monotonic()
         state = JobState(started_at=started_at)
         try:
@@ -225,17 +268,18 @@ class Runner:
                 # Stopped between billed attempts: the job runs again, but its spend is kept.
                 await self.recorder.failure(spec, state, state.last_error, started_at,
                                             time.monotonic() - t0, retryable=True)
-            return
+            return Outcome.PENDING
         except e.FatalError as exc:
             self.recorder.note_error(exc)  # the run was stopped when the answer came in
-            return
+            return Outcome.PENDING
         except e.APIError as exc:
             self.recorder.note_error(exc)
             await self.recorder.failure(spec, state, exc, started_at, time.monotonic() - t0)
-            return
+            return Outcome.PENDING if is_retryable(exc) else Outcome.FAILED
         recording = self.recorder.success(spec, state, image, started_at, time.monotonic() - t0)
         del image  # the store gets the only reference to the bytes (see Recorder.success)
         await recording
+        return Outcome.SUCCEEDED
 
     async def _attempt_with_retries(self, spec: JobSpec, state: JobState) -> GeneratedImage:
         def retry(rs: RetryCallState) -> bool:

@@ -8,6 +8,7 @@ sending, and the answers already paid for wait in memory until they can be saved
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -68,13 +69,16 @@ class Recorder:
             grounding=image.grounding,
         )
         line = record.to_line()
+        # The sidecar also keeps the answer's parts a later edit sends back (issue 22): the
+        # ledger stays lean, the sidecar is what a child reads.
+        sidecar = dataclasses.replace(record, turn=image.turn).to_line() if image.turn else line
         data, mime_type = image.data, image.mime_type
         del image
         saved = held = False
         while True:
             try:
                 if not saved:
-                    await self.store.save(spec.job_id, data, mime_type, sidecar=line)
+                    await self.store.save(spec.job_id, data, mime_type, sidecar=sidecar)
                     saved = True
                 self.ledger.append_line(line)
                 break

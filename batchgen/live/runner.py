@@ -77,6 +77,9 @@ async def execute(prep: Prepared, options: RunOptions, *,
                 spent_before_usd=prep.spent_before_usd,
                 intents=intents,
                 redos=_redos(prep),
+                # Chains: children wait for their parents (live/chains.py).
+                lineage=prep.plan.lineage if prep.manifest.chains is not None else None,
+                states=prep.plan.index.states,
             )
             restore = install_signals(loop, runner.interrupt)
             if interrupter is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from batchgen.errors import Problem
-from batchgen.spec import JobSpec, MetaValue, Reference, RequestExtras
+from batchgen.spec import Chain, JobSpec, MetaValue, Reference, RequestExtras
 
 
 def job_payload(
@@ -104,7 +104,7 @@ def duplicate(name: str, line: int, other: int, job_id: str, prompt: str) -> Pro
 _JOB_FIELDS = (
     "job_id", "prompt", "model", "references", "aspect_ratio", "image_size", "output_text",
     "temperature", "seed", "sample", "user_id", "source_file", "source_line", "vars", "meta",
-    "extras",
+    "extras", "chain",
 )  # fmt: skip
 
 
@@ -145,6 +145,7 @@ def _job_constructor() -> Callable[..., JobSpec]:
         vars: tuple[tuple[str, str], ...],
         meta: tuple[tuple[str, MetaValue], ...],
         extras: RequestExtras | None = None,
+        chain: Chain | None = None,
     ) -> JobSpec:
         job: JobSpec = new(JobSpec)
         s[0](job, job_id)
@@ -163,6 +164,7 @@ def _job_constructor() -> Callable[..., JobSpec]:
         s[13](job, vars)
         s[14](job, meta)
         s[15](job, extras)
+        s[16](job, chain)
         return job
 
     return make

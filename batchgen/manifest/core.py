@@ -15,11 +15,12 @@ from pathlib import Path
 
 from batchgen.catalog import ModelTable, builtin_table
 from batchgen.errors import InputError, Problem
+from batchgen.manifest import chains, readers
 from batchgen.manifest import fields as mf
-from batchgen.manifest import readers
 from batchgen.manifest import yaml_reader as my
 from batchgen.manifest.base import Bad
 from batchgen.manifest.build import State
+from batchgen.manifest.chains import ChainSummary
 from batchgen.manifest.columns import ColumnMap, parse_set
 from batchgen.manifest.jobs import Expander
 from batchgen.manifest.references import ReferenceResolver
@@ -48,6 +49,7 @@ class ValidationSummary:
     by_model: dict[str, int]
     references: int  # reference images sent, summed over all jobs
     warnings: tuple[str, ...]
+    chains: ChainSummary | None = None  # None: no job hangs on another
 
 
 class Manifest:
@@ -107,6 +109,8 @@ class Manifest:
             base_url=top["base_url"],
         )
         self._validated_stat: tuple[int, int] | None = None
+        self.chains: ChainSummary | None = None
+        self._may_chain = self._scan_for_chains()
         self._expander = Expander(
             self._name, fmt, self._resolver, max_request_bytes, self._fallback_model,
             self._models, parsed_defaults,
@@ -155,7 +159,7 @@ class Manifest:
             warnings.append(f"{self._name}: ... and {dropped} more warnings")
         self._validated_stat = stat_before
         logger.info("%s: %d jobs, %d reference images", self._name, jobs, refs)
-        return ValidationSummary(jobs, by_size, by_model, refs, tuple(warnings))
+        return ValidationSummary(jobs, by_size, by_model, refs, tuple(warnings), self.chains)
 
     def iter_jobs(self) -> Iterator[JobSpec]:
         """Stream the job specs in manifest order.
@@ -181,7 +185,41 @@ class Manifest:
             return None  # reading it will report the problem with the file's name
         return st.st_mtime_ns, st.st_size
 
+    def _scan_for_chains(self) -> bool:
+        """Whether the file's text has ``@`` or ``edit_of``: only then may it hold a chain, and
+        only then is it read whole (:mod:`.chains`); read in blocks, memory stays flat."""
+        overlap = max(len(m) for m in chains.CHAIN_MARKERS) - 1
+        try:
+            with self.path.open("rb") as fh:
+                tail = b""
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    if chains.may_chain(tail + block):
+                        return True
+                    tail = block[-overlap:]
+        except OSError:
+            return False  # reading it will report the problem with the file's name
+        return False
+
     def _stream(self, *, check_duplicates: bool) -> Iterator[Iterable[JobSpec | Problem | str]]:
+        """Per row (or reader problem): its jobs, problems and warnings; a manifest that may
+        hold chains comes whole, chains resolved, parents first."""
+        rows = self._rows(check_duplicates=check_duplicates)
+        if not self._may_chain:
+            yield from rows
+            return
+        jobs: list[JobSpec] = []
+        others: list[Problem | str] = []
+        for items in rows:
+            for item in items:
+                if isinstance(item, JobSpec):
+                    jobs.append(item)
+                else:
+                    others.append(item)
+        resolved, problems, self.chains = chains.resolve(jobs, self._name)
+        del jobs
+        yield [*others, *problems, *resolved]
+
+    def _rows(self, *, check_duplicates: bool) -> Iterator[Iterable[JobSpec | Problem | str]]:
         """Per row (or reader problem): its jobs, problems and warnings, in order.
 
         A list per row rather than one item at a time: a million-row manifest is mostly rows of

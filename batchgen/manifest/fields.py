@@ -30,6 +30,7 @@ JOB_FIELDS = (
     "model",
     "vars",
     "meta",
+    "edit_of",
     *extras.EXTRA_FIELDS,
 )
 MANIFEST_KEYS = ("model", "provider", "base_url", "defaults", "jobs")
@@ -99,6 +100,16 @@ def sanitise_id(raw: str) -> str:
         return safe_id(raw)
     except ValueError as exc:
         raise Bad(str(exc)) from None
+
+
+def parse_edit_of(value: object, text: bool) -> str:
+    """``edit_of: ID``: the user's id of the job this one continues (``{var}`` allowed)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    raw = string_of(value).strip().removeprefix("@")
+    if not raw:
+        raise Bad("must name the id of another job")
+    return raw
 
 
 def parse_prompt(value: object, text: bool) -> str:
@@ -314,6 +325,7 @@ PARSERS: dict[str, Callable[[object, bool], Any]] = {
     "model": parse_model,
     "vars": parse_vars,
     "meta": parse_meta,
+    "edit_of": parse_edit_of,
     "system_instruction": extras.parse_system_instruction,
     "safety_settings": extras.parse_safety_settings,
     "google_search": extras.parse_google_search,

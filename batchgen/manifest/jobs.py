@@ -15,9 +15,10 @@ import orjson
 
 from batchgen.catalog import ModelTable
 from batchgen.errors import Problem
+from batchgen.manifest import chains, ids
 from batchgen.manifest import extras as mx
 from batchgen.manifest import fields as mf
-from batchgen.manifest import ids
+from batchgen.manifest.base import Bad
 from batchgen.manifest.build import State, duplicate, job_digest, job_payload, new_job, request_key
 from batchgen.manifest.references import (
     ReferenceProblem,
@@ -84,12 +85,25 @@ class Expander:
         prompt: str | None = values.get("prompt")
         images: tuple[str, ...] = values.get("images", ())
         references: list[Reference] = []
+        matrix: tuple[tuple[str, tuple[str, ...]], ...] = values.get("vars", ())
+        var_names = [n for n, _ in matrix]
         for source in images:
+            if source.startswith("@"):  # another job's image (issue 22): resolved with chains
+                why = chains.template_problem(source[1:], var_names)
+                if why is not None:
+                    problems.append(Problem(name, row.line_of("images"), "images", why))
+                references.append(Reference(source=source))
+                continue
             try:
                 references.append(self._resolver.resolve(source))
             except ReferenceProblem as exc:
                 problems.append(Problem(name, row.line_of("images"), "images", str(exc)))
-        matrix: tuple[tuple[str, tuple[str, ...]], ...] = values.get("vars", ())
+        for key in ("edit_of", "id"):
+            text = values.get(key)
+            if text is not None and (key == "edit_of" or ("{" in text and matrix)):
+                why = chains.template_problem(text, var_names)
+                if why is not None:
+                    problems.append(Problem(name, row.line_of(key), key, why))
         if matrix and prompt is not None:
             for message in ids.check_template(prompt, [n for n, _ in matrix]):
                 problems.append(Problem(name, row.line_of("prompt"), "prompt", message))
@@ -242,7 +256,9 @@ class Expander:
         seed: int | None = values.get("seed")
         meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
         extras = mx.extras_of(values)
-        hashed = mx.hashed(extras)
+        edit_of: str | None = values.get("edit_of")
+        hashed = chains.hashed(mx.hashed(extras), edit_of)
+        chain = chains.marker(edit_of, references)
         identities = [r.sha256 or r.source for r in references] if references else []
         prefix = ids.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (), prompt)
         requests = state.requests
@@ -264,7 +280,7 @@ class Expander:
                 requests[key] = line
             yield new_job(
                 job_id, prompt, model, references, aspect_ratio, image_size, output_text,
-                temperature, seed, sample, user_id, source, line, (), meta, extras,
+                temperature, seed, sample, user_id, source, line, (), meta, extras, chain,
             )  # fmt: skip
 
     def _build_matrix(
@@ -287,16 +303,36 @@ class Expander:
         seed: int | None = values.get("seed")
         meta: tuple[tuple[str, MetaValue], ...] = values.get("meta", ())  # not hashed
         extras: RequestExtras | None = mx.extras_of(values)
-        hashed = mx.hashed(extras)
-        identities = [r.sha256 or r.source for r in references]
-        id_prefix = mf.sanitise_id(user_id) if user_id is not None else ""
+        row_id = user_id
+        edit_template: str | None = values.get("edit_of")
+        # `id: "{character}-sheet"`: each combination's own id, for `@{character}-sheet`.
+        id_template = row_id is not None and "{" in row_id
+        row_refs = references
+        chained = edit_template is not None or any(r.source.startswith("@") for r in references)
+        id_prefix = mf.sanitise_id(user_id) if user_id is not None and not id_template else ""
         names = [n for n, _ in matrix]
+        in_id = chains.placeholders(row_id) if id_template and row_id is not None else set()
         for combo in itertools.product(*(v for _, v in matrix)):
             pairs = tuple(zip(names, combo, strict=True))
             filled = dict(pairs)
             prompt = template.format_map(filled)
             job_meta = mx.fill_meta(meta, templates, filled) if templates else meta
-            prefix = ids.job_prefix(id_prefix, combo, prompt)
+            edit_of = edit_template.format_map(filled) if edit_template is not None else None
+            references = chains.fill_refs(row_refs, filled) if chained else row_refs
+            chain = chains.marker(edit_of, references) if chained else None
+            hashed = chains.hashed(mx.hashed(extras), edit_of)
+            identities = [r.sha256 or r.source for r in references]
+            if id_template:
+                assert row_id is not None
+                user_id = row_id.format_map(filled)
+                try:
+                    rest = tuple(v for n, v in pairs if n not in in_id)
+                    prefix = ids.job_prefix(mf.sanitise_id(user_id), rest, prompt)
+                except Bad as exc:
+                    yield Problem(self._name, row.line_of("id"), "id", f"{user_id!r}: {exc}")
+                    return
+            else:
+                prefix = ids.job_prefix(id_prefix, combo, prompt)
             for sample in range(count):
                 digest, key = job_digest(
                     model, prompt, identities, aspect_ratio, image_size, output_text,
@@ -326,4 +362,5 @@ class Expander:
                     vars=pairs,
                     meta=job_meta,
                     extras=extras,
+                    chain=chain,
                 )

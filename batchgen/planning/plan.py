@@ -34,6 +34,7 @@ from ..folder.runfolder import RunFolder
 from ..settings import Selection
 from ..spec import JOB_ID_FORM, JobSpec
 from ..store.recovery import adopt_orphans
+from .lineage import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ MISSING = "missing"
 # Succeeded, but its image now was rejected in review: set only by --redo-rejected, which sends
 # these again (and only these).
 REJECTED = "rejected"
+# Succeeded, but a parent's current image is not the one it was made from (a chained job whose
+# parent was made again): superseded, so it runs again (issue 22).
+STALE = "stale"
 # Bigger than the default 8 KiB: a 750 MB ledger is then 12,000 reads instead of 92,000.
 _READ_BUFFER = 1 << 16
 
@@ -195,6 +199,8 @@ class PlanCounts:
     new: int = 0
     in_batch: int = 0
     missing: int = 0  # recorded as succeeded, image file gone
+    superseded: int = 0  # chained jobs made from a parent image that is no longer current
+    left_out: int = 0  # chained jobs whose parent is neither made nor in this run
     by_size: dict[str, int] = field(default_factory=dict)
     estimate_usd: float = 0.0
 
@@ -220,17 +226,61 @@ class Plan:
         self.selection = selection
         self.price = price
         self.counts = PlanCounts()
+        # Chains (issue 22): every chained job seen, by id (a child's conversation is rebuilt
+        # from its ancestors' specs), and the run folder's sidecars (set by prepare).
+        self.chained: dict[str, JobSpec] = {}
+        self.lineage: Lineage | None = None
+        self._coming: set[str] = set()  # chained jobs this run sends (their children may come)
 
     def wants(self, job: JobSpec) -> bool:
         """Whether this invocation sends the job: in scope, picked, and not settled yet."""
         job_id = job.job_id
-        return self.selection.in_scope(job_id) and self._wants(job_id, self.index.get(job_id))
+        if job.chain is not None:
+            self._see_chained(job)
+        return (self.selection.covers(job) and self._wants(job_id, self.index.get(job_id))
+                and (job.chain is None or self._parents_come(job)))
+
+    def _parents_come(self, job: JobSpec) -> bool:
+        """A chained job this run wants: whether each parent is made, or will be in this run
+        (or failed for good: the child is then recorded as parent_failed, unsent). A child
+        whose parent ``--only`` or ``--limit`` leaves out is left out too, and counted."""
+        chain = job.chain
+        assert chain is not None
+        states = self.index.states
+        for parent in chain.parents:
+            state = states.get(parent)
+            if state == SUCCEEDED or parent in self._coming:
+                continue
+            if state is None or state in (RETRYABLE, STALE, IN_BATCH, MISSING, REJECTED):
+                return False
+        self._coming.add(job.job_id)
+        return True
+
+    def _see_chained(self, job: JobSpec) -> None:
+        """Register a chained job; a succeeded child whose parent's image changed (or will be
+        made again in this run) becomes STALE: superseded, and run again."""
+        self.chained[job.job_id] = job
+        chain = job.chain
+        states = self.index.states
+        if chain is None or not chain.parents or states.get(job.job_id) != SUCCEEDED:
+            return
+        lineage = self.lineage
+        rec = lineage.record(job.job_id) if lineage is not None else None
+        if lineage is None or rec is None:
+            return
+        made = {p.get("job_id"): p.get("sha256") for p in rec.parents}
+        for parent in chain.parents:
+            state = states.get(parent)
+            now = lineage.record(parent)
+            if state != SUCCEEDED or now is None or now.sha256 != made.get(parent):
+                states[job.job_id] = STALE
+                return
 
     def _wants(self, job_id: str, state: str | None) -> bool:
         """``wants`` for a job already known to be in scope, with its ledger state."""
         if state in (SUCCEEDED, IN_BATCH) or not self.selection.picked(job_id):
             return False
-        if state is None or state == RETRYABLE:
+        if state is None or state in (RETRYABLE, STALE):
             return True
         if state == MISSING:
             return self.selection.redo_missing
@@ -243,11 +293,15 @@ class Plan:
         """Count one job into :attr:`counts`: done, skipped, or to send (and its price)."""
         job_id = job.job_id
         sel = self.selection
-        if sel.shard is not None and not sel.in_scope(job_id):
+        if job.chain is not None:
+            self._see_chained(job)
+        if sel.shard is not None and not sel.covers(job):
             return
         c = self.counts
         c.total += 1
         state = self.index.states.get(job_id)
+        if state == STALE:
+            c.superseded += 1
         if state is None:
             c.new += 1
             wanted = sel.picked(job_id)
@@ -269,6 +323,9 @@ class Plan:
                 return
         else:
             wanted = self._wants(job_id, state)
+        if wanted and job.chain is not None and not self._parents_come(job):
+            c.left_out += 1
+            return
         if wanted:
             if sel.limit is None or c.pending < sel.limit:
                 c.pending += 1

@@ -31,6 +31,7 @@ from ..redact import register_secret
 from ..settings import ClientSettings, RunOptions, Selection
 from ..spec import JobSpec, Provider
 from ..store.recovery import adopt_redone
+from .lineage import Lineage
 from .plan import (
     MISSING,
     REJECTED,
@@ -140,7 +141,7 @@ def prepare(options: RunOptions) -> Prepared:
     new_sha = manifest_sha256(target.manifest)
     # The current-jobs file is written in the same pass (straight into the folder if it is ours).
     current = CurrentWriter(folder.path if lock is not None and lock_error is None else None)
-    in_scope = selection.in_scope
+    covers = selection.covers
     redos: dict[str, Redo] = {}
     rest: Rest | None = None
     if selection.redo_rejected:  # nothing, until the folder's reviews say which
@@ -154,6 +155,8 @@ def prepare(options: RunOptions) -> Prepared:
             mark_in_batch(folder.path, index)
         price = prices.estimate if prices is not None else None
         plan = Plan(manifest.iter_jobs, index, selection, price)
+        if lock is not None and lock_error is None:
+            plan.lineage = Lineage(folder.path, plan.chained)
         tally = _Tally(plan, current, _previous_ids(folder.path, old_meta, new_sha))
         summary = manifest.validate(visit=None if lock_error else tally.visit)
         provider = resolve_provider(target.provider or manifest.header.provider, target.manifest)
@@ -192,10 +195,12 @@ def prepare(options: RunOptions) -> Prepared:
                 plan.index = index
                 plan.count(price)
                 tally.untouched = 0
+        if plan.lineage is None:
+            plan.lineage = Lineage(folder.path, plan.chained)
         # The jobs the manifest holds now, with their metadata, for exports and reports: written
         # even when nothing is left to run, since an edited label re-runs nothing.
         current.commit(
-            folder.path, lambda: (j for j in manifest.iter_jobs() if in_scope(j.job_id))
+            folder.path, lambda: (j for j in manifest.iter_jobs() if covers(j))
         )
         if old_meta and old_meta.get("manifest_sha256") != new_sha:
             # The hash goes with jobs.jsonl, just rewritten: "manifest changed since the last

@@ -54,7 +54,7 @@ class Tally:
         states = plan.index.states
         sel = plan.selection
         shard, retry = sel.shard, sel.retry_failed
-        in_scope, picked = sel.in_scope, sel.picked
+        covers, picked = sel.covers, sel.picked
         add = self.current.add
         if self._fast and shard is None:
             # The common case: the plan's own counts tell the rest (see _not_settled), so only
@@ -68,7 +68,7 @@ class Tally:
 
             def record_shard(job: JobSpec) -> None:
                 count_job(job)
-                if in_scope(job.job_id):
+                if covers(job):
                     add(job)
 
             return record_shard
@@ -76,7 +76,7 @@ class Tally:
         def visit(job: JobSpec) -> None:
             count_job(job)
             job_id = job.job_id
-            if shard is not None and not in_scope(job_id):
+            if shard is not None and not covers(job):
                 return
             add(job)
             state = states.get(job_id)

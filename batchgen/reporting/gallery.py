@@ -171,6 +171,8 @@ def _card_head(r: LedgerRecord) -> bytes:
         d["w"], d["h"] = r.width, r.height
     if r.replaces:
         d["rp"] = r.replaces
+    if r.parents:
+        d["pa"] = [p.get("job_id") for p in r.parents]
     return orjson.dumps(d)[:-1]
 
 

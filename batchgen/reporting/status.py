@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..folder.chains import ChainCounts, read_chain_counts
 from ..folder.current import current_ids
 from ..folder.intents import Unsettled, read_unsettled
 from ..folder.layout import IMAGES_DIR, SUPERSEDED_DIR, count_images
@@ -50,6 +51,8 @@ class Status:
     review: dict[str, int] | None = None
     redone_jobs: int = 0
     redos: int = 0
+    # Chains (issue 22): None when no job hangs on another.
+    chains: ChainCounts | None = None
 
     @property
     def pending(self) -> int:
@@ -74,6 +77,7 @@ class Status:
             "review": self.review if self.review is not None else {
                 "accepted": 0, "rejected": 0, "unreviewed": self.succeeded},
             "redos": {"jobs": self.redone_jobs, "redos": self.redos},
+            **({"chains": self.chains.to_json()} if self.chains is not None else {}),
         }
 
 
@@ -100,7 +104,9 @@ def load_status(run_dir: Path) -> Status:
     shas: dict[str, str] = {}
     redos: dict[str, int] = {}
     cost = 0.0
+    chained = False
     for rec in iter_ledger(run_dir / LEDGER_NAME):
+        chained = chained or bool(rec.parents)
         latest[rec.job_id] = True if rec.succeeded else (
             rec.error.kind if rec.error is not None else None
         )
@@ -148,6 +154,8 @@ def load_status(run_dir: Path) -> Status:
         st.review = {"accepted": accepted, "rejected": rejected,
                      "unreviewed": succeeded - accepted - rejected}
     st.redone_jobs, st.redos = len(redos), sum(redos.values())
+    if chained:  # a second read, only for a folder with chains
+        st.chains = read_chain_counts(run_dir)
     return st
 
 
@@ -275,6 +283,11 @@ def format_status(st: Status) -> str:
                      f"{r['unreviewed']} unreviewed")
     if st.redos:
         lines.append(f"  redone     {plural(st.redone_jobs, 'job')} ({plural(st.redos, 'redo')})")
+    if st.chains is not None:
+        c = st.chains
+        lines.append(f"  chained    {c.chained}  ({c.superseded} superseded: made from a parent "
+                     f"image that changed, the next run makes them again; {c.parent_failed} "
+                     "failed with their parent)")
     lines.append(f"  spent      ${st.cost_usd:.2f}")
     if st.lost_requests:
         lines.append(

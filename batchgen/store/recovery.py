@@ -93,7 +93,7 @@ def adopt_orphans(run_dir: Path, done: set[str]) -> list[LedgerRecord]:
         if record.status is not JobStatus.SUCCEEDED or not record.outputs:
             continue
         if all((run_dir / out).is_file() for out in record.outputs):
-            adopted.append(replace(record, adopted=True))
+            adopted.append(replace(record, adopted=True, turn=None))  # the turn: sidecar only
     return adopted
 
 
@@ -121,5 +121,5 @@ def adopt_redone(run_dir: Path, rejected: dict[str, str]) -> list[LedgerRecord]:
                 or record.job_id != job_id or record.sha256 in (None, old_sha)):
             continue
         if all((run_dir / out).is_file() for out in record.outputs):
-            adopted.append(replace(record, adopted=True))
+            adopted.append(replace(record, adopted=True, turn=None))  # the turn: sidecar only
     return adopted

@@ -680,7 +680,8 @@ def test_reference_changed_after_validation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["quickstart.yaml", "edit.yaml", "products.csv", "dataset_matrix.yaml", "prompts.jsonl"],
+    ["quickstart.yaml", "edit.yaml", "products.csv", "dataset_matrix.yaml", "prompts.jsonl",
+     "character.yaml", "edit_sequence.yaml"],
 )
 def test_sample_manifests_validate(name: str) -> None:
     manifest = Manifest(SAMPLES / name)
@@ -690,7 +691,11 @@ def test_sample_manifests_validate(name: str) -> None:
     assert len({j.job_id for j in jobs}) == len(jobs)
     if name == "dataset_matrix.yaml":
         assert len(jobs) == 9 and {j.aspect_ratio for j in jobs} == {"1:1"}
-    for ref in (r for j in jobs for r in j.references):
+    if name == "character.yaml":  # one sheet, a dozen scenes made from it
+        assert len(jobs) == 13 and summary.chains is not None and summary.chains.width == 12
+    if name == "edit_sequence.yaml":  # a product shot and three edits, one after another
+        assert summary.chains is not None and summary.chains.depth == 3
+    for ref in (r for j in jobs for r in j.references if not r.parent):
         assert ref.path is not None and ref.path.stat().st_size < 20_000
 
 
