@@ -144,6 +144,8 @@ def item(index: FolderIndex, row: JobRow) -> dict[str, Any]:
         d["k"] = row.kind
     if row.name:
         d["nm"] = row.name
+    if row.vars:
+        d["lb"] = " · ".join(row.vars.values())
     return d
 
 
