@@ -47,8 +47,11 @@ def build_folder(run_dir: Path, jobs: int) -> None:
     from batchgen.folder.layout import subdir
 
     (run_dir / "images").mkdir(parents=True)
-    png = run_dir / "seed.png"
-    Image.new("RGB", (512, 512), (200, 120, 40)).save(png)
+    # A few seeds: a file takes at most ~65,000 hard links (ext4).
+    seeds = []
+    for k in range(16):
+        seeds.append(run_dir / f"seed-{k}.png")
+        Image.new("RGB", (512, 512), (40 + 13 * k, 120, 200 - 9 * k)).save(seeds[-1])
     sha = "ab" * 32
     with (run_dir / "jobs.jsonl").open("wb") as jf, (run_dir / "ledger.jsonl").open("wb") as lf, \
             (run_dir / "reviews.jsonl").open("wb") as rf:
@@ -78,7 +81,7 @@ def build_folder(run_dir: Path, jobs: int) -> None:
             if not failed:
                 dest = run_dir / out
                 dest.parent.mkdir(exist_ok=True)
-                os.link(png, dest)
+                os.link(seeds[i % len(seeds)], dest)
                 if i % 10 == 3:
                     rf.write(orjson.dumps({"job_id": job_id, "sha256": sha,
                                            "verdict": "rejected" if i % 20 == 3 else "accepted",
@@ -290,13 +293,17 @@ def main() -> None:
     section = (
         f"{BEGIN}\n## The review page (`bench/review.py`, issue 21)\n\n"
         f"`python bench/review.py`, {time.strftime('%Y-%m-%d')}, on the shared 2-core machine "
-        "(other jobs running), Debian's chromium 150 headless through Playwright, a 1600 x 1000 "
+        f"(load average {os.getloadavg()[0]:.0f} at the end: every time here is a few times "
+        "what an idle machine takes), Debian's chromium 150 headless through Playwright, a "
+        "1600 x 1000 "
         "window. Synthetic folders: a 20 x 25 matrix, 4% failed, a verdict on every tenth "
         "image, 512 px PNGs.\n\n"
         f"{text}\n\n"
         "Reading it: the page holds one screen of cards whatever the folder's size (virtual "
         "scrolling over server-side pages of 200), so its heap and DOM stay flat from 20,000 "
-        "to 100,000 and after scrolling to the end; what grows with the folder is the server's "
+        "to 100,000 and after scrolling to the end (most of the ~2,100 nodes are the filter "
+        "menus' options: 200 values of meta.sku; the cards are 32); what grows with the folder "
+        "is the server's "
         "index (start-up and RSS) and the filters and facets that visit every job, in the "
         "server, not the browser. A cold load makes the first screen's thumbnails (Pillow, "
         "4 at a time); later loads read them from DIR/thumbs.\n"

@@ -85,8 +85,9 @@
         const first = S.version === -1;
         S.version = st.version;
         fillFieldSelects(st.vars, st.meta);
-        if (first || Date.now() - S.facetsAt > 5000) loadFacets();
         await reload(false);
+        // After the cards: facets visit every job, the first screen should not wait for them.
+        if (first || Date.now() - S.facetsAt > 5000) loadFacets();
       }
     } catch (e) {
       $("live").classList.add("stale");
