@@ -231,7 +231,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def shoot(path: Path, chromium: str) -> None:
     """The README's screenshot: sample_manifests/dataset_matrix.yaml run with the fake, two
-    verdicts given with `batchgen mark`, the large view of one image open."""
+    verdicts given with `batchgen mark`, the grid of animal x style."""
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -252,12 +252,11 @@ def shoot(path: Path, chromium: str) -> None:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
                 page = browser.new_page(viewport={"width": 1280, "height": 760})
-                page.goto(url)
-                page.wait_for_function("() => document.querySelectorAll('.card img').length"
-                                       " === 9")
-                for key in ("j", "j", "j", "Enter"):
+                page.goto(url + "#view=grid&rows=var.animal&cols=var.style")
+                page.wait_for_function("() => [...document.querySelectorAll('#grid img')]"
+                                       ".filter(i => i.complete && i.naturalWidth).length === 9")
+                for key in ("j", "j", "j", "j"):
                     page.keyboard.press(key)
-                page.wait_for_selector("#view:not([hidden]) #details dd")
                 page.wait_for_timeout(600)
                 tmp_png = Path(tmp) / "shot.png"
                 page.screenshot(path=str(tmp_png))

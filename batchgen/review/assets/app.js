@@ -283,13 +283,15 @@
           t.dataset.index = i;
           if (it.th) { const img = el("img"); img.src = withToken(it.th); img.alt = it.id; t.append(img); }
           else t.append(el("div", "ph", it.s === "failed" ? "failed: " + (it.k || "?") : it.s));
+          if (it.v && it.v !== "unreviewed") t.append(el("span", "badge", it.v));
           t.title = (it.lb ? it.lb + "\n" : "") + it.id;
           t.addEventListener("click", () => { S.cur = i; openView(); });
           box.append(t);
         }
         const n = g.cells[ri][ci].n;
         if (n) {
-          const more = el("div", "more", n + (n > 4 ? " (show all)" : ""));
+          const more = el("div", "more", (n === 1 ? "1 image" : n + " images") + " →");
+          more.title = "these in the list";
           more.addEventListener("click", () => {
             S.filter[S.rows] = r; S.filter[S.cols] = c; S.mode = "list";
             writeHash(); readHash(); syncControls(); reload(true);
