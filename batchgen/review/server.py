@@ -284,17 +284,28 @@ def _file_response(path: str | None, cache: bool) -> web.FileResponse:
     return response
 
 
+def _image_of(state: ReviewState, job_id: str) -> str | None:
+    """The job's image file, if it is inside the folder: where the ledger says, or under
+    superseded/ where `batchgen prune` moved a superseded job's image."""
+    from ..folder.superseded import SUPERSEDED_DIR
+
+    row = state.index.rows.get(job_id)
+    if row is None or not row.output:
+        return None
+    found = safe_file(state.root, row.output)
+    if found is None and not row.current:
+        found = safe_file(state.root, os.path.join(SUPERSEDED_DIR, row.output))
+    return found
+
+
 async def image(request: web.Request) -> web.FileResponse:
     state: ReviewState = request.app[_KEY]
-    row = state.index.rows.get(request.match_info["job_id"])
-    return _file_response(safe_file(state.root, row.output) if row and row.output else None,
-                          cache=True)
+    return _file_response(_image_of(state, request.match_info["job_id"]), cache=True)
 
 
 async def thumb(request: web.Request) -> web.FileResponse:
     state: ReviewState = request.app[_KEY]
-    row = state.index.rows.get(request.match_info["job_id"])
-    src = safe_file(state.root, row.output) if row and row.output else None
+    src = _image_of(state, request.match_info["job_id"])
     if src is None:
         raise web.HTTPNotFound()
     dst = os.path.join(state.root, thumb_relpath(src))

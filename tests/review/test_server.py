@@ -243,3 +243,59 @@ async def test_only_files_inside_the_folder_are_served(client: TestClient[object
     for path in ("/image/evil-1", "/thumb/evil-1"):
         r = await client.get(path, params={"token": TOKEN})
         assert r.status == 404, path
+
+
+async def test_verdicts_from_mark_and_redos_are_followed(client: TestClient[object, object],
+                                                         run_dir: Path) -> None:
+    import asyncio
+
+    lines = by_id(run_dir)
+    cat_oil = next(k for k in lines if k.startswith("pet-cat-oil-"))
+    # Another writer (a script's `batchgen mark`) while the page is open.
+    assert cli("mark", run_dir, "--reject", "pet-cat-*", "--note", "blurry").code == 0
+    await asyncio.sleep(0.3)
+    state = await get_json(client, "/api/state")
+    assert state["counts"]["rejected"] == 2  # type: ignore[index]
+    job = await get_json(client, f"/api/job/{cat_oil}")
+    assert job["v"] == "rejected" and job["note"] == "blurry"  # type: ignore[index]
+    # A redo's new image (a line with another sha256) is unreviewed: the verdict was the old's.
+    redo = {**lines[cat_oil], "sha256": "c" * 64, "replaces": lines[cat_oil]["sha256"],
+            "note": "blurry"}
+    with (run_dir / "ledger.jsonl").open("ab") as fh:
+        fh.write(orjson.dumps(redo) + b"\n")
+    await asyncio.sleep(0.3)
+    job = await get_json(client, f"/api/job/{cat_oil}")
+    assert job["v"] == "unreviewed" and job["sha"] == "c" * 64  # type: ignore[index]
+    assert [e["replaces"] for e in job["lineage"]] == [None, lines[cat_oil]["sha256"]]  # type: ignore[index]
+    assert [r["verdict"] for r in job["reviews"]] == ["rejected"]  # type: ignore[index]
+    state = await get_json(client, "/api/state")
+    assert state["counts"]["rejected"] == 1  # type: ignore[index]
+    st = json.loads(cli("status", run_dir, "--json").stdout)
+    assert st["review"]["rejected"] == 1
+
+
+async def test_a_new_manifest_shows_pending_and_superseded(client: TestClient[object, object],
+                                                           run_dir: Path) -> None:
+    import asyncio
+
+    jobs = [json.loads(x) for x in (run_dir / "jobs.jsonl").read_text().splitlines()]
+    gone = jobs[0]
+    new = {**jobs[1], "job_id": "pet-new-1", "vars": {"animal": "fox", "style": "oil"}}
+    # A run's planning replaces jobs.jsonl whole (written aside, renamed).
+    tmp = run_dir / "jobs.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(j) + "\n" for j in [*jobs[1:], new]))
+    tmp.replace(run_dir / "jobs.jsonl")
+    await asyncio.sleep(0.3)
+    counts = (await get_json(client, "/api/state"))["counts"]  # type: ignore[index]
+    assert (counts["pending"], counts["superseded"], counts["succeeded"]) == (1, 1, 5)
+    pending = await get_json(client, "/api/items", status="pending")
+    assert [i["id"] for i in pending["items"]] == ["pet-new-1"]  # type: ignore[index]
+    old = await get_json(client, "/api/items", status="superseded")
+    assert [i["id"] for i in old["items"]] == [gone["job_id"]]  # type: ignore[index]
+    # `prune` moves a superseded image under superseded/: still shown from there.
+    out = Path(str(by_id(run_dir)[gone["job_id"]]["outputs"][0]))  # type: ignore[index]
+    (run_dir / "superseded" / out.parent).mkdir(parents=True)
+    (run_dir / out).rename(run_dir / "superseded" / out)
+    r = await client.get(f"/image/{gone['job_id']}", params={"token": TOKEN})
+    assert r.status == 200
+    assert await r.read() == (run_dir / "superseded" / out).read_bytes()

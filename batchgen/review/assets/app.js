@@ -247,6 +247,8 @@
       const img = el("img");
       img.src = withToken(it.th);
       img.alt = it.id;
+      // Recorded as made, file gone (deleted, or a folder copied without images/).
+      img.addEventListener("error", () => img.replaceWith(el("div", "ph", "image missing")), { once: true });
       c.append(img);
     } else {
       c.append(el("div", "ph", it.s === "failed" ? "failed: " + (it.k || "?") : it.s));
