@@ -186,3 +186,15 @@ def test_a_remote_host_must_be_asked_for(run_dir: Path) -> None:
     assert "warning" in err and "0.0.0.0" in err
     bad = cli("review", run_dir / "images", "--no-open")
     assert bad.code == 2 and "not a batchgen run folder" in bad.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error(run_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        r = cli("review", run_dir, "--no-open", "--port", str(port))
+    assert r.code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not r.stdout
