@@ -147,6 +147,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = await handler(request)
         except queries.QueryError as exc:
             response = web.json_response({"error": str(exc)}, status=400)
+        except (BatchgenError, OSError) as exc:  # a folder file unreadable: say so, keep serving
+            log.warning("%s: %s", request.path, exc)
+            response = web.json_response({"error": str(exc)}, status=500)
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Content-Type-Options"] = "nosniff"
