@@ -130,6 +130,18 @@ def test_review_in_a_real_browser(chromium: str, fresh: tuple[Path, Path]) -> No
         # A filter is asked of the server; the grid groups by two vars.
         page.select_option("#f-verdict", "rejected")
         page.wait_for_function("() => document.querySelectorAll('.card').length === 2")
+        # Reviewing what is unreviewed: a rejected image leaves the list and the next one
+        # takes its place under the cursor, so two keys are two images, none skipped.
+        page.select_option("#f-verdict", "unreviewed")
+        page.wait_for_function("() => document.querySelectorAll('.card').length === 4")
+        page.keyboard.press("r")
+        page.keyboard.press("r")
+        wait_for(lambda: len(reviews(run_dir)) == 7)
+        assert [r["job_id"] for r in reviews(run_dir)[5:]] == order[3:5]
+        page.wait_for_function("() => document.querySelectorAll('.card').length === 2")
+        assert page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.id)") == order[5:]
+        page.wait_for_timeout(600)  # a poll or two: the cursor stays on the next unreviewed
+        assert page.get_attribute(".card.cur", "data-id") == order[5]
         page.select_option("#f-verdict", "")
         page.select_option("#view-mode", "grid")
         page.select_option("#grid-rows", "var.animal")
@@ -159,7 +171,7 @@ def test_review_in_a_real_browser(chromium: str, fresh: tuple[Path, Path]) -> No
               {method: 'POST', headers: {'Content-Type': 'application/json'},
                body: JSON.stringify({job_id: 'x', verdict: 'rejected'})})).status]""")
         assert inside == [403, 403]
-        assert len(reviews(run_dir)) == 5
+        assert len(reviews(run_dir)) == 7
         assert errors == []
         # Nothing fetched from anywhere but this server.
         assert requested and all(u.startswith(origin + "/") for u in requested), requested

@@ -159,6 +159,8 @@
     S.cols = $("grid-cols").value;
     S.cur = 0;
     writeHash();
+    // Back to the keys: a filter chosen, the next key reviews instead of changing the menu.
+    if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
     reload(true);
   }
 
@@ -387,12 +389,41 @@
   async function give(verdict, note, advance) {
     const it = await itemAt(S.cur);
     if (!it || !it.th) { say("no image to review here"); return; }
-    const before = { id: it.id, sha: it.sha, verdict: it.v === "unreviewed" || !it.v ? "cleared" : it.v, note: it.vn || "", index: S.cur };
+    const before = { id: it.id, sha: it.sha, verdict: it.v === "unreviewed" || !it.v ? "cleared" : it.v, note: it.vn || "" };
     const ok = await post({ job_id: it.id, verdict, note: note || "", sha256: it.sha }, it);
     if (!ok) return;
     S.undo.push(before);
     say(verdict + ": " + it.id);
-    if (advance) await move(1); else { render(); if (S.open) openView(); }
+    if (S.filter.verdict && S.filter.verdict !== it.v) {
+      // It left the filter (reviewing "unreviewed"): the next image slides under the cursor.
+      await refreshList();
+    } else if (S.mode === "grid") {
+      await refreshList();
+      if (advance) await move(1);
+    } else if (advance) await move(1);
+    else { render(); if (S.open) openView(); }
+  }
+  // The list again from the server, the cursor kept where it is (or on ``id`` if it is there).
+  async function refreshList(id) {
+    if (S.mode === "grid") {
+      await loadGrid();
+      const at = id ? S.flat.findIndex((x) => x.id === id) : -1;
+      if (at >= 0) S.cur = at;
+    } else {
+      if (id) {
+        const p = await api("api/position", filterQuery({ id }));
+        if (p.position >= 0) S.cur = p.position;
+      }
+      S.pages = new Map();
+      S.pending = new Map();
+      await getPage(Math.floor(S.cur / PAGE));
+    }
+    const total = S.mode === "grid" ? S.flat.length : S.total;
+    S.cur = Math.max(0, Math.min(S.cur, total - 1));
+    $("total").textContent = total + " shown";
+    if (S.mode === "list") render();
+    markCursor();
+    if (S.open) openView();
   }
   async function post(body, it) {
     const r = await fetch("api/review", {
@@ -406,19 +437,15 @@
     if (!res.item.vn) delete it.vn;
     showCounts(res.counts);
     facetsSoon();
-    if (S.mode === "grid") loadGrid().then(markCursor);
     return true;
   }
   async function undo() {
     const last = S.undo.pop();
     if (!last) { say("nothing to undo"); return; }
-    S.cur = last.index;
-    const it = await itemAt(S.cur);
-    const target = it && it.id === last.id ? it : { id: last.id };
+    const target = { id: last.id };
     if (await post({ job_id: last.id, verdict: last.verdict, note: last.note, sha256: last.sha }, target)) {
       say("undone: " + last.id);
-      render(); markCursor();
-      if (S.open) openView();
+      await refreshList(last.id);
     }
   }
   function askNote() {
