@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from batchgen.fake import FakeConfig, ThreadedFakeServer
+from tests.helpers.browser import chromium  # noqa: F401 - a fixture: Debian's chromium
 from tests.helpers.cli import SECRET
 
 

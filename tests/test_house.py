@@ -24,6 +24,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"planning"}),
     frozenset({"live", "batch"}),
     frozenset({"reporting", "export"}),
+    # The review page serves what reporting/ reads (and its thumbnails) and writes verdicts.
+    frozenset({"review"}),
     # The CLI and batchgen from Python (python_api/): two faces of the same pipeline.
     frozenset({"cli", "python_api"}),
 )

@@ -17,6 +17,7 @@ import click
 from .. import __version__
 from .fake_cmd import fake_server
 from .folder_cmds import cancel, export_cmd, gallery, mark, merge, prune, report, status
+from .review_cmd import review
 from .run_cmd import estimate, run, validate
 
 
@@ -27,7 +28,7 @@ def main() -> None:
 
 
 for command in (run, validate, status, cancel, fake_server, estimate, report, gallery, prune,
-                merge, export_cmd, mark):
+                merge, export_cmd, mark, review):
     main.add_command(command)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -27,27 +26,6 @@ DOCS_SHOT = REPO / "docs" / "gallery.png"
 
 
 EVIL = "a cat </script><script>document.title='pwned'</script><b id=\"injected\">&amp; x</b>"
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium, installed on first use when we are root and have apt-get."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("chromium is missing and cannot be installed here (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        # Stale package lists are the usual cause: refresh once and try again.
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
-        proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    found = shutil.which("chromium")
-    if proc.returncode != 0 or not found:
-        pytest.skip(f"apt-get install chromium failed: {proc.stderr.strip()[-300:]}")
-    return found
 
 
 def browse(chromium: str, profile: Path, url: str, *mode: str) -> str:
