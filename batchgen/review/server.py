@@ -290,7 +290,7 @@ def _file_response(path: str | None, cache: bool) -> web.FileResponse:
 def _image_of(state: ReviewState, job_id: str) -> str | None:
     """The job's image file, if it is inside the folder: where the ledger says, or under
     superseded/ where `batchgen prune` moved a superseded job's image."""
-    from ..folder.superseded import SUPERSEDED_DIR
+    from ..folder.layout import SUPERSEDED_DIR
 
     row = state.index.rows.get(job_id)
     if row is None or not row.output:
