@@ -61,6 +61,8 @@ class JobRow:
     lines: list[int] = field(default_factory=list)  # byte offsets of its ledger lines
     current: bool = True  # in jobs.jsonl (or no jobs.jsonl at all)
     in_ledger: bool = False
+    # A chained job's parents as its last ledger line names them: ({"job_id", "sha256"}, ...)
+    parents: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -75,6 +77,17 @@ def _intern_map(d: Any) -> dict[str, str]:
     if not isinstance(d, dict):
         return {}
     return {sys.intern(str(k)): sys.intern(str(v)) for k, v in d.items()}
+
+
+def _parents(value: Any) -> tuple[dict[str, str], ...]:
+    """A ledger line's ``parents`` (chains), keeping only entries that name a job."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        {"job_id": p["job_id"], "sha256": str(p.get("sha256") or "")}
+        for p in value
+        if isinstance(p, dict) and job_id_problem(p.get("job_id")) is None
+    )
 
 
 class FolderIndex:
@@ -93,6 +106,8 @@ class FolderIndex:
         self._jobs_stamp: tuple[int, int, int] | None = None
         # job id -> sha256 -> the latest review of that image
         self._reviews_of: dict[str, dict[str, Review]] = {}
+        # parent job id -> the jobs made from one of its images (chains), for the large view
+        self.children: dict[str, set[str]] = {}
         self._next_extra = 1 << 40  # order of ledger-only jobs, after every manifest position
         self._dirty_order = True
 
@@ -211,6 +226,7 @@ class FolderIndex:
 
     def _forget_ledger(self) -> None:
         self.spend = 0.0
+        self.children.clear()
         for job_id in list(self.rows):
             row = self.rows[job_id]
             row.lines.clear()
@@ -250,6 +266,11 @@ class FolderIndex:
         row.cost_usd += cost
         self.spend += cost
         row.prompt = str(d.get("prompt") or "")
+        parents = d.get("parents")
+        if parents:
+            row.parents = _parents(parents)
+            for parent in row.parents:
+                self.children.setdefault(parent["job_id"], set()).add(job_id)
         succeeded = status is JobStatus.SUCCEEDED
         if succeeded and outputs and isinstance(outputs[0], str):
             row.sha256, row.output, row.kind = str(d.get("sha256") or ""), outputs[0], ""

@@ -253,4 +253,12 @@ def job(index: FolderIndex, row: JobRow) -> dict[str, Any]:
         ],
         "reviews": [{"sha256": r.sha256, "verdict": r.verdict.value, "note": r.note, "at": r.at}
                     for r in index.reviews_of(row.job_id)],
+        # Chains: the images this one was made from (is that image still the parent's?), and
+        # the jobs made from this one.
+        "parents": [
+            {**p, "current": (parent := index.rows.get(p["job_id"])) is not None
+             and parent.sha256 == p["sha256"]}
+            for p in row.parents
+        ],
+        "children": sorted(index.children.get(row.job_id, ())),
     }

@@ -299,3 +299,21 @@ async def test_a_new_manifest_shows_pending_and_superseded(client: TestClient[ob
     r = await client.get(f"/image/{gone['job_id']}", params={"token": TOKEN})
     assert r.status == 200
     assert await r.read() == (run_dir / "superseded" / out).read_bytes()
+
+
+async def test_a_chained_jobs_parents_and_children(client: TestClient[object, object],
+                                                   run_dir: Path) -> None:
+    import asyncio
+
+    lines = by_id(run_dir)
+    parent, child = [k for k, v in lines.items() if v["status"] == "succeeded"][:2]
+    # A chain's ledger line names the image it was made from (job id and sha256).
+    line = {**lines[child], "parents": [{"job_id": parent, "sha256": lines[parent]["sha256"]},
+                                        {"job_id": "../bad", "sha256": "x"}]}
+    with (run_dir / "ledger.jsonl").open("ab") as fh:
+        fh.write(orjson.dumps(line) + b"\n")
+    await asyncio.sleep(0.3)
+    job = await get_json(client, f"/api/job/{child}")
+    assert job["parents"] == [{"job_id": parent, "sha256": lines[parent]["sha256"],  # type: ignore[index]
+                               "current": True}]
+    assert (await get_json(client, f"/api/job/{parent}"))["children"] == [child]  # type: ignore[index]

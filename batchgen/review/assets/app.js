@@ -345,9 +345,12 @@
   let viewSeq = 0;
   async function openView() {
     const it = await itemAt(S.cur);
-    if (!it) return;
+    if (it) await showJob(it.id);
+  }
+  // A job in the large view: the one under the cursor, or a parent or child followed from it.
+  async function showJob(id) {
     const seq = ++viewSeq;
-    const job = await api("api/job/" + encodeURIComponent(it.id));
+    const job = await api("api/job/" + encodeURIComponent(id));
     if (seq !== viewSeq) return;
     S.open = true;
     $("view").hidden = false;
@@ -377,6 +380,30 @@
       lin.append(tr);
     }
     dd(dl, "lineage", lin);
+    const jobLinks = (items) => {
+      const box = el("div");
+      for (const x of items) {
+        const b = el("button", "link", x.label);
+        b.dataset.job = x.id;
+        b.title = "show " + x.id;
+        // The cursor goes to it when the filter holds it, so the keys act on what is shown.
+        b.addEventListener("click", () => run(async () => {
+          await refreshList(x.id);
+          const at = await itemAt(S.cur);
+          if (!at || at.id !== x.id) {
+            await showJob(x.id);
+            say("not in this filter: the keys act on the image under the cursor");
+          }
+        }));
+        box.append(b, " ");
+      }
+      return box;
+    };
+    if (job.parents.length) {
+      dd(dl, "made from", jobLinks(job.parents.map((p) => ({ id: p.job_id,
+        label: p.job_id + "  " + p.sha256.slice(0, 12) + (p.current ? "" : " (since made again)") }))));
+    }
+    if (job.children.length) dd(dl, "made from this", jobLinks(job.children.map((c) => ({ id: c, label: c }))));
     if (job.aside.length) {
       const box = el("div");
       for (const src of job.aside) { const img = el("img", "aside"); img.src = withToken(src); img.title = src; box.append(img); }
