@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import signal
 from collections import deque
 
 from ..planning.lineage import Lineage
@@ -81,6 +83,8 @@ class ChainScheduler:
 
     def finished(self, job_id: str, outcome: Outcome) -> None:
         """A job of this run is settled: its waiting children move on."""
+        if self._children.get(job_id):
+            _crash_point("chain_parent_done")
         self._running.discard(job_id)
         self._outcome[job_id] = outcome
         if outcome is Outcome.SUCCEEDED:
@@ -136,3 +140,10 @@ class ChainScheduler:
             found = self._waiting.pop(child_id, None)
             if found is not None:
                 self._leave_out(found[0], quiet=True)
+
+
+def _crash_point(name: str) -> None:
+    """Test hook, as batch mode's: ``BATCHGEN_TEST_CRASH_AT=chain_parent_done`` kills the run
+    with SIGKILL once a parent is recorded and before its children are sent."""
+    if os.environ.get("BATCHGEN_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

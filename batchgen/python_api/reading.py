@@ -176,6 +176,8 @@ def _stat(path: Path) -> tuple[int, int] | None:
 def _feature(datasets: Any, kind: str) -> Any:
     if kind == "references":
         return [{"path": datasets.Value("string"), "sha256": datasets.Value("string")}]
+    if kind == "parents":  # chains (issue 22): the jobs and images a job was made from
+        return [{"job_id": datasets.Value("string"), "sha256": datasets.Value("string")}]
     return datasets.Value({"string": "string", "int": "int64", "float": "float64",
                            "bool": "bool"}[kind])
 
