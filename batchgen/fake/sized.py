@@ -5,9 +5,11 @@ A real 1K answer is a 1024 x 1024 PNG of 1-2 MB, a 2K one about 6 MB (shared/gem
 bottleneck of every benchmark, and handing out one cached image would let compression and
 deduplication flatter whatever stores them. So each image is a cached base plus a fresh tail:
 
-- the top rows are one flat colour (deflated, a few KB), then rows of random pixels in stored
-  (uncompressed) deflate blocks, sized so the file comes to the byte size asked for; both are
-  made once per (width, height, byte size), with the base64 of everything before the tail;
+- the top rows are one flat colour (deflated, a few KB), then rows of random pixels with as few
+  random bits a byte as reach the size (deflated, so decoding them costs what decoding a real
+  PNG of that size costs, about 3:1; all 8 bits, in stored blocks, when only noise is that
+  big), so the file comes to the byte size asked for; made once per (width, height, byte
+  size), with the base64 of everything before the tail;
 - the last rows (:data:`DISTINCT_BYTES` of them, at least one row) are fresh random pixels in
   every answer, in their own IDAT chunk, so no two answers share a sha256 and each costs about
   0.5 ms to make (random bytes, a CRC, an Adler-32 continued from the cached one, the tail's
@@ -50,11 +52,15 @@ def _stored_blocks(raw: bytes, *, final: bool) -> bytes:
     return bytes(out)
 
 
-def _random_rows(rng: random.Random, rows: int, width: int) -> bytes:
-    """``rows`` scanlines of random RGB, each led by filter byte 0 (None)."""
+def _random_rows(rng: random.Random, rows: int, width: int, bits: int = 8) -> bytes:
+    """``rows`` scanlines of random RGB (``bits`` random bits a byte), each led by filter
+    byte 0 (None)."""
     if rows <= 0:
         return b""
     noise = rng.randbytes(rows * width * 3)
+    if bits < 8:  # keep the top bits: the values spread over the whole range, darker or not
+        mask = (0xFF << (8 - bits)) & 0xFF
+        noise = noise.translate(bytes(i & mask for i in range(256)))
     step = width * 3
     return b"".join(b"\x00" + noise[i : i + step] for i in range(0, len(noise), step))
 
@@ -103,29 +109,36 @@ def _make_base(width: int, height: int, target: int, seed: int) -> _Base:
     rng = random.Random(seed)
     row = 1 + 3 * width
     distinct = max(1, min(height, math.ceil(DISTINCT_BYTES / row)))
-    # Random rows: each adds about a row to the file; the flat rows cost a few bytes each.
-    noisy = 0
-    for _ in range(3):  # the flat part's deflated size depends on how many rows it has
-        flat_rows = height - distinct - noisy
-        flat = _flat_stream(flat_rows, width)
-        stored = (noisy + distinct) * row
-        overhead = 8 + 25 + 12 + 12 + 12 + 4 + 5 * (stored // _STORED_MAX + 2)
-        want = (target - overhead - len(flat) - distinct * row) // row
-        want = max(0, min(height - distinct, want))
-        if want == noisy:
-            break
-        noisy = want
-    flat_rows = height - distinct - noisy
-    flat = _flat_stream(flat_rows, width)
-    noise = _random_rows(rng, noisy, width)
-    stream = flat + (_stored_blocks(noise, final=False) if noise else b"")
-    adler = zlib.adler32(noise, zlib.adler32(_flat_raw(flat_rows, width)))
+    rows = height - distinct
+    fixed = 8 + 25 + 12 + 12 + 12 + 4 + 5 * (distinct * row // _STORED_MAX + 1)
+    want = target - fixed - distinct * row  # what the base's deflate stream should come to
+    # Noise of k bits a byte deflates to about k/8 of its size, and inflating it is real work,
+    # as it is for a real PNG: the fewest bits that can reach the size, mixed with flat rows.
+    bits = next((k for k in range(1, 8) if rows * row * k / 8 * 0.97 >= want), 8)
+    if bits == 8:  # only incompressible noise is that big: stored blocks, as a PNG of noise
+        noisy = max(0, min(rows, want // row))
+        flat = _deflated(_flat_raw(rows - noisy, width))
+        noise = _random_rows(rng, noisy, width)
+        stream = flat + (_stored_blocks(noise, final=False) if noise else b"")
+        raw_adler = zlib.adler32(noise, zlib.adler32(_flat_raw(rows - noisy, width)))
+    else:
+        pool = _random_rows(random.Random(seed), rows, width, bits)
+        noisy = min(rows, max(0, round(want / (row * bits / 8))))
+        for _ in range(4):  # the deflated size is nearly linear in the noisy rows: aim, adjust
+            raw = _flat_raw(rows - noisy, width) + pool[: noisy * row]
+            stream = _deflated(raw)
+            per_row = max(1.0, len(stream) / max(1, noisy))
+            step = round((want - len(stream)) / per_row)
+            if abs(want - len(stream)) < row or not 0 <= noisy + step <= rows or step == 0:
+                break
+            noisy += step
+        raw_adler = zlib.adler32(raw)
     ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     # Move 0-2 bytes of the stream to the per-image chunk so the head is a multiple of 3 long.
     cut = len(stream) - (len(_SIGNATURE) + len(ihdr) + 12 + len(stream)) % 3
     head = _SIGNATURE + ihdr + _chunk(b"IDAT", stream[:cut])
     assert len(head) % 3 == 0
-    return _Base(width, height, distinct, head, _b64(head), stream[cut:], adler)
+    return _Base(width, height, distinct, head, _b64(head), stream[cut:], raw_adler)
 
 
 def _flat_raw(rows: int, width: int) -> bytes:
@@ -133,8 +146,8 @@ def _flat_raw(rows: int, width: int) -> bytes:
     return (b"\x00" + b"\x60\x80\xa0" * width) * rows
 
 
-def _flat_stream(rows: int, width: int) -> bytes:
-    """The zlib header and the flat rows deflated, ending byte-aligned (a full flush), so
-    stored blocks written by hand can follow in the same stream."""
-    c = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)
-    return c.compress(_flat_raw(rows, width)) + c.flush(zlib.Z_FULL_FLUSH)
+def _deflated(raw: bytes) -> bytes:
+    """The zlib header and ``raw`` deflated, ending byte-aligned (a full flush), so stored
+    blocks written by hand can follow in the same stream."""
+    c = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS)
+    return c.compress(raw) + c.flush(zlib.Z_FULL_FLUSH)
