@@ -201,8 +201,20 @@ class RowResult:
         return good
 
 
+PROFILE: Path | None = None  # --profile: batchgen's children run under py-spy, stacks saved
+
+
+def profiled(cmd: list[str], name: str) -> list[str]:
+    if PROFILE is None:
+        return cmd
+    PROFILE.mkdir(parents=True, exist_ok=True)
+    spy = Path(PY).with_name("py-spy")
+    return [str(spy), "record", "-f", "raw", "-r", "200", "--threads", "-o",
+            str(PROFILE / f"{name}.txt"), "--", *cmd]
+
+
 def batchgen_collect(base: list[str]) -> Child:
-    c = run_child([*base, "--wait"])
+    c = run_child(profiled([*base, "--wait"], Path(base[3]).stem))
     if c.code != 0 or "collect_s" not in c.result:
         raise RuntimeError(f"collect failed ({c.code}): {c.stderr[-1500:]}")
     return c
@@ -219,9 +231,10 @@ def floor_collect(server: Server, file: str, out: Path) -> Child:
 
 
 def batchgen_live(server: Server, manifest: Path, out: Path, concurrency: int) -> Child:
-    c = run_child([PY, str(BENCH / "timed_batchgen.py"), "run", str(manifest), "--out",
-                   str(out), "--provider", "google", "--base-url", server.url, "--no-progress",
-                   "--concurrency", str(concurrency), "--yes"])
+    c = run_child(profiled([PY, str(BENCH / "timed_batchgen.py"), "run", str(manifest),
+                            "--out", str(out), "--provider", "google", "--base-url", server.url,
+                            "--no-progress", "--concurrency", str(concurrency), "--yes"],
+                           manifest.stem))
     if c.code != 0 or "run_s" not in c.result:
         raise RuntimeError(f"live run failed ({c.code}): {c.stderr[-1500:]}")
     return c
@@ -264,7 +277,8 @@ def collect_row(server: Server, work: Path, name: str, jobs: int, size: str, ima
             ob = batchgen_collect(base)
         out.append(Round(ob.result["collect_s"], fl.result["collect_s"],
                          ob.result["collect_cpu_s"], fl.result["collect_cpu_s"], ob.maxrss_mb,
-                         fl.maxrss_mb, ob.result.get("gallery_s", 0.0),
+                         fl.maxrss_mb,
+                         ob.result.get("gallery_s", 0.0) + ob.result.get("store_close_s", 0.0),
                          ob.result.get("gallery_cpu_s", 0.0)))
         loads.append(os.getloadavg()[0])
         print_round(name, r, out[-1], "gallery")
@@ -319,7 +333,8 @@ def section(rows: list[RowResult]) -> str:
         n = x.jobs
         also = ""
         if x.extra_name == "gallery":
-            also = (f"gallery at the end {x.med('extra_s'):.2f} s = "
+            also = (f"gallery work at the end (thumbnails' last wait + page) "
+                    f"{x.med('extra_s'):.2f} s = "
                     f"{x.extra_ratio:.1%} of the collection (target <= 5%)")
         elif x.extra_name == "SDK":
             also = (f"SDK {x.med('extra_s'):.2f} s: batchgen "
@@ -356,7 +371,11 @@ def main() -> int:
     ap.add_argument("--no-sdk", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--work", type=Path, default=None, help="a folder for the run folders")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="run batchgen under py-spy, raw stacks into this folder (slower)")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     wanted = args.only.split(",")
     work = Path(tempfile.mkdtemp(prefix="batchgen-realistic-", dir=args.work))
     server = Server()

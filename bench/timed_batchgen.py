@@ -7,7 +7,9 @@ plan count: everything before the first request), ``batchgen.run.execute`` (the 
 workers, client, store, ledger) and ``batchgen.cli.refresh_gallery`` (the gallery page written
 after the run) are wrapped with ``time.perf_counter`` and nothing else changes; the CLI looks all
 three up at call time, so it picks the wrapped ones up. In batch mode each batch's
-``Collector.collect`` (download, parse, store, ledger) is timed too, summed as ``collect_s``.
+``Collector.collect`` (download, parse, store, ledger) is timed too, summed as ``collect_s``,
+and ``ImageStore.close`` (where the thumbnails still queued get their short wait) as
+``store_close_s``.
 After each phase the process's peak RSS so far is noted too (``<phase>_maxrss``, bytes), so a
 peak can be put down to its phase, and the CPU seconds the phase used (``<phase>_cpu_s``, every
 thread). The figures are written to ``$BENCH_RESULT`` at exit, whatever the exit code.
@@ -85,6 +87,17 @@ def _summed_async(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _summed(name: str, fn: Callable[..., T]) -> Callable[..., T]:
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            timings[f"{name}_s"] = timings.get(f"{name}_s", 0.0) + time.perf_counter() - t0
+
+    return wrapper
+
+
 def _write() -> None:
     path = os.environ.get("BENCH_RESULT")
     if path:
@@ -132,5 +145,10 @@ if __name__ == "__main__":
 
     collect_mod.Collector.collect = _summed_async(  # type: ignore[method-assign]
         "collect", collect_mod.Collector.collect)
+    import batchgen.store.images as images_mod
+
+    # Closing the store waits (briefly) for the thumbnails still queued: gallery work too.
+    images_mod.ImageStore.close = _summed(  # type: ignore[method-assign]
+        "store_close", images_mod.ImageStore.close)
     atexit.register(_write)
     cli_mod.main(prog_name="batchgen")
