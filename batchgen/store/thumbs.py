@@ -32,7 +32,7 @@ THUMB_QUALITY = 80
 # The run's end waits for queued thumbnails at most this share of how long the store was open
 # (the gallery work at the end stays within 5% of the run: issue 25), and at least END_MIN_S.
 END_BUDGET_SHARE = 0.05
-END_MIN_S = 0.5
+END_MIN_S = 0.05
 # The thread's niceness: 19 is the lowest priority, CPU nobody else wants.
 NICE = 19
 _STOP = object()
