@@ -21,7 +21,7 @@ from ..folder.intents import IntentJournal
 from ..folder.verdicts import Redos
 from ..progress import Progress
 from ..spec import JobSpec
-from ..store.images import ImageStore
+from ..store.images import ImageStore, image_sha256
 from .outcome import JobState, RunResult, StopReason, StopRun
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Recorder:
             height=image.height,
             text=image.text,
             grounding=image.grounding,
+            sha256=await image_sha256(image.data),
         )
         line = record.to_line()
         data, mime_type = image.data, image.mime_type

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import StorageError
 from ..folder.durable import fsync_dir
 from ..folder.layout import IMAGES_DIR, image_dirs, subdir
+from ..folder.records import sha256_hex
 from .thumbs import Thumbnailer
 
 if TYPE_CHECKING:
@@ -127,6 +128,20 @@ class ImageStore:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+# Images at least this big are hashed on a worker thread (hashlib lets go of the GIL), so the
+# event loop reads other answers meanwhile; smaller ones cost less than the thread hop.
+HASH_OFF_LOOP_BYTES = 256 * 1024
+
+
+async def image_sha256(data: bytes) -> str:
+    """The image's sha256 (hex), off the event loop when it is big (issue 25)."""
+    if len(data) < HASH_OFF_LOOP_BYTES:
+        return sha256_hex(data)
+    import asyncio
+
+    return await asyncio.to_thread(sha256_hex, data)
 
 
 def _image_name(job_id: str, mime_type: str) -> str:
