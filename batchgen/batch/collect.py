@@ -41,7 +41,7 @@ from ..api.response import data_url_bytes, parse_answer
 from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from ..spec import JobSpec
-from ..store.images import image_sha256
+from ..store.digest import image_sha256
 from .recorder import Recorder as Recorder
 from .recorder import Tally as Tally
 from .recorder import crash_point as crash_point

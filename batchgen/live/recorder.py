@@ -21,7 +21,8 @@ from ..folder.intents import IntentJournal
 from ..folder.verdicts import Redos
 from ..progress import Progress
 from ..spec import JobSpec
-from ..store.images import ImageStore, image_sha256
+from ..store.digest import image_sha256
+from ..store.images import ImageStore
 from .outcome import JobState, RunResult, StopReason, StopRun
 
 log = logging.getLogger(__name__)

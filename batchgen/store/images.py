@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import StorageError
 from ..folder.durable import fsync_dir
 from ..folder.layout import IMAGES_DIR, image_dirs, subdir
-from ..folder.records import sha256_hex
 from .thumbs import Thumbnailer
 
 if TYPE_CHECKING:
@@ -128,20 +128,6 @@ class ImageStore:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-
-
-# Images at least this big are hashed on a worker thread (hashlib lets go of the GIL), so the
-# event loop reads other answers meanwhile; smaller ones cost less than the thread hop.
-HASH_OFF_LOOP_BYTES = 256 * 1024
-
-
-async def image_sha256(data: bytes) -> str:
-    """The image's sha256 (hex), off the event loop when it is big (issue 25)."""
-    if len(data) < HASH_OFF_LOOP_BYTES:
-        return sha256_hex(data)
-    import asyncio
-
-    return await asyncio.to_thread(sha256_hex, data)
 
 
 def _image_name(job_id: str, mime_type: str) -> str:
@@ -267,9 +253,23 @@ class _Writer:
                 self._pool.shutdown(wait=True)
 
     def _finish(self, commit: list[_Save]) -> None:
-        _finish(commit)
+        _finish(commit, self._sync_dirs)
         if self._thumbs is not None:
             self._thumbs.add([save.image_path for save in commit if save.error is None])
+
+    def _sync_dirs(self, folders: list[str]) -> None:
+        """A commit's folders fsync'd: a commit of 64 saves touches ~60 of the 256 subfolders,
+        and one after the other those waits were most of the writer's time with small images
+        (issue 25), so while fsyncs are slow they are spread over the fsync threads too."""
+        timings = self._fsync_s
+        if len(folders) > 1 and timings and min(timings) >= SLOW_FSYNC_S:
+            try:
+                list(self._fsync_pool().map(_fsync_dir, folders))
+                return
+            except RuntimeError:  # the interpreter is shutting down: do it here
+                pass
+        for folder in folders:
+            _fsync_dir(folder)
 
     def _take(self, *, block: bool) -> list[Any]:
         items = [self._queue.get()] if block else []
@@ -368,9 +368,10 @@ def _fsync_all(fds: list[tuple[_Save, int]], timings: deque[float]) -> None:
             timings.append(time.perf_counter() - started)
 
 
-def _finish(commit: list[_Save]) -> None:
-    """Step 3: per save, the sidecar and then the image to their final names; then one
-    ``call_soon_threadsafe`` per event loop with every outcome."""
+def _finish(commit: list[_Save], sync_dirs: Callable[[list[str]], None] | None = None) -> None:
+    """Step 3: per save, the sidecar and then the image to their final names, the folders
+    fsync'd (``sync_dirs``, else one by one); then one ``call_soon_threadsafe`` per event loop
+    with every outcome."""
     try:
         for save in commit:
             for attr, path in (("sidecar_fd", save.sidecar_path), ("image_fd", save.image_path)):
@@ -393,8 +394,12 @@ def _finish(commit: list[_Save]) -> None:
                     _remove(path + ".tmp")
         # One directory fsync per commit: the renames above survive a power cut before any
         # ledger line counts these images as done.
-        for folder in {os.path.dirname(save.image_path) for save in commit}:
-            _fsync_dir(folder)
+        folders = sorted({os.path.dirname(save.image_path) for save in commit})
+        if sync_dirs is not None:
+            sync_dirs(folders)
+        else:
+            for folder in folders:
+                _fsync_dir(folder)
     except Exception as exc:  # a bug must fail the saves loudly, never leave them waiting
         log.error("the store's writer failed", exc_info=True)
         for save in commit:

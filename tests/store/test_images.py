@@ -185,22 +185,24 @@ def test_a_bug_in_the_writer_fails_the_saves_instead_of_hanging_them(
 def test_big_images_are_hashed_off_the_loop_to_the_same_digest() -> None:
     import hashlib
 
-    small, big = os.urandom(1000), os.urandom(store_mod.HASH_OFF_LOOP_BYTES + 1)
+    from batchgen.store import digest
+
+    small, big = os.urandom(1000), os.urandom(digest.HASH_OFF_LOOP_BYTES + 1)
     loop_thread = threading.get_ident()
     seen: list[int] = []
-    real = store_mod.sha256_hex
+    real = digest.sha256_hex
 
     def spy(data: bytes) -> str:
         seen.append(threading.get_ident())
         return real(data)
 
     async def go() -> list[str]:
-        return [await store_mod.image_sha256(small), await store_mod.image_sha256(big)]
+        return [await digest.image_sha256(small), await digest.image_sha256(big)]
 
-    store_mod.sha256_hex = spy
+    digest.sha256_hex = spy
     try:
         got = asyncio.run(go())
     finally:
-        store_mod.sha256_hex = real
+        digest.sha256_hex = real
     assert got == [hashlib.sha256(small).hexdigest(), hashlib.sha256(big).hexdigest()]
     assert seen[0] == loop_thread and seen[1] != loop_thread
