@@ -9,6 +9,11 @@ image is made as durable as batchgen makes it (tmp file, fsync, rename, in a wor
 ``asyncio.to_thread``) and then gets a line in a ledger file, written and flushed from the event
 loop; no sidecar. ``sdk``: the official google-genai SDK's
 ``client.aio.models.generate_content`` with a semaphore, images written the same way as ``bare``.
+``promises``: the durable loop keeping every promise batchgen keeps (issue 25's small-image
+floor): an intent line before each send, fsync'd once for all the requests ready together; the
+image and a JSON sidecar each tmp + fsync + rename (sidecar first) in a worker thread; the
+directory fsync'd once for the renames done together; then a ledger line, flushed, and fsync'd
+in groups that nobody waits for (as batchgen's ledger does).
 
 Each runs in its own process (started by ``bench/run.py``) so its peak RSS can be read on its
 own. The result file gets the run phase's wall time (from before the first request until the
@@ -133,6 +138,104 @@ async def run_durable(url: str, prompts: list[str], concurrency: int, out: Path)
     return written
 
 
+class GroupSync:
+    """One fsync for everything written before it started; later writers wait for the next."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+        self.synced = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def wrote(self) -> int:
+        self.written += 1
+        return self.written
+
+    async def wait(self, upto: int) -> None:
+        while self.synced < upto:
+            if self.task is None:
+                self.task = asyncio.ensure_future(self._run())
+            await asyncio.shield(self.task)
+
+    def soon(self) -> None:
+        if self.task is None and self.synced < self.written:
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        upto = self.written
+        try:
+            await asyncio.to_thread(os.fsync, self.fd)
+            self.synced = max(self.synced, upto)
+        finally:
+            self.task = None
+
+
+def write_pair(folder: Path, name: str, data: bytes, sidecar: bytes) -> None:
+    """Sidecar and image to tmp names, both fsync'd, then renamed: the sidecar first."""
+    paths = []
+    for path, body in ((folder / (name + ".json"), sidecar), (folder / name, data)):
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        paths.append((tmp, path))
+    for tmp, path in paths:
+        os.replace(tmp, path)
+
+
+async def run_promises(url: str, prompts: list[str], concurrency: int, out: Path) -> int:
+    """``run_durable`` with batchgen's promises kept by hand (see the module docstring)."""
+    import hashlib
+
+    import aiohttp
+
+    endpoint = f"{url}/v1beta/models/{MODEL}:generateContent"
+    sem = asyncio.Semaphore(concurrency)
+    headers = {"Content-Type": "application/json"}
+    written = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    images = out / "images"
+    images.mkdir(exist_ok=True)
+    dir_fd = os.open(images, os.O_RDONLY)
+    with (out / "intents.jsonl").open("ab") as intents, \
+            (out / "ledger.jsonl").open("ab") as ledger:
+        intent_sync, dir_sync = GroupSync(intents.fileno()), GroupSync(dir_fd)
+        ledger_sync = GroupSync(ledger.fileno())
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(i: int, prompt: str) -> None:
+                nonlocal written
+                body = request_body(prompt)
+                async with sem:
+                    intents.write(orjson.dumps({"job": i, "price": 0.134}) + b"\n")
+                    intents.flush()
+                    await intent_sync.wait(intent_sync.wrote())
+                    async with session.post(
+                        endpoint, params={"key": KEY}, data=body, headers=headers
+                    ) as resp:
+                        raw = await resp.read()
+                        resp.raise_for_status()
+                    data = final_image(orjson.loads(raw))
+                    del raw
+                    name = f"{i:07d}.png"
+                    line = orjson.dumps({"job": i, "prompt": prompt, "status": "succeeded",
+                                         "output": name,
+                                         "sha256": hashlib.sha256(data).hexdigest()})
+                    await asyncio.to_thread(write_pair, images, name, data, line)
+                    await dir_sync.wait(dir_sync.wrote())
+                    ledger.write(line + b"\n")
+                    ledger.flush()
+                    ledger_sync.wrote()
+                    ledger_sync.soon()
+                    written += 1
+
+            await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+        await ledger_sync.wait(ledger_sync.written)
+    os.close(dir_fd)
+    return written
+
+
 async def run_sdk(url: str, prompts: list[str], concurrency: int, out: Path) -> int:
     from google import genai
     from google.genai import types
@@ -178,7 +281,7 @@ def cpu_s() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=["bare", "durable", "sdk"])
+    ap.add_argument("kind", choices=["bare", "durable", "promises", "sdk"])
     ap.add_argument("--manifest", type=Path, required=True)
     ap.add_argument("--url", required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -187,7 +290,8 @@ def main() -> None:
     args = ap.parse_args()
     prompts = read_prompts(args.manifest)
     args.out.mkdir(parents=True, exist_ok=True)
-    run = {"bare": run_bare, "durable": run_durable, "sdk": run_sdk}[args.kind]
+    run = {"bare": run_bare, "durable": run_durable, "promises": run_promises,
+           "sdk": run_sdk}[args.kind]
     t0, cpu0 = time.perf_counter(), cpu_s()
     written = asyncio.run(run(args.url, prompts, args.concurrency, args.out))
     run_s, run_cpu_s = time.perf_counter() - t0, cpu_s() - cpu0

@@ -6,10 +6,13 @@ Arguments are those of ``batchgen``. ``batchgen.run.prepare`` (manifest validati
 plan count: everything before the first request), ``batchgen.run.execute`` (the run phase:
 workers, client, store, ledger) and ``batchgen.cli.refresh_gallery`` (the gallery page written
 after the run) are wrapped with ``time.perf_counter`` and nothing else changes; the CLI looks all
-three up at call time, so it picks the wrapped ones up. After each phase the process's peak RSS
-so far is noted too (``<phase>_maxrss``, bytes), so a peak can be put down to its phase, and
-the CPU seconds the phase used (``<phase>_cpu_s``, every thread). The
-figures are written to ``$BENCH_RESULT`` at exit, whatever the exit code.
+three up at call time, so it picks the wrapped ones up. In batch mode each batch's
+``Collector.collect`` (download, parse, store, ledger) is timed too, summed as ``collect_s``,
+and ``ImageStore.close`` (where the thumbnails still queued get their short wait) as
+``store_close_s``.
+After each phase the process's peak RSS so far is noted too (``<phase>_maxrss``, bytes), so a
+peak can be put down to its phase, and the CPU seconds the phase used (``<phase>_cpu_s``, every
+thread). The figures are written to ``$BENCH_RESULT`` at exit, whatever the exit code.
 
 ``BENCH_NO_FSYNC=1`` replaces the store's fsync with a no-op: a diagnostic only, to show what the
 durable writes cost. It is never used for a figure that is compared against a target.
@@ -69,6 +72,32 @@ def _timed_async(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _summed_async(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Like _timed_async, but adds up every call (one collection per batch)."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0, cpu0 = time.perf_counter(), cpu_s()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            timings[f"{name}_s"] = timings.get(f"{name}_s", 0.0) + time.perf_counter() - t0
+            timings[f"{name}_cpu_s"] = timings.get(f"{name}_cpu_s", 0.0) + cpu_s() - cpu0
+            timings[f"{name}_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    return wrapper
+
+
+def _summed(name: str, fn: Callable[..., T]) -> Callable[..., T]:
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            timings[f"{name}_s"] = timings.get(f"{name}_s", 0.0) + time.perf_counter() - t0
+
+    return wrapper
+
+
 def _write() -> None:
     path = os.environ.get("BENCH_RESULT")
     if path:
@@ -112,5 +141,14 @@ if __name__ == "__main__":
     import batchgen.cli.run_flow as flow_mod
 
     flow_mod.refresh_gallery = _timed("gallery", flow_mod.refresh_gallery)
+    import batchgen.batch.collect as collect_mod
+
+    collect_mod.Collector.collect = _summed_async(  # type: ignore[method-assign]
+        "collect", collect_mod.Collector.collect)
+    import batchgen.store.images as images_mod
+
+    # Closing the store waits (briefly) for the thumbnails still queued: gallery work too.
+    images_mod.ImageStore.close = _summed(  # type: ignore[method-assign]
+        "store_close", images_mod.ImageStore.close)
     atexit.register(_write)
     cli_mod.main(prog_name="batchgen")

@@ -62,6 +62,8 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> byte
         inflater = zlib.decompressobj(zlib.MAX_WBITS)
     else:
         raise BadResponseError(f"{what} came with Content-Encoding {encoding!r}, not asked for")
+    if inflater is None and declared.isdigit():
+        return await _read_sized(resp, int(declared), cap, what)
     buf = bytearray()
     wire = 0
     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
@@ -86,4 +88,30 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> byte
         buf += inflater.flush()
         if len(buf) > cap:
             raise _too_large(what, cap, f"{encoding} body of {wire} bytes inflating past it")
+    return buf
+
+
+async def _read_sized(resp: aiohttp.ClientResponse, size: int, cap: int, what: str
+                      ) -> bytearray:
+    """A body whose length is declared (and under the cap): one buffer of that size, filled in
+    place, instead of one grown chunk by chunk (a copy of everything so far each time it
+    grows: 12% of the event loop's time on 1 MB answers, issue 25). A body that runs past its
+    Content-Length (a broken server) still grows, under the cap."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    pos = 0
+    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+        end = pos + len(chunk)
+        if end <= size:
+            view[pos:end] = chunk
+        else:
+            view.release()
+            del buf[pos:]
+            buf += chunk
+            if end > cap:
+                raise _too_large(what, cap, f"over {end} bytes and still coming")
+        pos = end
+    if pos < size:
+        view.release()
+        del buf[pos:]  # cut short: what came is returned, the caller finds it incomplete
     return buf

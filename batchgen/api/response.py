@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadResponseError, BlockedError, EmptyAnswerError, NoImageError
+
+_fast_b64decode: Callable[..., bytes] | None
+try:
+    from pybase64 import b64decode as _fast_b64decode
+except ImportError:  # the stdlib decodes it all, only slower
+    _fast_b64decode = None
 
 SAFETY_FINISH = frozenset(
     {
@@ -53,6 +60,14 @@ class Parsed:
 
 
 def decode_b64(data: str) -> bytes:
+    """The bytes of a base64 image. Strict SIMD decoding first (pybase64: a 1 MB image in
+    0.25 ms); text it refuses (line breaks, a missing pad) goes through the stdlib's lenient
+    decoder, which also decodes everything when pybase64 is not installed."""
+    if _fast_b64decode is not None:
+        try:
+            return _fast_b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     try:
         # a2b_base64 takes the str as it is; b64decode would first copy megabytes into bytes.
         return binascii.a2b_base64(data)

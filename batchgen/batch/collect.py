@@ -41,6 +41,7 @@ from ..api.response import data_url_bytes, parse_answer
 from ..api.retrying import RetryPolicy, backoff_delay, should_retry
 from ..folder.batches import BatchRecord, Journal, Phase, seconds_since, spec_from_line
 from ..spec import JobSpec
+from ..store.digest import image_sha256
 from .recorder import Recorder as Recorder
 from .recorder import Tally as Tally
 from .recorder import crash_point as crash_point
@@ -370,8 +371,9 @@ class Collector:
                 done.failed.add(job_id)
                 self.rec.failure(spec, exc, cost=cost, **kw)
                 return
+            sha = await image_sha256(data)
             record = self.rec.success_record(spec, data, mime, size, parsed.text,
-                                             parsed.grounding, cost=cost, usage=usage, **kw)
+                                             parsed.grounding, sha, cost=cost, usage=usage, **kw)
             done.kept[job_id] = record  # before it is saved: a duplicate may follow at once
             await self._saving(job_id, self.rec.save_success(record, data, parsed.turn))
         elif "error" in obj:

@@ -101,7 +101,7 @@ class BatchRun:
     async def run(self) -> Outcome:
         prep = self.prep
         folder = prep.folder
-        store = ImageStore(folder.path)
+        store = ImageStore(folder.path, thumbnails=self.options.ui.gallery)
         store.prepare()
         # A request file still being written when a run died: no intent names it, so no
         # batch was made from it (its jobs are planned again).

@@ -97,11 +97,12 @@ class Recorder:
         self.index.cost_usd += cost
 
     def success_record(self, spec: JobSpec, data: bytes, mime: str, size: tuple[int, int],
-                       text: str | None, grounding: Any = None, **kw: Any) -> LedgerRecord:
+                       text: str | None, grounding: Any = None, sha256: str | None = None,
+                       **kw: Any) -> LedgerRecord:
         return success_record(
             spec, self._fields(spec, **kw), output=self.store.relpath(spec.job_id, mime),
             data=data, mime_type=mime, width=size[0], height=size[1], text=text,
-            grounding=grounding,
+            grounding=grounding, sha256=sha256,
         )
 
     async def save_success(self, record: LedgerRecord, data: bytes,

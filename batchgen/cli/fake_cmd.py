@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
 
 from .common import fail
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30}
+
+
+def _byte_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """``1MB``, ``1.5MB``, ``600KB``, ``2MiB`` or a plain count of bytes."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise click.BadParameter(f"{value!r}: expected a size such as 1MB, 600KB or 2MiB")
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 @click.command("fake-server")
@@ -15,6 +30,9 @@ from .common import fail
 @click.option("--key", default="fake-key", show_default=True, help="The key it accepts.")
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per answer.")
 @click.option("--full-size", is_flag=True, help="Real pixel sizes instead of small images.")
+@click.option("--image-bytes", callback=_byte_size, metavar="SIZE",
+              help="Answer images of about this size (e.g. 1MB; a real 1K PNG is 1-2 MB, 2K "
+                   "about 6 MB) at real pixel sizes, different bytes in every answer.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
               help="e.g. --fault 429=0.1 --fault 503=0.05 (repeatable).")
 @click.option("--rpm", type=int, help="Requests allowed per --rate-window (a quota limiter).")
@@ -44,6 +62,7 @@ from .common import fail
               help="Answer 400 to this tier on this model (repeatable; default: the tiers the "
                    "model table does not list for it, flex only).")
 def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
+                image_bytes: int | None,
                 faults: tuple[str, ...], rpm: int | None, ipm: int | None, rate_window: float,
                 rate_window_kind: str, rate_limit_style: str, url_output: str | None,
                 batch_seconds: float, batch_faults: tuple[str, ...], flex_shed: float,
@@ -86,7 +105,8 @@ def fake_server(host: str, port: int, key: str, latency: float, full_size: bool,
             refused.setdefault(model, []).append(tier.lower())
         tier_cfg["tiers_refused"] = refused
     try:
-        config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size, faults=rates,
+        config = FakeConfig(api_key=key, latency_s=latency, full_size=full_size,
+                            image_bytes=image_bytes, faults=rates,
                             rpm_limit=rpm, ipm_limit=ipm, rate_window_s=rate_window,
                             rate_window_kind=rate_window_kind, rate_limit_style=rate_limit_style,
                             url_output=url_output, batch_seconds=batch_seconds, **batch,

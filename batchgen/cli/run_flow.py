@@ -169,7 +169,8 @@ def refresh_gallery(out: Path) -> Path | None:
         click.echo(gallery_hint(out), err=True)
         return None
     try:
-        return build_gallery(out).path
+        # The store made the thumbnails as the images landed; none is made here (issue 25).
+        return build_gallery(out, thumbnails=False).path
     except BatchgenError as exc:
         click.echo(f"warning: no gallery: {exc}", err=True)
         return None

@@ -79,7 +79,7 @@ FinalPart = Callable[[EncodedImage, dict[str, Any]], dict[str, Any]]
 
 def _inline_part(final: EncodedImage, sig: dict[str, Any]) -> dict[str, Any]:
     # Always labelled PNG: with mislabelling on, the bytes may be JPEG.
-    data = _SPLICE if len(final.b64) > _SPLICE_OVER else final.b64
+    data = _SPLICE if len(final.b64_bytes) > _SPLICE_OVER else final.b64
     return {"inlineData": {"mimeType": "image/png", "data": data}, **sig}
 
 

@@ -11,7 +11,6 @@ import base64
 import io
 import logging
 import math
-import random
 import threading
 import zlib
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from batchgen import spec
+
+from .sized import SizedPng
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,17 @@ class EncodedImage:
     """Encoded bytes plus their base64, so a response only has to splice a string in."""
 
     data: bytes
-    b64: str
+    # Empty for a sized image (:mod:`.sized`): its base64 is only ever spliced in as bytes.
+    b64_text: str
     mime_type: str
     width: int
     height: int
     # The same base64 as bytes, for splicing big images into an encoded body (see app.py).
     b64_bytes: bytes = b""
+
+    @property
+    def b64(self) -> str:
+        return self.b64_text or self.b64_bytes.decode("ascii")
 
     @classmethod
     def of(cls, data: bytes, mime_type: str, width: int, height: int) -> EncodedImage:
@@ -118,44 +124,26 @@ def _draw(width: int, height: int, colour: tuple[int, int, int]) -> Image.Image:
     return img
 
 
-def _noise_png(target_bytes: int, ratio: str, seed: int) -> EncodedImage:
-    """An uncompressed PNG of random pixels about ``target_bytes`` long.
-
-    Stored (level 0) deflate makes the file size predictable: one filter byte plus three bytes a
-    pixel per row, plus a few bytes of framing, so the size can be aimed at directly.
-    """
-    rw, rh = spec.BASE_PIXELS[ratio]
-    pixels = max(1, (target_bytes - 200) // 3)
-    width = max(1, round(math.sqrt(pixels * rw / rh)))
-    height = max(1, (target_bytes - 200) // (3 * width + 1))
-    raw = random.Random(seed).randbytes(width * height * 3)
-    img = Image.frombytes("RGB", (width, height), raw)
-    buf = io.BytesIO()
-    img.save(buf, "PNG", compress_level=0)
-    data = buf.getvalue()
-    return EncodedImage.of(data, "image/png", width, height)
-
-
 class ImageCache:
     """Thread-safe memo of every image the fake has made.
 
     Keys are small tuples, so even with every ratio, size and bucket in use the cache holds at
     most a few thousand thumbnails. Big images (``full_size``/``image_bytes``) have fewer keys:
-    noise images are cached per ratio and size only, not per colour.
+    an ``image_bytes`` image's base is cached per pixel size and byte size only, and every
+    answer gets fresh last rows (:mod:`.sized`), so no two answers are the same bytes.
     """
 
     def __init__(self) -> None:
         self._cache: dict[tuple[object, ...], EncodedImage] = {}
+        self._sized: dict[tuple[int, int, int], SizedPng] = {}
         # Two threads (a ThreadedFakeServer plus a test) may ask at once; making twice is only
         # wasted work, but the lock keeps the cache from holding two copies of a 4 MB image.
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._cache)
-
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._sized.clear()
 
     def final(
         self,
@@ -168,13 +156,12 @@ class ImageCache:
         jpeg: bool = False,
     ) -> EncodedImage:
         """The result image. ``jpeg`` gives JPEG bytes (the server may still label them PNG)."""
-        if image_bytes is not None and not jpeg:
-            key: tuple[object, ...] = ("noise", ratio, image_bytes)
-            seed = zlib.crc32(ratio.encode())
-            return self._get(key, lambda: _noise_png(image_bytes, ratio, seed))
         w, h = output_dims(ratio, size, full_size or image_bytes is not None)
+        if image_bytes is not None and not jpeg:
+            data, b64 = self._sized_png(w, h, image_bytes).fresh()
+            return EncodedImage(data, "", "image/png", w, h, b64)
         fmt = "JPEG" if jpeg else "PNG"
-        key = ("final", fmt, w, h, bucket)
+        key: tuple[object, ...] = ("final", fmt, w, h, bucket)
         return self._get(key, lambda: _encode(_draw(w, h, bucket_colour(bucket)), fmt))
 
     def interim(
@@ -184,6 +171,20 @@ class ImageCache:
         w, h = output_dims(ratio, "1K", full_size)
         key = ("interim", w, h, bucket, index)
         return self._get(key, lambda: _encode(_draw(w, h, bucket_colour(bucket, index + 1)), "PNG"))
+
+    def _sized_png(self, width: int, height: int, image_bytes: int) -> SizedPng:
+        key = (width, height, image_bytes)
+        found = self._sized.get(key)
+        if found is None:
+            with self._lock:
+                found = self._sized.get(key)
+                if found is None:
+                    found = SizedPng(width, height, image_bytes, zlib.crc32(repr(key).encode()))
+                    self._sized[key] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._cache) + len(self._sized)
 
     def _get(self, key: tuple[object, ...], make: Callable[[], EncodedImage]) -> EncodedImage:
         img = self._cache.get(key)

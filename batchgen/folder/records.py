@@ -77,7 +77,9 @@ def success_record(
     height: int | None,
     text: str | None,
     grounding: Any = None,
+    sha256: str | None = None,
 ) -> LedgerRecord:
+    """``sha256``: the image's digest when the caller has it already (hashed off the loop)."""
     if spec.aspect_ratio is None and width and height:
         fields = {**fields, "aspect_ratio": nearest_aspect_ratio(width, height)}  # as made
     return LedgerRecord(
@@ -87,7 +89,7 @@ def success_record(
         width=width,
         height=height,
         mime_type=mime_type,
-        sha256=sha256_hex(data),
+        sha256=sha256 or sha256_hex(data),
         grounding=grounding,
         **fields,
     )

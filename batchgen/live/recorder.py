@@ -22,6 +22,7 @@ from ..folder.intents import IntentJournal
 from ..folder.verdicts import Redos
 from ..progress import Progress
 from ..spec import JobSpec
+from ..store.digest import image_sha256
 from ..store.images import ImageStore
 from .outcome import JobState, RunResult, StopReason, StopRun
 
@@ -67,6 +68,7 @@ class Recorder:
             height=image.height,
             text=image.text,
             grounding=image.grounding,
+            sha256=await image_sha256(image.data),
         )
         line = record.to_line()
         # The sidecar also keeps the answer's parts a later edit sends back (issue 22): the

@@ -34,7 +34,7 @@ async def execute(prep: Prepared, options: RunOptions, *,
     signal would, callable from any thread (a run in a worker thread has no signals: its caller
     passes the main thread's Ctrl-C on)."""
     folder, target = prep.folder, options.target
-    store = ImageStore(folder.path)
+    store = ImageStore(folder.path, thumbnails=options.ui.gallery)
     store.prepare()
     ledger = LedgerWriter(folder.ledger_path)
     ledger.open()

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import orjson
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ..errors import StorageError
 from ..folder.current import current_ids, iter_current
@@ -30,6 +30,7 @@ from ..folder.ledger import LEDGER_NAME, LedgerRecord, iter_ledger
 from ..folder.reviews import Review, Verdict, read_reviews
 from ..folder.runfolder import read_meta
 from ..folder.verdicts import has_reviews, verdicts
+from ..store.thumbs import make_thumb
 from ..words import plural
 from .status import make_status
 
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 GALLERY_NAME = "gallery.html"
 THUMBS_DIR = "thumbs"
-THUMB_PX = 256
-THUMB_QUALITY = 80
 # `run` refreshes the page at its end only up to this many ledger records (see too_big_to_refresh).
 REFRESH_MAX_RECORDS = 20_000
 _THUMB_SLICE = 1024
@@ -77,36 +76,6 @@ _SCRIPT_ESCAPES = (
 def script_json(data: Any) -> str:
     """JSON that is inert inside <script>: no ``</script>``, ``<!--`` or entity can form."""
     return _escape(orjson.dumps(data)).decode()
-
-
-def make_thumb(src: Path, dst: Path, px: int = THUMB_PX) -> bool:
-    """Write a JPEG thumbnail of ``src``; False (and no work) if ``dst`` is already current."""
-    try:
-        if dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
-            return False
-    except FileNotFoundError:
-        pass
-    tmp = dst.with_name(dst.name + ".tmp")
-    with Image.open(src) as img:
-        # JPEG can decode straight at a fraction of its size: much faster for 4K images.
-        img.draft("RGB", (px * 2, px * 2))
-        img.thumbnail((px, px), Image.Resampling.BICUBIC)
-        if img.mode in ("RGBA", "LA", "P"):
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, (255, 255, 255))
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            flat = img.convert("RGB")
-    # Renamed into place but not synced (not durable.atomic_write): a thumbnail is a cache made
-    # again by deleting it, not worth a disk flush per image of a folder of thousands, and a
-    # failure is this image's ("no thumbnail"), not a StorageError that ends the gallery.
-    try:
-        flat.save(tmp, "JPEG", quality=THUMB_QUALITY)
-        os.replace(tmp, dst)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk must leave no .tmp behind
-        raise
-    return True
 
 
 def _inside(root: str, rel: str) -> str | None:
@@ -223,6 +192,14 @@ def _thumbnail_all(todo: list[tuple[str, str]], workers: int) -> tuple[int, int,
     return made, reused, broken
 
 
+def _current(image: str, thumb: str) -> bool:
+    """Whether ``thumb`` is there and no older than ``image`` (make_thumb's test)."""
+    try:
+        return os.stat(thumb).st_mtime_ns >= os.stat(image).st_mtime_ns
+    except OSError:
+        return False
+
+
 def _escape(raw: bytes) -> bytes:
     for char, escape in _SCRIPT_ESCAPES:
         if char in raw:
@@ -230,9 +207,11 @@ def _escape(raw: bytes) -> bytes:
     return raw
 
 
-def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None = None) -> (
-    GalleryResult
-):
+def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None = None,
+                  thumbnails: bool = True) -> GalleryResult:
+    """Write the page. ``thumbnails=False`` (the page ``run`` refreshes at its end) makes none:
+    the store made them as images landed (store/thumbs.py), and a card whose thumbnail is not
+    there yet shows its image itself, so the end of a run never decodes every image again."""
     started = time.monotonic()
     meta = read_meta(run_dir)  # raises InputError when this is no run folder
     page = out or run_dir / GALLERY_NAME
@@ -270,7 +249,13 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
             os.makedirs(folder, exist_ok=True)
         # Once per image: two jobs naming one file would race to write one thumbnail.
         todo = list(dict.fromkeys(images.values()))
-        made, reused, broken = _thumbnail_all(todo, workers or min(8, os.cpu_count() or 2))
+        bare: set[str] = set()
+        if thumbnails:
+            made, reused, broken = _thumbnail_all(todo, workers or min(8, os.cpu_count() or 2))
+        else:
+            made, broken = 0, set()
+            bare = {image for image, thumb in todo if not _current(image, thumb)}
+            reused = len(todo) - len(bare)
     except OSError as exc:
         raise StorageError(f"cannot write thumbnails in {run_dir / THUMBS_DIR}: {exc}") from exc
     counted = len(cards) if current is None else sum(1 for k in cards if k in current)
@@ -302,7 +287,7 @@ def build_gallery(run_dir: Path, out: Path | None = None, *, workers: int | None
             sep = b","
             old = current is not None and job_id not in current
             fh.write(_escape(_card_json(card, images.get(job_id), base, broken, old,
-                                        found.get(job_id))))
+                                        found.get(job_id), bare)))
         fh.write(b"]")
         fh.write(after.encode("utf-8"))
     return GalleryResult(
@@ -333,7 +318,7 @@ def _manifest_order(cards: dict[str, _Card], run_dir: Path) -> dict[str, _Card]:
 
 def _card_json(
     card: _Card, image: tuple[str, str] | None, base: str, broken: set[str],
-    superseded: bool = False, review: Review | None = None,
+    superseded: bool = False, review: Review | None = None, bare: set[str] | None = None,
 ) -> bytes:
     """The card's JSON object: head, then the image fields, then the error fields."""
     parts = [card.head]
@@ -343,7 +328,9 @@ def _card_json(
         parts += (b",", orjson.dumps({"v": review.verdict.value, "vn": review.note})[1:-1])
     if image is not None:
         extra: dict[str, Any] = {"im": _href(image[0], base)}
-        if image[0] not in broken:
+        if bare and image[0] in bare:
+            extra["th"] = extra["im"]  # no thumbnail yet: the browser scales the image
+        elif image[0] not in broken:
             extra["th"] = _href(image[1], base)
         parts += (b",", orjson.dumps(extra)[1:-1])
     elif card.succeeded:

@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import StorageError
 from ..folder.durable import fsync_dir
 from ..folder.layout import IMAGES_DIR, image_dirs, subdir
+from .thumbs import Thumbnailer
 
 if TYPE_CHECKING:
     import asyncio
@@ -65,11 +67,13 @@ class ImageStore:
     """The run folder's ``images/``. :meth:`close` (or ``async with``) stops the writer thread;
     a store that is never closed still shuts down cleanly, its thread is a daemon."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, thumbnails: bool = False) -> None:
         self.run_dir = run_dir
         self.images_dir = run_dir / IMAGES_DIR
         self._images = str(self.images_dir)  # save() builds its paths as plain strings: cheaper
         self._writer: _Writer | None = None
+        # The gallery's thumbnails, made as images land (store/thumbs.py), when asked for.
+        self.thumbnailer = Thumbnailer(run_dir) if thumbnails else None
 
     def prepare(self) -> None:
         try:
@@ -105,15 +109,19 @@ class ImageStore:
         save = _Save(sidecar_path, sidecar, image, data, loop, future)
         del data, sidecar  # the writer drops them once written, before the fsyncs
         while self._writer is None or not self._writer.submit(save):
-            self._writer = _Writer()
+            self._writer = _Writer(self.thumbnailer)
         del save
         await future
 
     def close(self) -> None:
-        """Finish the saves already queued, then stop the writer thread."""
+        """Finish the saves already queued, then stop the writer thread (and give the
+        thumbnailer its short budget for what it has queued)."""
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+        thumbs, self.thumbnailer = self.thumbnailer, None
+        if thumbs is not None:
+            thumbs.close()
 
     async def __aenter__(self) -> ImageStore:
         return self
@@ -168,7 +176,8 @@ class _Writer:
     and an image never has its final name before its sidecar does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, thumbs: Thumbnailer | None = None) -> None:
+        self._thumbs = thumbs
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pool: ThreadPoolExecutor | None = None
         self._fsync_s: deque[float] = deque(maxlen=16)  # appended to from several threads
@@ -213,13 +222,13 @@ class _Writer:
                     written.append(waiting.popleft())
                     _write_tmp_files(written[-1])
                 if commit and parts_left == 0:
-                    _finish(commit)
+                    self._finish(commit)
                     commit = []
                 if not commit and written:
                     commit, written = written, []
                     parts_left = self._sync(commit)
                     if parts_left == 0:
-                        _finish(commit)
+                        self._finish(commit)
                         commit = []
         except BaseException as exc:  # a bug: fail every save it holds, never leave one waiting
             log.error("the store's writer failed", exc_info=True)
@@ -242,6 +251,25 @@ class _Writer:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+
+    def _finish(self, commit: list[_Save]) -> None:
+        _finish(commit, self._sync_dirs)
+        if self._thumbs is not None:
+            self._thumbs.add([save.image_path for save in commit if save.error is None])
+
+    def _sync_dirs(self, folders: list[str]) -> None:
+        """A commit's folders fsync'd: a commit of 64 saves touches ~60 of the 256 subfolders,
+        and one after the other those waits were most of the writer's time with small images
+        (issue 25), so while fsyncs are slow they are spread over the fsync threads too."""
+        timings = self._fsync_s
+        if len(folders) > 1 and timings and min(timings) >= SLOW_FSYNC_S:
+            try:
+                list(self._fsync_pool().map(_fsync_dir, folders))
+                return
+            except RuntimeError:  # the interpreter is shutting down: do it here
+                pass
+        for folder in folders:
+            _fsync_dir(folder)
 
     def _take(self, *, block: bool) -> list[Any]:
         items = [self._queue.get()] if block else []
@@ -340,9 +368,10 @@ def _fsync_all(fds: list[tuple[_Save, int]], timings: deque[float]) -> None:
             timings.append(time.perf_counter() - started)
 
 
-def _finish(commit: list[_Save]) -> None:
-    """Step 3: per save, the sidecar and then the image to their final names; then one
-    ``call_soon_threadsafe`` per event loop with every outcome."""
+def _finish(commit: list[_Save], sync_dirs: Callable[[list[str]], None] | None = None) -> None:
+    """Step 3: per save, the sidecar and then the image to their final names, the folders
+    fsync'd (``sync_dirs``, else one by one); then one ``call_soon_threadsafe`` per event loop
+    with every outcome."""
     try:
         for save in commit:
             for attr, path in (("sidecar_fd", save.sidecar_path), ("image_fd", save.image_path)):
@@ -365,8 +394,12 @@ def _finish(commit: list[_Save]) -> None:
                     _remove(path + ".tmp")
         # One directory fsync per commit: the renames above survive a power cut before any
         # ledger line counts these images as done.
-        for folder in {os.path.dirname(save.image_path) for save in commit}:
-            _fsync_dir(folder)
+        folders = sorted({os.path.dirname(save.image_path) for save in commit})
+        if sync_dirs is not None:
+            sync_dirs(folders)
+        else:
+            for folder in folders:
+                _fsync_dir(folder)
     except Exception as exc:  # a bug must fail the saves loudly, never leave them waiting
         log.error("the store's writer failed", exc_info=True)
         for save in commit:

@@ -37,3 +37,24 @@ def test_parse_answer_snake_case_and_thoughts() -> None:
 ])
 def test_find_image_url(text: str, url: str | None) -> None:
     assert find_image_url(text) == url
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["pybase64", "stdlib"])
+def test_decode_b64_strict_lenient_and_bad(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from batchgen.api import response
+    from batchgen.errors import BadResponseError
+
+    if not fast:  # what runs where pybase64 is not installed
+        monkeypatch.setattr(response, "_fast_b64decode", None)
+    else:
+        assert response._fast_b64decode is not None
+    data = os.urandom(3000)
+    text = base64.b64encode(data).decode()
+    assert response.decode_b64(text) == data
+    # Line breaks (MIME style) are not strict base64: the lenient decoder takes them.
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    assert response.decode_b64(wrapped) == data
+    with pytest.raises(BadResponseError, match="not valid base64"):
+        response.decode_b64(text[:-1])  # a length no base64 can have

@@ -132,6 +132,7 @@ def test_new_images_sidecars_and_thumbnails_go_in_hash_subfolders(
 ) -> None:
     _, out = _matrix_run(server, tmp_path)
     lines = ledger_lines(out)
+    assert cli("gallery", out).code == 0  # every thumbnail made (the run's end makes none)
     for rec in lines:
         job_id = str(rec["job_id"])
         (rel,) = rec["outputs"]  # type: ignore[misc]

@@ -229,10 +229,27 @@ async def test_full_size_and_image_bytes(srv: FakeServer, session: aiohttp.Clien
     _, data, _ = await post(session, srv, request_body(ratio="16:9"))
     raw = final_image(data)[1]
     assert abs(len(raw) - 200_000) < 2_000
-    assert_ratio(decode(raw), "16:9")
+    img = decode(raw)
+    assert img.size == spec.output_pixels("16:9", "1K")  # the real pixel size, not a shrunk one
+    img.load()  # every scanline decodes, the per-answer tail included
     cached = len(srv.images)
-    await post(session, srv, request_body("another prompt", ratio="16:9"))
-    assert len(srv.images) == cached  # served from cache, not re-encoded
+    _, again, _ = await post(session, srv, request_body(ratio="16:9"))
+    other = final_image(again)[1]
+    assert len(srv.images) == cached  # the base came from the cache, not encoded again
+    # Distinct bytes in every answer, the same prompt too: no dedup or compression can flatter.
+    assert other != raw and other[-70_000:] != raw[-70_000:]
+    assert decode(other).size == img.size
+
+
+async def test_image_bytes_at_2k(srv: FakeServer, session: aiohttp.ClientSession) -> None:
+    srv.config.image_bytes = 600_000
+    srv.config.thought_images = 0
+    _, data, _ = await post(session, srv, request_body(ratio="1:1", size="2K"))
+    raw = final_image(data)[1]
+    assert abs(len(raw) - 600_000) < 6_000
+    img = decode(raw)
+    assert img.size == (2048, 2048)
+    img.load()
 
 
 # -- auth, model, validation -----------------------------------------------------------------

@@ -180,3 +180,29 @@ def test_a_bug_in_the_writer_fails_the_saves_instead_of_hanging_them(
         store.close()
     assert all(isinstance(r, StorageError) and "boom" in str(r) for r in results)
     assert not [n for n in _files(store) if n.endswith(".tmp")]
+
+
+def test_big_images_are_hashed_off_the_loop_to_the_same_digest() -> None:
+    import hashlib
+
+    from batchgen.store import digest
+
+    small, big = os.urandom(1000), os.urandom(digest.HASH_OFF_LOOP_BYTES + 1)
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    real = digest.sha256_hex
+
+    def spy(data: bytes) -> str:
+        seen.append(threading.get_ident())
+        return real(data)
+
+    async def go() -> list[str]:
+        return [await digest.image_sha256(small), await digest.image_sha256(big)]
+
+    digest.sha256_hex = spy
+    try:
+        got = asyncio.run(go())
+    finally:
+        digest.sha256_hex = real
+    assert got == [hashlib.sha256(small).hexdigest(), hashlib.sha256(big).hexdigest()]
+    assert seen[0] == loop_thread and seen[1] != loop_thread
