@@ -30,7 +30,7 @@ from ..errors import BatchgenError, InputError
 from ..folder.layout import thumb_relpath
 from ..folder.reviews import MAX_NOTE, Review, Verdict, append_reviews
 from ..folder.runfolder import read_meta
-from ..reporting.gallery import make_thumb
+from ..store.thumbs import make_thumb
 from . import queries
 from .index import FolderIndex
 
