@@ -422,12 +422,17 @@ async def test_latency_billed_after_client_gives_up(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-async def test_latency_applies_to_errors(srv: FakeServer, session: aiohttp.ClientSession) -> None:
-    srv.config.latency_s = 0.2
+async def test_latency_applies_to_generations_not_to_a_wrong_key(
+        srv: FakeServer, session: aiohttp.ClientSession) -> None:
+    # The service refuses a bad key before it generates anything, so at once.
+    srv.config.latency_s = 0.5
     start = time.monotonic()
     status, _, _ = await post(session, srv, request_body(), key="wrong")
-    assert status == 400 and time.monotonic() - start >= 0.2
+    assert status == 400 and time.monotonic() - start < 0.4
     assert srv.stats.billed_images == 0
+    start = time.monotonic()
+    status, _, _ = await post(session, srv, request_body())
+    assert status == 200 and time.monotonic() - start >= 0.5
 
 
 async def test_no_image_answers(srv: FakeServer, session: aiohttp.ClientSession) -> None:
