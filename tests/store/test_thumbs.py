@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -42,6 +43,12 @@ def test_the_store_makes_thumbnails_as_images_land(tmp_path: Path) -> None:
     ids = [f"job-{i}" for i in range(6)]
     try:
         _save(store, ids)
+        # The thumbnailer runs at the lowest priority: on a loaded machine give it its time
+        # here, since what close() waits for is a share of the run, not every thumbnail.
+        deadline = time.monotonic() + 60
+        while store.thumbnailer is not None and store.thumbnailer.made < len(ids):
+            assert time.monotonic() < deadline, "the thumbnailer made no progress in 60 s"
+            time.sleep(0.02)
     finally:
         store.close()
     lines = b""
