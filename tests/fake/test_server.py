@@ -406,10 +406,15 @@ async def test_latency_billed_after_client_gives_up(
 
 
 async def test_latency_applies_to_errors(srv: FakeServer, session: aiohttp.ClientSession) -> None:
-    srv.config.latency_s = 0.2
+    srv.config.latency_s = 0.5
     start = time.monotonic()
-    status, _, _ = await post(session, srv, request_body(), key="wrong")
-    assert status == 400 and time.monotonic() - start >= 0.2
+    status, _, _ = await post(session, srv, request_body(ratio="7:3"))
+    assert status == 400 and time.monotonic() - start >= 0.5
+    # Who is calling and for which model are answered at once, as the service does (issue 24).
+    for wrong in ({"key": "wrong"}, {"key": None}, {"model": "gemini-nope"}):
+        start = time.monotonic()
+        status, _, _ = await post(session, srv, request_body(), **wrong)  # type: ignore[arg-type]
+        assert status in (400, 401, 403, 404) and time.monotonic() - start < 0.4, wrong
     assert srv.stats.billed_images == 0
 
 
