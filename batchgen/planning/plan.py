@@ -51,6 +51,7 @@ REJECTED = "rejected"
 # Succeeded, but a parent's current image is not the one it was made from (a chained job whose
 # parent was made again): superseded, so it runs again (issue 22).
 STALE = "stale"
+PARENT_FAILED = "parent_failed"  # a chained job whose parent failed for good (never sent)
 # Bigger than the default 8 KiB: a 750 MB ledger is then 12,000 reads instead of 92,000.
 _READ_BUFFER = 1 << 16
 
@@ -262,7 +263,14 @@ class Plan:
         self.chained[job.job_id] = job
         chain = job.chain
         states = self.index.states
-        if chain is None or not chain.parents or states.get(job.job_id) != SUCCEEDED:
+        if chain is None or not chain.parents:
+            return
+        if states.get(job.job_id) == PARENT_FAILED:
+            # Failed only for its parent: it runs again once the parent is made (or retried).
+            if all(states.get(p) == SUCCEEDED or p in self._coming for p in chain.parents):
+                states[job.job_id] = RETRYABLE
+            return
+        if states.get(job.job_id) != SUCCEEDED:
             return
         lineage = self.lineage
         rec = lineage.record(job.job_id) if lineage is not None else None

@@ -228,3 +228,18 @@ def test_only_a_child_without_its_parent_is_left_out_and_said(server: ThreadedFa
     assert r.code == 0 and server.stats.requests == 1
     r = run_fast(server, m, out, "--only", "scene*")  # the parent is made now
     assert r.code == 0 and server.stats.requests == 4, r.output
+
+
+def test_children_failed_with_their_parent_run_when_it_is_retried(
+    server: ThreadedFakeServer, tmp_path: Path
+) -> None:
+    server.config.rules = [Rule(match="cartographer", fault="block", times=1)]
+    m = tmp_path / "hero.yaml"
+    m.write_text(HERO)
+    out = tmp_path / "run"
+    run_fast(server, m, out)
+    assert server.stats.requests == 1
+    r = run_fast(server, m, out, "--retry-failed", "blocked")  # only the parent's kind
+    assert r.code == 0, r.output
+    assert {x["name"] for x in ledger_lines(out) if x["status"] == "succeeded"} == {
+        "mara", "scene0", "scene1", "scene2"}
