@@ -38,7 +38,7 @@ from .http_body import (
     REFERENCE_MAX_BYTES,
     read_capped,
 )
-from .request import request_body
+from .request import request_body, turn_body
 from .response import data_url_bytes, parse_answer
 from .session import SessionOwner
 from .translate import error_body, error_from_http, redirected, snippet, translating
@@ -127,22 +127,11 @@ class GeminiClient(SessionOwner):
         return request_body(spec, parts, turns)
 
     async def _turn(self, turn: Turn, per_ref: int | None) -> dict[str, Any]:
-        """An earlier turn of a conversation: texts and images, each signature as received."""
-        parts: list[dict[str, Any]] = []
-        for part in turn.parts:
-            out: dict[str, Any]
-            if part.image is not None:
-                raw, mime = await self._local_reference(part.image, per_ref)
-                out = {"inlineData": {"mimeType": mime, "data": _b64(raw)}}
-                del raw
-            else:
-                out = {"text": part.text or ""}
-            if part.thought:
-                out["thought"] = True
-            if part.signature is not None:
-                out["thoughtSignature"] = part.signature
-            parts.append(out)
-        return {"role": turn.role, "parts": parts}
+        async def inline(image: Reference) -> dict[str, Any]:
+            raw, mime = await self._local_reference(image, per_ref)
+            return {"inlineData": {"mimeType": mime, "data": _b64(raw)}}
+
+        return await turn_body(turn, inline)
 
     async def generate(self, spec: JobSpec, tier: str | None = None) -> GeneratedImage:
         """One attempt. Raises a :class:`batchgen.errors.APIError` subclass on any failure."""

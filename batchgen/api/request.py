@@ -11,10 +11,11 @@ Each is sent only when the job sets it, so a request that sets none is what it a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..catalog import builtin_table
-from ..spec import JobSpec
+from ..spec import JobSpec, Reference, Turn
 
 
 def sends_image_size(model: str) -> bool:
@@ -56,3 +57,21 @@ def request_body(
             body["tools"] = [{"google_search": {}}]
     body["generationConfig"] = gen
     return body
+
+
+async def turn_body(turn: Turn,
+                    image_part: Callable[[Reference], Awaitable[dict[str, Any]]]
+                    ) -> dict[str, Any]:
+    """An earlier turn of a conversation as ``contents`` holds it: texts and images, each
+    ``thoughtSignature`` exactly as received. ``image_part`` says how an image travels (inline
+    bytes live, an uploaded file in a batch's request line)."""
+    parts: list[dict[str, Any]] = []
+    for part in turn.parts:
+        out: dict[str, Any] = (await image_part(part.image) if part.image is not None
+                               else {"text": part.text or ""})
+        if part.thought:
+            out["thought"] = True
+        if part.signature is not None:
+            out["thoughtSignature"] = part.signature
+        parts.append(out)
+    return {"role": turn.role, "parts": parts}

@@ -33,6 +33,7 @@ import orjson
 
 from .. import errors as e
 from ..api.client import GeminiClient, source_prefix
+from ..api.request import turn_body
 from ..catalog import result_line_bytes
 from ..folder.batches import BatchRecord, Journal, Phase, digest_ids, jobs_line, seconds_since
 from ..folder.durable import commit_tmp
@@ -222,16 +223,10 @@ class Submitter:
         return orjson.dumps({"key": spec.job_id, "request": body}) + b"\n"
 
     async def _turn(self, turn: Turn) -> dict[str, Any]:
-        parts: list[dict[str, Any]] = []
-        for part in turn.parts:
-            out: dict[str, Any] = ({"fileData": await self._reference(part.image)}
-                                   if part.image is not None else {"text": part.text or ""})
-            if part.thought:
-                out["thought"] = True
-            if part.signature is not None:
-                out["thoughtSignature"] = part.signature
-            parts.append(out)
-        return {"role": turn.role, "parts": parts}
+        async def uploaded(image: Reference) -> dict[str, Any]:
+            return {"fileData": await self._reference(image)}
+
+        return await turn_body(turn, uploaded)
 
     async def _reference(self, ref: Reference) -> dict[str, str]:
         """The uploaded copy of a reference (uploading it the first time it is needed)."""
