@@ -233,11 +233,17 @@ def summary_lines(
         lines.append(f"done: {counts}" if reason is StopReason.COMPLETED else f"{head}; {counts}")
     else:
         lines.append(head)
-    if result.unsettled_requests:
+    reserved = result.unsettled_requests - result.lost_requests
+    if reserved:
         lines.append(
-            f"plus ${result.unsettled_usd:.2f} reserved for {result.unsettled_requests} "
-            "request(s) whose outcome an earlier run never wrote down (counted toward --budget)"
+            f"plus ${result.unsettled_usd - result.lost_usd:.2f} reserved for {reserved} "
+            "request(s) whose outcome an earlier run never wrote down (counted toward --budget "
+            "until their jobs run again)"
         )
+    if result.lost_requests:
+        lines.append(
+            f"plus ${result.lost_usd:.2f} lost for {result.lost_requests} request(s) a killed run "
+            "sent and never heard back from: their jobs ran again, so they count as spent")
     if gallery is not None:
         lines.append(f"gallery: {gallery}")
     # Jobs this run would have sent without --limit that are still not settled.

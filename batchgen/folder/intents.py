@@ -86,6 +86,13 @@ class Unsettled:
         if last is not None and started_at > last:
             self._later[job_id] = started_at
 
+    def ran_again(self, job_id: str, started_at: str) -> None:
+        """A later run of this job reached the ledger (what :meth:`settle` learns, without
+        settling anything here: these intents are an earlier run's)."""
+        last = self._later.get(job_id)
+        if last is not None and started_at > last:
+            self._later[job_id] = started_at
+
     def lost(self) -> list[Intent]:
         """The intents whose job has a record of a later run: the request a killed run sent
         will never be heard of (its answer cannot be fetched again), so its outcome is as known
@@ -219,6 +226,7 @@ class IntentJournal:
     def settle(self, job_id: str, started_at: str) -> None:
         """The job's ledger line is written: it settles every intent of this job's run."""
         self.open_intents.settle(job_id, started_at)
+        self.carried.ran_again(job_id, started_at)
 
     def close(self) -> None:
         """Keep only what is unsettled: the earlier runs' and this run's abandoned requests."""

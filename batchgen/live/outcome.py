@@ -39,6 +39,10 @@ class RunResult:
     # Requests earlier runs sent whose outcome never reached the ledger, at their reserved price.
     unsettled_usd: float = 0.0
     unsettled_requests: int = 0
+    # Of those, the ones whose job this run made again: their answer will never be read, so
+    # they count as spent at that price (folder/intents.py, Unsettled.lost).
+    lost_usd: float = 0.0
+    lost_requests: int = 0
     stop_reason: StopReason = StopReason.COMPLETED
     stop_message: str = ""
     errors: dict[str, int] = field(default_factory=dict)

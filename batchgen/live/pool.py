@@ -184,6 +184,10 @@ class Runner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.result.elapsed_s = time.monotonic() - start
         self.result.spent_usd = self.budget.spent_usd  # every charge is the budget's
+        if self.recorder.intents is not None:
+            lost = self.recorder.intents.carried.lost()
+            self.result.lost_requests = len(lost)
+            self.result.lost_usd = sum(i.usd for i in lost)
         failure = None if producer.cancelled() else producer.exception()
         if failure is not None:
             raise failure  # e.g. the manifest changed under the run and no longer validates

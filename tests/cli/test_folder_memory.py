@@ -185,6 +185,9 @@ def test_reserved_spend_of_a_kill_clears_once_its_jobs_are_run_again(
     server.config.latency_s = 0.0
     r = run_fast(server, m, out)
     assert r.code == 0, r.output
+    # The run's own summary agrees with status: nothing of it is left reserved.
+    assert "reserved for" not in r.stderr, r.stderr
+    assert f"lost for {lost} request(s) a killed run sent" in r.stderr, r.stderr
     st = status(out)
     # The jobs were run again: those requests' outcome is as known as it will ever be. They
     # count as spent (the service bills a finished generation), no longer as reserved.
