@@ -42,7 +42,7 @@ def run(manifest: Path, **o: Any) -> None:
     setup_logging(options.ui.verbose)
     from ..planning.recall import default_out, recall
 
-    options = recall(options)  # the folder's provider, base URL and model when not given
+    options = recall(options, weak=_from_environment(click.get_current_context()))
     if "fake" in options.target.remembered:
         out = options.target.out or default_out(manifest)
         click.echo(f"{out} was made with --fake: running "
@@ -56,6 +56,15 @@ def run(manifest: Path, **o: Any) -> None:
     from .run_flow import go
 
     sys.exit(go(prep, options, cmd))
+
+
+def _from_environment(ctx: click.Context) -> tuple[str, ...]:
+    """The options set by an environment variable (BATCHGEN_PROVIDER), not typed: a shell's
+    default, which a folder's own provider overrides rather than contradicts."""
+    from click.core import ParameterSource
+
+    return tuple(name for name in ("provider",)
+                 if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT)
 
 
 @click.command()

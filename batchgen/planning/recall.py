@@ -34,20 +34,27 @@ def run_with(target: Target) -> dict[str, Any]:
             "model": target.model, "fake": target.fake}
 
 
-def recall(options: RunOptions) -> RunOptions:
+def recall(options: RunOptions, weak: tuple[str, ...] = ()) -> RunOptions:
     """``options`` with the flags left out taken from the run folder's ``run.json``; the names
-    taken are in ``target.remembered``. Reads one small file; a new folder changes nothing."""
+    taken are in ``target.remembered``. ``weak``: fields set by a default (an environment
+    variable), which the folder's value replaces. Reads one small file; a new folder changes
+    nothing."""
     target = options.target
     meta = read_run_meta(target.out or default_out(target.manifest))
     if not meta.get("provider"):
         return options
+    if weak:
+        cleared: dict[str, Any] = dict.fromkeys(weak)
+        target = dataclasses.replace(target, **cleared)
     given: dict[str, Any] = meta.get(RUN_WITH) or {
         # Written before run_with: the values the flags (or the manifest) resolved to.
         "provider": meta.get("provider"), "base_url": meta.get("base_url"),
     }
     changes: dict[str, Any] = {}
-    if target.provider is None and given.get("provider"):
-        changes["provider"] = str(given["provider"])
+    # A provider from the environment yields to the one the folder's runs resolved to.
+    provider = given.get("provider") or (meta["provider"] if "provider" in weak else None)
+    if target.provider is None and provider:
+        changes["provider"] = str(provider)
     if target.model is None and given.get("model"):
         changes["model"] = str(given["model"])
     if not target.fake and given.get("fake") and target.base_url is None:
@@ -58,9 +65,13 @@ def recall(options: RunOptions) -> RunOptions:
             raise InputError(f"{target.out or default_out(target.manifest)}: its base URL was "
                              "stored redacted (it held a secret); give --base-url")
         changes["base_url"] = url
-    if not changes:
+    remembered = tuple(changes)
+    for name in weak:  # the folder had none of its own: the environment's after all
+        if name not in changes:
+            changes[name] = getattr(options.target, name)
+    if not remembered:
         return options
-    new = dataclasses.replace(target, **changes, remembered=tuple(changes))
+    new = dataclasses.replace(target, **changes, remembered=remembered)
     return dataclasses.replace(options, target=new)
 
 

@@ -264,3 +264,16 @@ def test_estimate_of_a_folder_uses_its_model(server: ThreadedFakeServer, tmp_pat
     est = json.loads(r.stdout)
     assert est["done"] == 1 and est["jobs"] == 2
     assert set(est["by_model"]) == {"gemini-2.5-flash-image"}
+
+
+def test_a_provider_from_the_environment_yields_to_the_folders(server: ThreadedFakeServer,
+                                                               tmp_path: Path) -> None:
+    m, out = csv_manifest(tmp_path, 2), tmp_path / "out"
+    assert run(m, "--out", out, "--provider", "google", "--base-url", server.url,
+               "--limit", "1").code == 0
+    env = {**GOOGLE_ENV, "BATCHGEN_PROVIDER": "anyfast"}  # a shell's default, not a flag
+    again = run(m, "--out", out, env=env)
+    assert again.code == 0, again.output
+    assert succeeded(out) == 2
+    typed = run(m, "--out", out, "--provider", "anyfast", env=env)  # typed: a contradiction
+    assert typed.code == 2, typed.output

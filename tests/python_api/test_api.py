@@ -271,3 +271,21 @@ def test_ctrl_c_in_a_notebook_stops_the_run_in_its_thread_gracefully(tmp_path: P
         # The request in flight was waited for and saved: everything billed is in the ledger.
         assert slow.stats.billed_images == res.succeeded
         assert len(ledger_lines(tmp_path / "i")) == res.succeeded
+
+
+def test_a_folder_remembers_its_provider_and_base_url_from_python(
+        server: ThreadedFakeServer, tmp_path: Path) -> None:
+    """Issue 24: batchgen.run of a folder without provider= or base_url= goes where its jobs
+    went; one that contradicts it raises InputError before anything is sent."""
+    jobs = [{"prompt": f"a kite {i}"} for i in range(3)]
+    out = tmp_path / "kites"
+    first = batchgen.run(jobs, out=out, provider="google", base_url=server.url,
+                         selection=batchgen.Selection(limit=1),
+                         settings=batchgen.RunSettings(backoff_initial_s=0.01))
+    assert first.succeeded == 1
+    again = batchgen.run(jobs, out=out, settings=batchgen.RunSettings(backoff_initial_s=0.01))
+    assert (again.succeeded, again.already_done) == (2, 1)
+    assert server.stats.requests == 3
+    with pytest.raises(batchgen.InputError, match=r"google.*anyfast"):
+        batchgen.run(jobs, out=out, provider="anyfast")
+    assert server.stats.requests == 3
