@@ -33,6 +33,7 @@ from ..redact import redact
 from ..settings import ClientSettings, RunOptions, Selection
 from ..spec import JobSpec, Provider
 from ..store.images import ImageStore
+from ..words import plural
 from .collect import Collector, Recorder, Tally, Verdict
 from .submit import Submitted, Submitter
 from .watch import Watch
@@ -162,9 +163,8 @@ class BatchRun:
                 self._add(sub)
                 if sub.batches and self.batch.wait:
                     self.say(
-                        f"submitted {sub.jobs} jobs in {sub.batches} "
-                        f"batch{'es' if sub.batches != 1 else ''}; estimated "
-                        f"${sub.estimate_usd:.2f} at batch prices")
+                        f"submitted {plural(sub.jobs, 'job')} in {_batches(sub.batches)}; "
+                        f"estimated ${sub.estimate_usd:.2f} at batch prices")
             first = False
             if not self.journal.open_records() or not self.batch.wait:
                 bar.show(self.journal, self.tally)
@@ -287,8 +287,8 @@ class BatchRun:
                            "running batches' worst case")
             sub = self.submitted
             if sub.batches:
-                self.say(f"submitted {sub.jobs} jobs in {_batches(sub.batches)}, estimated "
-                           f"${sub.estimate_usd:.2f} at batch prices")
+                self.say(f"submitted {plural(sub.jobs, 'job')} in {_batches(sub.batches)}, "
+                         f"estimated ${sub.estimate_usd:.2f} at batch prices")
             self.say(f"{jobs} jobs in {_open_words(running, len(ended))}; re-run this "
                        f"command to collect: {cmd}")
             return Outcome(ExitCode.RUNNING, False)
