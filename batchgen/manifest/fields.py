@@ -16,6 +16,7 @@ from batchgen.errors import Problem
 from batchgen.manifest import extras, hints
 from batchgen.manifest.base import Bad, BadMeta, kind_of, parse_bool, string_of
 from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue, safe_id
+from batchgen.spec import CONTROL as ASCII_CONTROL
 
 JOB_FIELDS = (
     "id",
@@ -275,7 +276,7 @@ def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
     for key, item in value.items():
         if not isinstance(key, str) or not key.strip():
             raise Bad("has an empty name")
-        if len(key) > MAX_META_KEY or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        if len(key) > MAX_META_KEY or ASCII_CONTROL.search(key):
             raise BadMeta(key, f"names must be at most {MAX_META_KEY} printable characters")
         if text and isinstance(item, str):
             item = item.strip()

@@ -7,7 +7,7 @@ its problems, or its :class:`~batchgen.spec.JobSpec` stream and warnings.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from hashlib import sha256
 from typing import Any
 
@@ -18,6 +18,7 @@ from batchgen.errors import Problem
 from batchgen.manifest import extras as mx
 from batchgen.manifest import fields as mf
 from batchgen.manifest import ids
+from batchgen.manifest.base import Bad
 from batchgen.manifest.build import State, duplicate, job_digest, job_payload, new_job, request_key
 from batchgen.manifest.references import (
     ReferenceProblem,
@@ -29,6 +30,11 @@ from batchgen.spec import DEFAULT_IMAGE_SIZE, JobSpec, MetaValue, Reference, Req
 
 # A row's jobs are built into a list up to this many; a bigger row (count, vars) streams.
 _EAGER_JOBS = 256
+# The fields of a row the short path (Expander._simple) takes; any other goes the general way.
+_SIMPLE = frozenset({"id", "prompt", "aspect_ratio", "image_size", "model", "seed",
+                     "temperature", "output_text", "meta"})
+# Parsed cells and model checks kept per manifest, for fields of few values.
+_CACHE_MAX = 4096
 
 
 class Expander:
@@ -53,6 +59,8 @@ class Expander:
         self._max_request_bytes = max_request_bytes
         self._fallback_model = fallback_model
         self.cli_model: str | None = None  # set by Manifest when --model was given
+        self._parsed: dict[tuple[Any, object, bool], str] = {}
+        self._offered: dict[tuple[str, str | None, str | None], bool] = {}
         # The hashed settings of a job with every default, split around its prompt: the JSON
         # :func:`job_digest` hashes is ``head + orjson.dumps(prompt) + tail``.
         marker = "prompt goes here"
@@ -64,14 +72,18 @@ class Expander:
     def expand(self, row: mf.Row, state: State) -> Iterable[JobSpec | Problem | str]:
         """One row or YAML job -> its problems, or its jobs (count x matrix) and warnings."""
         fields = row.fields
-        if len(fields) == 1 and not self._defaults:
-            # A prompt and nothing else: parse_row would give {"prompt": raw.strip()}, no problem.
-            raw = fields.get("prompt")
-            if type(raw) is str:
-                stripped = raw.strip()
-                if (stripped and len(stripped) <= mf.MAX_PROMPT_CHARS
-                        and not mf.CONTROL_CHARS.search(stripped)):
-                    return self._prompt_only(row.line, stripped, state)
+        if not self._defaults and self._fmt != "yaml":
+            if len(fields) == 1:
+                # A prompt and nothing else: parse_row would give {"prompt": raw.strip()}.
+                raw = fields.get("prompt")
+                if type(raw) is str:
+                    stripped = raw.strip()
+                    if (stripped and len(stripped) <= mf.MAX_PROMPT_CHARS
+                            and not mf.CONTROL_CHARS.search(stripped)):
+                        return self._prompt_only(row.line, stripped, state)
+            simple = self._simple(row, state) if fields.keys() <= _SIMPLE else None
+            if simple is not None:
+                return simple
         name = self._name
         problems = state.problems
         values = mf.parse_row(row, self._fmt, name, problems)
@@ -198,6 +210,95 @@ class Expander:
             out.append(job)
             return out
         return [job]
+
+    def _simple(self, row: mf.Row, state: State) -> list[JobSpec | Problem | str] | None:
+        """A CSV or JSONL row of plain fields (no references, vars, count or request extras):
+        its one job, or None for anything the general path must look at (a bad value, a model
+        that lacks a setting, braces in meta, a repeated id), which then finds the problems.
+
+        Most rows of a dataset manifest look like this; the job and its id are exactly what the
+        general path makes, without its per-field dispatch and the steps such a row skips.
+        """
+        fields, text = row.fields, row.text
+        get = fields.get
+        try:
+            prompt = mf.parse_prompt(get("prompt"), text)
+            raw = get("id")
+            user_id = None if raw is None else mf.parse_id(raw, text)
+            raw = get("aspect_ratio")
+            ratio = None if raw is None else self._cached(mf.parse_aspect_ratio, raw, text)
+            raw = get("image_size")
+            size = DEFAULT_IMAGE_SIZE if raw is None else self._cached(
+                mf.parse_image_size, raw, text)
+            raw = get("model")
+            own_model = raw is not None
+            model = self._cached(mf.parse_model, raw, text) if own_model else ""
+            raw = get("seed")
+            seed = None if raw is None else mf.parse_seed(raw, text)
+            raw = get("temperature")
+            temperature = None if raw is None else mf.parse_temperature(raw, text)
+            raw = get("output_text")
+            output_text = False if raw is None else mf.parse_output_text(raw, text)
+            raw = get("meta")
+            meta = () if raw is None else mf.parse_meta(raw, text)
+        except Bad:
+            return None
+        model = model or self._fallback_model
+        if not self._offers(model, ratio, None if get("image_size") is None else size):
+            return None  # an unknown model, or one without this ratio or size
+        for _, value in meta:
+            if type(value) is str and ("{" in value or "}" in value):
+                return None  # a placeholder in a row without vars is a problem
+        line = row.line
+        user_ids = state.user_ids
+        if (user_id is not None and user_ids is not None
+                and user_ids.setdefault(user_id, line) != line):
+            return None  # a repeated id
+        out: list[JobSpec | Problem | str] = []
+        if model not in state.models_seen:
+            self._first_use(out, model, line, state, own=own_model)
+        prefix = ids.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (),
+                                prompt)
+        digest, key = job_digest(model, prompt, [], ratio, size, output_text, temperature, seed,
+                                 0, user_id)
+        job_id = f"{prefix}-{digest}"
+        requests = state.requests
+        if requests is not None:
+            other = requests.get(key)
+            if other is not None:
+                out.append(duplicate(self._name, line, other, job_id, prompt))
+                return out
+            requests[key] = line
+        out.append(new_job(
+            job_id, prompt, model, (), ratio, size, output_text, temperature, seed, 0, user_id,
+            self._name, line, (), meta,
+        ))  # fmt: skip
+        return out
+
+    def _cached(self, parse: Callable[[object, bool], str], raw: object, text: bool) -> str:
+        """A field of few values (ratio, size, model), parsed once per value and form."""
+        key = (parse, raw, text) if type(raw) is str else None
+        cache = self._parsed
+        if key is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        value = parse(raw, text)  # Bad propagates, and is not cached
+        if key is not None and len(cache) < _CACHE_MAX:
+            cache[key] = value
+        return value
+
+    def _offers(self, model: str, ratio: str | None, size: str | None) -> bool:
+        """Whether the table knows ``model`` and it offers this ratio and size (cached)."""
+        key = (model, ratio, size)
+        ok = self._offered.get(key)
+        if ok is None:
+            info = self._models.get(model)
+            values = {"aspect_ratio": ratio, "image_size": size}
+            ok = info is not None and not mx.model_problems(info, values, 0)
+            if len(self._offered) < _CACHE_MAX:
+                self._offered[key] = ok
+        return ok
 
     def _check_budget(self, row: mf.Row, refs: list[Reference], state: State) -> str | None:
         """A warning if the references must shrink to fit one request; a problem if they can't."""
