@@ -7,7 +7,7 @@ its problems, or its :class:`~batchgen.spec.JobSpec` stream and warnings.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from hashlib import sha256
 from typing import Any
 
@@ -26,7 +26,15 @@ from batchgen.manifest.references import (
     reference_budget,
     request_bytes,
 )
-from batchgen.spec import DEFAULT_IMAGE_SIZE, JobSpec, MetaValue, Reference, RequestExtras
+from batchgen.spec import (
+    DEFAULT_IMAGE_SIZE,
+    MAX_ID_LENGTH,
+    JobSpec,
+    MetaValue,
+    Reference,
+    RequestExtras,
+    safe_id,
+)
 
 # A row's jobs are built into a list up to this many; a bigger row (count, vars) streams.
 _EAGER_JOBS = 256
@@ -59,8 +67,8 @@ class Expander:
         self._max_request_bytes = max_request_bytes
         self._fallback_model = fallback_model
         self.cli_model: str | None = None  # set by Manifest when --model was given
-        self._parsed: dict[tuple[Any, object, bool], str] = {}
-        self._offered: dict[tuple[str, str | None, str | None], bool] = {}
+        self._parsed: dict[tuple[object, object, object, bool],
+                           tuple[str | None, str, str, bool] | None] = {}
         # The hashed settings of a job with every default, split around its prompt: the JSON
         # :func:`job_digest` hashes is ``head + orjson.dumps(prompt) + tail``.
         marker = "prompt goes here"
@@ -217,35 +225,51 @@ class Expander:
         that lacks a setting, braces in meta, a repeated id), which then finds the problems.
 
         Most rows of a dataset manifest look like this; the job and its id are exactly what the
-        general path makes, without its per-field dispatch and the steps such a row skips.
+        general path makes (parse_row, then _build_plain), without its per-field dispatch.
         """
         fields, text = row.fields, row.text
         get = fields.get
+        prompt = get("prompt")
+        if type(prompt) is not str:
+            return None
+        prompt = prompt.strip()
+        if not prompt or len(prompt) > mf.MAX_PROMPT_CHARS or mf.CONTROL_CHARS.search(prompt):
+            return None
+        user_id = get("id")
+        if user_id is None:
+            prefix = ids.prompt_slug(prompt)
+        elif type(user_id) is str:
+            user_id = user_id.strip()
+            try:
+                # ids.job_prefix of an id and no vars: the id's safe form
+                prefix = safe_id(user_id)[:MAX_ID_LENGTH].rstrip("-.")
+            except ValueError:
+                return None
+        else:
+            return None
         try:
-            prompt = mf.parse_prompt(get("prompt"), text)
-            raw = get("id")
-            user_id = None if raw is None else mf.parse_id(raw, text)
-            raw = get("aspect_ratio")
-            ratio = None if raw is None else self._cached(mf.parse_aspect_ratio, raw, text)
-            raw = get("image_size")
-            size = DEFAULT_IMAGE_SIZE if raw is None else self._cached(
-                mf.parse_image_size, raw, text)
-            raw = get("model")
-            own_model = raw is not None
-            model = self._cached(mf.parse_model, raw, text) if own_model else ""
+            settings = self._settings(get("aspect_ratio"), get("image_size"), get("model"), text)
+        except TypeError:
+            return None  # an unhashable value (a JSON list): the general path says why
+        if settings is None:
+            return None
+        ratio, size, model, own_model = settings
+        seed = temperature = None
+        output_text = False
+        try:
             raw = get("seed")
-            seed = None if raw is None else mf.parse_seed(raw, text)
+            if raw is not None:
+                seed = mf.parse_seed(raw, text)
             raw = get("temperature")
-            temperature = None if raw is None else mf.parse_temperature(raw, text)
+            if raw is not None:
+                temperature = mf.parse_temperature(raw, text)
             raw = get("output_text")
-            output_text = False if raw is None else mf.parse_output_text(raw, text)
+            if raw is not None:
+                output_text = mf.parse_output_text(raw, text)
             raw = get("meta")
             meta = () if raw is None else mf.parse_meta(raw, text)
         except Bad:
             return None
-        model = model or self._fallback_model
-        if not self._offers(model, ratio, None if get("image_size") is None else size):
-            return None  # an unknown model, or one without this ratio or size
         for _, value in meta:
             if type(value) is str and ("{" in value or "}" in value):
                 return None  # a placeholder in a row without vars is a problem
@@ -257,8 +281,6 @@ class Expander:
         out: list[JobSpec | Problem | str] = []
         if model not in state.models_seen:
             self._first_use(out, model, line, state, own=own_model)
-        prefix = ids.job_prefix(mf.sanitise_id(user_id) if user_id is not None else "", (),
-                                prompt)
         digest, key = job_digest(model, prompt, [], ratio, size, output_text, temperature, seed,
                                  0, user_id)
         job_id = f"{prefix}-{digest}"
@@ -275,30 +297,29 @@ class Expander:
         ))  # fmt: skip
         return out
 
-    def _cached(self, parse: Callable[[object, bool], str], raw: object, text: bool) -> str:
-        """A field of few values (ratio, size, model), parsed once per value and form."""
-        key = (parse, raw, text) if type(raw) is str else None
-        cache = self._parsed
-        if key is not None:
-            hit = cache.get(key)
-            if hit is not None:
-                return hit
-        value = parse(raw, text)  # Bad propagates, and is not cached
-        if key is not None and len(cache) < _CACHE_MAX:
-            cache[key] = value
-        return value
-
-    def _offers(self, model: str, ratio: str | None, size: str | None) -> bool:
-        """Whether the table knows ``model`` and it offers this ratio and size (cached)."""
-        key = (model, ratio, size)
-        ok = self._offered.get(key)
-        if ok is None:
-            info = self._models.get(model)
-            values = {"aspect_ratio": ratio, "image_size": size}
+    def _settings(self, ratio: object, size: object, model: object, text: bool
+                  ) -> tuple[str | None, str, str, bool] | None:
+        """(aspect ratio, image size, model, whether the row named the model) from a row's
+        cells, or None when one is bad or the model does not offer them. Cached: a manifest
+        has few such combinations (TypeError for an unhashable cell)."""
+        key = (ratio, size, model, text)
+        parsed = self._parsed
+        if key in parsed:
+            return parsed[key]
+        try:
+            got_ratio = None if ratio is None else mf.parse_aspect_ratio(ratio, text)
+            got_size = DEFAULT_IMAGE_SIZE if size is None else mf.parse_image_size(size, text)
+            got_model = self._fallback_model if model is None else mf.parse_model(model, text)
+        except Bad:
+            result = None
+        else:
+            info = self._models.get(got_model)
+            values = {"aspect_ratio": got_ratio, "image_size": None if size is None else got_size}
             ok = info is not None and not mx.model_problems(info, values, 0)
-            if len(self._offered) < _CACHE_MAX:
-                self._offered[key] = ok
-        return ok
+            result = (got_ratio, got_size, got_model, model is not None) if ok else None
+        if len(self._parsed) < _CACHE_MAX:
+            self._parsed[key] = result
+        return result
 
     def _check_budget(self, row: mf.Row, refs: list[Reference], state: State) -> str | None:
         """A warning if the references must shrink to fit one request; a problem if they can't."""
