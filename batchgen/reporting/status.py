@@ -8,7 +8,6 @@ report and the planner so that ``status`` imports little and starts fast.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..folder.current import current_ids
 from ..folder.intents import read_unsettled
 from ..folder.layout import IMAGES_DIR, count_images
 from ..folder.ledger import (
+    JOB_ID_FORM,
     LEDGER_NAME,
     BadAmount,
     JobStatus,
@@ -37,9 +37,6 @@ from ..folder.runfolder import read_meta
 from ..folder.verdicts import has_reviews, verdicts
 from ..words import plural
 
-# spec.JOB_ID_FORM written again, so that `status` starts without the specs module (~6 ms);
-# tests/reporting/test_status_scan.py keeps the two the same.
-JOB_ID_FORM = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{0,131}")
 _SUCCEEDED, _FAILED = JobStatus.SUCCEEDED.value, JobStatus.FAILED.value
 _IN_IMAGES = IMAGES_DIR + "/"
 

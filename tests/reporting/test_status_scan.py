@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from batchgen.errors import InputError
+from batchgen.folder import ledger as ledger_mod
 from batchgen.folder.layout import subdir
 from batchgen.folder.ledger import iter_ledger, read_ledger
 from batchgen.folder.runfolder import read_meta
-from batchgen.reporting import status as status_mod
 from batchgen.reporting.status import load_status, status_from_latest
 from batchgen.spec import JOB_ID_FORM
 
@@ -45,7 +45,7 @@ def _full_path_status(run: Path) -> dict[str, object]:
 
 
 def test_the_fast_id_check_is_the_specs() -> None:
-    assert status_mod.JOB_ID_FORM.pattern == JOB_ID_FORM.pattern
+    assert ledger_mod.JOB_ID_FORM.pattern == JOB_ID_FORM.pattern
 
 
 def test_counts_match_the_full_records_and_odd_lines_are_skipped(
