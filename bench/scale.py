@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from results_md import write_section
@@ -45,10 +45,11 @@ class Timed:
     rss_mb: float
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
-          ) -> Timed:
+def timed(cmd: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,),
+          cwd: Path = ROOT) -> Timed:
+    """``python -m batchgen`` runs the batchgen found in ``cwd`` (--baseline: another tree)."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
                             env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - t0
@@ -82,6 +83,7 @@ class Pair:
     target: float
     ours: list[Timed]
     floor: list[Timed]
+    base: list[Timed] = field(default_factory=list)
 
     def ratio(self, key: str) -> float:
         return (statistics.median(getattr(t, key) for t in self.ours)
@@ -95,12 +97,18 @@ class Pair:
         ratio = self.ratio("wall")
         rss = max(t.rss_mb for t in self.ours)
         verdict = "PASS" if ratio < self.target and rss < 1000 else "MISS"
+        before = ""
+        if self.base:
+            b = statistics.median(t.wall for t in self.base) / floor_w
+            bc = (statistics.median(t.cpu for t in self.base)
+                  / statistics.median(t.cpu for t in self.floor))
+            before = f"; before: {b:.2f}x wall, {bc:.2f}x CPU"
         return (f"| {self.name} | median {ours_w:.1f} s (min {min(t.wall for t in self.ours):.1f})"
                 f", CPU {statistics.median(t.cpu for t in self.ours):.1f} s, peak RSS "
                 f"{rss:.0f} MB | {self.floor_name}: {floor_w:.1f} s, CPU "
                 f"{statistics.median(t.cpu for t in self.floor):.1f} s | {ratio:.2f}x wall "
-                f"(rounds {per}); {self.ratio('cpu'):.2f}x CPU | < {self.target:g}x, < 1 GB "
-                f"| {verdict} |")
+                f"(rounds {per}); {self.ratio('cpu'):.2f}x CPU{before} | "
+                f"< {self.target:g}x, < 1 GB | {verdict} |")
 
 
 def main() -> None:
@@ -108,6 +116,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="status,validate,run")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--baseline", type=Path,
+                    help="a tree holding another batchgen/ (e.g. main's): timed in the same rounds")
     args = ap.parse_args()
     only = args.only.split(",")
     plan_dir = WORK / f"plan-{ROWS}"
@@ -136,20 +146,28 @@ def main() -> None:
             if "status" in only:
                 p = pairs["status"]
                 p.ours.append(timed([PY, "-m", "batchgen", "status", str(status_dir)]))
+                if args.baseline:
+                    p.base.append(timed([PY, "-m", "batchgen", "status", str(status_dir)],
+                                        cwd=args.baseline))
                 p.floor.append(timed([PY, str(BENCH / "planning.py"), "floor-status",
                                       str(ledger)]))
             if "validate" in only:
                 p = pairs["validate"]
                 p.ours.append(timed([PY, "-m", "batchgen", "validate", str(csv_path)]))
+                if args.baseline:
+                    p.base.append(timed([PY, "-m", "batchgen", "validate", str(csv_path)],
+                                        cwd=args.baseline))
                 p.floor.append(timed(floor_csv))
             if server is not None:
                 p = pairs["run"]
                 out = WORK / "scale-run"
                 shutil.rmtree(out, ignore_errors=True)
-                p.ours.append(timed(
-                    [PY, "-m", "batchgen", "run", str(csv_path), "--out", str(out), "--base-url",
-                     server.url, "--limit", "1", "--yes", "--no-progress"],
-                    {"BATCHGEN_API_KEY": KEY}))
+                run_cmd = [PY, "-m", "batchgen", "run", str(csv_path), "--out", str(out),
+                           "--base-url", server.url, "--limit", "1", "--yes", "--no-progress"]
+                p.ours.append(timed(run_cmd, {"BATCHGEN_API_KEY": KEY}))
+                if args.baseline:
+                    shutil.rmtree(out, ignore_errors=True)
+                    p.base.append(timed(run_cmd, {"BATCHGEN_API_KEY": KEY}, cwd=args.baseline))
                 p.floor.append(timed(floor_csv))
             done = [f"{k} {p.ours[-1].wall:.1f}/{p.floor[-1].wall:.1f} s "
                     f"({p.ours[-1].wall / p.floor[-1].wall:.2f}x, {p.ours[-1].rss_mb:.0f} MB)"
@@ -170,7 +188,9 @@ def main() -> None:
         f"- command: `.venv/bin/python bench/scale.py {' '.join(sys.argv[1:])}`".rstrip()
         + f" ({time.monotonic() - started:.0f} s); every command in its own process, wall, "
         "CPU and peak RSS from `os.wait4`; rounds interleaved, verdict on the ratio of wall "
-        "medians (CPU shown too: under this load it is the steadier of the two)",
+        "medians (CPU shown too: under this load it is the steadier of the two)"
+        + ("; \"before\": `--baseline` (the code before issue 25) timed in the same rounds, "
+           "as a ratio to the same floor" if args.baseline else ""),
         "",
         "| work | batchgen | floor | ratio | target | verdict |",
         "|---|---|---|---|---|---|",
