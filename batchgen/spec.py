@@ -22,6 +22,10 @@ _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # What :func:`safe_id` leaves unchanged, as one expression: the fast check of a million ledger
 # lines (``job_id_problem`` says why one fails).
 JOB_ID_FORM = re.compile(rf"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_JOB_ID_LENGTH - 1}}}")
+# The same form, any length: what safe_id returns unchanged when it fits its limit.
+_SAFE_FORM = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]*")
+# ASCII control characters (and DEL): never in an id or a metadata key.
+CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def safe_id(raw: str, limit: int = MAX_ID_LENGTH) -> str:
@@ -31,6 +35,8 @@ def safe_id(raw: str, limit: int = MAX_ID_LENGTH) -> str:
     id read back from a run folder (ledger, ``jobs.jsonl``, a batch's job list, a merged shard)
     must come out of it unchanged (:func:`job_id_problem`).
     """
+    if len(raw) <= limit and _SAFE_FORM.fullmatch(raw):
+        return raw  # already in the safe form (every id a million-row manifest names, mostly)
     if not raw:
         raise ValueError("must not be empty")
     if ".." in raw or raw.startswith("."):
@@ -39,7 +45,7 @@ def safe_id(raw: str, limit: int = MAX_ID_LENGTH) -> str:
     if "/" in raw or "\\" in raw:
         raise ValueError(
             f"{raw!r} contains a path separator; ids name files inside the run folder")
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+    if CONTROL.search(raw):
         raise ValueError(f"{raw!r} contains control characters")
     safe = _ID_UNSAFE.sub("-", raw).lstrip("-.")
     if not safe:

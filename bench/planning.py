@@ -9,6 +9,10 @@ they are planned again), 4% failed permanently (skipped). Job ids come from iter
 :class:`batchgen.manifest.Manifest` once. ``fixture.json`` records what was made, with the first
 job ids, so a later run reuses the files only while batchgen still derives the same ids.
 
+``csv`` writes a 1,000,000-row dataset CSV (id, prompt, ratio, size, two ``meta.`` columns);
+``floor-status`` and ``floor-csv`` are the floors bench/scale.py sets beside ``status`` and
+``validate`` / ``run --limit 1``.
+
 ``plan`` does what ``batchgen run`` does before its first request: ``read_index(ledger)``, then
 ``Manifest.validate(visit=plan.count_job)`` (validation and plan counting in one pass),
 each timed, in a fresh process whose peak RSS the parent reads.
@@ -149,9 +153,64 @@ def plan(manifest_path: Path, ledger: Path, result: Path) -> None:
     result.write_text(json.dumps(out))
 
 
+CSV_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")
+
+
+def make_csv(path: Path, rows: int) -> None:
+    """A dataset CSV: an id, a prompt, a ratio, a size and two metadata columns per row."""
+    import csv
+
+    if path.is_file() and path.with_suffix(".rows").is_file() and \
+            path.with_suffix(".rows").read_text() == str(rows):
+        print("  csv fixture: cached", flush=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subjects = ("fox", "teapot", "lighthouse", "bicycle", "owl", "cactus", "violin")
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "prompt", "aspect_ratio", "image_size", "meta.sku", "meta.weight"])
+        for i in range(rows):
+            w.writerow([f"item-{i}", f"a studio product photo of a {subjects[i % 7]} on a white "
+                        f"background, soft shadows, number {i}", CSV_RATIOS[i % 5], "1K",
+                        f"SKU-{i:07d}", f"{i / 7:.3f}"])
+    path.with_suffix(".rows").write_text(str(rows))
+
+
+def floor_status(ledger: Path) -> None:
+    """``status``'s floor: orjson per line, the last status per job, the spend summed."""
+    latest: dict[str, str] = {}
+    cost = 0.0
+    with ledger.open("rb") as fh:
+        for raw in fh:
+            d = orjson.loads(raw)
+            latest[d["job_id"]] = d["status"]
+            cost += d.get("cost_usd") or 0.0
+    print(len(latest), sum(v == "succeeded" for v in latest.values()), round(cost, 2))
+
+
+def floor_csv(path: Path) -> None:
+    """``validate``'s floor: csv rows, and a sha256 of each (the job id's hash)."""
+    import csv
+    import hashlib
+
+    n = 0
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for row in reader:
+            hashlib.sha256(orjson.dumps(row)).hexdigest()
+            n += 1
+    print(n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    cs = sub.add_parser("csv")
+    cs.add_argument("--path", type=Path, required=True)
+    cs.add_argument("--rows", type=int, required=True)
+    sub.add_parser("floor-status").add_argument("ledger", type=Path)
+    sub.add_parser("floor-csv").add_argument("csv", type=Path)
     fx = sub.add_parser("fixture")
     fx.add_argument("--dir", type=Path, required=True)
     fx.add_argument("--rows", type=int, required=True)
@@ -160,7 +219,13 @@ def main() -> None:
     pl.add_argument("--ledger", type=Path, required=True)
     pl.add_argument("--result", type=Path, required=True)
     args = ap.parse_args()
-    if args.cmd == "fixture":
+    if args.cmd == "csv":
+        make_csv(args.path, args.rows)
+    elif args.cmd == "floor-status":
+        floor_status(args.ledger)
+    elif args.cmd == "floor-csv":
+        floor_csv(args.csv)
+    elif args.cmd == "fixture":
         if fixture_ok(args.dir, args.rows):
             print("  fixture: cached", flush=True)
         else:

@@ -68,6 +68,11 @@ class Target:
     def open(self, rel: str) -> IO[bytes]:
         raise NotImplementedError
 
+    def local_path(self, rel: str) -> str | None:
+        """Where ``rel`` goes on this machine's disk, for a writer that opens files itself
+        (pyarrow's native files skip a Python file object per write); None when remote."""
+        return None
+
     def place(self, src: Path, rel: str) -> str:
         """Put a copy of ``src`` at ``rel``; returns "linked", "copied" or "uploaded"."""
         raise NotImplementedError
@@ -183,6 +188,9 @@ class LocalTarget(Target):
 
     def open(self, rel: str) -> IO[bytes]:
         return open(self._dst(rel), "wb")
+
+    def local_path(self, rel: str) -> str | None:
+        return self._dst(rel)
 
     def place(self, src: Path, rel: str) -> str:
         dst = self._dst(rel)

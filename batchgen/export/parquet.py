@@ -64,6 +64,21 @@ def arrow_schema(types: dict[str, str], *, image: str | None = "image",
     return pa.schema(fields, metadata=meta)
 
 
+def leaf_paths(schema: Any) -> list[str]:
+    """The Parquet column paths of an Arrow schema's leaves (``image.bytes``,
+    ``references.list.element.path``, ...): what pyarrow's per-column options name."""
+    pa = require("pyarrow", "parquet")
+
+    def walk(kind: Any, prefix: str) -> list[str]:
+        if pa.types.is_struct(kind):
+            return [p for f in kind for p in walk(f.type, f"{prefix}.{f.name}")]
+        if pa.types.is_list(kind):
+            return walk(kind.value_type, f"{prefix}.list.element")
+        return [prefix]
+
+    return [p for f in schema for p in walk(f.type, f.name)]
+
+
 class ParquetWriter(Writer):
     def __init__(self, target: Target, prefix: str, types: dict[str, str], *,
                  max_rows: int, max_bytes: int) -> None:
@@ -71,6 +86,10 @@ class ParquetWriter(Writer):
         self._pa = require("pyarrow", "parquet")
         self._pq = require("pyarrow.parquet", "parquet")
         self.schema = arrow_schema(types)
+        # Every column dictionary-encoded (pyarrow's default) but the image bytes: each is
+        # distinct, so a dictionary of them is hashing and memory spent to be thrown away.
+        self._options = {"use_dictionary": [
+            path for path in leaf_paths(self.schema) if path != "image.bytes"]}
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self._buf: dict[str, list[Any]] = {name: [] for name in self.schema.names}
@@ -102,8 +121,15 @@ class ParquetWriter(Writer):
         if not self._buf_rows:
             return
         if self._writer is None:
-            self._fh = self.target.open(f"{self.prefix}part-{self.files:06d}.parquet")
-            self._writer = self._pq.ParquetWriter(self._fh, self.schema)
+            rel = f"{self.prefix}part-{self.files:06d}.parquet"
+            local = self.target.local_path(rel)
+            if local is not None:
+                # pyarrow's own file: write_table fed through a Python file object was 74% of
+                # an export of 1 MB images (issue 25; bench/RESULTS.md, "At a million rows")
+                self._writer = self._pq.ParquetWriter(local, self.schema, **self._options)
+            else:
+                self._fh = self.target.open(rel)
+                self._writer = self._pq.ParquetWriter(self._fh, self.schema, **self._options)
             self.files += 1
         table = self._pa.Table.from_pydict(self._buf, schema=self.schema)
         self._writer.write_table(table, row_group_size=self._buf_rows)

@@ -73,8 +73,10 @@ def job_digest(
         model, prompt, references, aspect_ratio, image_size, output_text, temperature, seed,
         sample, user_id, extras,
     )  # fmt: skip
-    full = sha256(orjson.dumps(payload)).hexdigest()
-    return full[:10], request_key(full)
+    digest = sha256(orjson.dumps(payload)).digest()
+    # digest[:5].hex() and the first 8 bytes as an int: hexdigest()[:10] and request_key's
+    # value, without the 64-character string.
+    return digest[:5].hex(), int.from_bytes(digest[:8], "big")
 
 
 def request_key(hexdigest: str) -> int:

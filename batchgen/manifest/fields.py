@@ -16,6 +16,7 @@ from batchgen.errors import Problem
 from batchgen.manifest import extras, hints
 from batchgen.manifest.base import Bad, BadMeta, kind_of, parse_bool, string_of
 from batchgen.spec import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES, MetaValue, safe_id
+from batchgen.spec import CONTROL as ASCII_CONTROL
 
 JOB_FIELDS = (
     "id",
@@ -274,6 +275,10 @@ def parse_vars(value: object, text: bool) -> tuple[tuple[str, tuple[str, ...]], 
     return tuple(out)
 
 
+# Metadata names already checked: a CSV's meta columns name the same keys on every row.
+_GOOD_META_KEYS: set[str] = set()
+
+
 def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
     """The user's metadata: a flat mapping of names to strings, numbers, booleans or null.
 
@@ -283,11 +288,15 @@ def parse_meta(value: object, text: bool) -> tuple[tuple[str, MetaValue], ...]:
     if not isinstance(value, dict):
         raise Bad(f"must be a mapping of names to values, not {kind_of(value)}")
     out: list[tuple[str, MetaValue]] = []
+    good = _GOOD_META_KEYS
     for key, item in value.items():
-        if not isinstance(key, str) or not key.strip():
-            raise Bad("has an empty name")
-        if len(key) > MAX_META_KEY or any(ord(c) < 32 or ord(c) == 127 for c in key):
-            raise BadMeta(key, f"names must be at most {MAX_META_KEY} printable characters")
+        if key not in good:
+            if not isinstance(key, str) or not key.strip():
+                raise Bad("has an empty name")
+            if len(key) > MAX_META_KEY or ASCII_CONTROL.search(key):
+                raise BadMeta(key, f"names must be at most {MAX_META_KEY} printable characters")
+            if len(good) < 4096:
+                good.add(key)
         if text and isinstance(item, str):
             item = item.strip()
         elif item is None or isinstance(item, (str, bool)):

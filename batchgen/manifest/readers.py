@@ -130,7 +130,7 @@ def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterato
     # A quoted prompt may span lines: the field limit is the line cap, not csv's 128 KiB, so
     # the prompt's own cap (and message) applies in CSV as in JSONL and YAML.
     csv.field_size_limit(MAX_LINE_BYTES)
-    with path.open("rb") as fh:
+    with path.open("rb", buffering=1 << 16) as fh:
         reader = csv.reader(_DecodedLines(fh), strict=True)
         try:
             header = next(reader)
@@ -167,6 +167,7 @@ def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterato
         routed = {i: meant for i, (_, meant) in guessed.items()
                   if meant in _ROUTED and meant not in taken}  # fmt: skip
         ncols = len(header)
+        column_items, meta_items = tuple(columns.items()), tuple(meta_keys.items())
         prev = reader.line_num
         while True:
             start = prev + 1
@@ -210,7 +211,7 @@ def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterato
                     except Bad as exc:
                         yield Problem(name, start, raw_col, str(exc))
             fields: dict[str, Any] = {
-                col: cells[i] for i, col in columns.items() if cells[i].strip()
+                col: cell for i, col in column_items if (cell := cells[i]).strip()
             }
             if routed:
                 fields.update((meant, cells[i]) for i, meant in routed.items() if cells[i].strip())
@@ -218,7 +219,7 @@ def csv_rows(path: Path, name: str, mapping: ColumnMap | None = None) -> Iterato
                 fields["prompt"] = f"(no prompt column: line {start})"
             # An empty cell is no value, as for every other column.
             meta: dict[str, Any] = {
-                key: cells[i] for i, key in meta_keys.items() if cells[i].strip()
+                key: cell for i, key in meta_items if (cell := cells[i]).strip()
             }
             bad_cell = False
             for i, kind in meta_types.items():
@@ -352,13 +353,24 @@ class _DecodedLines:
         self._line = 0
 
     def __iter__(self) -> Iterator[str]:
-        for raw in capped_lines(self._fh):
-            self._line += 1
-            if raw is None:
-                raise _TooLong(self._line)
-            if self._line == 1 and raw.startswith(_BOM):
+        # capped_lines' reading written into this loop, not a generator under it: csv pulls a
+        # million lines through here.
+        readline = self._fh.readline
+        cap = MAX_LINE_BYTES
+        line = 0
+        while True:
+            raw = readline(cap + 1)
+            if not raw:
+                return
+            line += 1
+            self._line = line
+            if len(raw) > cap and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):
+                    raw = readline(1 << 20)  # the rest of the long line, read and dropped
+                raise _TooLong(line)
+            if line == 1 and raw.startswith(_BOM):
                 raw = raw[3:]  # Excel writes one
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise _NotText(self._line, exc) from None
+                raise _NotText(line, exc) from None

@@ -275,6 +275,16 @@ def test_parquet_loads_with_pyarrow_and_datasets(run: Path, hf: Any, tmp_path: P
         assert set(COLUMNS) <= set(r)
         assert hashlib.sha256(r["image"]["bytes"]).hexdigest() == done[r["job_id"]]["sha256"]
         assert_image_ok(Image.open(io.BytesIO(r["image"]["bytes"])), r)
+    # The image bytes are stored plain (each is distinct: a dictionary of them is waste), every
+    # other column as pyarrow would by default; the paths named are the file's own.
+    from batchgen.export.parquet import leaf_paths
+
+    meta = pq.ParquetFile(files[0]).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings
+                 for i in range(meta.num_columns)}
+    assert sorted(encodings) == sorted(leaf_paths(tables[0].schema))
+    assert "RLE_DICTIONARY" not in encodings["image.bytes"]
+    assert all("RLE_DICTIONARY" in e for p, e in encodings.items() if p != "image.bytes")
     ds = load(hf, "parquet", tmp_path, data_files=[str(f) for f in files])["train"]
     assert len(ds) == len(done)
     assert type(ds.features["image"]).__name__ == "Image"
