@@ -9,11 +9,13 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from batchgen.fake.sized import SizedPng
 from batchgen.folder.layout import subdir
 from batchgen.reporting.gallery import build_gallery
+from batchgen.store import thumbs as thumbs_mod
 from batchgen.store.images import ImageStore
 from batchgen.store.thumbs import THUMB_PX, Thumbnailer, thumb_path
 from tests.helpers.rows import _ledger_line
@@ -36,7 +38,12 @@ def _save(store: ImageStore, ids: list[str]) -> None:
     asyncio.run(go())
 
 
-def test_the_store_makes_thumbnails_as_images_land(tmp_path: Path) -> None:
+def test_the_store_makes_thumbnails_as_images_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run's end waits for the thumbnails only briefly; here, on a loaded test machine, for
+    # all of them, so that every one can be checked.
+    monkeypatch.setattr(thumbs_mod, "END_MIN_S", 60.0)
     run = tmp_path / "run"
     store = ImageStore(run, thumbnails=True)
     store.prepare()
