@@ -21,11 +21,13 @@ class ChainCounts:
                 "parent_failed": self.parent_failed}
 
 
-def chain_counts(latest: dict[str, LedgerRecord]) -> ChainCounts | None:
-    """From the last record per job; None when no job hangs on another."""
+def chain_counts(latest: dict[str, LedgerRecord],
+                 current: set[str] | None = None) -> ChainCounts | None:
+    """From the last record per job, counting the manifest's ``current`` jobs only (when known:
+    an edited row's old jobs are superseded, not chained); None when no job hangs on another."""
     chained = superseded = parent_failed = 0
     for rec in latest.values():
-        if not rec.parents:
+        if not rec.parents or (current is not None and rec.job_id not in current):
             continue
         chained += 1
         if rec.succeeded:
@@ -41,9 +43,9 @@ def chain_counts(latest: dict[str, LedgerRecord]) -> ChainCounts | None:
     return ChainCounts(chained, superseded, parent_failed)
 
 
-def read_chain_counts(run_dir: Path) -> ChainCounts | None:
+def read_chain_counts(run_dir: Path, current: set[str] | None = None) -> ChainCounts | None:
     """:func:`chain_counts` over the ledger, read only when a line names parents."""
     latest: dict[str, LedgerRecord] = {}
     for rec in iter_ledger(run_dir / LEDGER_NAME):
         latest[rec.job_id] = rec
-    return chain_counts(latest)
+    return chain_counts(latest, current)

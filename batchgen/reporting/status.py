@@ -160,7 +160,7 @@ def load_status(run_dir: Path) -> Status:
                      "unreviewed": succeeded - accepted - rejected}
     st.redone_jobs, st.redos = len(redos), sum(redos.values())
     if scan.chained:  # a second read, only for a folder with chains
-        st.chains = read_chain_counts(run_dir)
+        st.chains = read_chain_counts(run_dir, current)
     return st
 
 

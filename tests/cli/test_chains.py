@@ -145,6 +145,9 @@ def test_editing_the_parent_reruns_its_children_and_only_them(server: ThreadedFa
     for req in server.stats.requests_seen():
         if req["prompt"] in SCENES:
             assert [c["prompt"] for c in req["carried"]] == [new_sheet["prompt"]]
+    # The old sheet's scenes are superseded jobs now, not chained ones of this manifest.
+    chains = status(out)["chains"]
+    assert chains == {"chained": 3, "superseded": 0, "parent_failed": 0}, chains
 
 
 def test_a_parent_made_again_supersedes_its_children(server: ThreadedFakeServer,
