@@ -11,13 +11,10 @@ else is removed by :meth:`ImageStore.prepare`; a crash between the image's renam
 line leaves an image with a sidecar and no ledger line, which the next run adopts into the
 ledger so it is not paid for again.
 
-The writes happen on one dedicated writer thread (:class:`_Writer`). ``save`` queues the job and
-awaits a future; the thread writes each save's files as soon as it sees them, then commits
-everything written so far (fsync, rename) and resolves the commit's futures with one
-``call_soon_threadsafe``. For small images a thread hop per save (or worse, per file operation)
-costs more CPU on the event loop than the writes themselves. Only the fsyncs of a commit are
-spread over a few more threads, and only when the disk is slow to answer them: they are waits,
-and a disk serves several at once.
+One writer thread (:class:`_Writer`) writes each save's files as soon as it sees them, commits
+all written so far (fsync, rename) and resolves the commit's futures with one
+``call_soon_threadsafe``: a thread hop per save costs the loop more than small writes do. Only
+the fsyncs (waits a disk serves several at once) go to more threads, when the disk is slow.
 """
 
 from __future__ import annotations
@@ -153,13 +150,11 @@ class _Save:
 
 _STOP = object()  # from close(): finish what is queued, then end
 _SYNCED = object()  # from an fsync thread: one part of the commit in progress is done
-# Saves whose tmp files are open at once at most (two files each), so a high --concurrency
-# cannot run the process out of file descriptors; the rest wait for the next commit.
+# Saves with tmp files open at once at most (two each): no running out of file descriptors.
 MAX_OPEN_SAVES = 64
 # fsync is a wait on the disk, not CPU, and a disk (and ext4's journal) serves several at once.
 # So while fsyncs are slow (the quickest of the last few took SLOW_FSYNC_S or more) a commit's
-# fsyncs are spread over this many threads. Quick ones (tmpfs, a disk with a safe write cache)
-# stay on the writer thread: handing them over would cost more than it saves.
+# fsyncs are spread over this many threads; quick ones (tmpfs) stay on the writer thread.
 FSYNC_THREADS = 8
 SLOW_FSYNC_S = 0.0001
 
@@ -211,7 +206,8 @@ class _Writer:
                 if stopping and free and not written and not waiting:
                     return
                 # Block only when there is nothing to do until a save or an fsync comes in.
-                for item in self._take(block=not (free and (written or waiting))):
+                idle = free and not written and not waiting  # what thumbnails wait for
+                for item in self._take(block=not (free and (written or waiting)), idle=idle):
                     if item is _STOP:
                         stopping = True
                     elif item is _SYNCED:
@@ -271,8 +267,12 @@ class _Writer:
         for folder in folders:
             _fsync_dir(folder)
 
-    def _take(self, *, block: bool) -> list[Any]:
+    def _take(self, *, block: bool, idle: bool = False) -> list[Any]:
+        if quiet := (self._thumbs if block and idle else None):
+            quiet.store_idle(True)  # thumbnails wait for an idle writer (store/thumbs.py)
         items = [self._queue.get()] if block else []
+        if quiet:
+            quiet.store_idle(False)
         while True:
             try:
                 items.append(self._queue.get_nowait())
