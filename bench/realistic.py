@@ -394,7 +394,8 @@ def main() -> int:
     ap.add_argument("--live-jobs", type=int, default=400)
     ap.add_argument("--small-jobs", type=int, default=600)
     ap.add_argument("--small-bytes", type=int, default=60_000,
-                    help="the small row's image size (issue 25: ~60 KB answers, 1K pixels)")
+                    help="the small row's image size (issue 25: ~60 KB answers, 1K pixels); 0: the "
+                         "fake's default 64 x 64 pictures")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--no-sdk", action="store_true")
     ap.add_argument("--no-write", action="store_true")
@@ -420,8 +421,9 @@ def main() -> int:
                                  args.concurrency, "durable", 1.10, args.rounds,
                                  not args.no_sdk))
         if "live_small" in wanted:
-            rows.append(live_row(server, work, "live_small", args.small_jobs, args.small_bytes,
-                                 args.concurrency, "promises", 1.25, args.rounds, False))
+            rows.append(live_row(server, work, "live_small", args.small_jobs,
+                                 args.small_bytes or None, args.concurrency, "promises", 1.25,
+                                 args.rounds, False))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
