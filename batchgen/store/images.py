@@ -111,8 +111,7 @@ class ImageStore:
         await future
 
     def close(self) -> None:
-        """Finish the saves already queued, then stop the writer thread (and give the
-        thumbnailer its short budget for what it has queued)."""
+        """Finish the saves queued, stop the writer; the thumbnailer gets its short budget."""
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
@@ -142,6 +141,7 @@ class _Save:
     error: BaseException | None = None
     sidecar_fd: int = -1
     image_fd: int = -1
+    new_folder: bool = False  # its subfolder was made for it: images/ is fsync'd in its commit
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -312,19 +312,18 @@ class _Writer:
 def _write_tmp_files(save: _Save) -> None:
     """Step 1: both files to their tmp names, left open for the commit's fsync."""
     try:
-        save.sidecar_fd = _write_tmp(save.sidecar_path, save.sidecar)
-        save.image_fd = _write_tmp(save.image_path, save.data)
+        save.sidecar_fd = _write_tmp(save.sidecar_path, save.sidecar, save)
+        save.image_fd = _write_tmp(save.image_path, save.data, save)
     except StorageError as exc:
         save.fail(exc)
     except Exception as exc:  # a bug must fail the save loudly, never leave it waiting
         log.error("the store's writer failed on %s", save.image_path, exc_info=True)
         save.fail(StorageError(f"cannot write {save.image_path}: {exc!r}"))
-    # The bytes are in the page cache now. The pool keeps no reference of its own while it
-    # waits, so a big image is freed here rather than after the fsyncs.
+    # In the page cache now: a big image is freed here rather than after the fsyncs.
     save.data = save.sidecar = b""
 
 
-def _write_tmp(path: str, data: bytes) -> int:
+def _write_tmp(path: str, data: bytes, save: _Save) -> int:
     tmp = path + ".tmp"
     fd = -1
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC
@@ -332,11 +331,10 @@ def _write_tmp(path: str, data: bytes) -> int:
         try:
             fd = os.open(tmp, flags, 0o644)
         except FileNotFoundError:
-            # The first file of its subfolder (batchgen.layout): make the folder, and its entry
-            # in images/ durable, here on the writer thread rather than on the event loop.
-            folder = os.path.dirname(tmp)
-            os.makedirs(folder, exist_ok=True)
-            fsync_dir(Path(os.path.dirname(folder)))
+            # The first file of its subfolder: its entry in images/ is fsync'd by the commit (an
+            # fsync here for each of 256 new subfolders held up every save behind it, issue 25).
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            save.new_folder = True
             fd = os.open(tmp, flags, 0o644)
         view = memoryview(data)
         while view:
@@ -392,9 +390,11 @@ def _finish(commit: list[_Save], sync_dirs: Callable[[list[str]], None] | None =
                 except OSError as exc:
                     save.fail(_storage_error("write", path, exc))
                     _remove(path + ".tmp")
-        # One directory fsync per commit: the renames above survive a power cut before any
-        # ledger line counts these images as done.
-        folders = sorted({os.path.dirname(save.image_path) for save in commit})
+        # One directory fsync per commit: the renames above (and new subfolders' entries in
+        # images/) survive a power cut before any ledger line counts these images as done.
+        dirs = {os.path.dirname(save.image_path) for save in commit}
+        dirs.update(os.path.dirname(os.path.dirname(s.image_path)) for s in commit if s.new_folder)
+        folders = sorted(dirs)
         if sync_dirs is not None:
             sync_dirs(folders)
         else:
