@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from results_md import write_section
+from results_md import RESULTS, write_section
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -311,7 +311,8 @@ def live_row(server: Server, work: Path, name: str, jobs: int, image_bytes: int 
                          sd.result["run_s"] if sd else 0.0, sd.result["run_cpu_s"] if sd else 0.0))
         loads.append(os.getloadavg()[0])
         print_round(name, r, out[-1], "sdk" if sdk else "")
-    size = f"{image_bytes / 1e6:g} MB" if image_bytes else "small (~60 KB)"
+    size = (f"{image_bytes / 1e6:g} MB" if image_bytes and image_bytes >= 1_000_000
+            else f"small ({image_bytes / 1e3:g} KB)" if image_bytes else "small (64 x 64)")
     return RowResult(name, f"live, {jobs:,} x {size}, concurrency {concurrency}", jobs,
                      f"clients.py {floor_kind}", target, out, "SDK" if sdk else "",
                      0.0 if sdk else None, tuple(loads))
@@ -325,7 +326,22 @@ def print_round(name: str, r: int, x: Round, extra: str) -> None:
           f"{x.ours_s / x.floor_s:.2f}{tail}; load {os.getloadavg()[0]:.1f}", flush=True)
 
 
-def section(rows: list[RowResult]) -> str:
+def kept_rows(text: str, fresh: list[str]) -> dict[str, tuple[str, str]]:
+    """The rows of the section now in RESULTS.md that this run did not measure (``--only``):
+    name -> (its table line, its per-round line), so a run of one row keeps the others."""
+    if BEGIN not in text or END not in text:
+        return {}
+    lines = text[text.index(BEGIN): text.index(END)].splitlines()
+    table = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| work")]
+    rounds = [ln for ln in lines if ln.startswith("- ") and ": per-round ratios" in ln]
+    names = [ln[2:].split(":", 1)[0] for ln in rounds]
+    if len(table) != len(rounds):
+        return {}
+    return {n: (t, r) for n, t, r in zip(names, table, rounds, strict=True) if n not in fresh}
+
+
+def section(rows: list[RowResult], kept: dict[str, tuple[str, str]] | None = None) -> str:
+    kept = kept or {}
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [BEGIN, "## At realistic sizes (`bench/realistic.py`, issue 25)", "",
              f"- date: {date}; {os.cpu_count()} cores, shared (load average per round below)",
@@ -334,6 +350,7 @@ def section(rows: list[RowResult]) -> str:
              "| work | batchgen (median) | floor (median) | ratio (target) | CPU an image "
              "(batchgen / floor) | peak RSS (batchgen / floor) | also | verdict |",
              "|---|---|---|---|---|---|---|---|"]
+    table: dict[str, str] = {name: line for name, (line, _) in kept.items()}
     for x in rows:
         n = x.jobs
         also = ""
@@ -347,18 +364,20 @@ def section(rows: list[RowResult]) -> str:
             also = (f"SDK {x.med('extra_s'):.2f} s: batchgen "
                     f"{x.med('extra_s') / x.med('ours_s'):.2f}x faster")
         mbps = ""
-        lines.append(
+        table[x.name] = (
             f"| {x.work}{mbps} | {x.med('ours_s'):.2f} s | {x.med('floor_s'):.2f} s "
             f"({x.floor}) | **{x.ratio:.2f}x** (<= {x.target:.2f}x) | "
             f"{x.med('ours_cpu') / n * 1000:.1f} / {x.med('floor_cpu') / n * 1000:.1f} ms | "
             f"{x.med('ours_rss'):.0f} / {x.med('floor_rss'):.0f} MB | {also} | "
             f"{'PASS' if x.ok else 'MISS'} |")
-    lines.append("")
+    per_round: dict[str, str] = {name: line for name, (_, line) in kept.items()}
     for x in rows:
         per = ", ".join(f"{v:.2f}" for v in x.ratios())
-        lines.append(f"- {x.name}: per-round ratios {per} (min {min(x.ratios()):.2f}, median "
-                     f"{statistics.median(x.ratios()):.2f}); load "
-                     + ", ".join(f"{v:.1f}" for v in x.loads))
+        per_round[x.name] = (f"- {x.name}: per-round ratios {per} (min {min(x.ratios()):.2f}, "
+                             f"median {statistics.median(x.ratios()):.2f}); load "
+                             + ", ".join(f"{v:.1f}" for v in x.loads) + f" ({date})")
+    order = [name for name in ROWS if name in table]
+    lines += [table[name] for name in order] + [""] + [per_round[name] for name in order]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -374,6 +393,9 @@ def main() -> int:
     ap.add_argument("--jobs-6mb", type=int, default=80)
     ap.add_argument("--live-jobs", type=int, default=400)
     ap.add_argument("--small-jobs", type=int, default=600)
+    ap.add_argument("--small-bytes", type=int, default=60_000,
+                    help="the small row's image size (issue 25: ~60 KB answers, 1K pixels); 0: the "
+                         "fake's default 64 x 64 pictures")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--no-sdk", action="store_true")
     ap.add_argument("--no-write", action="store_true")
@@ -399,12 +421,14 @@ def main() -> int:
                                  args.concurrency, "durable", 1.10, args.rounds,
                                  not args.no_sdk))
         if "live_small" in wanted:
-            rows.append(live_row(server, work, "live_small", args.small_jobs, None,
-                                 args.concurrency, "promises", 1.25, args.rounds, False))
+            rows.append(live_row(server, work, "live_small", args.small_jobs,
+                                 args.small_bytes or None, args.concurrency, "promises", 1.25,
+                                 args.rounds, False))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    text = section(rows)
+    old = RESULTS.read_text() if RESULTS.exists() and not args.no_write else ""
+    text = section(rows, kept_rows(old, [x.name for x in rows]))
     print(text)
     if not args.no_write:
         write_section(text, BEGIN, END)

@@ -11,13 +11,10 @@ else is removed by :meth:`ImageStore.prepare`; a crash between the image's renam
 line leaves an image with a sidecar and no ledger line, which the next run adopts into the
 ledger so it is not paid for again.
 
-The writes happen on one dedicated writer thread (:class:`_Writer`). ``save`` queues the job and
-awaits a future; the thread writes each save's files as soon as it sees them, then commits
-everything written so far (fsync, rename) and resolves the commit's futures with one
-``call_soon_threadsafe``. For small images a thread hop per save (or worse, per file operation)
-costs more CPU on the event loop than the writes themselves. Only the fsyncs of a commit are
-spread over a few more threads, and only when the disk is slow to answer them: they are waits,
-and a disk serves several at once.
+One writer thread (:class:`_Writer`) writes each save's files as soon as it sees them, commits
+all written so far (fsync, rename) and resolves the commit's futures with one
+``call_soon_threadsafe``: a thread hop per save costs the loop more than small writes do. Only
+the fsyncs (waits a disk serves several at once) go to more threads, when the disk is slow.
 """
 
 from __future__ import annotations
@@ -114,8 +111,7 @@ class ImageStore:
         await future
 
     def close(self) -> None:
-        """Finish the saves already queued, then stop the writer thread (and give the
-        thumbnailer its short budget for what it has queued)."""
+        """Finish the saves queued, stop the writer; the thumbnailer gets its short budget."""
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
@@ -145,6 +141,7 @@ class _Save:
     error: BaseException | None = None
     sidecar_fd: int = -1
     image_fd: int = -1
+    new_folder: bool = False  # its subfolder was made for it: images/ is fsync'd in its commit
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -153,13 +150,11 @@ class _Save:
 
 _STOP = object()  # from close(): finish what is queued, then end
 _SYNCED = object()  # from an fsync thread: one part of the commit in progress is done
-# Saves whose tmp files are open at once at most (two files each), so a high --concurrency
-# cannot run the process out of file descriptors; the rest wait for the next commit.
+# Saves with tmp files open at once at most (two each): no running out of file descriptors.
 MAX_OPEN_SAVES = 64
 # fsync is a wait on the disk, not CPU, and a disk (and ext4's journal) serves several at once.
 # So while fsyncs are slow (the quickest of the last few took SLOW_FSYNC_S or more) a commit's
-# fsyncs are spread over this many threads. Quick ones (tmpfs, a disk with a safe write cache)
-# stay on the writer thread: handing them over would cost more than it saves.
+# fsyncs are spread over this many threads; quick ones (tmpfs) stay on the writer thread.
 FSYNC_THREADS = 8
 SLOW_FSYNC_S = 0.0001
 
@@ -211,7 +206,8 @@ class _Writer:
                 if stopping and free and not written and not waiting:
                     return
                 # Block only when there is nothing to do until a save or an fsync comes in.
-                for item in self._take(block=not (free and (written or waiting))):
+                idle = free and not written and not waiting  # what thumbnails wait for
+                for item in self._take(block=not (free and (written or waiting)), idle=idle):
                     if item is _STOP:
                         stopping = True
                     elif item is _SYNCED:
@@ -271,8 +267,12 @@ class _Writer:
         for folder in folders:
             _fsync_dir(folder)
 
-    def _take(self, *, block: bool) -> list[Any]:
+    def _take(self, *, block: bool, idle: bool = False) -> list[Any]:
+        if quiet := (self._thumbs if block and idle else None):
+            quiet.store_idle(True)  # thumbnails wait for an idle writer (store/thumbs.py)
         items = [self._queue.get()] if block else []
+        if quiet:
+            quiet.store_idle(False)
         while True:
             try:
                 items.append(self._queue.get_nowait())
@@ -312,19 +312,18 @@ class _Writer:
 def _write_tmp_files(save: _Save) -> None:
     """Step 1: both files to their tmp names, left open for the commit's fsync."""
     try:
-        save.sidecar_fd = _write_tmp(save.sidecar_path, save.sidecar)
-        save.image_fd = _write_tmp(save.image_path, save.data)
+        save.sidecar_fd = _write_tmp(save.sidecar_path, save.sidecar, save)
+        save.image_fd = _write_tmp(save.image_path, save.data, save)
     except StorageError as exc:
         save.fail(exc)
     except Exception as exc:  # a bug must fail the save loudly, never leave it waiting
         log.error("the store's writer failed on %s", save.image_path, exc_info=True)
         save.fail(StorageError(f"cannot write {save.image_path}: {exc!r}"))
-    # The bytes are in the page cache now. The pool keeps no reference of its own while it
-    # waits, so a big image is freed here rather than after the fsyncs.
+    # In the page cache now: a big image is freed here rather than after the fsyncs.
     save.data = save.sidecar = b""
 
 
-def _write_tmp(path: str, data: bytes) -> int:
+def _write_tmp(path: str, data: bytes, save: _Save) -> int:
     tmp = path + ".tmp"
     fd = -1
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC
@@ -332,11 +331,10 @@ def _write_tmp(path: str, data: bytes) -> int:
         try:
             fd = os.open(tmp, flags, 0o644)
         except FileNotFoundError:
-            # The first file of its subfolder (batchgen.layout): make the folder, and its entry
-            # in images/ durable, here on the writer thread rather than on the event loop.
-            folder = os.path.dirname(tmp)
-            os.makedirs(folder, exist_ok=True)
-            fsync_dir(Path(os.path.dirname(folder)))
+            # The first file of its subfolder: its entry in images/ is fsync'd by the commit (an
+            # fsync here for each of 256 new subfolders held up every save behind it, issue 25).
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            save.new_folder = True
             fd = os.open(tmp, flags, 0o644)
         view = memoryview(data)
         while view:
@@ -392,9 +390,11 @@ def _finish(commit: list[_Save], sync_dirs: Callable[[list[str]], None] | None =
                 except OSError as exc:
                     save.fail(_storage_error("write", path, exc))
                     _remove(path + ".tmp")
-        # One directory fsync per commit: the renames above survive a power cut before any
-        # ledger line counts these images as done.
-        folders = sorted({os.path.dirname(save.image_path) for save in commit})
+        # One directory fsync per commit: the renames above (and new subfolders' entries in
+        # images/) survive a power cut before any ledger line counts these images as done.
+        dirs = {os.path.dirname(save.image_path) for save in commit}
+        dirs.update(os.path.dirname(os.path.dirname(s.image_path)) for s in commit if s.new_folder)
+        folders = sorted(dirs)
         if sync_dirs is not None:
             sync_dirs(folders)
         else:

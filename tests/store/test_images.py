@@ -104,6 +104,48 @@ def test_every_file_is_fsynced_before_it_is_renamed_sidecar_first(
     assert ("batchgen-store" in threads) and (len(threads) > 1) == (slow_fsync_s == 0.0)
 
 
+@pytest.mark.parametrize("slow_fsync_s", [0.0, 10.0], ids=["spread-over-threads", "inline"])
+def test_a_new_subfolder_is_made_durable_by_its_commit_before_the_save_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_fsync_s: float
+) -> None:
+    """The entry of a subfolder made for a save is fsync'd in images/ with the commit's renames
+    (not one fsync at a time as each of the 256 is made: issue 25), before the save returns:
+    before any ledger line can count the image."""
+    synced: list[tuple[str, bool]] = []  # (folder, whether the image had its final name then)
+    lock = threading.Lock()
+    real = store_mod.fsync_dir
+    store = _store(tmp_path)
+    image = store.path_for("job-1", "image/png")
+
+    def fsync_dir(path: Path) -> None:
+        real(path)
+        with lock:
+            synced.append((str(path), image.exists()))
+
+    monkeypatch.setattr(store_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(store_mod, "SLOW_FSYNC_S", slow_fsync_s)
+
+    async def main() -> list[tuple[str, bool]]:
+        await store.save("job-1", b"img", "image/png", sidecar=b"{}\n")
+        with lock:
+            seen = list(synced)
+        synced.clear()
+        await store.save("job-1b", b"img", "image/png", sidecar=b"{}\n")  # made no folder
+        return seen
+
+    try:
+        first = asyncio.run(main())
+    finally:
+        store.close()
+    assert (str(store.images_dir), True) in first  # after the renames, before save returned
+    assert (str(image.parent), True) in first
+    assert (str(store.images_dir), False) not in first  # no fsync of images/ on the way
+    if subdir("job-1b") != subdir("job-1"):
+        assert str(store.images_dir) in [f for f, _ in synced]
+    else:
+        assert str(store.images_dir) not in [f for f, _ in synced]
+
+
 def test_a_full_disk_is_a_storage_error_and_leaves_no_tmp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -107,3 +107,52 @@ def test_the_end_of_a_run_shows_images_whose_thumbnail_is_not_made(tmp_path: Pat
             img.load()
     assert not [p for p in (run / "thumbs").rglob("*") if p.name.endswith(".tmp")]
     assert os.path.isfile(res.path)
+
+
+def test_thumbnails_wait_for_a_quiet_store(tmp_path: Path) -> None:
+    """A thumbnail costs several times a small image's save: while the store's writer is busy
+    none is made; once it has been idle for QUIET_S they are (issue 25)."""
+    run = tmp_path / "run"
+    store = ImageStore(run)
+    store.prepare()
+    ids = [f"job-{i}" for i in range(4)]
+    try:
+        _save(store, ids)
+    finally:
+        store.close()
+    thumbs = Thumbnailer(run)
+    thumbs.store_idle(False)  # the writer has work
+    thumbs.add([str(store.path_for(j, "image/png")) for j in ids])
+    try:
+        time.sleep(0.3)  # six times QUIET_S
+        assert thumbs.made == 0
+        assert not (run / "thumbs").exists() or not list((run / "thumbs").rglob("*.jpg"))
+        thumbs.store_idle(True)  # nothing to do any more: the thumbnails come
+        deadline = time.monotonic() + 60
+        while thumbs.made < len(ids):
+            assert time.monotonic() < deadline, "no thumbnails once the store was idle"
+            time.sleep(0.02)
+    finally:
+        thumbs.close()
+    for j in ids:
+        with Image.open(run / "thumbs" / subdir(j) / f"{j}.jpg") as img:
+            img.load()
+
+
+def test_a_busy_store_still_gets_its_thumbnails_at_close(tmp_path: Path) -> None:
+    """The writer busy to the end: close() makes what it can within its budget."""
+    run = tmp_path / "run"
+    store = ImageStore(run)
+    store.prepare()
+    ids = [f"job-{i}" for i in range(3)]
+    try:
+        _save(store, ids)
+    finally:
+        store.close()
+    thumbs = Thumbnailer(run)
+    thumbs.store_idle(False)
+    thumbs.add([str(store.path_for(j, "image/png")) for j in ids])
+    time.sleep(0.1)
+    assert thumbs.made == 0
+    thumbs.close(budget_s=60.0)  # generous: the machine may be loaded
+    assert thumbs.made == len(ids)
