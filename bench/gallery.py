@@ -208,8 +208,8 @@ def table(results: list[dict[str, Any]], sample: dict[str, Any]) -> str:
         f"made from 1024 px noisy PNGs of {sample['png_bytes'] / 1e6:.1f} MB): "
         f"`batchgen gallery` cold {sample['cold_s']:.1f} s, warm {sample['warm_s']:.1f} s, "
         f"so **{per:.0f} ms a thumbnail** (wall, 2 workers, on the shared machine); at that "
-        + ", ".join(f"rate {r['jobs'] * 0.96:,.0f} images take ~{r['jobs'] * 0.96 * per / 1000 / 60:.0f}"
-                    " min" for r in results) + " the first time.")
+        + ", ".join(f"rate {r['reused']:,} images take ~{r['reused'] * per / 60_000:.0f} min"
+                    for r in results) + " the first time.")
     return "\n".join(out)
 
 
