@@ -212,3 +212,36 @@ def test_run_skips_the_gallery_refresh_on_big_folders(tmp_path: Path, records: i
         assert hint in r.stderr and not (out / "gallery.html").exists()
     else:
         assert hint not in r.stderr and (out / "gallery.html").is_file()
+
+
+def test_scrolling_flat_out_reaches_the_last_card(chromium: str, tmp_path: Path) -> None:
+    # The page adds cards as its end nears. bench/gallery.py, scrolling flat out over pages
+    # with real thumbnails, saw it stop adding (an observer misses an end that left view and
+    # came back within a frame); here, without thumbnails, it is the end-to-end check that a
+    # page of thousands reaches its last card.
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "big"
+    out.mkdir()
+    n = 3000
+    with (out / "ledger.jsonl").open("wb") as fh:
+        for i in range(n):
+            fh.write(_ledger_line(f"card-{i}", [f"images/card-{i}.png"]))
+    assert cli("gallery", out).code == 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto((out / "gallery.html").as_uri())
+            stalled = 0
+            while stalled < 10:
+                before, total = page.evaluate(
+                    "() => { scrollTo(0, document.body.scrollHeight);"
+                    " return [rendered, shown.length]; }")
+                if before >= total:
+                    break
+                page.wait_for_timeout(100)
+                stalled = stalled + 1 if page.evaluate("() => rendered") == before else 0
+            assert page.evaluate("() => [rendered, shown.length]") == [n, n]
+        finally:
+            browser.close()
